@@ -1,0 +1,316 @@
+//! Reading, expanding and validating a configuration file.
+
+use std::fmt;
+use std::path::Path;
+
+use super::{Config, PrefixMode, TransportKind, env};
+
+/// A configuration problem, naming the file, line (when known) and field at fault.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: None,
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, &file, &|name| std::env::var(name).ok())
+}
+
+/// The configuration `portcullis serve` runs without `--config`: the demo upstream from
+/// `examples/demo-server`, run as a child process of this very binary.
+pub fn embedded_default() -> Config {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "portcullis".into());
+    let text = format!(
+        "[upstreams.demo]\ncommand = {exe:?}\nargs = [\"demo-upstream\"]\n",
+        exe = exe.replace('$', "$$")
+    );
+    // The text above is fixed apart from the executable path, so it always parses.
+    parse(&text, "<embedded default>", &|_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Parses, expands `${ENV}` and validates configuration text. `file` names it in errors.
+pub fn parse(
+    text: &str,
+    file: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let err = |line: Option<usize>, field: String, message: String| ConfigError {
+        file: file.to_string(),
+        line,
+        field,
+        message,
+    };
+    let mut config: Config = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_at(text, s.start));
+        err(line, String::new(), e.message().trim().to_string())
+    })?;
+
+    let server = &config.server;
+    let server_line = line_of(text, "[server]");
+    if !server.path.starts_with('/') {
+        return Err(err(
+            server_line,
+            "server.path".into(),
+            "must start with '/'".into(),
+        ));
+    }
+    if server.max_body_bytes == 0 {
+        return Err(err(
+            server_line,
+            "server.max-body-bytes".into(),
+            "must be positive".into(),
+        ));
+    }
+    let sep = &config.namespacing.separator;
+    if sep.is_empty() || sep.chars().any(char::is_whitespace) {
+        return Err(err(
+            line_of(text, "[namespacing]"),
+            "namespacing.separator".into(),
+            "must be non-empty and contain no whitespace".into(),
+        ));
+    }
+    if config.upstreams.is_empty() {
+        return Err(err(
+            None,
+            "upstreams".into(),
+            "no upstream servers are configured".into(),
+        ));
+    }
+
+    for (name, up) in config.upstreams.iter_mut() {
+        let line = line_of(text, &format!("[upstreams.{name}]"));
+        let field = |f: &str| format!("upstreams.{name}.{f}");
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(err(
+                line,
+                format!("upstreams.{name}"),
+                "an upstream name may contain only ASCII letters, digits and '-'".into(),
+            ));
+        }
+        if name.contains(sep.as_str()) {
+            return Err(err(
+                line,
+                format!("upstreams.{name}"),
+                format!("the name contains the namespacing separator {sep:?}"),
+            ));
+        }
+        match (&up.command, &up.url) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    line,
+                    field("url"),
+                    "set either `command` or `url`, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(err(
+                    line,
+                    format!("upstreams.{name}"),
+                    "set `command` (a stdio server) or `url` (a Streamable HTTP server)".into(),
+                ));
+            }
+            _ => {}
+        }
+        let expand = |f: &str, v: &mut String| -> Result<(), ConfigError> {
+            *v = env::expand(v, lookup).map_err(|m| err(line, field(f), m))?;
+            Ok(())
+        };
+        if let Some(c) = up.command.as_mut() {
+            expand("command", c)?;
+        }
+        for a in up.args.iter_mut() {
+            expand("args", a)?;
+        }
+        for (k, v) in up.env.iter_mut() {
+            expand(&format!("env.{k}"), v)?;
+        }
+        if let Some(u) = up.url.as_mut() {
+            expand("url", u)?;
+        }
+        for (k, v) in up.headers.iter_mut() {
+            expand(&format!("headers.{k}"), v)?;
+        }
+        if let Some(t) = up.bearer_token.as_mut() {
+            expand("bearer-token", t)?;
+        }
+        if up.timeout.is_zero() || up.connect_timeout.is_zero() {
+            return Err(err(
+                line,
+                field("timeout"),
+                "timeouts must be positive".into(),
+            ));
+        }
+        match up.transport() {
+            TransportKind::Stdio => {
+                if !up.headers.is_empty() || up.bearer_token.is_some() {
+                    return Err(err(
+                        line,
+                        field("headers"),
+                        "`headers` and `bearer-token` apply to HTTP upstreams only".into(),
+                    ));
+                }
+            }
+            TransportKind::Http => {
+                if !up.args.is_empty() || !up.env.is_empty() || up.cwd.is_some() {
+                    return Err(err(
+                        line,
+                        field("args"),
+                        "`args`, `env` and `cwd` apply to stdio upstreams only".into(),
+                    ));
+                }
+                let url = up.url.as_deref().unwrap_or_default();
+                match reqwest::Url::parse(url) {
+                    Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                    Ok(_) => {
+                        return Err(err(
+                            line,
+                            field("url"),
+                            "must be an http:// or https:// URL".into(),
+                        ));
+                    }
+                    Err(e) => return Err(err(line, field("url"), format!("invalid URL: {e}"))),
+                }
+                for (k, v) in &up.headers {
+                    if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                        return Err(err(
+                            line,
+                            field("headers"),
+                            format!("{k:?} is not a valid header name"),
+                        ));
+                    }
+                    if http::HeaderValue::from_str(v).is_err() {
+                        // The value may be a secret: name the header, never print the value.
+                        return Err(err(
+                            line,
+                            field(&format!("headers.{k}")),
+                            "is not a valid header value".into(),
+                        ));
+                    }
+                    if k.eq_ignore_ascii_case("authorization") && up.bearer_token.is_some() {
+                        return Err(err(
+                            line,
+                            field("headers"),
+                            "set `Authorization` in `headers` or `bearer-token`, not both".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if config.namespacing.prefix == PrefixMode::Never {
+        tracing::debug!("namespacing.prefix = never: name collisions are checked at start-up");
+    }
+    Ok(config)
+}
+
+/// The 1-based line of the first occurrence of `needle`, if any.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.find(needle).map(|at| line_at(text, at))
+}
+
+/// The 1-based line of byte offset `at`.
+fn line_at(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, String> {
+        parse(text, "t.toml", &|n| (n == "TOKEN").then(|| "abc".into())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = check("[upstreams.a]\ncommand = \"srv\"\n").unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.path, "/mcp");
+        assert_eq!(c.namespacing.separator, "__");
+        assert_eq!(c.upstreams["a"].transport(), TransportKind::Stdio);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = check(
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n[upstreams.a]\ncommand = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("t.toml:3:"), "{e}");
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_field_and_line() {
+        let e = check("\n[upstreams.a]\ncommand = \"x\"\nurl = \"http://h\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:2: upstreams.a.url: set either `command` or `url`, not both"
+        );
+        let e = check("[upstreams.b]\nurl = \"ftp://h\"\n").unwrap_err();
+        assert!(e.contains("upstreams.b.url"), "{e}");
+        let e = check("[upstreams.a_b]\ncommand = \"x\"\n").unwrap_err();
+        assert!(
+            e.contains("upstreams.a_b: an upstream name may contain only"),
+            "{e}"
+        );
+        let e = check("[namespacing]\nseparator = \"-\"\n[upstreams.a-b]\ncommand = \"x\"\n")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:3: upstreams.a-b: the name contains the namespacing separator \"-\""
+        );
+        let e = check("[upstreams.c]\nurl = \"http://h\"\nbearer-token = \"${MISSING}\"\n")
+            .unwrap_err();
+        assert!(
+            e.contains("upstreams.c.bearer-token: environment variable MISSING is not set"),
+            "{e}"
+        );
+        assert!(check("").unwrap_err().contains("no upstream"));
+    }
+
+    #[test]
+    fn expands_environment_in_upstream_fields() {
+        let c =
+            check("[upstreams.c]\nurl = \"http://h/mcp\"\nbearer-token = \"${TOKEN}\"\n").unwrap();
+        assert_eq!(c.upstreams["c"].bearer_token.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = embedded_default();
+        assert_eq!(c.upstreams["demo"].args, ["demo-upstream"]);
+    }
+}

@@ -1,0 +1,181 @@
+//! The configuration model: `portcullis.toml`.
+//!
+//! Keys are kebab-case; an unknown key is an error (a typo must not silently fall back to a
+//! default). Every field has a default except the upstreams themselves. `${NAME}` in
+//! upstream commands, arguments, environment, URLs, headers and tokens is replaced by the
+//! environment variable `NAME` at load time (`$$` is a literal `$`); a missing variable is an
+//! error naming the field.
+
+mod env;
+mod load;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use load::{ConfigError, embedded_default, load, parse};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// The client-facing HTTP endpoint.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// How names from several upstreams are kept apart.
+    #[serde(default)]
+    pub namespacing: Namespacing,
+    /// The upstream MCP servers, by name. Names become prefixes, so they may contain only
+    /// ASCII letters, digits and `-`.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// `[server]`: where and how the gateway listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Path of the MCP endpoint. Default `/mcp`.
+    pub path: String,
+    /// Accepted `Host` header names (without port). Default: the loopback names
+    /// (`localhost`, `127.0.0.1`, `[::1]`), which is what DNS-rebinding protection needs for a
+    /// gateway on loopback. Behind a proxy or on a public address, list the names clients use;
+    /// `["*"]` turns the check off.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Accepted `Origin` header values (e.g. `https://app.example.com`). Requests without an
+    /// `Origin` header (non-browser clients) are always accepted. Default: origins whose host
+    /// is a loopback name; `["*"]` turns the check off.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Largest accepted request body. Default 4 MiB; larger bodies get HTTP 413.
+    pub max_body_bytes: usize,
+    /// A connection that sends no request head for this long is closed: this bounds both a
+    /// slow request head and an idle keep-alive connection. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time a client has to send a whole request body once its head arrived; slower uploads
+    /// get HTTP 408. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A client session with no traffic for this long is ended and its upstream sessions
+    /// closed. Default 30m.
+    #[serde(with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+    /// How long a graceful shutdown waits for in-flight requests. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Items per page of merged `*/list` results; 0 returns everything in one page. Default 0.
+    pub list_page_size: usize,
+    /// Most client sessions held at once; `initialize` beyond it gets HTTP 503. Default 10000.
+    pub max_sessions: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            path: "/mcp".into(),
+            allowed_hosts: None,
+            allowed_origins: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            session_idle_timeout: Duration::from_secs(1800),
+            shutdown_grace: Duration::from_secs(30),
+            list_page_size: 0,
+            max_sessions: 10_000,
+        }
+    }
+}
+
+/// `[namespacing]`: how tool and prompt names (and resource URIs) are made unique.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Namespacing {
+    /// Between the upstream name and the item name. Default `__` (`github__create_issue`).
+    pub separator: String,
+    /// When to prefix. Default `always`.
+    pub prefix: PrefixMode,
+}
+
+impl Default for Namespacing {
+    fn default() -> Self {
+        Namespacing {
+            separator: "__".into(),
+            prefix: PrefixMode::Always,
+        }
+    }
+}
+
+/// When names get the upstream prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrefixMode {
+    /// Every name is `<upstream><separator><name>`; resource URIs become `<upstream>+<uri>`.
+    Always,
+    /// Only names that more than one upstream exposes are prefixed.
+    WhenNeeded,
+    /// Names pass unchanged; two upstreams exposing the same name is an error at start-up.
+    Never,
+}
+
+/// `[upstreams.<name>]`: one upstream MCP server, either a child process (`command`) or a
+/// Streamable HTTP server (`url`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UpstreamConfig {
+    /// Program to run for a stdio upstream.
+    pub command: Option<String>,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment for the child (it inherits nothing else but `PATH`, `HOME`, `LANG`
+    /// and `TZ`, so gateway secrets do not leak into upstreams).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the child.
+    pub cwd: Option<PathBuf>,
+    /// Endpoint of a Streamable HTTP upstream.
+    pub url: Option<String>,
+    /// Static headers sent on every request to an HTTP upstream.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Sent as `Authorization: Bearer …` to an HTTP upstream. The client's own
+    /// `Authorization` header is never forwarded.
+    pub bearer_token: Option<String>,
+    /// Longest wait for one upstream request (a list, a call). Default 60s.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest wait for the upstream to start and answer `initialize`. Default 10s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// How an upstream is reached, derived from which of `command` / `url` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Stdio,
+    Http,
+}
+
+impl UpstreamConfig {
+    pub fn transport(&self) -> TransportKind {
+        if self.command.is_some() {
+            TransportKind::Stdio
+        } else {
+            TransportKind::Http
+        }
+    }
+}

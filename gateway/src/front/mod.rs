@@ -1,0 +1,168 @@
+//! The client-facing HTTP server: our own hyper accept loop, MCP Streamable HTTP on the
+//! configured path, DNS-rebinding protection, limits and graceful shutdown.
+
+// Handlers return an HTTP error response as their `Err`; it is built once per failed
+// request, so boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+mod guard;
+mod response;
+mod streamable;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ALLOW, ORIGIN,
+};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::session::Sessions;
+pub use guard::Guard;
+use response::Body;
+
+/// Everything a request handler needs.
+pub struct Front {
+    config: ServerConfig,
+    guard: Guard,
+    sessions: Arc<Sessions>,
+    /// Request tasks, so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+impl Front {
+    pub fn new(config: ServerConfig, sessions: Arc<Sessions>) -> Arc<Self> {
+        Arc::new(Front {
+            guard: Guard::new(&config),
+            config,
+            sessions,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() != self.config.path {
+            return response::status_error(StatusCode::NOT_FOUND, "Not Found");
+        }
+        if let Err(refused) = self.guard.check(req.headers()) {
+            tracing::warn!(?refused, host = ?req.headers().get(http::header::HOST), "refused: possible DNS rebinding");
+            return response::status_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden: Host or Origin not allowed",
+            );
+        }
+        let origin = req.headers().get(ORIGIN).cloned();
+        let mut resp = match *req.method() {
+            Method::POST => self.post(req).await,
+            Method::GET => self.get(req).await,
+            Method::DELETE => self.delete(req).await,
+            Method::OPTIONS => response::empty(StatusCode::NO_CONTENT),
+            _ => {
+                let mut r =
+                    response::status_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+                r.headers_mut().insert(
+                    ALLOW,
+                    HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+                );
+                r
+            }
+        };
+        if let Some(origin) = origin {
+            // The guard let it through, so this origin may read our answers.
+            let h = resp.headers_mut();
+            h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(
+                ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+            );
+            h.insert(
+                ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("content-type, accept, authorization, mcp-session-id, mcp-protocol-version, last-event-id"),
+            );
+            h.insert(
+                ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("mcp-session-id"),
+            );
+        }
+        resp
+    }
+}
+
+/// Serves until `shutdown` fires, then drains: stops accepting, ends GET streams, lets
+/// in-flight requests finish (up to `shutdown-grace`), and closes every session (which stops
+/// stdio upstreams and ends upstream sessions).
+pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let reaper = {
+        let (sessions, idle) = (front.sessions.clone(), front.config.session_idle_timeout);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(15).min(idle));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { sessions.reap_idle(idle); }
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        // Nagle + delayed ACK would hold back small SSE events by ~40 ms.
+        let _ = stream.set_nodelay(true);
+        let idle = front.config.idle_timeout;
+        let front = front.clone();
+        let service = service_fn(move |req| {
+            let front = front.clone();
+            async move { Ok::<_, std::convert::Infallible>(front.route(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(idle)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    reaper.abort();
+    tracing::info!(in_flight = front.tasks.len(), "shutting down: draining");
+    for id in front.sessions.ids() {
+        if let Some(s) = front.sessions.get(&id) {
+            s.standalone.finish();
+        }
+    }
+    front.tasks.close();
+    let drained = tokio::time::timeout(front.config.shutdown_grace, async {
+        front.tasks.wait().await;
+        graceful.shutdown().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("shutdown grace period over; abandoning in-flight requests");
+    }
+    front.sessions.close_all();
+}

@@ -1,0 +1,292 @@
+//! The Streamable HTTP endpoint (MCP 2025-03-26 … 2025-11-25): POST, GET and DELETE.
+//!
+//! A request's answer is JSON when the upstream answers without anything in between, and an
+//! SSE stream (priming event first, resumable) as soon as anything related arrives first:
+//! progress, a log message, a sampling or elicitation request. So plain calls pay nothing
+//! for streaming, and streaming calls get it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::Front;
+use super::response::{self, Body};
+use crate::mcp::{Kind, Message, codes, methods, version};
+use crate::session::{STANDALONE_STREAM, Session, stream::parse_event_id};
+use crate::upstream::Hello;
+
+pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|part| {
+                let t = part.split(';').next().unwrap_or("").trim();
+                t.eq_ignore_ascii_case(wanted) || t == "*/*"
+            })
+        })
+}
+
+impl Front {
+    pub(super) async fn post(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let headers = req.headers();
+        if !(accepts(headers, "application/json") && accepts(headers, "text/event-stream")) {
+            return response::status_error(
+                StatusCode::NOT_ACCEPTABLE,
+                "Not Acceptable: Accept must list application/json and text/event-stream",
+            );
+        }
+        let json_body = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/json")
+            });
+        if !json_body {
+            return response::status_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported Media Type: Content-Type must be application/json",
+            );
+        }
+        if let Some(v) = headers.get(PROTOCOL_VERSION)
+            && !v.to_str().is_ok_and(version::is_supported)
+        {
+            return response::status_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "Bad Request: unsupported MCP-Protocol-Version (supported: {})",
+                    version::SUPPORTED.join(", ")
+                ),
+            );
+        }
+        let session_id = headers
+            .get(&SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = match self.read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let msg = match Message::parse(&body) {
+            Ok(m) => m,
+            Err(e) => return response::json(StatusCode::BAD_REQUEST, &e.to_response()),
+        };
+
+        if msg.kind() == Kind::Request && msg.method() == methods::INITIALIZE {
+            return self.initialize(msg);
+        }
+        let session = match self.session(session_id.as_deref()) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        match msg.kind() {
+            Kind::Notification => {
+                session.handle_notification(msg).await;
+                response::empty(StatusCode::ACCEPTED)
+            }
+            Kind::Response => {
+                session.handle_response(msg).await;
+                response::empty(StatusCode::ACCEPTED)
+            }
+            Kind::Request => self.request(session, msg).await,
+        }
+    }
+
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+        let limit = self.config.max_body_bytes;
+        let too_large = || {
+            response::status_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("Payload Too Large: the limit is {limit} bytes"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let read = Limited::new(req.into_body(), limit).collect();
+        match tokio::time::timeout(self.config.request_timeout, read).await {
+            Err(_) => Err(response::status_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request Timeout: body not received in time",
+            )),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Ok(Err(_)) => Err(response::status_error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: the body could not be read",
+            )),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        }
+    }
+
+    fn session(&self, id: Option<&str>) -> Result<Arc<Session>, Response<Body>> {
+        let Some(id) = id else {
+            return Err(response::status_error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: Mcp-Session-Id header is required",
+            ));
+        };
+        self.sessions.get(id).ok_or_else(|| {
+            response::error(
+                StatusCode::NOT_FOUND,
+                codes::INVALID_REQUEST,
+                "Session not found; initialize a new session",
+            )
+        })
+    }
+
+    fn initialize(&self, msg: Message) -> Response<Body> {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        let params = msg.params().cloned().unwrap_or_default();
+        let version = version::negotiate(params["protocolVersion"].as_str());
+        let hello = Hello {
+            capabilities: params
+                .get("capabilities")
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+            client_info: params
+                .get("clientInfo")
+                .cloned()
+                .unwrap_or_else(|| json!({ "name": "unknown", "version": "0" })),
+        };
+        let Some(session) = self.sessions.create(version, hello) else {
+            tracing::warn!(
+                max = self.config.max_sessions,
+                "session limit reached; refusing initialize"
+            );
+            return response::status_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: too many sessions",
+            );
+        };
+        tracing::info!(session = %session.id, version, client = %params["clientInfo"]["name"], "session started");
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {
+                "tools": { "listChanged": true },
+                "prompts": { "listChanged": true },
+                "resources": { "subscribe": true, "listChanged": true },
+                "logging": {},
+                "completions": {},
+            },
+            "serverInfo": {
+                "name": "portcullis",
+                "title": "Portcullis MCP gateway",
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+        });
+        let mut r = response::json(StatusCode::OK, &Message::result(id, result));
+        if let Ok(v) = HeaderValue::from_str(&session.id) {
+            r.headers_mut().insert(SESSION_ID, v);
+        }
+        r
+    }
+
+    /// Runs a request in its own task (a client disconnecting does not cancel it) and answers
+    /// with JSON or, once anything related comes first, with a resumable SSE stream.
+    async fn request(self: &Arc<Self>, session: Arc<Session>, msg: Message) -> Response<Body> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        {
+            let session = session.clone();
+            self.tasks.spawn(async move {
+                let response = session.handle_request(msg, tx.clone()).await;
+                let _ = tx.send(response);
+            });
+        }
+        let Some(first) = rx.recv().await else {
+            return response::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL_ERROR,
+                "request handler failed",
+            );
+        };
+        if first.kind() == Kind::Response {
+            return response::json(StatusCode::OK, &first);
+        }
+        let stream = session.open_stream();
+        stream.prime();
+        stream.push(&first);
+        let frames = stream.attach(None);
+        self.tasks.spawn(async move {
+            while let Some(m) = rx.recv().await {
+                stream.push(&m);
+                if m.kind() == Kind::Response {
+                    break;
+                }
+            }
+            stream.finish();
+        });
+        response::sse(frames)
+    }
+
+    /// GET: the standalone stream for messages not tied to a request, or the resumption of
+    /// any stream of the session with `Last-Event-ID`.
+    pub(super) async fn get(&self, req: Request<Incoming>) -> Response<Body> {
+        let headers = req.headers();
+        if !accepts(headers, "text/event-stream") {
+            return response::status_error(
+                StatusCode::NOT_ACCEPTABLE,
+                "Not Acceptable: Accept must list text/event-stream",
+            );
+        }
+        let id = headers.get(&SESSION_ID).and_then(|v| v.to_str().ok());
+        let session = match self.session(id) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        session.touch();
+        let resume = headers
+            .get(&LAST_EVENT_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_event_id);
+        let frames = match resume {
+            Some((stream, seq)) if stream != STANDALONE_STREAM => match session.stream(stream) {
+                Some(s) => s.attach(Some(seq)),
+                None => session.standalone.attach(None),
+            },
+            Some((_, seq)) => session.standalone.attach(Some(seq)),
+            None => {
+                session.standalone.prime();
+                session.standalone.attach(None)
+            }
+        };
+        response::sse(frames)
+    }
+
+    pub(super) async fn delete(&self, req: Request<Incoming>) -> Response<Body> {
+        let Some(id) = req.headers().get(&SESSION_ID).and_then(|v| v.to_str().ok()) else {
+            return response::status_error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: Mcp-Session-Id header is required",
+            );
+        };
+        if self.sessions.remove(id) {
+            tracing::info!(session = %id, "session ended by the client");
+            response::empty(StatusCode::OK)
+        } else {
+            response::error(
+                StatusCode::NOT_FOUND,
+                codes::INVALID_REQUEST,
+                "Session not found",
+            )
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Portcullis: an MCP gateway. Agents connect over HTTP; Portcullis fronts many upstream MCP
+//! servers and presents them as one. See DESIGN.md at the repository root for the data path:
+//! `front` → `session` → `catalog` → `upstream`.
+
+pub mod catalog;
+pub mod config;
+pub mod front;
+pub mod mcp;
+pub mod session;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{ListKind, Names};
+use crate::config::{Config, PrefixMode};
+use crate::session::Sessions;
+use crate::upstream::{Hello, Upstream};
+
+/// A bound, ready-to-serve gateway.
+pub struct Gateway {
+    listener: TcpListener,
+    front: Arc<front::Front>,
+    sessions: Arc<Sessions>,
+    pub addr: SocketAddr,
+    pub path: String,
+}
+
+impl Gateway {
+    /// Builds the upstreams, binds the listener and, with `namespacing.prefix = never`,
+    /// checks that no two upstreams expose the same name.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|(name, cfg)| Upstream::new(name, cfg.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let names = Arc::new(Names::new(
+            &config.namespacing,
+            upstreams.iter().map(|u| u.name.clone()).collect(),
+        ));
+        let sessions = Arc::new(Sessions::new(
+            upstreams,
+            names,
+            config.server.list_page_size,
+            config.server.max_sessions,
+        ));
+        if config.namespacing.prefix == PrefixMode::Never {
+            check_collisions(&sessions).await?;
+        }
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() && config.server.allowed_hosts.is_none() {
+            tracing::warn!(
+                %addr,
+                "listening beyond loopback but server.allowed-hosts is not set: only loopback Host names will be accepted"
+            );
+        }
+        let path = config.server.path.clone();
+        let front = front::Front::new(config.server, sessions.clone());
+        Ok(Gateway {
+            listener,
+            front,
+            sessions,
+            addr,
+            path,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.addr, self.path)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains.
+    pub async fn serve(self, shutdown: CancellationToken) {
+        front::serve(self.listener, self.front, shutdown).await;
+        drop(self.sessions);
+    }
+}
+
+/// Connects to every upstream once and fails if two expose the same tool or prompt name,
+/// which `namespacing.prefix = never` cannot tell apart.
+async fn check_collisions(sessions: &Sessions) -> anyhow::Result<()> {
+    let hello = Hello {
+        capabilities: serde_json::json!({}),
+        client_info: serde_json::json!({ "name": "portcullis-startup-check", "version": env!("CARGO_PKG_VERSION") }),
+    };
+    let probe = sessions
+        .create(mcp::version::LATEST, hello)
+        .context("no session capacity")?;
+    let mut problems = Vec::new();
+    for kind in [ListKind::Tools, ListKind::Prompts] {
+        for (name, owners) in probe.collisions(kind).await {
+            let owners: Vec<&str> = owners
+                .iter()
+                .map(|i| &*sessions.upstreams()[*i].name)
+                .collect();
+            problems.push(format!(
+                "{} {name:?} is exposed by {}",
+                kind.items_key(),
+                owners.join(" and ")
+            ));
+        }
+    }
+    sessions.remove(&probe.id);
+    anyhow::ensure!(
+        problems.is_empty(),
+        "namespacing.prefix = never, but names collide: {}; use prefix = \"when-needed\" or \"always\"",
+        problems.join("; ")
+    );
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The `portcullis` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use portcullis::config;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An MCP gateway with a WebAssembly policy chain"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. Without --config, runs the embedded demo: one demo upstream on
+    /// http://127.0.0.1:8080/mcp.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and exit: 0 when valid, 1 with the field at fault.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the demo upstream MCP server on stdin/stdout (used by the embedded default).
+    #[command(hide = true)]
+    DemoUpstream,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::Check { config } => check(config),
+            Command::DemoUpstream => portcullis_demo_server::serve_stdio().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = config::load(&path)?;
+    println!(
+        "{}: ok ({} upstreams: {})",
+        path.display(),
+        cfg.upstreams.len(),
+        cfg.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let embedded = path.is_none();
+    let cfg = match path {
+        Some(p) => config::load(&p)?,
+        None => config::embedded_default(),
+    };
+    let gateway = portcullis::Gateway::bind(cfg).await?;
+    // Tests and scripts read this line to learn the bound address.
+    println!("portcullis listening on {}", gateway.url());
+    if embedded {
+        eprintln!(
+            "\nPortcullis is running the embedded demo (no --config given).\n  MCP endpoint: {url}\n  Try: npx @modelcontextprotocol/inspector  (transport \"Streamable HTTP\", URL {url})\n",
+            url = gateway.url()
+        );
+    }
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            shutdown.cancel();
+        });
+    }
+    gateway.serve(shutdown).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Client sessions: what the gateway remembers about one connected MCP client.
+//!
+//! A [`Session`] owns one lazily created upstream link per upstream it uses (see
+//! `upstream/`), the client's catalog cache, its SSE streams, and the id maps that let
+//! notifications and server→client requests travel both ways:
+//! - client request ids are restored on the way back (upstream ids are the gateway's own);
+//! - progress tokens pass unchanged (each link serves one client, so they cannot collide);
+//! - a server→client request gets a gateway id (`s<n>`), and the client's answer is routed
+//!   back to the upstream that asked, under that upstream's own id.
+//!
+//! [`Sessions`] is the store. Session ids are 128-bit random values; state lives in this
+//! process (the seam for stateless replicas is this type).
+
+mod handle;
+pub mod stream;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Names, SessionCatalog};
+use crate::mcp::IdKey;
+use crate::upstream::{Hello, Slot, Upstream};
+use stream::EventStream;
+
+/// POST streams kept per session for `Last-Event-ID` resumption.
+const KEPT_STREAMS: usize = 64;
+
+/// Id of the session's standalone (GET) stream; POST streams count up from 1.
+pub const STANDALONE_STREAM: u64 = 0;
+
+pub struct Session {
+    pub id: Arc<str>,
+    /// Negotiated protocol revision.
+    pub version: &'static str,
+    hello: Hello,
+    slots: Vec<Slot>,
+    catalog: SessionCatalog,
+    page_size: usize,
+    /// Messages not tied to a request: the GET stream.
+    pub standalone: EventStream,
+    streams: Mutex<VecDeque<Arc<EventStream>>>,
+    next_stream: AtomicU64,
+    /// Client requests in progress, for `notifications/cancelled`.
+    inflight: DashMap<IdKey, CancellationToken>,
+    /// Server→client requests awaiting the client's answer: gateway id → (upstream, its id).
+    server_requests: DashMap<String, (usize, Value)>,
+    next_server_request: AtomicU64,
+    log_level: Mutex<Option<Value>>,
+    last_seen: Mutex<Instant>,
+    me: Weak<Session>,
+}
+
+impl Session {
+    pub fn touch(&self) {
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// A new POST stream, kept for resumption.
+    pub fn open_stream(&self) -> Arc<EventStream> {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
+        let stream = Arc::new(EventStream::new(id));
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if streams.len() >= KEPT_STREAMS {
+            // Drop the oldest finished stream (or the oldest at all if none finished).
+            let at = streams.iter().position(|s| s.is_finished()).unwrap_or(0);
+            streams.remove(at);
+        }
+        streams.push_back(stream.clone());
+        stream
+    }
+
+    /// The POST stream with this id, for resumption.
+    pub fn stream(&self, id: u64) -> Option<Arc<EventStream>> {
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.iter().find(|s| s.id == id).cloned()
+    }
+
+    fn close(&self) {
+        self.standalone.finish();
+        for s in self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            s.finish();
+        }
+        for (_, token) in self.inflight.clone() {
+            token.cancel();
+        }
+    }
+}
+
+/// All client sessions, plus what they share: the upstreams and the naming rules.
+pub struct Sessions {
+    map: DashMap<Arc<str>, Arc<Session>>,
+    upstreams: Vec<Arc<Upstream>>,
+    names: Arc<Names>,
+    page_size: usize,
+    max: usize,
+}
+
+impl Sessions {
+    pub fn new(
+        upstreams: Vec<Arc<Upstream>>,
+        names: Arc<Names>,
+        page_size: usize,
+        max: usize,
+    ) -> Self {
+        Sessions {
+            map: DashMap::new(),
+            upstreams,
+            names,
+            page_size,
+            max,
+        }
+    }
+
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    /// Creates a session for a client that sent `initialize`; `None` when at capacity.
+    pub fn create(&self, version: &'static str, hello: Hello) -> Option<Arc<Session>> {
+        if self.map.len() >= self.max {
+            return None;
+        }
+        let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
+        let session = Arc::new_cyclic(|me| Session {
+            id: id.clone(),
+            version,
+            hello,
+            slots: self
+                .upstreams
+                .iter()
+                .map(|u| Slot::new(u.clone()))
+                .collect(),
+            catalog: SessionCatalog::new(self.names.clone()),
+            page_size: self.page_size,
+            standalone: EventStream::new(STANDALONE_STREAM),
+            streams: Mutex::new(VecDeque::new()),
+            next_stream: AtomicU64::new(0),
+            inflight: DashMap::new(),
+            server_requests: DashMap::new(),
+            next_server_request: AtomicU64::new(0),
+            log_level: Mutex::new(None),
+            last_seen: Mutex::new(Instant::now()),
+            me: me.clone(),
+        });
+        self.map.insert(id, session.clone());
+        Some(session)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.map.get(id).map(|s| s.clone())
+    }
+
+    /// Ends a session: its streams close, its in-flight requests are cancelled, and its
+    /// upstream links (child processes, upstream sessions) go when the last request finishes.
+    pub fn remove(&self, id: &str) -> bool {
+        match self.map.remove(id) {
+            Some((_, s)) => {
+                s.close();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Ends sessions idle for longer than `timeout` (a connected GET stream counts as use).
+    pub fn reap_idle(&self, timeout: Duration) -> usize {
+        let idle: Vec<Arc<str>> = self
+            .map
+            .iter()
+            .filter(|s| {
+                s.idle_for() > timeout && !s.standalone.has_listener() && s.inflight.is_empty()
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &idle {
+            tracing::info!(session = %id, "session idle; closing");
+            self.remove(id);
+        }
+        idle.len()
+    }
+
+    pub fn close_all(&self) {
+        let ids: Vec<Arc<str>> = self.map.iter().map(|s| s.id.clone()).collect();
+        for id in ids {
+            self.remove(&id);
+        }
+    }
+}
+
+impl Sessions {
+    pub fn ids(&self) -> Vec<Arc<str>> {
+        self.map.iter().map(|s| s.id.clone()).collect()
+    }
+}

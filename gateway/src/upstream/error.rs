@@ -1,0 +1,52 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::mcp::{Message, codes};
+
+/// Why a message could not be delivered to, or answered by, an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream '{upstream}' could not be started: {reason}")]
+    Spawn { upstream: Arc<str>, reason: String },
+    #[error("upstream '{upstream}' is unavailable: {reason}")]
+    Unavailable { upstream: Arc<str>, reason: String },
+    #[error("upstream '{upstream}' did not answer within {after:?}")]
+    Timeout { upstream: Arc<str>, after: Duration },
+    #[error("upstream '{upstream}' exited")]
+    Exited { upstream: Arc<str> },
+    #[error("upstream '{upstream}' answered with HTTP {status}")]
+    Http { upstream: Arc<str>, status: u16 },
+    #[error("upstream '{upstream}' broke the protocol: {detail}")]
+    Protocol { upstream: Arc<str>, detail: String },
+    #[error("upstream '{upstream}' session expired")]
+    SessionExpired { upstream: Arc<str> },
+    #[error("request cancelled")]
+    Cancelled,
+}
+
+impl UpstreamError {
+    fn upstream(&self) -> Option<&str> {
+        match self {
+            UpstreamError::Spawn { upstream, .. }
+            | UpstreamError::Unavailable { upstream, .. }
+            | UpstreamError::Timeout { upstream, .. }
+            | UpstreamError::Exited { upstream }
+            | UpstreamError::Http { upstream, .. }
+            | UpstreamError::Protocol { upstream, .. }
+            | UpstreamError::SessionExpired { upstream } => Some(upstream),
+            UpstreamError::Cancelled => None,
+        }
+    }
+
+    /// The JSON-RPC error a client gets, naming the upstream.
+    pub fn to_response(&self, id: serde_json::Value) -> Message {
+        let code = match self {
+            UpstreamError::Cancelled => codes::REQUEST_CANCELLED,
+            _ => codes::INTERNAL_ERROR,
+        };
+        let data = self.upstream().map(|u| json!({ "upstream": u }));
+        Message::error(id, code, &self.to_string(), data)
+    }
+}

@@ -1,0 +1,383 @@
+//! Streamable HTTP upstreams (MCP 2025-03-26 … 2025-11-25 session era).
+//!
+//! Each link holds its own `Mcp-Session-Id`; all links of one upstream share one keep-alive
+//! connection pool. A request's response may be JSON or an SSE stream; notifications and
+//! requests on that stream belong to the request and go to its client stream. The upstream's
+//! GET stream (if it offers one) carries everything else. An expired upstream session (HTTP
+//! 404) is re-initialized once, transparently, and the request retried.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use sse_stream::SseStream;
+use tokio::sync::Mutex;
+
+use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
+use crate::config::UpstreamConfig;
+use crate::mcp::{Kind, Message, methods, version};
+
+const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// The per-upstream HTTP client: pool, URL and static headers.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    headers: HeaderMap,
+}
+
+impl Client {
+    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        let bad = |reason: String| UpstreamError::Unavailable {
+            upstream: name.into(),
+            reason,
+        };
+        let url = reqwest::Url::parse(cfg.url.as_deref().unwrap_or_default())
+            .map_err(|e| bad(format!("invalid URL: {e}")))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let k = HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            let mut v = HeaderValue::from_str(v).map_err(|_| bad("invalid header value".into()))?;
+            v.set_sensitive(true);
+            headers.insert(k, v);
+        }
+        if let Some(token) = &cfg.bearer_token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| bad("invalid bearer token".into()))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let http = reqwest::Client::builder()
+            // Nagle + delayed ACK stalls small SSE events by ~40 ms on loopback.
+            .tcp_nodelay(true)
+            .connect_timeout(cfg.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Client { http, url, headers })
+    }
+}
+
+pub struct HttpLink {
+    upstream: Arc<Upstream>,
+    client: Client,
+    handler: Weak<dyn InboundHandler>,
+    hello: Hello,
+    next_id: AtomicU64,
+    state: RwLock<SessionState>,
+    /// Serialises re-initialization after the upstream session expired.
+    reinit: Mutex<()>,
+    listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+#[derive(Clone, Default)]
+struct SessionState {
+    session_id: Option<HeaderValue>,
+    version: Option<HeaderValue>,
+}
+
+/// What one POST produced.
+enum Posted {
+    Accepted,
+    Response(Message),
+}
+
+impl HttpLink {
+    pub async fn start(
+        upstream: &Arc<Upstream>,
+        client: Client,
+        hello: &Hello,
+        handler: Weak<dyn InboundHandler>,
+    ) -> Result<(Self, Value), UpstreamError> {
+        let link = HttpLink {
+            upstream: upstream.clone(),
+            client,
+            handler,
+            hello: hello.clone(),
+            next_id: AtomicU64::new(0),
+            state: RwLock::new(SessionState::default()),
+            reinit: Mutex::new(()),
+            listener: std::sync::Mutex::new(None),
+        };
+        let init = link.initialize().await?;
+        Ok((link, init))
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn name(&self) -> Arc<str> {
+        self.upstream.name.clone()
+    }
+
+    fn session(&self) -> SessionState {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn initialize(&self) -> Result<Value, UpstreamError> {
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = SessionState::default();
+        let init = Message::request(
+            Value::from(0),
+            methods::INITIALIZE,
+            Some(self.hello.initialize_params(version::LATEST)),
+        );
+        let (posted, headers) = self.post(&init, None, &SessionState::default()).await?;
+        let Posted::Response(mut reply) = posted else {
+            return Err(self.protocol("initialize was answered with 202"));
+        };
+        if let Some(err) = reply.error_value() {
+            return Err(self.protocol(&format!("initialize failed: {err}")));
+        }
+        let result = reply.take_result().unwrap_or_default();
+        let negotiated = result["protocolVersion"]
+            .as_str()
+            .unwrap_or(version::LATEST);
+        let state = SessionState {
+            session_id: headers.get(&SESSION_ID).cloned(),
+            version: HeaderValue::from_str(negotiated).ok(),
+        };
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state.clone();
+        self.post(
+            &Message::notification(methods::INITIALIZED, None),
+            None,
+            &state,
+        )
+        .await?;
+        self.listen(state);
+        Ok(result)
+    }
+
+    pub async fn request(
+        &self,
+        msg: Message,
+        related: Option<Related>,
+    ) -> Result<Message, UpstreamError> {
+        let state = self.session();
+        match self.post(&msg, related.as_ref(), &state).await {
+            Err(UpstreamError::SessionExpired { .. }) => {
+                self.reinitialize(&state).await?;
+                let state = self.session();
+                self.expect_response(self.post(&msg, related.as_ref(), &state).await?.0)
+            }
+            other => self.expect_response(other?.0),
+        }
+    }
+
+    pub async fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+        let state = self.session();
+        self.post(&msg, None, &state).await.map(|_| ())
+    }
+
+    fn expect_response(&self, posted: Posted) -> Result<Message, UpstreamError> {
+        match posted {
+            Posted::Response(m) => Ok(m),
+            Posted::Accepted => Err(self.protocol("a request was answered with 202")),
+        }
+    }
+
+    async fn reinitialize(&self, failed: &SessionState) -> Result<(), UpstreamError> {
+        let _guard = self.reinit.lock().await;
+        if self.session().session_id != failed.session_id {
+            return Ok(()); // another request already did it
+        }
+        tracing::info!(upstream = %self.upstream.name, "upstream session expired; re-initializing");
+        self.initialize().await.map(|_| ())
+    }
+
+    fn protocol(&self, detail: &str) -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: self.name(),
+            detail: detail.into(),
+        }
+    }
+
+    fn unavailable(&self, e: reqwest::Error) -> UpstreamError {
+        // reqwest errors may contain the URL but never our headers.
+        UpstreamError::Unavailable {
+            upstream: self.name(),
+            reason: e.without_url().to_string(),
+        }
+    }
+
+    fn builder(&self, method: reqwest::Method, state: &SessionState) -> reqwest::RequestBuilder {
+        let mut headers = self.client.headers.clone();
+        if let Some(v) = &state.session_id {
+            headers.insert(SESSION_ID, v.clone());
+        }
+        if let Some(v) = &state.version {
+            headers.insert(PROTOCOL_VERSION, v.clone());
+        }
+        self.client
+            .http
+            .request(method, self.client.url.clone())
+            .headers(headers)
+    }
+
+    async fn post(
+        &self,
+        msg: &Message,
+        related: Option<&Related>,
+        state: &SessionState,
+    ) -> Result<(Posted, HeaderMap), UpstreamError> {
+        let resp = self
+            .builder(reqwest::Method::POST, state)
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header(CONTENT_TYPE, "application/json")
+            .body(msg.to_bytes())
+            .send()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND && state.session_id.is_some() {
+            return Err(UpstreamError::SessionExpired {
+                upstream: self.name(),
+            });
+        }
+        if status == reqwest::StatusCode::ACCEPTED {
+            return Ok((Posted::Accepted, resp.headers().clone()));
+        }
+        if !status.is_success() {
+            // A JSON-RPC error body (e.g. for an invalid request) is still an answer.
+            if msg.kind() == Kind::Request
+                && let Ok(bytes) = resp.bytes().await
+                && let Ok(m) = Message::parse(&bytes)
+                && m.kind() == Kind::Response
+                && m.id().is_some_and(|i| !i.is_null())
+            {
+                return Ok((Posted::Response(m), HeaderMap::new()));
+            }
+            return Err(UpstreamError::Http {
+                upstream: self.name(),
+                status: status.as_u16(),
+            });
+        }
+        let headers = resp.headers().clone();
+        let is_sse = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if msg.kind() != Kind::Request {
+            return Ok((Posted::Accepted, headers));
+        }
+        if !is_sse {
+            let bytes = resp.bytes().await.map_err(|e| self.unavailable(e))?;
+            let m = Message::parse(&bytes).map_err(|e| self.protocol(&e.to_string()))?;
+            return Ok((Posted::Response(m), headers));
+        }
+        let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| self.protocol(&format!("SSE: {e}")))?;
+            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
+                continue;
+            };
+            let m = match Message::parse(data.as_bytes()) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(upstream = %self.upstream.name, error = %e, "ignoring a bad SSE event");
+                    continue;
+                }
+            };
+            if m.kind() == Kind::Response && m.id() == msg.id() {
+                return Ok((Posted::Response(m), headers));
+            }
+            self.deliver(m, related);
+        }
+        Err(self.protocol("the SSE stream ended before the response"))
+    }
+
+    fn deliver(&self, msg: Message, related: Option<&Related>) {
+        if let Some(h) = self.handler.upgrade() {
+            h.on_message(&self.upstream, msg, related);
+        }
+    }
+
+    /// Opens the upstream's GET stream for messages it sends on its own initiative, and keeps
+    /// it open (reconnecting with `Last-Event-ID`) until the link closes.
+    fn listen(&self, state: SessionState) {
+        let builder = self.builder(reqwest::Method::GET, &state);
+        let (upstream, handler) = (self.upstream.clone(), self.handler.clone());
+        let task = tokio::spawn(async move {
+            let mut last_event: Option<String> = None;
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let Some(mut req) = builder.try_clone() else {
+                    return;
+                };
+                req = req.header(ACCEPT, "text/event-stream");
+                if let Some(id) = &last_event {
+                    req = req.header(LAST_EVENT_ID, id.as_str());
+                }
+                match req.send().await {
+                    Ok(resp) if resp.status().is_success() => {
+                        backoff = Duration::from_millis(250);
+                        let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
+                        while let Some(Ok(event)) = events.next().await {
+                            if event.id.is_some() {
+                                last_event = event.id.clone();
+                            }
+                            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
+                                continue;
+                            };
+                            match Message::parse(data.as_bytes()) {
+                                Ok(m) => match handler.upgrade() {
+                                    Some(h) => h.on_message(&upstream, m, None),
+                                    None => return,
+                                },
+                                Err(e) => {
+                                    tracing::warn!(upstream = %upstream.name, error = %e, "ignoring a bad SSE event")
+                                }
+                            }
+                        }
+                    }
+                    // 405: the upstream offers no GET stream; 404: its session is gone (the
+                    // next request re-initializes and opens a new listener).
+                    Ok(resp) if matches!(resp.status().as_u16(), 404 | 405) => return,
+                    Ok(resp) => {
+                        tracing::debug!(upstream = %upstream.name, status = %resp.status(), "GET stream refused")
+                    }
+                    Err(e) => {
+                        tracing::debug!(upstream = %upstream.name, error = %e.without_url(), "GET stream failed")
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+        let old = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task.abort_handle());
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    /// Ends the upstream session: stops listening and sends DELETE (best effort).
+    pub fn close(&self) {
+        if let Some(task) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+        let state = self.session();
+        if state.session_id.is_some() {
+            let req = self.builder(reqwest::Method::DELETE, &state);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = req.timeout(Duration::from_secs(5)).send().await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Upstream MCP servers: how the gateway talks to them.
+//!
+//! An [`Upstream`] is one configured server, shared by all client sessions. A [`Link`] is one
+//! initialized MCP session with it, owned by one client session (see `session/`): a stdio
+//! upstream gets its own child process per client session, an HTTP upstream its own
+//! `Mcp-Session-Id`. Per-client links are what make server→client requests (sampling,
+//! elicitation, roots), subscriptions, log levels and roots correct: the upstream's notion of
+//! "its client" is exactly one gateway client. The price is one process per active client
+//! session for stdio upstreams; links are created lazily, on the first message a client sends
+//! to that upstream, so idle sessions cost nothing upstream.
+//!
+//! Messages are forwarded as raw JSON ([`Message`]); only the JSON-RPC id is rewritten.
+
+mod error;
+mod http;
+mod pending;
+mod slot;
+mod stdio;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{TransportKind, UpstreamConfig};
+use crate::mcp::{Kind, Message, methods};
+
+pub use error::UpstreamError;
+pub use slot::Slot;
+
+/// Where messages related to one client request go (progress, logs, server→client requests
+/// sent while that request runs): the client's stream for that request.
+pub type Related = mpsc::UnboundedSender<Message>;
+
+/// Receives what an upstream sends on its own initiative (notifications and requests).
+pub trait InboundHandler: Send + Sync {
+    /// `related` is the stream of the client request this message belongs to, when known.
+    fn on_message(&self, upstream: &Arc<Upstream>, msg: Message, related: Option<&Related>);
+}
+
+/// One configured upstream server.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub config: UpstreamConfig,
+    /// Shared connection pool for HTTP upstreams (keep-alive, `TCP_NODELAY`).
+    http: Option<http::Client>,
+}
+
+impl Upstream {
+    pub fn new(name: &str, config: UpstreamConfig) -> Result<Arc<Self>, UpstreamError> {
+        let http = match config.transport() {
+            TransportKind::Http => Some(http::Client::new(name, &config)?),
+            TransportKind::Stdio => None,
+        };
+        Ok(Arc::new(Upstream {
+            name: name.into(),
+            config,
+            http,
+        }))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+}
+
+/// What the gateway tells an upstream about the client in `initialize`: the client's own
+/// capabilities and identity, so the upstream knows whether it may sample, elicit or ask for
+/// roots.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub capabilities: Value,
+    pub client_info: Value,
+}
+
+impl Hello {
+    fn initialize_params(&self, version: &str) -> Value {
+        json!({
+            "protocolVersion": version,
+            "capabilities": self.capabilities,
+            "clientInfo": self.client_info,
+        })
+    }
+}
+
+/// An initialized MCP session with one upstream, owned by one client session.
+pub struct Link {
+    pub upstream: Arc<Upstream>,
+    transport: Transport,
+    /// The upstream's `initialize` result (capabilities, serverInfo, instructions).
+    pub init: Value,
+}
+
+enum Transport {
+    Stdio(stdio::StdioLink),
+    Http(Box<http::HttpLink>),
+}
+
+impl Link {
+    /// Starts (stdio) or contacts (HTTP) the upstream and runs the `initialize` handshake.
+    pub async fn connect(
+        upstream: &Arc<Upstream>,
+        hello: &Hello,
+        handler: Weak<dyn InboundHandler>,
+    ) -> Result<Arc<Link>, UpstreamError> {
+        let deadline = upstream.config.connect_timeout;
+        let connect = async {
+            match &upstream.http {
+                None => {
+                    let (link, init) = stdio::StdioLink::start(upstream, hello, handler).await?;
+                    Ok::<_, UpstreamError>((Transport::Stdio(link), init))
+                }
+                Some(client) => {
+                    let (link, init) =
+                        http::HttpLink::start(upstream, client.clone(), hello, handler).await?;
+                    Ok((Transport::Http(Box::new(link)), init))
+                }
+            }
+        };
+        let (transport, init) = tokio::time::timeout(deadline, connect)
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                upstream: upstream.name.clone(),
+                after: deadline,
+            })??;
+        Ok(Arc::new(Link {
+            upstream: upstream.clone(),
+            transport,
+            init,
+        }))
+    }
+
+    pub fn is_alive(&self) -> bool {
+        match &self.transport {
+            Transport::Stdio(l) => l.is_alive(),
+            Transport::Http(_) => true,
+        }
+    }
+
+    /// The upstream's declared capabilities.
+    pub fn capabilities(&self) -> &Value {
+        &self.init["capabilities"]
+    }
+
+    /// Sends a request and waits for its response, which keeps the id the caller gave.
+    /// Related traffic (progress, logs, server→client requests) goes to `related`.
+    /// On timeout or `cancel`, the upstream is sent `notifications/cancelled`.
+    pub async fn request(
+        &self,
+        mut msg: Message,
+        related: Option<Related>,
+        cancel: &CancellationToken,
+    ) -> Result<Message, UpstreamError> {
+        debug_assert_eq!(msg.kind(), Kind::Request);
+        let client_id = msg.id().cloned().unwrap_or(Value::Null);
+        let timeout = self.upstream.timeout();
+        let (upstream_id, call) = match &self.transport {
+            Transport::Stdio(l) => {
+                let (id, fut) = l.request(&mut msg, related);
+                (id, futures_util::future::Either::Left(fut))
+            }
+            Transport::Http(l) => {
+                let id = l.next_id();
+                msg.set_id(Value::from(id));
+                (
+                    id,
+                    futures_util::future::Either::Right(l.request(msg, related)),
+                )
+            }
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(timeout, call) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    self.cancel_upstream(upstream_id, "timed out in the gateway").await;
+                    Err(UpstreamError::Timeout { upstream: self.upstream.name.clone(), after: timeout })
+                }
+            },
+            _ = cancel.cancelled() => {
+                self.cancel_upstream(upstream_id, "cancelled by the client").await;
+                Err(UpstreamError::Cancelled)
+            }
+        };
+        let mut response = outcome?;
+        response.set_id(client_id);
+        Ok(response)
+    }
+
+    async fn cancel_upstream(&self, upstream_id: u64, reason: &str) {
+        if let Transport::Stdio(l) = &self.transport {
+            l.forget(upstream_id);
+        }
+        let note = Message::notification(
+            methods::CANCELLED,
+            Some(json!({ "requestId": upstream_id, "reason": reason })),
+        );
+        if let Err(e) = self.send(note).await {
+            tracing::debug!(upstream = %self.upstream.name, error = %e, "could not send cancellation");
+        }
+    }
+
+    /// Sends a notification or a response (to a request the upstream made).
+    pub async fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+        match &self.transport {
+            Transport::Stdio(l) => l.send(msg),
+            Transport::Http(l) => l.send(msg).await,
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Transport::Http(l) = &self.transport {
+            l.close();
+        }
+    }
+}

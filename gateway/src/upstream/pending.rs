@@ -1,0 +1,89 @@
+//! Requests sent to a stdio upstream and not yet answered.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::Related;
+use crate::mcp::Message;
+
+struct Entry {
+    reply: oneshot::Sender<Message>,
+    related: Option<Related>,
+    progress_token: Option<Value>,
+}
+
+/// In-flight requests of one link, keyed by the upstream-side id the gateway assigned.
+/// The lock is per link and held only for map operations.
+#[derive(Default)]
+pub struct Pending {
+    next: AtomicU64,
+    map: Mutex<BTreeMap<u64, Entry>>,
+}
+
+impl Pending {
+    /// A fresh upstream-side id (ids start at 1; 0 is the `initialize` request).
+    pub fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn register(
+        &self,
+        id: u64,
+        related: Option<Related>,
+        progress_token: Option<Value>,
+    ) -> oneshot::Receiver<Message> {
+        let (reply, rx) = oneshot::channel();
+        self.lock().insert(
+            id,
+            Entry {
+                reply,
+                related,
+                progress_token,
+            },
+        );
+        rx
+    }
+
+    /// Hands a response to its waiting request; false if nobody waits for it.
+    pub fn complete(&self, msg: Message) -> bool {
+        let Some(id) = msg.id().and_then(Value::as_u64) else {
+            return false;
+        };
+        match self.lock().remove(&id) {
+            Some(entry) => entry.reply.send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// The stream of the request that asked for progress with `token`.
+    pub fn related_to_progress(&self, token: &Value) -> Option<Related> {
+        self.lock()
+            .values()
+            .find(|e| e.progress_token.as_ref() == Some(token))
+            .and_then(|e| e.related.clone())
+    }
+
+    /// The stream of the most recent in-flight request: on stdio there is no other way to
+    /// tell which request a log line or a sampling request belongs to.
+    pub fn latest_related(&self) -> Option<Related> {
+        self.lock().values().rev().find_map(|e| e.related.clone())
+    }
+
+    /// Fails every waiting request (the process is gone).
+    pub fn fail_all(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+        // A poisoned map only means another thread panicked mid-insert; the map is still usable.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,117 @@
+//! A client session's place for one upstream: the link, created on first use and re-created
+//! (with backoff) after the upstream crashed or could not be reached.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::{Hello, InboundHandler, Link, Upstream, UpstreamError};
+
+/// First retry delay after a failure; doubles per consecutive failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A link that lived this long before dying resets the backoff: it was not a crash loop.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+pub struct Slot {
+    pub upstream: Arc<Upstream>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    link: Option<(Arc<Link>, Instant)>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Slot {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        Slot {
+            upstream,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The live link, if one exists, without connecting.
+    pub async fn current(&self) -> Option<Arc<Link>> {
+        let st = self.state.lock().await;
+        st.link
+            .as_ref()
+            .filter(|(l, _)| l.is_alive())
+            .map(|(l, _)| l.clone())
+    }
+
+    /// The live link, connecting (or restarting) it if needed; `true` when it is new. The
+    /// lock is per session and upstream, so concurrent first calls share one attempt.
+    pub async fn get(
+        &self,
+        hello: &Hello,
+        handler: Weak<dyn InboundHandler>,
+    ) -> Result<(Arc<Link>, bool), UpstreamError> {
+        let mut st = self.state.lock().await;
+        if let Some((link, started)) = &st.link {
+            if link.is_alive() {
+                return Ok((link.clone(), false));
+            }
+            // It died: count a crash unless it had been running stably.
+            let lived = started.elapsed();
+            st.failures = if lived >= STABLE_AFTER {
+                1
+            } else {
+                st.failures + 1
+            };
+            st.retry_at = Some(Instant::now() + backoff(st.failures).saturating_sub(lived));
+            st.link = None;
+        }
+        if let Some(at) = st.retry_at
+            && Instant::now() < at
+        {
+            return Err(UpstreamError::Unavailable {
+                upstream: self.upstream.name.clone(),
+                reason: format!(
+                    "restarting after a failure; next attempt in {:?}",
+                    at - Instant::now()
+                ),
+            });
+        }
+        match Link::connect(&self.upstream, hello, handler).await {
+            Ok(link) => {
+                if st.failures > 0 {
+                    tracing::info!(upstream = %self.upstream.name, "upstream reconnected");
+                }
+                st.failures = 0;
+                st.retry_at = None;
+                st.link = Some((link.clone(), Instant::now()));
+                Ok((link, true))
+            }
+            Err(e) => {
+                st.failures += 1;
+                st.retry_at = Some(Instant::now() + backoff(st.failures));
+                tracing::warn!(upstream = %self.upstream.name, error = %e, failures = st.failures, "upstream connect failed");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,312 @@
+//! Stdio upstreams: one child process per link, newline-delimited JSON-RPC on stdin/stdout.
+//!
+//! The child runs in its own process group, so a server that forks helpers (`npx`, shell
+//! wrappers) is killed as a whole; it is reaped as soon as it exits; it dies with the gateway
+//! (`PR_SET_PDEATHSIG`) even if the gateway is killed with SIGKILL; and its stderr goes to the
+//! gateway's log, tagged with the upstream name.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::pending::Pending;
+use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
+use crate::mcp::{Kind, Message, methods, version};
+
+/// Environment variables a child inherits from the gateway; everything else must be set in
+/// the upstream's `env` so that gateway secrets never leak into upstream processes.
+const INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM",
+];
+
+/// Longest accepted line from a child (a JSON-RPC message); longer output kills the link.
+const MAX_LINE: usize = 64 * 1024 * 1024;
+
+pub struct StdioLink {
+    name: Arc<str>,
+    outbox: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Arc<Pending>,
+    alive: Arc<AtomicBool>,
+    /// Cancelled when the link is dropped: the child is killed and reaped.
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl StdioLink {
+    pub async fn start(
+        upstream: &Arc<Upstream>,
+        hello: &Hello,
+        handler: Weak<dyn InboundHandler>,
+    ) -> Result<(Self, Value), UpstreamError> {
+        let cfg = &upstream.config;
+        let name = upstream.name.clone();
+        let program = cfg.command.as_deref().unwrap_or_default();
+        let spawn_err = |reason: String| UpstreamError::Spawn {
+            upstream: name.clone(),
+            reason,
+        };
+
+        let mut cmd = CommandWrap::with_new(program, |c| {
+            c.args(&cfg.args)
+                .env_clear()
+                .envs(
+                    INHERITED_ENV
+                        .iter()
+                        .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+                )
+                .envs(&cfg.env)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if let Some(dir) = &cfg.cwd {
+                c.current_dir(dir);
+            }
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        });
+        cmd.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| spawn_err(format!("{program}: {e}")))?;
+        let stdin = child
+            .stdin()
+            .take()
+            .ok_or_else(|| spawn_err("no stdin".into()))?;
+        let stdout = child
+            .stdout()
+            .take()
+            .ok_or_else(|| spawn_err("no stdout".into()))?;
+        let stderr = child
+            .stderr()
+            .take()
+            .ok_or_else(|| spawn_err("no stderr".into()))?;
+        let pid = child.id().unwrap_or_default();
+        tracing::info!(upstream = %name, pid, "started stdio upstream");
+
+        let stop = CancellationToken::new();
+        let alive = Arc::new(AtomicBool::new(true));
+        let pending = Arc::new(Pending::default());
+
+        // Reaper: waits for exit (so there is never a zombie) or kills on stop.
+        {
+            let (name, alive, pending, stop) =
+                (name.clone(), alive.clone(), pending.clone(), stop.clone());
+            tokio::spawn(async move {
+                let status = tokio::select! {
+                    s = child.wait() => s,
+                    _ = stop.cancelled() => {
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                };
+                alive.store(false, Ordering::Release);
+                pending.fail_all();
+                match status {
+                    Ok(s) if stop.is_cancelled() => {
+                        tracing::debug!(upstream = %name, pid, status = %s, "stdio upstream stopped")
+                    }
+                    Ok(s) => {
+                        tracing::warn!(upstream = %name, pid, status = %s, "stdio upstream exited")
+                    }
+                    Err(e) => {
+                        tracing::warn!(upstream = %name, pid, error = %e, "stdio upstream lost")
+                    }
+                }
+            });
+        }
+
+        // Writer: one task owns stdin so writes never interleave.
+        let (outbox, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let mut stdin = stdin;
+            while let Some(mut line) = rx.recv().await {
+                line.push(b'\n');
+                if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        // Stderr: into our log, line by line.
+        {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::info!(target: "portcullis::upstream::stderr", upstream = %name, "{line}");
+                }
+            });
+        }
+
+        // Reader: responses to their waiters, everything else to the session.
+        let (init_tx, init_rx) = tokio::sync::oneshot::channel::<Message>();
+        {
+            let (name, pending, upstream, alive, stop) = (
+                name.clone(),
+                pending.clone(),
+                upstream.clone(),
+                alive.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut init_tx = Some(init_tx);
+                let mut reader = BufReader::new(stdout);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match (&mut reader)
+                        .take(MAX_LINE as u64)
+                        .read_until(b'\n', &mut line)
+                        .await
+                    {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if line.last() != Some(&b'\n') && line.len() >= MAX_LINE => {
+                            tracing::warn!(upstream = %name, "message over {MAX_LINE} bytes; closing");
+                            break;
+                        }
+                        Ok(_) => {}
+                    }
+                    let text = line.trim_ascii();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let msg = match Message::parse(text) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(upstream = %name, error = %e, "ignoring a line that is not JSON-RPC");
+                            continue;
+                        }
+                    };
+                    match msg.kind() {
+                        Kind::Response
+                            if msg.id().and_then(Value::as_u64) == Some(0) && init_tx.is_some() =>
+                        {
+                            if let Some(tx) = init_tx.take() {
+                                let _ = tx.send(msg);
+                            }
+                        }
+                        Kind::Response => {
+                            if !pending.complete(msg) {
+                                tracing::debug!(upstream = %name, "response to a request nobody waits for");
+                            }
+                        }
+                        Kind::Notification | Kind::Request => {
+                            let related = related_for(&pending, &msg);
+                            if let Some(h) = handler.upgrade() {
+                                h.on_message(&upstream, msg, related.as_ref());
+                            }
+                        }
+                    }
+                }
+                alive.store(false, Ordering::Release);
+                pending.fail_all();
+                // stdout closed: the process is done for; make sure it is gone.
+                stop.cancel();
+            });
+        }
+
+        let link = StdioLink {
+            name: name.clone(),
+            outbox,
+            pending,
+            alive,
+            _stop: stop.drop_guard(),
+        };
+        let init = Message::request(
+            Value::from(0),
+            methods::INITIALIZE,
+            Some(hello.initialize_params(version::LATEST)),
+        );
+        link.send(init)?;
+        let mut reply = init_rx.await.map_err(|_| UpstreamError::Exited {
+            upstream: name.clone(),
+        })?;
+        if let Some(err) = reply.error_value() {
+            return Err(UpstreamError::Protocol {
+                upstream: name,
+                detail: format!("initialize failed: {err}"),
+            });
+        }
+        let result = reply.take_result().unwrap_or_default();
+        link.send(Message::notification(methods::INITIALIZED, None))?;
+        Ok((link, result))
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Assigns an upstream id, registers the waiter and writes the request. The returned
+    /// future resolves with the response.
+    pub fn request(
+        &self,
+        msg: &mut Message,
+        related: Option<Related>,
+    ) -> (
+        u64,
+        impl Future<Output = Result<Message, UpstreamError>> + use<>,
+    ) {
+        let id = self.pending.next_id();
+        msg.set_id(Value::from(id));
+        let rx = self
+            .pending
+            .register(id, related, msg.progress_token().cloned());
+        let sent = self.send_bytes(msg.to_bytes());
+        let name = self.name.clone();
+        let fut = async move {
+            sent?;
+            rx.await
+                .map_err(|_| UpstreamError::Exited { upstream: name })
+        };
+        (id, fut)
+    }
+
+    /// Stops waiting for a request (after a timeout or cancellation).
+    pub fn forget(&self, id: u64) {
+        self.pending.remove(id);
+    }
+
+    pub fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+        self.send_bytes(msg.to_bytes())
+    }
+
+    fn send_bytes(&self, bytes: Vec<u8>) -> Result<(), UpstreamError> {
+        if !self.is_alive() {
+            return Err(UpstreamError::Exited {
+                upstream: self.name.clone(),
+            });
+        }
+        self.outbox.send(bytes).map_err(|_| UpstreamError::Exited {
+            upstream: self.name.clone(),
+        })
+    }
+}
+
+/// Which client request a message from a stdio upstream belongs to. Progress carries its
+/// token; list changes and resource updates belong to the session; anything else sent while
+/// a request is in flight is taken to belong to the most recent one.
+fn related_for(pending: &Pending, msg: &Message) -> Option<Related> {
+    match msg.method() {
+        methods::PROGRESS => msg
+            .params()
+            .and_then(|p| p.get("progressToken"))
+            .and_then(|t| pending.related_to_progress(t)),
+        methods::TOOLS_LIST_CHANGED
+        | methods::PROMPTS_LIST_CHANGED
+        | methods::RESOURCES_LIST_CHANGED
+        | methods::RESOURCES_UPDATED => None,
+        _ => pending.latest_related(),
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
