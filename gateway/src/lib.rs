@@ -34,6 +34,8 @@ impl Gateway {
     /// Builds the upstreams, binds the listener and, with `namespacing.prefix = never`,
     /// checks that no two upstreams expose the same name.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        // https:// upstreams use rustls with ring; installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let upstreams = config
             .upstreams
             .iter()
@@ -80,7 +82,11 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled, then drains.
     pub async fn serve(self, shutdown: CancellationToken) {
         front::serve(self.listener, self.front, shutdown).await;
-        drop(self.sessions);
+        // Sessions are closed; their links (and child processes) go as the last references
+        // drop. Wait until the children are reaped, so nothing outlives the gateway.
+        for upstream in self.sessions.upstreams() {
+            upstream.wait_children(std::time::Duration::from_secs(5)).await;
+        }
     }
 }
 

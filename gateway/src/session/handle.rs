@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::Session;
 use crate::catalog::{ListKind, Target, page};
 use crate::mcp::{IdKey, Kind, Message, codes, methods};
-use crate::upstream::{InboundHandler, Link, Related, Upstream, UpstreamError};
+use crate::upstream::{Fresh, InboundHandler, Link, Related, Upstream, UpstreamError};
 
 /// Most pages fetched from one upstream for one list (guards against a cursor loop).
 const MAX_UPSTREAM_PAGES: usize = 100;
@@ -24,8 +24,10 @@ impl Session {
     /// the cached catalog of that upstream and gets the client's log level again.
     async fn link(&self, idx: usize) -> Result<Arc<Link>, UpstreamError> {
         let (link, fresh) = self.slots[idx].get(&self.hello, self.handler()).await?;
-        if fresh {
+        if fresh == Fresh::Restarted {
             self.catalog.invalidate_upstream(idx);
+        }
+        if fresh != Fresh::No {
             let level = self
                 .log_level
                 .lock()

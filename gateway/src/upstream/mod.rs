@@ -28,7 +28,7 @@ use crate::config::{TransportKind, UpstreamConfig};
 use crate::mcp::{Kind, Message, methods};
 
 pub use error::UpstreamError;
-pub use slot::Slot;
+pub use slot::{Fresh, Slot};
 
 /// Where messages related to one client request go (progress, logs, server→client requests
 /// sent while that request runs): the client's stream for that request.
@@ -47,6 +47,9 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Shared connection pool for HTTP upstreams (keep-alive, `TCP_NODELAY`).
     http: Option<http::Client>,
+    /// The tasks that wait for this upstream's child processes, so shutdown can see them
+    /// reaped.
+    children: tokio_util::task::TaskTracker,
 }
 
 impl Upstream {
@@ -59,11 +62,21 @@ impl Upstream {
             name: name.into(),
             config,
             http,
+            children: Default::default(),
         }))
     }
 
     pub fn timeout(&self) -> Duration {
         self.config.timeout
+    }
+
+    /// Waits (up to `limit`) until every child process of this upstream has exited and been
+    /// reaped. Call after the links are dropped.
+    pub async fn wait_children(&self, limit: Duration) {
+        self.children.close();
+        if tokio::time::timeout(limit, self.children.wait()).await.is_err() {
+            tracing::warn!(upstream = %self.name, "child processes still running after shutdown");
+        }
     }
 }
 

@@ -20,9 +20,21 @@ pub struct Slot {
     state: Mutex<State>,
 }
 
+/// Whether [`Slot::get`] made a new link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fresh {
+    /// The link already existed.
+    No,
+    /// The first link of this slot.
+    First,
+    /// A replacement for a link that died: whatever the client had cached is stale.
+    Restarted,
+}
+
 #[derive(Default)]
 struct State {
     link: Option<(Arc<Link>, Instant)>,
+    connected_before: bool,
     failures: u32,
     retry_at: Option<Instant>,
 }
@@ -44,17 +56,17 @@ impl Slot {
             .map(|(l, _)| l.clone())
     }
 
-    /// The live link, connecting (or restarting) it if needed; `true` when it is new. The
-    /// lock is per session and upstream, so concurrent first calls share one attempt.
+    /// The live link, connecting (or restarting) it if needed. The lock is per session and
+    /// upstream, so concurrent first calls share one attempt.
     pub async fn get(
         &self,
         hello: &Hello,
         handler: Weak<dyn InboundHandler>,
-    ) -> Result<(Arc<Link>, bool), UpstreamError> {
+    ) -> Result<(Arc<Link>, Fresh), UpstreamError> {
         let mut st = self.state.lock().await;
         if let Some((link, started)) = &st.link {
             if link.is_alive() {
-                return Ok((link.clone(), false));
+                return Ok((link.clone(), Fresh::No));
             }
             // It died: count a crash unless it had been running stably.
             let lived = started.elapsed();
@@ -85,7 +97,9 @@ impl Slot {
                 st.failures = 0;
                 st.retry_at = None;
                 st.link = Some((link.clone(), Instant::now()));
-                Ok((link, true))
+                let fresh = if st.connected_before { Fresh::Restarted } else { Fresh::First };
+                st.connected_before = true;
+                Ok((link, fresh))
             }
             Err(e) => {
                 st.failures += 1;

@@ -101,7 +101,7 @@ impl StdioLink {
         {
             let (name, alive, pending, stop) =
                 (name.clone(), alive.clone(), pending.clone(), stop.clone());
-            tokio::spawn(async move {
+            upstream.children.spawn(async move {
                 let status = tokio::select! {
                     s = child.wait() => s,
                     _ = stop.cancelled() => {

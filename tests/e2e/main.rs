@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `portcullis` binary in front of real upstreams, driven by
+//! real MCP clients. One test binary; each area is a module.
+//!
+//! Build everything first (`cargo build --workspace`), then `cargo test -p portcullis-tests`.
+
+mod harness_selftest;
+mod smoke;

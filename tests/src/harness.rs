@@ -1,0 +1,27 @@
+//! Test harness for the end-to-end tests: run the real `portcullis` binary and fixture
+//! upstreams as child processes, and talk to the gateway with rmcp clients or raw HTTP.
+//!
+//! - [`process`]: [`bin_path`], [`Gateway`], [`Fixture`], [`check_config`], config snippets
+//!   ([`server_toml`], [`stdio_fixture_toml`], [`Fixture::upstream_toml`], [`toml_str`]).
+//! - [`mcp`]: [`client`] / [`connect`] (rmcp Streamable HTTP clients) and the
+//!   [`RecordingClient`] handler that records notifications and answers server requests.
+//! - [`raw`]: [`RawHttp`] / [`RawSession`] for transport-level tests, [`parse_sse`].
+//!
+//! The binaries must be built first: `cargo build --workspace`.
+
+pub mod mcp;
+pub mod process;
+pub mod raw;
+
+pub use mcp::{
+    ClientEvent, ConnectOptions, McpClient, RecordingClient, call_tool, call_tool_tracked, client,
+    client_with, connect, text_of,
+};
+pub use process::{
+    CheckOutput, FIXTURE_SIMPLE_TEXT, Fixture, Gateway, SHUTDOWN_TIMEOUT, STARTUP_TIMEOUT, TempDir,
+    bin_path, check_config, server_toml, stdio_fixture_toml, strip_ansi, toml_str,
+};
+pub use raw::{
+    RawHttp, RawResponse, RawSession, SseEvent, SseReader, initialize_request,
+    jsonrpc_notification, jsonrpc_request, parse_sse,
+};
