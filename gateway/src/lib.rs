@@ -85,7 +85,9 @@ impl Gateway {
         // Sessions are closed; their links (and child processes) go as the last references
         // drop. Wait until the children are reaped, so nothing outlives the gateway.
         for upstream in self.sessions.upstreams() {
-            upstream.wait_children(std::time::Duration::from_secs(5)).await;
+            upstream
+                .wait_children(std::time::Duration::from_secs(5))
+                .await;
         }
     }
 }

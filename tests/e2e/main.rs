@@ -3,5 +3,9 @@
 //!
 //! Build everything first (`cargo build --workspace`), then `cargo test -p portcullis-tests`.
 
+mod aggregation;
+mod conformance;
 mod harness_selftest;
+mod relay;
 mod smoke;
+mod upstreams;

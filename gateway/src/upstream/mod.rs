@@ -74,7 +74,10 @@ impl Upstream {
     /// reaped. Call after the links are dropped.
     pub async fn wait_children(&self, limit: Duration) {
         self.children.close();
-        if tokio::time::timeout(limit, self.children.wait()).await.is_err() {
+        if tokio::time::timeout(limit, self.children.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(upstream = %self.name, "child processes still running after shutdown");
         }
     }

@@ -97,7 +97,11 @@ impl Slot {
                 st.failures = 0;
                 st.retry_at = None;
                 st.link = Some((link.clone(), Instant::now()));
-                let fresh = if st.connected_before { Fresh::Restarted } else { Fresh::First };
+                let fresh = if st.connected_before {
+                    Fresh::Restarted
+                } else {
+                    Fresh::First
+                };
                 st.connected_before = true;
                 Ok((link, fresh))
             }

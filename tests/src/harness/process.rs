@@ -626,7 +626,17 @@ impl Fixture {
 
     /// [`Fixture::http`] with extra command-line arguments.
     pub async fn http_with_args(name: &str, extra_args: &[&str]) -> Fixture {
-        let mut args = vec!["--http", "127.0.0.1:0", "--name", name];
+        Self::spawn_http(name, "127.0.0.1:0", extra_args).await
+    }
+
+    /// A fixture on a given address, e.g. the address of one that was killed (an upstream
+    /// that restarted and forgot its sessions).
+    pub async fn http_on(name: &str, addr: SocketAddr) -> Fixture {
+        Self::spawn_http(name, &addr.to_string(), &[]).await
+    }
+
+    async fn spawn_http(name: &str, bind: &str, extra_args: &[&str]) -> Fixture {
+        let mut args = vec!["--http", bind, "--name", name];
         args.extend_from_slice(extra_args);
         let mut proc = Proc::spawn(
             format!("fixture {name}"),

