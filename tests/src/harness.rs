@@ -25,3 +25,10 @@ pub use raw::{
     RawHttp, RawResponse, RawSession, SseEvent, SseReader, initialize_request,
     jsonrpc_notification, jsonrpc_request, parse_sse,
 };
+
+/// Installs rustls' ring provider for this process. reqwest is built with
+/// `rustls-no-provider` in this workspace (see the gateway), and building a reqwest client
+/// without a provider panics. Idempotent.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -66,6 +66,8 @@ pub async fn serve_http(listener: tokio::net::TcpListener, path: &str) -> anyhow
     let path: Arc<str> = Arc::from(path);
     loop {
         let (stream, _) = listener.accept().await?;
+        // Without it, Nagle + delayed ACK hold back each small SSE event by ~40 ms.
+        stream.set_nodelay(true)?;
         let mcp = mcp.clone();
         let path = path.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {

@@ -136,6 +136,7 @@ pub async fn connect<H: ClientHandler>(
     let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned())
         .custom_headers(headers)
         .reinit_on_expired_session(options.reinit_on_expired_session);
+    super::init_tls();
     let transport = StreamableHttpClientTransport::from_config(config);
     let running = tokio::time::timeout(
         STARTUP_TIMEOUT,

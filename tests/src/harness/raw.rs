@@ -209,6 +209,7 @@ pub struct RawHttp {
 
 impl RawHttp {
     pub fn new(url: &str) -> Self {
+        super::init_tls();
         RawHttp {
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)

@@ -1,0 +1,262 @@
+//! `loadgen`: the gateway's load harness. Measures `tools/call` and `tools/list` through the
+//! gateway and directly against the same Streamable HTTP upstream (the fixture server), at
+//! 1, 16 and 64 concurrent client sessions, then the gateway's memory with 1,000 sessions.
+//!
+//! ```sh
+//! cargo build --release -p portcullis -p portcullis-tests --bins
+//! target/release/loadgen [--seconds 10] [--sessions 1000]
+//! ```
+//!
+//! Prints a Markdown report (see docs/BENCHMARKS.md). Each virtual client is one MCP session
+//! on its own keep-alive connection, sending its next request as soon as the last answer
+//! arrived. CPU per call is the server processes' user+system time (from /proc) divided by
+//! the calls answered: on a 2-core machine that, not latency, bounds throughput.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use portcullis_tests::harness::{Fixture, Gateway};
+use serde_json::json;
+
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+
+#[derive(Clone, Copy)]
+enum Op {
+    Call,
+    List,
+}
+
+impl Op {
+    fn label(self) -> &'static str {
+        match self {
+            Op::Call => "tools/call",
+            Op::List => "tools/list",
+        }
+    }
+
+    fn body(self, tool: &str) -> String {
+        match self {
+            Op::Call => json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": tool, "arguments": {"text": "hello"}}})
+            .to_string(),
+            Op::List => json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string(),
+        }
+    }
+}
+
+struct Target<'a> {
+    label: &'static str,
+    url: &'a str,
+    /// Name of the echo tool as this target exposes it.
+    echo: &'static str,
+    /// Server processes whose CPU time is charged to this target.
+    pids: Vec<u32>,
+}
+
+struct Cell {
+    calls: usize,
+    errors: usize,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu_per_call: Duration,
+}
+
+fn client() -> reqwest::Client {
+    portcullis_tests::harness::init_tls();
+    reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(1024).build().expect("http client")
+}
+
+async fn post(http: &reqwest::Client, url: &str, session: Option<&str>, body: String) -> anyhow::Result<(String, Option<String>)> {
+    let mut req = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body);
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-11-25");
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let sid = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let text = resp.text().await?;
+    if !status.is_success() {
+        bail!("HTTP {status}: {text}");
+    }
+    Ok((text, sid))
+}
+
+async fn open_session(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "loadgen", "version": "1"}}});
+    let (_, sid) = post(http, url, None, init.to_string()).await?;
+    let sid = sid.context("no Mcp-Session-Id")?;
+    post(http, url, Some(&sid), json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string()).await?;
+    Ok(sid)
+}
+
+/// User+system CPU time of a process so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn measure(target: &Target<'_>, op: Op, concurrency: usize, seconds: f64) -> anyhow::Result<Cell> {
+    let http = client();
+    let mut sessions = Vec::new();
+    for _ in 0..concurrency {
+        sessions.push(open_session(&http, target.url).await?);
+    }
+    let body = op.body(target.echo);
+    let run = |until: Instant, record: bool| {
+        let workers = sessions.iter().map(|sid| {
+            let (http, body, url, sid) = (http.clone(), body.clone(), target.url.to_string(), sid.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                while Instant::now() < until {
+                    let t0 = Instant::now();
+                    match post(&http, &url, Some(&sid), body.clone()).await {
+                        Ok((text, _)) if text.contains("\"result\"") => {
+                            if record {
+                                lat.push(t0.elapsed());
+                            }
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        });
+        futures_util::future::join_all(workers)
+    };
+    // Warm up: connections, upstream links, caches.
+    run(Instant::now() + Duration::from_secs(1), false).await;
+    let cpu0: Duration = target.pids.iter().map(|p| cpu_time(*p)).sum();
+    let start = Instant::now();
+    let results = run(start + Duration::from_secs_f64(seconds), true).await;
+    let elapsed = start.elapsed();
+    let cpu = target.pids.iter().map(|p| cpu_time(*p)).sum::<Duration>().saturating_sub(cpu0);
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for r in results {
+        let (l, e) = r?;
+        lat.extend(l);
+        errors += e;
+    }
+    lat.sort();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let calls = lat.len();
+    Ok(Cell {
+        calls,
+        errors,
+        rps: calls as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        cpu_per_call: cpu / calls.max(1) as u32,
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut seconds = 10.0;
+    let mut idle_sessions = 1000;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seconds" => seconds = args.next().context("--seconds N")?.parse()?,
+            "--sessions" => idle_sessions = args.next().context("--sessions N")?.parse()?,
+            other => bail!("unknown argument {other}; usage: loadgen [--seconds N] [--sessions N]"),
+        }
+    }
+    let upstream = Fixture::http("bench").await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\n\n{}",
+        upstream.upstream_toml("bench")
+    );
+    let gateway = Gateway::start(&config).await;
+    let direct = Target { label: "direct", url: upstream.url(), echo: "echo", pids: vec![upstream.pid()] };
+    let through = Target {
+        label: "gateway",
+        url: gateway.url(),
+        echo: "bench__echo",
+        pids: vec![gateway.pid(), upstream.pid()],
+    };
+
+    println!("| op | clients | target | calls/s | p50 ms | p99 ms | CPU µs/call (servers) | errors |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    let mut ratios = Vec::new();
+    for op in [Op::Call, Op::List] {
+        for c in CONCURRENCY {
+            let d = measure(&direct, op, c, seconds).await?;
+            let g = measure(&through, op, c, seconds).await?;
+            for (t, cell) in [(&direct, &d), (&through, &g)] {
+                println!(
+                    "| {} | {c} | {} | {:.0} | {} | {} | {:.0} | {} |",
+                    op.label(),
+                    t.label,
+                    cell.rps,
+                    ms(cell.p50),
+                    ms(cell.p99),
+                    cell.cpu_per_call.as_secs_f64() * 1e6,
+                    cell.errors
+                );
+            }
+            ratios.push((op.label(), c, g.rps / d.rps, g.p50.as_secs_f64() / d.p50.as_secs_f64().max(1e-9), d.calls + g.calls));
+        }
+    }
+    println!("\n| op | clients | gateway/direct throughput | gateway/direct p50 |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (op, c, t, l) in ratios.iter().map(|(o, c, t, l, _)| (o, c, t, l)) {
+        println!("| {op} | {c} | {t:.2} | {l:.2} |");
+    }
+
+    // Memory: sessions that only initialized, then the same sessions after one call each
+    // (which opens one upstream session per client session).
+    let http = client();
+    let base = rss_kib(gateway.pid());
+    let mut sids = Vec::new();
+    for _ in 0..idle_sessions {
+        sids.push(open_session(&http, gateway.url()).await?);
+    }
+    let idle = rss_kib(gateway.pid());
+    for chunk in sids.chunks(64) {
+        let calls = chunk.iter().map(|sid| post(&http, gateway.url(), Some(sid), Op::Call.body("bench__echo")));
+        for r in futures_util::future::join_all(calls).await {
+            r?;
+        }
+    }
+    let active = rss_kib(gateway.pid());
+    println!("\n| gateway RSS | MiB | per session |");
+    println!("| --- | ---: | ---: |");
+    println!("| after start | {:.1} | |", base as f64 / 1024.0);
+    println!(
+        "| {idle_sessions} idle sessions | {:.1} | {:.1} KiB |",
+        idle as f64 / 1024.0,
+        (idle.saturating_sub(base)) as f64 / idle_sessions as f64
+    );
+    println!(
+        "| {idle_sessions} sessions after one call each (upstream session open) | {:.1} | {:.1} KiB |",
+        active as f64 / 1024.0,
+        (active.saturating_sub(base)) as f64 / idle_sessions as f64
+    );
+    Ok(())
+}
