@@ -4,8 +4,11 @@
 //! Build everything first (`cargo build --workspace`), then `cargo test -p portcullis-tests`.
 
 mod aggregation;
+mod cli;
 mod conformance;
+mod front;
 mod harness_selftest;
 mod relay;
 mod smoke;
+mod transparency;
 mod upstreams;

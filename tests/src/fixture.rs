@@ -344,6 +344,21 @@ pub async fn serve_stdio(options: Options) -> anyhow::Result<()> {
 }
 
 impl ServerHandler for Fixture {
+    /// Any method the fixture does not know is answered with what arrived, so tests can see
+    /// that a proxy forwarded it intact.
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, McpError> {
+        // rmcp moves `params._meta` into the context, so report it separately.
+        Ok(rmcp::model::CustomResult::new(serde_json::json!({
+            "method": request.method,
+            "params": request.params,
+            "meta": serde_json::to_value(&context.meta).unwrap_or_default(),
+        })))
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
