@@ -11,9 +11,9 @@ use std::{
 };
 
 use portcullis_tests::harness::{
-    Fixture, Gateway, RawHttp, RawResponse, RawSession, SseEvent, SseReader, bin_path,
-    initialize_request, jsonrpc_notification, jsonrpc_request, server_toml, stdio_fixture_toml,
-    toml_str,
+    Fixture, Gateway, RawHttp, RawResponse, RawSession, SHUTDOWN_TIMEOUT, SseEvent, SseReader,
+    bin_path, initialize_request, jsonrpc_notification, jsonrpc_request, server_toml,
+    stdio_fixture_toml, toml_str,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -135,13 +135,22 @@ fn tool_text(response: &RawResponse, id: i64) -> String {
         .join("\n")
 }
 
+/// At most the first 400 characters of `text`, for assertion messages.
+fn short(text: &str) -> String {
+    match text.char_indices().nth(400) {
+        Some((at, _)) => format!("{}… ({} bytes)", &text[..at], text.len()),
+        None => text.to_owned(),
+    }
+}
+
 /// Asserts an HTTP-level refusal: the exact status, and a body that is either empty or one
 /// complete JSON-RPC error object (never a half-written or non-JSON body).
 fn assert_refused(response: &RawResponse, status: StatusCode, what: &str) {
     assert_eq!(
-        response.status, status,
+        response.status,
+        status,
         "{what}: wrong status; body: {}",
-        response.body
+        short(&response.body)
     );
     if !response.body.trim().is_empty() {
         let body = response.json();
@@ -158,7 +167,7 @@ fn assert_bad_request(response: &RawResponse, code: i64, what: &str) {
         response.status,
         StatusCode::BAD_REQUEST,
         "{what}: wrong status; body: {}",
-        response.body
+        short(&response.body)
     );
     let body = response.json();
     assert_eq!(body["jsonrpc"], "2.0", "{what}: {body}");
@@ -316,6 +325,32 @@ async fn json_that_is_not_json_rpc_gets_400_and_invalid_request() {
         assert_bad_request(&response, -32600, what);
     }
     assert_eq!(session.call(9, "ping", json!({})).await, json!({}));
+}
+
+/// MCP requires `params` to be an object (the schema's `params?: { [key: string]: unknown }`);
+/// positional (array) params are JSON-RPC but not MCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn params_that_are_an_array_get_400_and_invalid_request() {
+    let gateway =
+        Gateway::start(&format!("{}{}", server_toml(), stdio_fixture_toml("alpha"))).await;
+    let (_, session) = RawHttp::new(gateway.url()).initialize(&[]).await;
+    for (what, body) in [
+        (
+            "a request",
+            json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": [] }),
+        ),
+        (
+            "a tools/call",
+            json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": ["alpha__echo", { "text": "x" }] }),
+        ),
+        (
+            "a notification",
+            json!({ "jsonrpc": "2.0", "method": "notifications/roots/list_changed", "params": [1] }),
+        ),
+    ] {
+        let response = session.post(&body).await;
+        assert_bad_request(&response, -32600, &format!("array params in {what}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,6 +603,36 @@ async fn an_unsupported_protocol_version_header_gets_400() {
     assert_eq!(session.call(2, "ping", json!({})).await, json!({}));
 }
 
+/// The transport spec's 400 for an unsupported `MCP-Protocol-Version` applies to every
+/// request of the session, not only to POSTs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_protocol_version_header_on_get_or_delete_gets_400() {
+    let gateway =
+        Gateway::start(&format!("{}{}", server_toml(), stdio_fixture_toml("alpha"))).await;
+    let http = RawHttp::new(gateway.url());
+    let (_, session) = http.initialize(&[]).await;
+    let id = session.session_id.clone().expect("session id");
+    let bad = [
+        ("mcp-session-id", id.as_str()),
+        ("mcp-protocol-version", "1999-01-01"),
+    ];
+    let mut get = bad.to_vec();
+    get.push(("accept", "text/event-stream"));
+    let stream = http.open_stream(Method::GET, &get, None).await;
+    let get_status = stream.status;
+    drop(stream);
+    let delete = http.request(Method::DELETE, &bad, None).await;
+    assert_eq!(
+        (get_status, delete.status),
+        (StatusCode::BAD_REQUEST, StatusCode::BAD_REQUEST),
+        "(GET, DELETE) with MCP-Protocol-Version: 1999-01-01; DELETE body: {}",
+        delete.body
+    );
+    assert_refused(&delete, StatusCode::BAD_REQUEST, "DELETE");
+    // The session survived the refused DELETE.
+    assert_eq!(session.call(2, "ping", json!({})).await, json!({}));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_or_terminated_session_ids_get_404_and_a_missing_one_400() {
     let gateway =
@@ -699,7 +764,7 @@ async fn an_upstream_that_is_down_is_named_while_the_other_answers() {
         .post(&call(1, "dead__echo", json!({ "text": "hello" })))
         .await;
     let error = rpc_error(&response, 1);
-    assert!(error["code"].is_i64(), "{error}");
+    assert_eq!(error["code"], -32603, "{error}");
     let message = error["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("dead") || error["data"].to_string().contains("dead"),
@@ -721,6 +786,52 @@ async fn an_upstream_that_is_down_is_named_while_the_other_answers() {
         .collect();
     assert!(names.contains(&"alive__echo"), "{names:?}");
     assert!(names.iter().all(|n| !n.starts_with("dead__")), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_arrives_too_slowly_gets_408() {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npath = \"/mcp\"\nrequest-timeout = \"500ms\"\n\n{}",
+        stdio_fixture_toml("alpha")
+    );
+    let gateway = Gateway::start(&config).await;
+    let body = initialize_request(1, "2025-11-25").to_string();
+    // The head promises the whole body; only half of it ever comes.
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {len}\r\n\
+         Connection: close\r\n\r\n{half}",
+        addr = gateway.addr(),
+        len = body.len(),
+        half = &body[..body.len() / 2],
+    );
+    let (status, _) = raw_exchange(gateway.addr(), request.as_bytes()).await;
+    assert_eq!(status, 408, "a body that never completes");
+    // Others are served meanwhile and afterwards.
+    let (_, session) = RawHttp::new(gateway.url()).initialize(&[]).await;
+    assert_eq!(session.call(2, "ping", json!({})).await, json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_beyond_max_sessions_gets_503_until_one_ends() {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npath = \"/mcp\"\nmax-sessions = 1\n\n{}",
+        stdio_fixture_toml("alpha")
+    );
+    let gateway = Gateway::start(&config).await;
+    let http = RawHttp::new(gateway.url());
+    let (_, first) = http.initialize(&[]).await;
+    let refused = http.post(&initialize_request(1, "2025-11-25"), &[]).await;
+    assert_refused(
+        &refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "initialize over max-sessions",
+    );
+    assert!(refused.session_id().is_none(), "{refused:?}");
+    assert_eq!(first.call(2, "ping", json!({})).await, json!({}));
+    assert!(first.delete().await.status.is_success());
+    let (_, second) = http.initialize(&[]).await;
+    assert_eq!(second.call(3, "ping", json!({})).await, json!({}));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1118,13 +1229,31 @@ async fn sigterm_lets_an_in_flight_call_finish_then_exits_0_leaving_no_children(
                 .await
         })
     };
+    // A client also listens on the GET stream; shutdown must end it, not wait for it.
+    let mut listener = session.get_stream().await;
+    assert_eq!(listener.status, StatusCode::OK);
     gateway.wait_for_log("started stdio upstream", WAIT).await;
     eventually("the stdio upstream runs", || {
         !processes_with_arg(&marker).is_empty()
     })
     .await;
 
-    let status = gateway.stop().await;
+    gateway.signal(libc::SIGTERM);
+    // Once draining, the gateway accepts no new connections.
+    gateway.wait_for_log("shutting down", WAIT).await;
+    let late = tokio::net::TcpStream::connect(gateway.addr()).await;
+    assert!(
+        late.is_err(),
+        "a new connection was accepted after shutdown began"
+    );
+    let status = match gateway.wait_exit(SHUTDOWN_TIMEOUT).await {
+        Some(status) => status,
+        None => panic!(
+            "the gateway did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM\n--- log ---\n{}",
+            gateway.logs()
+        ),
+    };
+    read_to_end(&mut listener).await;
     let response = sleeper.await.expect("the call task panicked");
     assert_eq!(tool_text(&response, 1), "slept 1500 ms");
     assert!(status.success(), "gateway exited with {status}");

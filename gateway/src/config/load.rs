@@ -108,6 +108,8 @@ pub fn parse(
     for (name, up) in config.upstreams.iter_mut() {
         let line = line_of(text, &format!("[upstreams.{name}]"));
         let field = |f: &str| format!("upstreams.{name}.{f}");
+        // The line of the key itself when it is in the table, else the table header's.
+        let at = |f: &str| key_line(text, line, f.split('.').next().unwrap_or(f)).or(line);
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(err(
                 line,
@@ -125,7 +127,7 @@ pub fn parse(
         match (&up.command, &up.url) {
             (Some(_), Some(_)) => {
                 return Err(err(
-                    line,
+                    at("url"),
                     field("url"),
                     "set either `command` or `url`, not both".into(),
                 ));
@@ -140,7 +142,7 @@ pub fn parse(
             _ => {}
         }
         let expand = |f: &str, v: &mut String| -> Result<(), ConfigError> {
-            *v = env::expand(v, lookup).map_err(|m| err(line, field(f), m))?;
+            *v = env::expand(v, lookup).map_err(|m| err(at(f), field(f), m))?;
             Ok(())
         };
         if let Some(c) = up.command.as_mut() {
@@ -163,7 +165,7 @@ pub fn parse(
         }
         if up.timeout.is_zero() || up.connect_timeout.is_zero() {
             return Err(err(
-                line,
+                at("timeout"),
                 field("timeout"),
                 "timeouts must be positive".into(),
             ));
@@ -172,7 +174,7 @@ pub fn parse(
             TransportKind::Stdio => {
                 if !up.headers.is_empty() || up.bearer_token.is_some() {
                     return Err(err(
-                        line,
+                        at("headers"),
                         field("headers"),
                         "`headers` and `bearer-token` apply to HTTP upstreams only".into(),
                     ));
@@ -181,7 +183,7 @@ pub fn parse(
             TransportKind::Http => {
                 if !up.args.is_empty() || !up.env.is_empty() || up.cwd.is_some() {
                     return Err(err(
-                        line,
+                        at("args"),
                         field("args"),
                         "`args`, `env` and `cwd` apply to stdio upstreams only".into(),
                     ));
@@ -191,17 +193,19 @@ pub fn parse(
                     Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
                     Ok(_) => {
                         return Err(err(
-                            line,
+                            at("url"),
                             field("url"),
                             "must be an http:// or https:// URL".into(),
                         ));
                     }
-                    Err(e) => return Err(err(line, field("url"), format!("invalid URL: {e}"))),
+                    Err(e) => {
+                        return Err(err(at("url"), field("url"), format!("invalid URL: {e}")));
+                    }
                 }
                 for (k, v) in &up.headers {
                     if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
                         return Err(err(
-                            line,
+                            at("headers"),
                             field("headers"),
                             format!("{k:?} is not a valid header name"),
                         ));
@@ -209,14 +213,14 @@ pub fn parse(
                     if http::HeaderValue::from_str(v).is_err() {
                         // The value may be a secret: name the header, never print the value.
                         return Err(err(
-                            line,
+                            at(&format!("headers.{k}")),
                             field(&format!("headers.{k}")),
                             "is not a valid header value".into(),
                         ));
                     }
                     if k.eq_ignore_ascii_case("authorization") && up.bearer_token.is_some() {
                         return Err(err(
-                            line,
+                            at("headers"),
                             field("headers"),
                             "set `Authorization` in `headers` or `bearer-token`, not both".into(),
                         ));
@@ -234,6 +238,23 @@ pub fn parse(
 /// The 1-based line of the first occurrence of `needle`, if any.
 fn line_of(text: &str, needle: &str) -> Option<usize> {
     text.find(needle).map(|at| line_at(text, at))
+}
+
+/// The line of `key = …` in the table whose header is on line `table`.
+fn key_line(text: &str, table: Option<usize>, key: &str) -> Option<usize> {
+    let table = table?;
+    for (i, l) in text.lines().enumerate().skip(table) {
+        let l = l.trim_start();
+        if l.starts_with('[') {
+            return None;
+        }
+        if l.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// The 1-based line of byte offset `at`.
@@ -277,10 +298,10 @@ mod tests {
         let e = check("\n[upstreams.a]\ncommand = \"x\"\nurl = \"http://h\"\n").unwrap_err();
         assert_eq!(
             e,
-            "t.toml:2: upstreams.a.url: set either `command` or `url`, not both"
+            "t.toml:4: upstreams.a.url: set either `command` or `url`, not both"
         );
         let e = check("[upstreams.b]\nurl = \"ftp://h\"\n").unwrap_err();
-        assert!(e.contains("upstreams.b.url"), "{e}");
+        assert!(e.starts_with("t.toml:2: upstreams.b.url"), "{e}");
         let e = check("[upstreams.a_b]\ncommand = \"x\"\n").unwrap_err();
         assert!(
             e.contains("upstreams.a_b: an upstream name may contain only"),

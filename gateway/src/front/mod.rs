@@ -61,20 +61,25 @@ impl Front {
             );
         }
         let origin = req.headers().get(ORIGIN).cloned();
-        let mut resp = match *req.method() {
-            Method::POST => self.post(req).await,
-            Method::GET => self.get(req).await,
-            Method::DELETE => self.delete(req).await,
-            Method::OPTIONS => response::empty(StatusCode::NO_CONTENT),
-            _ => {
-                let mut r =
-                    response::status_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-                r.headers_mut().insert(
-                    ALLOW,
-                    HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
-                );
-                r
-            }
+        let mut resp = match streamable::check_protocol_version(req.headers()) {
+            Err(bad) if req.method() != Method::OPTIONS => bad,
+            _ => match *req.method() {
+                Method::POST => self.post(req).await,
+                Method::GET => self.get(req).await,
+                Method::DELETE => self.delete(req).await,
+                Method::OPTIONS => response::empty(StatusCode::NO_CONTENT),
+                _ => {
+                    let mut r = response::status_error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "Method Not Allowed",
+                    );
+                    r.headers_mut().insert(
+                        ALLOW,
+                        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+                    );
+                    r
+                }
+            },
         };
         if let Some(origin) = origin {
             // The guard let it through, so this origin may read our answers.

@@ -25,6 +25,21 @@ pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
+/// An `MCP-Protocol-Version` header naming a revision we do not speak gets 400, on every
+/// method (a missing header means 2025-03-26, per the spec).
+pub(super) fn check_protocol_version(headers: &HeaderMap) -> Result<(), Response<Body>> {
+    match headers.get(PROTOCOL_VERSION) {
+        Some(v) if !v.to_str().is_ok_and(version::is_supported) => Err(response::status_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "Bad Request: unsupported MCP-Protocol-Version (supported: {})",
+                version::SUPPORTED.join(", ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
     headers
         .get_all(ACCEPT)
@@ -61,17 +76,6 @@ impl Front {
             return response::status_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Unsupported Media Type: Content-Type must be application/json",
-            );
-        }
-        if let Some(v) = headers.get(PROTOCOL_VERSION)
-            && !v.to_str().is_ok_and(version::is_supported)
-        {
-            return response::status_error(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "Bad Request: unsupported MCP-Protocol-Version (supported: {})",
-                    version::SUPPORTED.join(", ")
-                ),
             );
         }
         let session_id = headers

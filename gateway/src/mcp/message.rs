@@ -92,8 +92,9 @@ impl Message {
             },
             (None, None) => return Err(ParseError::Invalid("missing \"method\" or \"id\"")),
         };
+        // MCP params are always objects (JSON-RPC's positional arrays are not used).
         if let Some(params) = body.get("params")
-            && !(params.is_object() || params.is_array())
+            && !params.is_object()
         {
             return Err(ParseError::Invalid("\"params\" must be an object"));
         }
@@ -258,6 +259,7 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
             br#"{"jsonrpc":"2.0","id":1}"#,
             br#"{"jsonrpc":"2.0","method":"x","params":3}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[]}"#,
         ] {
             assert_eq!(
                 Message::parse(bad).unwrap_err().code(),

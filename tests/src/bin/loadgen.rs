@@ -64,21 +64,36 @@ struct Cell {
 
 fn client() -> reqwest::Client {
     portcullis_tests::harness::init_tls();
-    reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(1024).build().expect("http client")
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("http client")
 }
 
-async fn post(http: &reqwest::Client, url: &str, session: Option<&str>, body: String) -> anyhow::Result<(String, Option<String>)> {
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    session: Option<&str>,
+    body: String,
+) -> anyhow::Result<(String, Option<String>)> {
     let mut req = http
         .post(url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .body(body);
     if let Some(s) = session {
-        req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-11-25");
+        req = req
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-11-25");
     }
     let resp = req.send().await?;
     let status = resp.status();
-    let sid = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let sid = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let text = resp.text().await?;
     if !status.is_success() {
         bail!("HTTP {status}: {text}");
@@ -91,7 +106,13 @@ async fn open_session(http: &reqwest::Client, url: &str) -> anyhow::Result<Strin
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "loadgen", "version": "1"}}});
     let (_, sid) = post(http, url, None, init.to_string()).await?;
     let sid = sid.context("no Mcp-Session-Id")?;
-    post(http, url, Some(&sid), json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string()).await?;
+    post(
+        http,
+        url,
+        Some(&sid),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string(),
+    )
+    .await?;
     Ok(sid)
 }
 
@@ -99,7 +120,10 @@ async fn open_session(http: &reqwest::Client, url: &str) -> anyhow::Result<Strin
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
     let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
         + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
@@ -111,11 +135,19 @@ fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
-async fn measure(target: &Target<'_>, op: Op, concurrency: usize, seconds: f64) -> anyhow::Result<Cell> {
+async fn measure(
+    target: &Target<'_>,
+    op: Op,
+    concurrency: usize,
+    seconds: f64,
+) -> anyhow::Result<Cell> {
     let http = client();
     let mut sessions = Vec::new();
     for _ in 0..concurrency {
@@ -124,7 +156,12 @@ async fn measure(target: &Target<'_>, op: Op, concurrency: usize, seconds: f64) 
     let body = op.body(target.echo);
     let run = |until: Instant, record: bool| {
         let workers = sessions.iter().map(|sid| {
-            let (http, body, url, sid) = (http.clone(), body.clone(), target.url.to_string(), sid.clone());
+            let (http, body, url, sid) = (
+                http.clone(),
+                body.clone(),
+                target.url.to_string(),
+                sid.clone(),
+            );
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors = 0;
@@ -150,7 +187,12 @@ async fn measure(target: &Target<'_>, op: Op, concurrency: usize, seconds: f64) 
     let start = Instant::now();
     let results = run(start + Duration::from_secs_f64(seconds), true).await;
     let elapsed = start.elapsed();
-    let cpu = target.pids.iter().map(|p| cpu_time(*p)).sum::<Duration>().saturating_sub(cpu0);
+    let cpu = target
+        .pids
+        .iter()
+        .map(|p| cpu_time(*p))
+        .sum::<Duration>()
+        .saturating_sub(cpu0);
     let mut lat = Vec::new();
     let mut errors = 0;
     for r in results {
@@ -159,7 +201,11 @@ async fn measure(target: &Target<'_>, op: Op, concurrency: usize, seconds: f64) 
         errors += e;
     }
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let calls = lat.len();
     Ok(Cell {
         calls,
@@ -193,7 +239,12 @@ async fn main() -> anyhow::Result<()> {
         upstream.upstream_toml("bench")
     );
     let gateway = Gateway::start(&config).await;
-    let direct = Target { label: "direct", url: upstream.url(), echo: "echo", pids: vec![upstream.pid()] };
+    let direct = Target {
+        label: "direct",
+        url: upstream.url(),
+        echo: "echo",
+        pids: vec![upstream.pid()],
+    };
     let through = Target {
         label: "gateway",
         url: gateway.url(),
@@ -201,7 +252,9 @@ async fn main() -> anyhow::Result<()> {
         pids: vec![gateway.pid(), upstream.pid()],
     };
 
-    println!("| op | clients | target | calls/s | p50 ms | p99 ms | CPU µs/call (servers) | errors |");
+    println!(
+        "| op | clients | target | calls/s | p50 ms | p99 ms | CPU µs/call (servers) | errors |"
+    );
     println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     let mut ratios = Vec::new();
     for op in [Op::Call, Op::List] {
@@ -220,7 +273,13 @@ async fn main() -> anyhow::Result<()> {
                     cell.errors
                 );
             }
-            ratios.push((op.label(), c, g.rps / d.rps, g.p50.as_secs_f64() / d.p50.as_secs_f64().max(1e-9), d.calls + g.calls));
+            ratios.push((
+                op.label(),
+                c,
+                g.rps / d.rps,
+                g.p50.as_secs_f64() / d.p50.as_secs_f64().max(1e-9),
+                d.calls + g.calls,
+            ));
         }
     }
     println!("\n| op | clients | gateway/direct throughput | gateway/direct p50 |");
@@ -239,7 +298,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let idle = rss_kib(gateway.pid());
     for chunk in sids.chunks(64) {
-        let calls = chunk.iter().map(|sid| post(&http, gateway.url(), Some(sid), Op::Call.body("bench__echo")));
+        let calls = chunk.iter().map(|sid| {
+            post(
+                &http,
+                gateway.url(),
+                Some(sid),
+                Op::Call.body("bench__echo"),
+            )
+        });
         for r in futures_util::future::join_all(calls).await {
             r?;
         }
