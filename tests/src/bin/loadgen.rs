@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release -p portcullis -p portcullis-tests --bins
-//! target/release/loadgen [--seconds 10] [--sessions 1000]
+//! target/release/loadgen [--seconds 10] [--sessions 1000] [--memory-only]
 //! ```
 //!
 //! Prints a Markdown report (see docs/BENCHMARKS.md). Each virtual client is one MCP session
@@ -225,12 +225,16 @@ fn ms(d: Duration) -> String {
 async fn main() -> anyhow::Result<()> {
     let mut seconds = 10.0;
     let mut idle_sessions = 1000;
+    let mut memory_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seconds" => seconds = args.next().context("--seconds N")?.parse()?,
             "--sessions" => idle_sessions = args.next().context("--sessions N")?.parse()?,
-            other => bail!("unknown argument {other}; usage: loadgen [--seconds N] [--sessions N]"),
+            "--memory-only" => memory_only = true,
+            other => bail!(
+                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only]"
+            ),
         }
     }
     let upstream = Fixture::http("bench").await;
@@ -238,6 +242,46 @@ async fn main() -> anyhow::Result<()> {
         "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\n\n{}",
         upstream.upstream_toml("bench")
     );
+    // Memory, on a gateway of its own (so the throughput runs do not pre-grow its heap):
+    // sessions that only initialized, then the same sessions after one call each (which
+    // opens one upstream session per client session).
+    {
+        let fresh = Gateway::start(&config).await;
+        let http = client();
+        let base = rss_kib(fresh.pid());
+        let mut sids = Vec::new();
+        for _ in 0..idle_sessions {
+            sids.push(open_session(&http, fresh.url()).await?);
+        }
+        let idle = rss_kib(fresh.pid());
+        for chunk in sids.chunks(64) {
+            let calls = chunk
+                .iter()
+                .map(|sid| post(&http, fresh.url(), Some(sid), Op::Call.body("bench__echo")));
+            for r in futures_util::future::join_all(calls).await {
+                r?;
+            }
+        }
+        let active = rss_kib(fresh.pid());
+        let per = |kib: u64| kib.saturating_sub(base) as f64 / idle_sessions.max(1) as f64;
+        println!("| gateway RSS | MiB | per session |");
+        println!("| --- | ---: | ---: |");
+        println!("| after start | {:.1} | |", base as f64 / 1024.0);
+        println!(
+            "| {idle_sessions} idle sessions | {:.1} | {:.1} KiB |",
+            idle as f64 / 1024.0,
+            per(idle)
+        );
+        println!(
+            "| {idle_sessions} sessions after one call each (upstream session open) | {:.1} | {:.1} KiB |",
+            active as f64 / 1024.0,
+            per(active)
+        );
+    }
+    if memory_only {
+        return Ok(());
+    }
+
     let gateway = Gateway::start(&config).await;
     let direct = Target {
         label: "direct",
@@ -253,7 +297,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     println!(
-        "| op | clients | target | calls/s | p50 ms | p99 ms | CPU µs/call (servers) | errors |"
+        "\n| op | clients | target | calls/s | p50 ms | p99 ms | CPU µs/call (servers) | errors |"
     );
     println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     let mut ratios = Vec::new();
@@ -287,42 +331,5 @@ async fn main() -> anyhow::Result<()> {
     for (op, c, t, l) in ratios.iter().map(|(o, c, t, l, _)| (o, c, t, l)) {
         println!("| {op} | {c} | {t:.2} | {l:.2} |");
     }
-
-    // Memory: sessions that only initialized, then the same sessions after one call each
-    // (which opens one upstream session per client session).
-    let http = client();
-    let base = rss_kib(gateway.pid());
-    let mut sids = Vec::new();
-    for _ in 0..idle_sessions {
-        sids.push(open_session(&http, gateway.url()).await?);
-    }
-    let idle = rss_kib(gateway.pid());
-    for chunk in sids.chunks(64) {
-        let calls = chunk.iter().map(|sid| {
-            post(
-                &http,
-                gateway.url(),
-                Some(sid),
-                Op::Call.body("bench__echo"),
-            )
-        });
-        for r in futures_util::future::join_all(calls).await {
-            r?;
-        }
-    }
-    let active = rss_kib(gateway.pid());
-    println!("\n| gateway RSS | MiB | per session |");
-    println!("| --- | ---: | ---: |");
-    println!("| after start | {:.1} | |", base as f64 / 1024.0);
-    println!(
-        "| {idle_sessions} idle sessions | {:.1} | {:.1} KiB |",
-        idle as f64 / 1024.0,
-        (idle.saturating_sub(base)) as f64 / idle_sessions as f64
-    );
-    println!(
-        "| {idle_sessions} sessions after one call each (upstream session open) | {:.1} | {:.1} KiB |",
-        active as f64 / 1024.0,
-        (active.saturating_sub(base)) as f64 / idle_sessions as f64
-    );
     Ok(())
 }
