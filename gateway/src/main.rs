@@ -28,6 +28,9 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Listen on this address instead of `server.listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Validate a configuration file and exit: 0 when valid, 1 with the field at fault.
     Check {
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => serve(config).await,
+            Command::Serve { config, listen } => serve(config, listen).await,
             Command::Check { config } => check(config),
             Command::DemoUpstream => portcullis_demo_server::serve_stdio().await,
         }
@@ -81,12 +84,15 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let embedded = path.is_none();
-    let cfg = match path {
+    let mut cfg = match path {
         Some(p) => config::load(&p)?,
         None => config::embedded_default(),
     };
+    if let Some(addr) = listen {
+        cfg.server.listen = addr;
+    }
     let gateway = portcullis::Gateway::bind(cfg).await?;
     // Tests and scripts read this line to learn the bound address.
     println!("portcullis listening on {}", gateway.url());

@@ -42,3 +42,37 @@ async fn stdio_and_http_upstreams_are_namespaced_and_callable() {
     let status = gateway.stop().await;
     assert!(status.success(), "gateway exited with {status}");
 }
+
+/// The first README command: `portcullis serve` with no configuration runs the demo upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_serves_the_demo_upstream() {
+    let mut gateway = Gateway::start_embedded().await;
+    let client = client(gateway.url()).await;
+    let tools = client.list_all_tools().await.expect("tools/list failed");
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for expected in [
+        "demo__echo",
+        "demo__add",
+        "demo__get_weather",
+        "demo__slow_count",
+    ] {
+        assert!(names.contains(&expected), "{expected} missing: {names:?}");
+    }
+    let result = call_tool(
+        &client,
+        "demo__echo",
+        serde_json::json!({ "text": "hello" }),
+    )
+    .await
+    .expect("demo__echo");
+    assert_eq!(text_of(&result), "hello");
+    let prompts = client.list_all_prompts().await.expect("prompts/list");
+    assert!(
+        prompts.iter().any(|p| p.name == "demo__review_code"),
+        "{prompts:?}"
+    );
+    let resources = client.list_all_resources().await.expect("resources/list");
+    assert!(!resources.is_empty());
+    client.cancel().await.expect("client task panicked");
+    assert!(gateway.stop().await.success());
+}

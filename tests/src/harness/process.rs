@@ -492,6 +492,33 @@ impl Gateway {
         })
     }
 
+    /// Starts `portcullis serve` without `--config`: the embedded default (the demo
+    /// upstream), on an ephemeral port.
+    pub async fn start_embedded() -> Gateway {
+        let dir = TempDir::new();
+        let mut proc = Proc::spawn(
+            "portcullis".to_owned(),
+            &bin_path("portcullis"),
+            &["serve", "--listen", "127.0.0.1:0"],
+            &[],
+            "portcullis listening on ",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let url = proc
+            .wait_listening()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let (base, addr) = split_url(&url).unwrap_or_else(|e| panic!("{e:#}"));
+        Gateway {
+            proc,
+            url,
+            base,
+            addr,
+            config_path: PathBuf::new(),
+            _dir: dir,
+        }
+    }
+
     /// The full MCP endpoint URL, e.g. `http://127.0.0.1:40123/mcp`.
     pub fn url(&self) -> &str {
         &self.url
