@@ -25,6 +25,9 @@ const INHERITED_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM",
 ];
 
+/// How long a child that closed its stdout may take to exit before it is killed.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Longest accepted line from a child (a JSON-RPC message); longer output kills the link.
 const MAX_LINE: usize = 64 * 1024 * 1024;
 
@@ -93,20 +96,37 @@ impl StdioLink {
         let pid = child.id().unwrap_or_default();
         tracing::info!(upstream = %name, pid, "started stdio upstream");
 
+        // `stop`: the link was dropped (session ended, gateway stopping) — kill the child.
+        // `closed`: the child closed its stdout — give it a moment to exit on its own.
         let stop = CancellationToken::new();
+        let closed = CancellationToken::new();
         let alive = Arc::new(AtomicBool::new(true));
         let pending = Arc::new(Pending::default());
 
         // Reaper: waits for exit (so there is never a zombie) or kills on stop.
         {
-            let (name, alive, pending, stop) =
-                (name.clone(), alive.clone(), pending.clone(), stop.clone());
+            let (name, alive, pending, stop, closed) = (
+                name.clone(),
+                alive.clone(),
+                pending.clone(),
+                stop.clone(),
+                closed.clone(),
+            );
             upstream.children.spawn(async move {
                 let status = tokio::select! {
                     s = child.wait() => s,
                     _ = stop.cancelled() => {
                         let _ = child.start_kill();
                         child.wait().await
+                    }
+                    _ = closed.cancelled() => {
+                        match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                            Ok(s) => s,
+                            Err(_) => {
+                                let _ = child.start_kill();
+                                child.wait().await
+                            }
+                        }
                     }
                 };
                 alive.store(false, Ordering::Release);
@@ -151,12 +171,12 @@ impl StdioLink {
         // Reader: responses to their waiters, everything else to the session.
         let (init_tx, init_rx) = tokio::sync::oneshot::channel::<Message>();
         {
-            let (name, pending, upstream, alive, stop) = (
+            let (name, pending, upstream, alive, closed) = (
                 name.clone(),
                 pending.clone(),
                 upstream.clone(),
                 alive.clone(),
-                stop.clone(),
+                closed.clone(),
             );
             tokio::spawn(async move {
                 let mut init_tx = Some(init_tx);
@@ -211,7 +231,7 @@ impl StdioLink {
                 alive.store(false, Ordering::Release);
                 pending.fail_all();
                 // stdout closed: the process is done for; make sure it is gone.
-                stop.cancel();
+                closed.cancel();
             });
         }
 
