@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod config;
 pub mod front;
 pub mod mcp;
+pub mod policy;
 pub mod session;
 pub mod upstream;
 
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{ListKind, Names};
 use crate::config::{Config, PrefixMode};
+use crate::policy::Policies;
 use crate::session::Sessions;
 use crate::upstream::{Hello, Upstream};
 
@@ -26,6 +28,8 @@ pub struct Gateway {
     listener: TcpListener,
     front: Arc<front::Front>,
     sessions: Arc<Sessions>,
+    pub policies: Arc<Policies>,
+    _watch: Option<policy::WatchGuard>,
     pub addr: SocketAddr,
     pub path: String,
 }
@@ -65,11 +69,19 @@ impl Gateway {
             );
         }
         let path = config.server.path.clone();
-        let front = front::Front::new(config.server, sessions.clone());
+        let policies = open_policies(&config.policy).await?;
+        let watch = if config.policy.watch {
+            policies.watch()?
+        } else {
+            None
+        };
+        let front = front::Front::new(config.server, sessions.clone(), policies.clone());
         Ok(Gateway {
             listener,
             front,
             sessions,
+            policies,
+            _watch: watch,
             addr,
             path,
         })
@@ -90,6 +102,19 @@ impl Gateway {
                 .await;
         }
     }
+}
+
+/// The policy runtime with the configured plugins folder loaded.
+pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Policies>> {
+    let cache = cfg
+        .cache
+        .clone()
+        .or_else(|| cfg.plugins.as_ref().map(|p| p.join(".cache")));
+    let runtime = policy::RuntimeConfig {
+        max_instances: cfg.max_instances.max(1),
+        max_memory: (cfg.max_memory_mib.max(1) as usize) << 20,
+    };
+    Policies::open(cfg.plugins.as_deref(), cache, runtime).await
 }
 
 /// Connects to every upstream once and fails if two expose the same tool or prompt name,

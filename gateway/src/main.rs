@@ -9,6 +9,8 @@ use tracing_subscriber::EnvFilter;
 
 use portcullis::config;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
@@ -37,6 +39,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Test and inspect policy plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: cli::plugin::PluginCommand,
+    },
     /// Run the demo upstream MCP server on stdin/stdout (used by the embedded default).
     #[command(hide = true)]
     DemoUpstream,
@@ -44,11 +51,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo upstream's stderr lands in the gateway's log; keep it to what matters there.
+    let default_level = if matches!(cli.command, Command::DemoUpstream) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -59,13 +73,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config, listen } => serve(config, listen).await,
-            Command::Check { config } => check(config),
-            Command::DemoUpstream => portcullis_demo_server::serve_stdio().await,
+            Command::Serve { config, listen } => {
+                serve(config, listen).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Check { config } => check(config).map(|()| ExitCode::SUCCESS),
+            Command::Plugin { command } => cli::plugin::run(command).await,
+            Command::DemoUpstream => portcullis_demo_server::serve_stdio()
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("portcullis: {e:#}");
             ExitCode::FAILURE

@@ -206,3 +206,171 @@ async fn serve_refuses_to_start_when_prefix_never_meets_a_name_collision() {
         "the message does not name both upstreams for \"echo\": {part}"
     );
 }
+
+mod plugin_cli {
+    //! `portcullis plugin test` / `plugin inspect`: the offline path policy authors use, on
+    //! the same chain code as `serve`.
+
+    use portcullis_tests::harness::{PluginDir, TempDir, bin_path, plugin_wasm};
+    use serde_json::Value;
+
+    fn run(args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(bin_path("portcullis"))
+            .args(args)
+            .output()
+            .expect("run portcullis");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn files() -> (TempDir, String, String) {
+        let dir = TempDir::new();
+        let call = dir.write(
+            "call.json",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fs__read","arguments":{"path":"/etc/shadow"}}}"#,
+        );
+        let list = dir.write(
+            "list.json",
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a__keep"},{"name":"a__secret_dump"}]}}"#,
+        );
+        (dir, call.display().to_string(), list.display().to_string())
+    }
+
+    #[test]
+    fn test_prints_a_denial_and_exits_1() {
+        let (dir, call, _) = files();
+        let sidecar = dir.write(
+            "deny.toml",
+            "[config]\nmode = \"deny\"\ncode = -32003\nmessage = \"no\"\n",
+        );
+        let wasm = plugin_wasm("chaos");
+        let (code, out, _) = run(&[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--message",
+            &call,
+            "--config",
+            sidecar.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 1, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["verdict"], "deny");
+        assert_eq!(v["error"]["code"], -32003);
+        assert_eq!(v["denied_by"], "chaos");
+    }
+
+    #[test]
+    fn test_runs_a_folder_in_chain_order_including_the_response_phase() {
+        let (dir, _, list) = files();
+        let request = dir.write(
+            "list-request.json",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        );
+        let call = request.display().to_string();
+        let plugins = PluginDir::new();
+        plugins
+            .add(
+                "tagger",
+                "chaos",
+                "stage = \"authn\"\n[config]\nmode = \"tag\"\nsubject = \"alice\"\n",
+            )
+            .add(
+                "filter",
+                "chaos",
+                "[config]\nmode = \"filter-list\"\ncontains = \"secret\"\n",
+            );
+        let (code, out, err) = run(&[
+            "plugin",
+            "test",
+            plugins.path().to_str().unwrap(),
+            "--message",
+            &call,
+            "--response",
+            &list,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["verdict"], "modify");
+        assert_eq!(v["identity"]["subject"], "alice");
+        let names: Vec<&str> = v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["tagger", "filter"], "authn stage first");
+        let tools = v["response"]["result"]["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 1);
+        assert_eq!(tools[0]["name"], "a__keep");
+    }
+
+    #[test]
+    fn the_example_path_guard_policy_denies_a_path_outside_its_prefix() {
+        let (dir, call, _) = files();
+        let sidecar = dir.write("pg.toml", "[config]\nallowed-prefixes = [\"/srv/data\"]\n");
+        let wasm = plugin_wasm("path-guard");
+        let (code, out, _) = run(&[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--message",
+            &call,
+            "--config",
+            sidecar.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("verdict:    deny"), "{out}");
+        assert!(
+            !out.contains("/etc/shadow"),
+            "the denial must not echo the path: {out}"
+        );
+    }
+
+    #[test]
+    fn test_exits_2_when_the_plugin_cannot_load() {
+        let (dir, call, _) = files();
+        let garbage = dir.write("bad.wasm", "garbage");
+        let (code, _, err) = run(&[
+            "plugin",
+            "test",
+            garbage.to_str().unwrap(),
+            "--message",
+            &call,
+        ]);
+        assert_eq!(code, 2);
+        assert!(err.contains("not a WebAssembly file"), "{err}");
+    }
+
+    #[test]
+    fn inspect_shows_world_metadata_and_hash() {
+        let wasm = plugin_wasm("chaos");
+        let (code, out, _) = run(&["plugin", "inspect", wasm.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["implements_policy_world"], true);
+        assert_eq!(v["name"], "chaos");
+        assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+        assert!(
+            v["imports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i == "portcullis:policy/host@0.1.0")
+        );
+        let (code, out, _) = run(&[
+            "plugin",
+            "inspect",
+            plugin_wasm("wrong-world").to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 2);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["implements_policy_world"], false);
+    }
+}

@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod front;
 mod harness_selftest;
+mod policy;
 mod relay;
 mod smoke;
 mod transparency;

@@ -10,6 +10,7 @@
 //! The binaries must be built first: `cargo build --workspace`.
 
 pub mod mcp;
+pub mod plugins;
 pub mod process;
 pub mod raw;
 
@@ -17,6 +18,7 @@ pub use mcp::{
     ClientEvent, ConnectOptions, McpClient, RecordingClient, call_tool, call_tool_tracked, client,
     client_with, connect, text_of,
 };
+pub use plugins::{PluginDir, plugin_wasm};
 pub use process::{
     CheckOutput, FIXTURE_SIMPLE_TEXT, Fixture, Gateway, SHUTDOWN_TIMEOUT, STARTUP_TIMEOUT, TempDir,
     bin_path, check_config, server_toml, stdio_fixture_toml, strip_ansi, toml_str,

@@ -39,7 +39,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         field: String::new(),
         message: format!("cannot read: {e}"),
     })?;
-    parse(&text, &file, &|name| std::env::var(name).ok())
+    let mut config = parse(&text, &file, &|name| std::env::var(name).ok())?;
+    // Paths in the file are relative to the file.
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in [&mut config.policy.plugins, &mut config.policy.cache]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    Ok(config)
 }
 
 /// The configuration `portcullis serve` runs without `--config`: the demo upstream from

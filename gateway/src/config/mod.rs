@@ -28,6 +28,9 @@ pub struct Config {
     /// How names from several upstreams are kept apart.
     #[serde(default)]
     pub namespacing: Namespacing,
+    /// The WebAssembly policy chain.
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// The upstream MCP servers, by name. Names become prefixes, so they may contain only
     /// ASCII letters, digits and `-`.
     #[serde(default)]
@@ -88,6 +91,36 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             list_page_size: 0,
             max_sessions: 10_000,
+        }
+    }
+}
+
+/// `[policy]`: where the policy plugins live and how many may run at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PolicyConfig {
+    /// Folder of plugins: every `*.wasm` in it is a plugin, `<name>.toml` beside it its
+    /// sidecar. Relative to the configuration file. Default: none (no policies).
+    pub plugins: Option<PathBuf>,
+    /// Where compiled plugins are cached (keyed by content hash and engine version).
+    /// Default: `<plugins>/.cache`.
+    pub cache: Option<PathBuf>,
+    /// Reload when files in the folder change. Default true.
+    pub watch: bool,
+    /// Most plugin instances running at once; more requests wait for a slot. Default 256.
+    pub max_instances: u32,
+    /// Largest memory any plugin may be granted, MiB (the pool's slot size). Default 64.
+    pub max_memory_mib: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            plugins: None,
+            cache: None,
+            watch: true,
+            max_instances: 256,
+            max_memory_mib: 64,
         }
     }
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
+use crate::policy::Policies;
 use crate::session::Sessions;
 pub use guard::Guard;
 use response::Body;
@@ -35,16 +36,22 @@ pub struct Front {
     config: ServerConfig,
     guard: Guard,
     sessions: Arc<Sessions>,
+    policies: Arc<Policies>,
     /// Request tasks, so shutdown can wait for them.
     tasks: TaskTracker,
 }
 
 impl Front {
-    pub fn new(config: ServerConfig, sessions: Arc<Sessions>) -> Arc<Self> {
+    pub fn new(
+        config: ServerConfig,
+        sessions: Arc<Sessions>,
+        policies: Arc<Policies>,
+    ) -> Arc<Self> {
         Arc::new(Front {
             guard: Guard::new(&config),
             config,
             sessions,
+            policies,
             tasks: TaskTracker::new(),
         })
     }

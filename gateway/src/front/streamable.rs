@@ -18,12 +18,41 @@ use tokio::sync::mpsc;
 use super::Front;
 use super::response::{self, Body};
 use crate::mcp::{Kind, Message, codes, methods, version};
-use crate::session::{STANDALONE_STREAM, Session, stream::parse_event_id};
+use crate::policy::{Call, Chain, Denial, Phase};
+use crate::session::{Route, STANDALONE_STREAM, Session, stream::parse_event_id};
 use crate::upstream::Hello;
 
 pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// The answer for a message a policy refused: the plugin's JSON-RPC error, with its HTTP
+/// status and headers when it gave them (e.g. 401 + `WWW-Authenticate` from authn).
+fn denied(denial: &Denial, id: Option<Value>) -> Response<Body> {
+    let status = denial
+        .http_status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(if id.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        });
+    let mut r = response::json(status, &denial.to_response(id.unwrap_or(Value::Null)));
+    for (name, value) in &denial.http_headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                r.headers_mut().append(n, v);
+            }
+            _ => {
+                tracing::warn!(plugin = %denial.plugin, header = %name, "policy gave an invalid header; dropped")
+            }
+        }
+    }
+    r
+}
 
 /// An `MCP-Protocol-Version` header naming a revision we do not speak gets 400, on every
 /// method (a missing header means 2025-03-26, per the spec).
@@ -82,6 +111,12 @@ impl Front {
             .get(&SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let chain = self.policies.chain();
+        let headers = if chain.is_empty() {
+            HeaderMap::new()
+        } else {
+            headers.clone()
+        };
         let body = match self.read_body(req).await {
             Ok(b) => b,
             Err(r) => return r,
@@ -91,12 +126,36 @@ impl Front {
             Err(e) => return response::json(StatusCode::BAD_REQUEST, &e.to_response()),
         };
 
-        if msg.kind() == Kind::Request && msg.method() == methods::INITIALIZE {
+        let initialize = msg.kind() == Kind::Request && msg.method() == methods::INITIALIZE;
+        let session = if initialize {
+            None
+        } else {
+            match self.session(session_id.as_deref()) {
+                Ok(s) => Some(s),
+                Err(r) => return r,
+            }
+        };
+
+        // Request phase of the policy chain (answers to server→client requests are the
+        // client's own business and skip it).
+        let (msg, call) = if !chain.is_empty() && msg.kind() != Kind::Response {
+            let hint = match &session {
+                Some(s) if msg.kind() == Kind::Request => s.resolve_named(&msg).await,
+                _ => None,
+            };
+            let id = msg.id().cloned();
+            let mut call = Call::new(msg, headers, session_id.clone(), hint);
+            if let Err(denial) = chain.on_request(&mut call).await {
+                return denied(&denial, id);
+            }
+            let keep_request = chain.wants(Phase::Response);
+            (call.take_request(keep_request), Some(call))
+        } else {
+            (msg, None)
+        };
+
+        let Some(session) = session else {
             return self.initialize(msg);
-        }
-        let session = match self.session(session_id.as_deref()) {
-            Ok(s) => s,
-            Err(r) => return r,
         };
         match msg.kind() {
             Kind::Notification => {
@@ -107,7 +166,7 @@ impl Front {
                 session.handle_response(msg).await;
                 response::empty(StatusCode::ACCEPTED)
             }
-            Kind::Request => self.request(session, msg).await,
+            Kind::Request => self.request(session, msg, call, chain).await,
         }
     }
 
@@ -206,12 +265,35 @@ impl Front {
 
     /// Runs a request in its own task (a client disconnecting does not cancel it) and answers
     /// with JSON or, once anything related comes first, with a resumable SSE stream.
-    async fn request(self: &Arc<Self>, session: Arc<Session>, msg: Message) -> Response<Body> {
+    ///
+    /// The policy chain's response phase runs on the final answer, whichever way it is sent.
+    async fn request(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        msg: Message,
+        call: Option<Call>,
+        chain: Arc<Chain>,
+    ) -> Response<Body> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
         {
             let session = session.clone();
             self.tasks.spawn(async move {
-                let response = session.handle_request(msg, tx.clone()).await;
+                let id = msg.id().cloned().unwrap_or(Value::Null);
+                let route = call.as_ref().filter(|c| c.routed).map(|c| Route {
+                    upstream: c.view().upstream.clone(),
+                    target: c.view().upstream_target.clone(),
+                });
+                let mut response = session
+                    .handle_request(msg, tx.clone(), route.as_ref())
+                    .await;
+                if let Some(mut call) = call
+                    && chain.wants(Phase::Response)
+                {
+                    response = match chain.on_response(&mut call, response).await {
+                        Ok(r) => r,
+                        Err(denial) => denial.to_response(id),
+                    };
+                }
                 let _ = tx.send(response);
             });
         }

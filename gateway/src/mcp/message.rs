@@ -192,6 +192,16 @@ impl Message {
         }
     }
 
+    pub fn set_params(&mut self, params: Value) {
+        self.body.insert("params".into(), params);
+    }
+
+    /// Replaces the result of a response (an error response becomes a result).
+    pub fn set_result(&mut self, result: Value) {
+        self.body.remove("error");
+        self.body.insert("result".into(), result);
+    }
+
     /// A string field of the params, e.g. `name` or `uri`.
     pub fn param_str(&self, key: &str) -> Option<&str> {
         self.params()?.get(key)?.as_str()

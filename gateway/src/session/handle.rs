@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::Session;
+use super::{Route, Session};
 use crate::catalog::{ListKind, Target, page};
 use crate::mcp::{IdKey, Kind, Message, codes, methods};
 use crate::upstream::{Fresh, InboundHandler, Link, Related, Upstream, UpstreamError};
@@ -52,9 +52,20 @@ impl Session {
 
     /// Handles one client request; the result is the response to send. Related messages
     /// (progress, logs, server→client requests) are sent to `out` meanwhile.
-    pub async fn handle_request(&self, msg: Message, out: Related) -> Message {
+    ///
+    /// `route` is a routing policy's choice of upstream and/or target name; it overrides
+    /// what the catalog would pick.
+    pub async fn handle_request(
+        &self,
+        msg: Message,
+        out: Related,
+        route: Option<&Route>,
+    ) -> Message {
         self.touch();
         let id = msg.id().cloned().unwrap_or(Value::Null);
+        if let Some(r) = route {
+            return self.routed(msg, out, r).await;
+        }
         match msg.method() {
             methods::PING => Message::result(id, json!({})),
             methods::INITIALIZE => Message::error(
@@ -81,6 +92,84 @@ impl Session {
                 ),
             },
         }
+    }
+
+    /// A request whose destination a routing policy chose. The name or URI is resolved as
+    /// usual, then replaced by what the policy said.
+    async fn routed(&self, mut msg: Message, out: Related, route: &Route) -> Message {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        let natural = self.resolve(&msg).await;
+        let upstream = match &route.upstream {
+            Some(name) => match self.slots.iter().position(|s| &*s.upstream.name == name) {
+                Some(idx) => Some(idx),
+                None => {
+                    return Message::error(
+                        id,
+                        codes::INTERNAL_ERROR,
+                        &format!("policy routed to unknown upstream '{name}'"),
+                        None,
+                    );
+                }
+            },
+            None => natural.as_ref().map(|t| t.upstream),
+        };
+        let Some(upstream) = upstream else {
+            return Message::error(
+                id,
+                codes::INVALID_PARAMS,
+                "no upstream for this request",
+                None,
+            );
+        };
+        let key = match msg.method() {
+            methods::TOOLS_CALL | methods::PROMPTS_GET => Some("name"),
+            methods::RESOURCES_READ
+            | methods::RESOURCES_SUBSCRIBE
+            | methods::RESOURCES_UNSUBSCRIBE => Some("uri"),
+            _ => None,
+        };
+        if let Some(key) = key {
+            let name = route.target.clone().or(natural.map(|t| t.name));
+            match name {
+                Some(n) => {
+                    msg.params_mut().insert(key.into(), Value::String(n));
+                }
+                None => {
+                    return Message::error(
+                        id,
+                        codes::INVALID_PARAMS,
+                        &format!("unknown {key}"),
+                        None,
+                    );
+                }
+            }
+        }
+        self.forward(upstream, msg, out).await
+    }
+
+    /// Where the catalog would send a request: (upstream index, its own name for the target).
+    pub(crate) async fn resolve(&self, msg: &Message) -> Option<Target> {
+        match msg.method() {
+            methods::TOOLS_CALL => {
+                self.route_name(ListKind::Tools, msg.param_str("name")?)
+                    .await
+            }
+            methods::PROMPTS_GET => {
+                self.route_name(ListKind::Prompts, msg.param_str("name")?)
+                    .await
+            }
+            methods::RESOURCES_READ
+            | methods::RESOURCES_SUBSCRIBE
+            | methods::RESOURCES_UNSUBSCRIBE => self.route_uri(msg.param_str("uri")?).await,
+            _ => None,
+        }
+    }
+
+    /// [`Session::resolve`] as (upstream name, target name at that upstream).
+    pub async fn resolve_named(&self, msg: &Message) -> Option<(String, String)> {
+        self.resolve(msg)
+            .await
+            .map(|t| (self.slots[t.upstream].upstream.name.to_string(), t.name))
     }
 
     /// Handles a client notification.

@@ -28,6 +28,13 @@ use crate::mcp::IdKey;
 use crate::upstream::{Hello, Slot, Upstream};
 use stream::EventStream;
 
+/// A routing policy's choice for one request.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    pub upstream: Option<String>,
+    pub target: Option<String>,
+}
+
 /// POST streams kept per session for `Last-Event-ID` resumption.
 const KEPT_STREAMS: usize = 64;
 

@@ -1,0 +1,3 @@
+//! Subcommands beyond `serve` and `check`.
+
+pub mod plugin;

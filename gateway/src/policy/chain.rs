@@ -1,0 +1,318 @@
+//! The chain: plugins in order, run over one message, their verdicts applied.
+//!
+//! Order: stage (authn → authz → custom → routing → redaction), then priority (lower first),
+//! then name. In the request phase each plugin sees the message as the previous ones left
+//! it; the first denial stops the chain. The response phase runs the plugins that asked for
+//! it, in the same order. A plugin that fails (trap, timeout, memory or output limit) denies
+//! the message with an error naming it — unless its sidecar says `fail-open`, in which case
+//! the failure is logged and the chain goes on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use serde_json::{Value, json};
+
+use super::bindings::types;
+use super::engine::Runtime;
+use super::host::MessageRes;
+use super::plugin::{Failure, Plugin};
+use super::{Identity, Phase};
+use crate::mcp::{Message, codes};
+
+/// What plugins see of a message in flight. Shared (not copied) between the plugins of one
+/// chain run; a plugin's changes produce a new version.
+#[derive(Clone)]
+pub struct CallView {
+    pub method: String,
+    /// The name or URI as the client gave it.
+    pub target: Option<String>,
+    pub upstream: Option<String>,
+    pub upstream_target: Option<String>,
+    pub session: Option<String>,
+    pub identity: Option<Identity>,
+    pub attributes: BTreeMap<String, String>,
+    pub headers: HeaderMap,
+    pub request: Arc<Message>,
+    pub response: Option<Arc<Message>>,
+}
+
+/// A message on its way through the chain, and what the chain decided about it.
+pub struct Call {
+    view: Arc<CallView>,
+    /// A routing stage chose the upstream (and maybe the target name) itself.
+    pub routed: bool,
+    /// Hashes of the plugins that ran, for the audit trail.
+    pub ran: Vec<Arc<str>>,
+}
+
+impl Call {
+    /// `upstream`/`upstream_target` are where the gateway would route the message, if known.
+    pub fn new(
+        request: impl Into<Arc<Message>>,
+        headers: HeaderMap,
+        session: Option<String>,
+        upstream: Option<(String, String)>,
+    ) -> Self {
+        let request: Arc<Message> = request.into();
+        let target = match request.method() {
+            "tools/call" | "prompts/get" => request.param_str("name").map(str::to_string),
+            m if m.starts_with("resources/") => request.param_str("uri").map(str::to_string),
+            _ => None,
+        };
+        let (upstream, upstream_target) = match upstream {
+            Some((u, t)) => (Some(u), Some(t)),
+            None => (None, None),
+        };
+        Call {
+            view: Arc::new(CallView {
+                method: request.method().to_string(),
+                target,
+                upstream,
+                upstream_target,
+                session,
+                identity: None,
+                attributes: BTreeMap::new(),
+                headers,
+                request,
+                response: None,
+            }),
+            routed: false,
+            ran: Vec::new(),
+        }
+    }
+
+    pub fn view(&self) -> &CallView {
+        &self.view
+    }
+
+    pub fn identity(&self) -> Option<&Identity> {
+        self.view.identity.as_ref()
+    }
+
+    /// Sets the identity as if an authn stage had (for `plugin test --identity`).
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.edit().identity = Some(identity);
+    }
+
+    /// The request as the chain left it, for forwarding. With `keep`, the call keeps it too
+    /// (the response phase may read it), which costs a copy; without, it is moved out.
+    pub fn take_request(&mut self, keep: bool) -> Message {
+        if keep {
+            return (*self.view.request).clone();
+        }
+        let placeholder = Arc::new(Message::notification("", None));
+        let request = std::mem::replace(&mut self.edit().request, placeholder);
+        Arc::unwrap_or_clone(request)
+    }
+
+    fn edit(&mut self) -> &mut CallView {
+        Arc::make_mut(&mut self.view)
+    }
+}
+
+/// A refusal, from a plugin's verdict or from a plugin failing closed.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub plugin: Arc<str>,
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+    /// For HTTP-level refusals (401 from authn): the status and headers of the response.
+    pub http_status: Option<u16>,
+    pub http_headers: Vec<(String, String)>,
+}
+
+impl Denial {
+    pub fn to_response(&self, id: Value) -> Message {
+        Message::error(id, self.code, &self.message, self.data.clone())
+    }
+
+    fn failed(plugin: &Plugin, failure: &Failure) -> Self {
+        Denial {
+            plugin: plugin.name.clone(),
+            code: codes::INTERNAL_ERROR,
+            message: format!("policy '{}' failed: {failure}", plugin.name),
+            data: Some(json!({ "plugin": &*plugin.name })),
+            http_status: None,
+            http_headers: Vec::new(),
+        }
+    }
+}
+
+/// An ordered set of plugins, immutable once built; reloads build a new one.
+pub struct Chain {
+    plugins: Vec<Arc<Plugin>>,
+    runtime: Option<Arc<Runtime>>,
+}
+
+impl Chain {
+    pub fn empty() -> Self {
+        Chain {
+            plugins: Vec::new(),
+            runtime: None,
+        }
+    }
+
+    pub fn new(runtime: Arc<Runtime>, mut plugins: Vec<Arc<Plugin>>) -> Self {
+        plugins.sort_by(|a, b| (a.stage, a.priority, &a.name).cmp(&(b.stage, b.priority, &b.name)));
+        Chain {
+            plugins,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.plugins
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    pub fn wants(&self, phase: Phase) -> bool {
+        self.plugins.iter().any(|p| p.handles(phase))
+    }
+
+    /// Runs the request phase. On success the call carries the (possibly changed) request,
+    /// identity, route and attributes.
+    pub async fn on_request(&self, call: &mut Call) -> Result<(), Box<Denial>> {
+        let Some(rt) = &self.runtime else {
+            return Ok(());
+        };
+        for plugin in self.plugins.iter().filter(|p| p.request) {
+            let msg = MessageRes {
+                phase: types::Phase::Request,
+                call: call.view.clone(),
+            };
+            call.ran.push(plugin.sha256.as_str().into());
+            match plugin.evaluate(rt, msg).await {
+                Ok(verdict) => apply(plugin, call, verdict, Phase::Request)?,
+                Err(failure) => fail(plugin, &failure)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the response phase over the upstream's answer and returns it as changed.
+    pub async fn on_response(
+        &self,
+        call: &mut Call,
+        response: Message,
+    ) -> Result<Message, Box<Denial>> {
+        let Some(rt) = &self.runtime else {
+            return Ok(response);
+        };
+        if !self.wants(Phase::Response) {
+            return Ok(response);
+        }
+        call.edit().response = Some(Arc::new(response));
+        for plugin in self.plugins.iter().filter(|p| p.response) {
+            let msg = MessageRes {
+                phase: types::Phase::Response,
+                call: call.view.clone(),
+            };
+            call.ran.push(plugin.sha256.as_str().into());
+            match plugin.evaluate(rt, msg).await {
+                Ok(verdict) => apply(plugin, call, verdict, Phase::Response)?,
+                Err(failure) => fail(plugin, &failure)?,
+            }
+        }
+        let response = call.edit().response.take().map(Arc::unwrap_or_clone);
+        Ok(response.unwrap_or_else(|| {
+            Message::error(Value::Null, codes::INTERNAL_ERROR, "response lost", None)
+        }))
+    }
+}
+
+fn fail(plugin: &Plugin, failure: &Failure) -> Result<(), Box<Denial>> {
+    if plugin.fail_open {
+        tracing::warn!(plugin = %plugin.name, error = %failure, "policy failed; passing (fail-open)");
+        return Ok(());
+    }
+    tracing::warn!(plugin = %plugin.name, error = %failure, "policy failed; denying (fail-closed)");
+    Err(Box::new(Denial::failed(plugin, failure)))
+}
+
+fn parse_json(plugin: &Plugin, what: &str, text: &str) -> Result<Value, Box<Denial>> {
+    serde_json::from_str(text).map_err(|e| {
+        Box::new(Denial::failed(
+            plugin,
+            &Failure::BadVerdict(format!("{what} is not JSON: {e}")),
+        ))
+    })
+}
+
+fn apply(
+    plugin: &Plugin,
+    call: &mut Call,
+    verdict: types::Verdict,
+    phase: Phase,
+) -> Result<(), Box<Denial>> {
+    match verdict {
+        types::Verdict::Allow => Ok(()),
+        types::Verdict::Deny(d) => {
+            let data = match d.error.data {
+                Some(text) => Some(parse_json(plugin, "deny data", &text)?),
+                None => None,
+            };
+            tracing::info!(plugin = %plugin.name, method = %call.view.method, target = ?call.view.target, code = d.error.code, "denied by policy");
+            Err(Box::new(Denial {
+                plugin: plugin.name.clone(),
+                code: i64::from(d.error.code),
+                message: d.error.message,
+                data,
+                http_status: d.http_status,
+                http_headers: d.http_headers,
+            }))
+        }
+        types::Verdict::Modify(c) => {
+            if let Some(params) = c.params {
+                match (phase, parse_json(plugin, "params", &params)?) {
+                    (Phase::Request, p @ Value::Object(_)) => {
+                        let view = call.edit();
+                        let mut request = (*view.request).clone();
+                        request.set_params(p);
+                        view.request = Arc::new(request);
+                    }
+                    (Phase::Request, _) => {
+                        return Err(Box::new(Denial::failed(
+                            plugin,
+                            &Failure::BadVerdict("params must be a JSON object".into()),
+                        )));
+                    }
+                    (Phase::Response, _) => {
+                        tracing::debug!(plugin = %plugin.name, "params changes ignored in the response phase")
+                    }
+                }
+            }
+            if let Some(result) = c.result {
+                let result = parse_json(plugin, "result", &result)?;
+                match (phase, call.edit().response.as_mut()) {
+                    (Phase::Response, Some(resp)) => Arc::make_mut(resp).set_result(result),
+                    _ => {
+                        tracing::debug!(plugin = %plugin.name, "result changes ignored in the request phase")
+                    }
+                }
+            }
+            let view = call.edit();
+            if let Some(identity) = c.identity {
+                view.identity = Some(Identity::from_wit(identity));
+            }
+            if c.upstream.is_some() || c.target.is_some() {
+                if let Some(u) = c.upstream {
+                    view.upstream = Some(u);
+                }
+                if let Some(t) = c.target {
+                    view.upstream_target = Some(t);
+                }
+                call.routed = true;
+            }
+            let view = call.edit();
+            for (k, v) in c.attributes {
+                view.attributes.insert(k, v);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The policy chain: sandboxed WebAssembly components (`wit/policy.wit`) that every message
+//! passes through. This module is the only code in the gateway that names wasmtime types;
+//! everything else talks to [`Policies`], [`Chain`], [`Call`] and [`Denial`].
+//!
+//! | file | job |
+//! | --- | --- |
+//! | `engine.rs` | the one `Engine` (pooling allocator, epochs), linker, instance bound |
+//! | `loader.rs` | `.wasm` → compiled component, through a disk cache |
+//! | `plugin.rs` | one plugin: link, describe, validate config, evaluate in a fresh instance |
+//! | `host.rs` | what a plugin can reach: its message, log, key-value, an empty WASI |
+//! | `chain.rs` | plugins in order over one message; verdicts applied |
+//! | `watcher.rs` | the plugins folder: initial load, hot reload, status |
+//! | `sidecar.rs`, `limits.rs`, `kv.rs` | per-plugin settings, limits, storage |
+
+mod bindings;
+mod chain;
+mod engine;
+mod host;
+mod inspect;
+mod kv;
+mod limits;
+mod loader;
+mod plugin;
+mod sidecar;
+mod watcher;
+
+use serde::{Deserialize, Serialize};
+
+pub use chain::{Call, CallView, Chain, Denial};
+pub use engine::RuntimeConfig;
+pub use inspect::{Inspection, inspect};
+pub use kv::{KvStore, MemoryKv};
+pub use loader::LoadError;
+pub use plugin::Failure;
+pub use watcher::{PluginStatus, Policies, ReloadReport, WatchGuard};
+
+/// Where in the chain a plugin runs; the order of the variants is the order of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    Authn,
+    Authz,
+    Custom,
+    Routing,
+    Redaction,
+}
+
+impl From<bindings::types::Stage> for Stage {
+    fn from(s: bindings::types::Stage) -> Self {
+        use bindings::types::Stage as W;
+        match s {
+            W::Authn => Stage::Authn,
+            W::Authz => Stage::Authz,
+            W::Custom => Stage::Custom,
+            W::Routing => Stage::Routing,
+            W::Redaction => Stage::Redaction,
+        }
+    }
+}
+
+/// Which way a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Request,
+    Response,
+}
+
+/// Who is calling, as an authn policy established it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Identity {
+    pub subject: String,
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+    pub tenant: Option<String>,
+    pub attributes: Vec<(String, String)>,
+}
+
+impl Identity {
+    fn to_wit(&self) -> bindings::types::Identity {
+        bindings::types::Identity {
+            subject: self.subject.clone(),
+            roles: self.roles.clone(),
+            scopes: self.scopes.clone(),
+            tenant: self.tenant.clone(),
+            attributes: self.attributes.clone(),
+        }
+    }
+
+    fn from_wit(i: bindings::types::Identity) -> Self {
+        Identity {
+            subject: i.subject,
+            roles: i.roles,
+            scopes: i.scopes,
+            tenant: i.tenant,
+            attributes: i.attributes,
+        }
+    }
+}

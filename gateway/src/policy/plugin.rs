@@ -1,0 +1,369 @@
+//! One loaded plugin: its compiled component, pre-linked, plus what its sidecar says.
+//!
+//! **A fresh instance per evaluation.** Every call gets a new `Store` and a new instance from
+//! the plugin's `InstancePre` (imports resolved once, at load). Nothing a plugin keeps in
+//! memory survives the call, so one caller's data can never leak into another caller's
+//! request, and a plugin that corrupted its own state is gone after one call. With the
+//! pooling allocator this costs microseconds; guests whose start-up is expensive (JavaScript
+//! and Python engines) can opt into `warm` reuse in their sidecar: an instance then serves up
+//! to N calls, one at a time, and is discarded on any trap or limit breach.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::Resource;
+use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::bindings::{Plugin as PluginWorld, PluginPre, types};
+use super::engine::Runtime;
+use super::host::{CappedOutput, HostState, MessageRes};
+use super::limits::Limits;
+use super::loader::{self, LoadError};
+use super::sidecar::{Grants, Sidecar};
+use super::{Phase, Stage};
+
+/// Why an evaluation failed (as opposed to the plugin denying).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Failure {
+    #[error("exceeded its CPU deadline of {0:?}")]
+    Timeout(Duration),
+    #[error("exceeded its memory limit of {0} MiB")]
+    OutOfMemory(usize),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("returned {0} bytes, over its output limit of {1} bytes")]
+    Output(usize, usize),
+    #[error("returned an invalid verdict: {0}")]
+    BadVerdict(String),
+    #[error("rejected its configuration: {0}")]
+    Config(String),
+}
+
+/// A plugin ready to run.
+pub struct Plugin {
+    pub name: Arc<str>,
+    pub version: String,
+    pub stage: Stage,
+    pub priority: i32,
+    pub request: bool,
+    pub response: bool,
+    pub file: PathBuf,
+    pub sha256: String,
+    pub size: usize,
+    pub limits: Limits,
+    pub fail_open: bool,
+    pub warm: u32,
+    /// True when the compiled code came from the disk cache.
+    pub cached: bool,
+    pub compile_time: Duration,
+    config_json: String,
+    exposed_headers: Arc<[String]>,
+    grants: Option<Grants>,
+    pre: PluginPre<HostState>,
+    warm_pool: Mutex<Vec<WarmInstance>>,
+}
+
+struct WarmInstance {
+    store: Store<HostState>,
+    bindings: PluginWorld,
+    uses: u32,
+}
+
+impl Plugin {
+    /// Loads `wasm` (with its sidecar, if any): compiles or takes it from the cache, links it,
+    /// asks it to describe itself and validates its configuration in a fresh instance.
+    pub async fn load(
+        rt: &Arc<Runtime>,
+        wasm: &Path,
+        cache: Option<&Path>,
+    ) -> Result<Plugin, LoadError> {
+        Self::load_with(rt, wasm, &wasm.with_extension("toml"), cache).await
+    }
+
+    /// [`Plugin::load`] with the sidecar at an explicit path (`portcullis plugin test --config`).
+    pub async fn load_with(
+        rt: &Arc<Runtime>,
+        wasm: &Path,
+        sidecar: &Path,
+        cache: Option<&Path>,
+    ) -> Result<Plugin, LoadError> {
+        let sidecar = Sidecar::load(sidecar).map_err(LoadError::Sidecar)?;
+        let bytes = std::fs::read(wasm).map_err(|e| LoadError::Read(wasm.to_path_buf(), e))?;
+        let rt2 = rt.clone();
+        let cache = cache.map(Path::to_path_buf);
+        // Compilation is CPU-heavy (seconds for big guests): keep it off the async workers.
+        let compiled =
+            tokio::task::spawn_blocking(move || loader::compile(&rt2, &bytes, cache.as_deref()))
+                .await
+                .map_err(|e| LoadError::Invalid(e.to_string()))??;
+        let instance_pre = rt
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            PluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+
+        let file_stem = wasm
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin")
+            .to_string();
+        let limits = Limits::default().with(&sidecar.limits, rt.config.max_memory);
+        let mut headers: Vec<String> = sidecar
+            .expose_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let mut plugin = Plugin {
+            name: file_stem.as_str().into(),
+            version: String::new(),
+            stage: Stage::Custom,
+            priority: sidecar.priority.unwrap_or(0),
+            request: true,
+            response: false,
+            file: wasm.to_path_buf(),
+            sha256: compiled.sha256,
+            size: compiled.size,
+            limits,
+            fail_open: sidecar.fail_open.unwrap_or(false),
+            warm: sidecar.warm.unwrap_or(0),
+            cached: compiled.cached,
+            compile_time: compiled.took,
+            config_json: sidecar.config_json(),
+            exposed_headers: Arc::from(Vec::new()),
+            grants: sidecar.grants.clone(),
+            pre,
+            warm_pool: Mutex::new(Vec::new()),
+        };
+
+        // Describe and validate in one instance, under the plugin's own limits.
+        let mut store = plugin
+            .new_store(rt)
+            .map_err(|e| LoadError::Describe(e.to_string()))?;
+        plugin.arm_deadline(&mut store);
+        let bindings = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| LoadError::Describe(plugin.classify(e).to_string()))?;
+        let policy = bindings.portcullis_policy_policy();
+        let info = policy
+            .call_describe(&mut store)
+            .await
+            .map_err(|e| LoadError::Describe(plugin.classify(e).to_string()))?;
+        let init = policy
+            .call_init(&mut store, &plugin.config_json)
+            .await
+            .map_err(|e| LoadError::Config(plugin.classify(e).to_string()))?;
+        store.data().flush_stdio();
+        init.map_err(LoadError::Config)?;
+
+        plugin.version = info.version;
+        let declared = Stage::from(info.stage);
+        plugin.stage = sidecar.stage.unwrap_or(declared);
+        plugin.request = info.phases.contains(&types::Phase::Request);
+        plugin.response = info.phases.contains(&types::Phase::Response);
+        if !info.name.is_empty() && info.name != file_stem {
+            tracing::debug!(file = %wasm.display(), declared = %info.name, "plugin is named after its file");
+        }
+        if plugin.stage == Stage::Authn && !headers.iter().any(|h| h == "authorization") {
+            headers.push("authorization".into());
+        }
+        plugin.exposed_headers = headers.into();
+        if sidecar.enabled == Some(false) {
+            return Err(LoadError::Sidecar("disabled (enabled = false)".into()));
+        }
+        Ok(plugin)
+    }
+
+    fn new_store(&self, rt: &Runtime) -> wasmtime::Result<Store<HostState>> {
+        let (stdout, stderr) = (CappedOutput::default(), CappedOutput::default());
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        if let Some(g) = &self.grants {
+            let perms = if g.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&g.dir, "/data", perms)?;
+        }
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState::new(
+            self.name.clone(),
+            rt.kv.clone(),
+            self.exposed_headers.clone(),
+            wasi.build(),
+            limits,
+            stdout,
+            stderr,
+        );
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limits);
+        Ok(store)
+    }
+
+    /// Arms the CPU deadline for one call. The callback runs only when an epoch tick finds
+    /// this plugin executing, so counting callbacks counts (about) milliseconds of CPU the
+    /// plugin used — time spent waiting for a worker thread after yielding does not count.
+    /// At every tick the plugin yields to the runtime; when its ticks are spent, it traps.
+    fn arm_deadline(&self, store: &mut Store<HostState>) {
+        let mut ticks =
+            (self.limits.timeout.as_micros() / super::engine::EPOCH_TICK.as_micros()).max(1) as u64;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            ticks = ticks.saturating_sub(1);
+            Ok(if ticks == 0 {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> Failure {
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            return match trap {
+                Trap::Interrupt => Failure::Timeout(self.limits.timeout),
+                Trap::UnreachableCodeReached => {
+                    Failure::Trap("unreachable executed (a panic or abort in the plugin)".into())
+                }
+                other => Failure::Trap(other.to_string()),
+            };
+        }
+        let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        // The store's limiter refuses growth past the cap with these messages.
+        if causes.iter().any(|c| {
+            c.contains("forcing trap when growing memory") || c.contains("memory growth failure")
+        }) {
+            return Failure::OutOfMemory(self.limits.memory >> 20);
+        }
+        // The first line of each cause (backtraces follow on later lines).
+        let text: Vec<&str> = causes
+            .iter()
+            .filter_map(|c| c.lines().next())
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        Failure::Trap(text.join(": "))
+    }
+
+    /// Runs `evaluate` on one message. The semaphore bounds live instances: a burst waits for
+    /// a free slot rather than failing.
+    pub async fn evaluate(&self, rt: &Runtime, msg: MessageRes) -> Result<types::Verdict, Failure> {
+        let _permit = rt
+            .instances
+            .acquire()
+            .await
+            .map_err(|_| Failure::Trap("runtime closed".into()))?;
+        if self.warm > 0 {
+            return self.evaluate_warm(rt, msg).await;
+        }
+        let mut store = self.new_store(rt).map_err(|e| self.classify(e))?;
+        self.arm_deadline(&mut store);
+        let result = async {
+            let bindings = self.pre.instantiate_async(&mut store).await?;
+            let policy = bindings.portcullis_policy_policy();
+            if let Err(e) = policy.call_init(&mut store, &self.config_json).await? {
+                return Ok(Err(Failure::Config(e)));
+            }
+            let res: Resource<MessageRes> = store.data_mut().table.push(msg)?;
+            Ok::<_, wasmtime::Error>(Ok(policy.call_evaluate(&mut store, res).await?))
+        }
+        .await;
+        store.data().flush_stdio();
+        let verdict = result.map_err(|e| self.classify(e))??;
+        self.check_output(&verdict)?;
+        Ok(verdict)
+    }
+
+    async fn evaluate_warm(
+        &self,
+        rt: &Runtime,
+        msg: MessageRes,
+    ) -> Result<types::Verdict, Failure> {
+        let reused = self
+            .warm_pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let mut instance = match reused {
+            Some(i) => i,
+            None => {
+                let mut store = self.new_store(rt).map_err(|e| self.classify(e))?;
+                self.arm_deadline(&mut store);
+                let bindings = self
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| self.classify(e))?;
+                let init = bindings
+                    .portcullis_policy_policy()
+                    .call_init(&mut store, &self.config_json)
+                    .await;
+                init.map_err(|e| self.classify(e))?
+                    .map_err(Failure::Config)?;
+                WarmInstance {
+                    store,
+                    bindings,
+                    uses: 0,
+                }
+            }
+        };
+        self.arm_deadline(&mut instance.store);
+        let result = async {
+            let res: Resource<MessageRes> = instance.store.data_mut().table.push(msg)?;
+            instance
+                .bindings
+                .portcullis_policy_policy()
+                .call_evaluate(&mut instance.store, res)
+                .await
+        }
+        .await;
+        instance.store.data().flush_stdio();
+        // On any failure the instance is dropped, never reused.
+        let verdict = result.map_err(|e| self.classify(e))?;
+        self.check_output(&verdict)?;
+        instance.uses += 1;
+        if instance.uses < self.warm {
+            self.warm_pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(instance);
+        }
+        Ok(verdict)
+    }
+
+    fn check_output(&self, verdict: &types::Verdict) -> Result<(), Failure> {
+        let size = match verdict {
+            types::Verdict::Allow => 0,
+            types::Verdict::Modify(c) => {
+                c.params.as_ref().map_or(0, String::len)
+                    + c.result.as_ref().map_or(0, String::len)
+                    + c.attributes
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            }
+            types::Verdict::Deny(d) => {
+                d.error.message.len() + d.error.data.as_ref().map_or(0, String::len)
+            }
+        };
+        if size > self.limits.output {
+            return Err(Failure::Output(size, self.limits.output));
+        }
+        Ok(())
+    }
+
+    /// Whether the plugin wants to see this phase.
+    pub fn handles(&self, phase: Phase) -> bool {
+        match phase {
+            Phase::Request => self.request,
+            Phase::Response => self.response,
+        }
+    }
+}

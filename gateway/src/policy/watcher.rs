@@ -1,0 +1,324 @@
+//! The plugins folder: every `*.wasm` in it is a plugin, `<name>.toml` beside it its sidecar.
+//!
+//! [`Policies`] holds the live [`Chain`] behind an atomic pointer. A reload compiles and
+//! validates changed plugins off the request path, then swaps the whole chain at once:
+//! requests already running finish on the chain they started with, new ones get the new
+//! chain, and none waits. A plugin whose new version fails to load keeps its last good
+//! version in the chain (and the failure is logged and shown in [`Policies::status`]).
+//! The watcher debounces file events, so a file being copied in is loaded once, complete.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use super::chain::Chain;
+use super::engine::{Runtime, RuntimeConfig};
+use super::plugin::Plugin;
+use super::{KvStore, Stage};
+
+/// How long file events must settle before a reload.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// One plugin file, as the status view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    pub file: String,
+    pub name: String,
+    pub version: String,
+    pub stage: Option<Stage>,
+    pub priority: i32,
+    pub sha256: String,
+    /// `active`, `rejected` (never loaded), `stale` (new version rejected, last good serving),
+    /// or `disabled`.
+    pub state: &'static str,
+    pub error: Option<String>,
+}
+
+/// The outcome of one reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub at: SystemTime,
+    pub took_ms: u128,
+    pub active: usize,
+    pub loaded: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+struct Entry {
+    /// Hash of the .wasm and sidecar contents this entry was loaded from.
+    key: String,
+    plugin: Option<Arc<Plugin>>,
+    status: PluginStatus,
+}
+
+pub struct Policies {
+    runtime: Arc<Runtime>,
+    dir: Option<PathBuf>,
+    cache: Option<PathBuf>,
+    current: ArcSwap<Chain>,
+    entries: tokio::sync::Mutex<BTreeMap<PathBuf, Entry>>,
+    last: Mutex<Option<ReloadReport>>,
+}
+
+impl Policies {
+    /// The policy runtime with the plugins of `dir` loaded (none without a folder).
+    pub async fn open(
+        dir: Option<&Path>,
+        cache: Option<PathBuf>,
+        config: RuntimeConfig,
+    ) -> anyhow::Result<Arc<Self>> {
+        let runtime = Runtime::new(config)?;
+        let policies = Arc::new(Policies {
+            runtime,
+            dir: dir.map(Path::to_path_buf),
+            cache,
+            current: ArcSwap::from_pointee(Chain::empty()),
+            entries: tokio::sync::Mutex::new(BTreeMap::new()),
+            last: Mutex::new(None),
+        });
+        if let Some(dir) = dir {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "plugins folder {} does not exist",
+                dir.display()
+            );
+            policies.reload().await;
+        }
+        Ok(policies)
+    }
+
+    /// A runtime whose chain is exactly one plugin, with an explicit sidecar: what
+    /// `portcullis plugin test` runs a single `.wasm` with.
+    pub async fn single(
+        wasm: &Path,
+        sidecar: &Path,
+        config: RuntimeConfig,
+    ) -> anyhow::Result<Arc<Self>> {
+        let runtime = Runtime::new(config)?;
+        let plugin = Plugin::load_with(&runtime, wasm, sidecar, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+        let chain = Chain::new(runtime.clone(), vec![Arc::new(plugin)]);
+        Ok(Arc::new(Policies {
+            runtime,
+            dir: None,
+            cache: None,
+            current: ArcSwap::from_pointee(chain),
+            entries: tokio::sync::Mutex::new(BTreeMap::new()),
+            last: Mutex::new(None),
+        }))
+    }
+
+    /// The chain new requests use.
+    pub fn chain(&self) -> Arc<Chain> {
+        self.current.load_full()
+    }
+
+    pub fn kv(&self) -> Arc<dyn KvStore> {
+        self.runtime.kv.clone()
+    }
+
+    pub fn status(&self) -> Vec<PluginStatus> {
+        self.entries
+            .try_lock()
+            .map(|e| e.values().map(|e| e.status.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Rescans the folder, loads what changed, and swaps in the new chain.
+    pub async fn reload(&self) -> ReloadReport {
+        let started = Instant::now();
+        let mut entries = self.entries.lock().await;
+        let mut report = ReloadReport {
+            at: SystemTime::now(),
+            took_ms: 0,
+            active: 0,
+            loaded: Vec::new(),
+            errors: Vec::new(),
+        };
+        let files = self.dir.as_deref().map(scan).unwrap_or_default();
+        entries.retain(|path, e| {
+            let keep = files.contains(path);
+            if !keep {
+                tracing::info!(plugin = %e.status.name, "plugin removed");
+            }
+            keep
+        });
+        for file in files {
+            let key = content_key(&file);
+            if entries.get(&file).is_some_and(|e| e.key == key) {
+                continue;
+            }
+            let name = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("?")
+                .to_string();
+            match Plugin::load(&self.runtime, &file, self.cache.as_deref()).await {
+                Ok(plugin) => {
+                    tracing::info!(
+                        plugin = %plugin.name, version = %plugin.version, stage = ?plugin.stage,
+                        sha256 = %&plugin.sha256[..12], cached = plugin.cached,
+                        compile_ms = plugin.compile_time.as_millis() as u64, "plugin loaded"
+                    );
+                    report.loaded.push(name.clone());
+                    let status = PluginStatus {
+                        file: file.display().to_string(),
+                        name: plugin.name.to_string(),
+                        version: plugin.version.clone(),
+                        stage: Some(plugin.stage),
+                        priority: plugin.priority,
+                        sha256: plugin.sha256.clone(),
+                        state: "active",
+                        error: None,
+                    };
+                    entries.insert(
+                        file,
+                        Entry {
+                            key,
+                            plugin: Some(Arc::new(plugin)),
+                            status,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let disabled = e.to_string().contains("enabled = false");
+                    let error = e.to_string();
+                    let entry = entries.entry(file.clone()).or_insert_with(|| Entry {
+                        key: String::new(),
+                        plugin: None,
+                        status: PluginStatus {
+                            file: file.display().to_string(),
+                            name: name.clone(),
+                            version: String::new(),
+                            stage: None,
+                            priority: 0,
+                            sha256: String::new(),
+                            state: "rejected",
+                            error: None,
+                        },
+                    });
+                    entry.key = key;
+                    if disabled {
+                        entry.plugin = None;
+                        entry.status.state = "disabled";
+                        entry.status.error = None;
+                        tracing::info!(plugin = %name, "plugin disabled by its sidecar");
+                        continue;
+                    }
+                    entry.status.state = if entry.plugin.is_some() {
+                        "stale"
+                    } else {
+                        "rejected"
+                    };
+                    entry.status.error = Some(error.clone());
+                    if entry.plugin.is_some() {
+                        tracing::error!(plugin = %name, error = %error, "new plugin version rejected; the last good version keeps serving");
+                    } else {
+                        tracing::error!(plugin = %name, error = %error, "plugin rejected");
+                    }
+                    report.errors.push(format!("{name}: {error}"));
+                }
+            }
+        }
+        let plugins: Vec<Arc<Plugin>> = entries.values().filter_map(|e| e.plugin.clone()).collect();
+        report.active = plugins.len();
+        self.current
+            .store(Arc::new(Chain::new(self.runtime.clone(), plugins)));
+        report.took_ms = started.elapsed().as_millis();
+        tracing::info!(
+            active = report.active,
+            errors = report.errors.len(),
+            took_ms = report.took_ms as u64,
+            "policy chain ready"
+        );
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        report
+    }
+
+    /// Watches the folder and reloads on every settled change, until the returned guard is
+    /// dropped.
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<Option<WatchGuard>> {
+        use notify_debouncer_mini::{new_debouncer, notify::RecursiveMode};
+        let Some(dir) = self.dir.clone() else {
+            return Ok(None);
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut debouncer = new_debouncer(
+            DEBOUNCE,
+            move |events: notify_debouncer_mini::DebounceEventResult| {
+                if let Ok(events) = events
+                    && events.iter().any(|e| is_plugin_file(&e.path))
+                {
+                    let _ = tx.send(());
+                }
+            },
+        )?;
+        debouncer
+            .watcher()
+            .watch(&dir, RecursiveMode::NonRecursive)?;
+        let policies = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                while rx.try_recv().is_ok() {}
+                let Some(p) = policies.upgrade() else { return };
+                p.reload().await;
+            }
+        });
+        Ok(Some(WatchGuard {
+            _debouncer: Box::new(debouncer),
+            task,
+        }))
+    }
+}
+
+/// Keeps the folder watched; dropping it stops watching.
+pub struct WatchGuard {
+    _debouncer: Box<dyn std::any::Any + Send>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn is_plugin_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("wasm" | "toml")
+    )
+}
+
+/// The `.wasm` files directly in `dir`, sorted.
+fn scan(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("wasm") && p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Identifies what a plugin was loaded from: its bytes and its sidecar's.
+fn content_key(wasm: &Path) -> String {
+    let bytes = std::fs::read(wasm).unwrap_or_default();
+    let sidecar = std::fs::read(wasm.with_extension("toml")).unwrap_or_default();
+    format!(
+        "{}:{}",
+        super::loader::sha256_hex(&bytes),
+        super::loader::sha256_hex(&sidecar)
+    )
+}
