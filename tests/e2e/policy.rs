@@ -415,3 +415,50 @@ async fn parallel_requests_through_a_chain_do_not_share_state() {
         assert_eq!(sent, got);
     }
 }
+
+/// Warm mode reuses an instance for pure policies, and discards it after a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_instances_serve_many_calls_and_are_dropped_after_a_trap() {
+    let plugins = PluginDir::new();
+    plugins.add(
+        "rewrite",
+        "chaos",
+        &format!(
+            "warm = 5\n{}",
+            chaos(
+                "modify-params",
+                "echo",
+                "argument = \"text\"\nvalue = \"warm\""
+            )
+        ),
+    );
+    plugins.add(
+        "trapper",
+        "chaos",
+        &format!("warm = 5\n{}", chaos("trap", "crash", "")),
+    );
+    let (gateway, s) = gateway(&plugins).await;
+    for i in 0..12 {
+        assert_eq!(
+            echo_text(&call(&s, i, "alpha__echo", json!({ "text": "cold" })).await),
+            "warm"
+        );
+        if i % 4 == 0 {
+            let r = call(&s, 100 + i, "alpha__crash", json!({})).await;
+            assert!(
+                r["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("policy 'trapper' failed"),
+                "{r}"
+            );
+        }
+    }
+    let listed = std::process::Command::new(portcullis_tests::harness::bin_path("portcullis"))
+        .args(["plugin", "list", plugins.path().to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(v["chain"], json!(["rewrite", "trapper"]));
+    drop(gateway);
+}

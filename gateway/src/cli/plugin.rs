@@ -19,6 +19,15 @@ use portcullis::policy::{Call, Denial, Identity, Policies, RuntimeConfig};
 pub enum PluginCommand {
     /// Run a recorded MCP message through a plugin (or a whole plugins folder) and print the verdict.
     Test(TestArgs),
+    /// Load a plugins folder exactly as `serve` would and show each plugin: stage, order,
+    /// hash, and whether it loaded (and why not).
+    List {
+        /// The plugins folder.
+        folder: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a plugin's metadata, WIT world, imports, size and SHA-256.
     Inspect {
         /// The `.wasm` file.
@@ -59,6 +68,62 @@ pub struct TestArgs {
 pub async fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginCommand::Test(args) => test(args).await,
+        PluginCommand::List { folder, json } => {
+            let policies = Policies::open(
+                Some(&folder),
+                None,
+                RuntimeConfig {
+                    max_instances: 8,
+                    ..RuntimeConfig::default()
+                },
+            )
+            .await?;
+            let status = policies.status().await;
+            let order: Vec<String> = policies
+                .chain()
+                .plugins()
+                .iter()
+                .map(|p| p.name.to_string())
+                .collect();
+            let rejected = status.iter().any(|s| s.error.is_some());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "chain": order, "plugins": status, "reload": policies.last_reload() })
+                    )?
+                );
+            } else {
+                println!(
+                    "chain: {}",
+                    if order.is_empty() {
+                        "(empty)".to_string()
+                    } else {
+                        order.join(" → ")
+                    }
+                );
+                for s in &status {
+                    let stage = s
+                        .stage
+                        .map(|st| format!("{st:?}").to_lowercase())
+                        .unwrap_or_else(|| "-".into());
+                    let sha = s.sha256.get(..12).unwrap_or("-");
+                    println!(
+                        "  {:<20} {:<9} {:<10} prio {:<4} {sha}  {}",
+                        s.name,
+                        s.state,
+                        stage,
+                        s.priority,
+                        s.error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            Ok(if rejected {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         PluginCommand::Inspect { wasm, json } => {
             let report = portcullis::policy::inspect(&wasm).await?;
             if json {
@@ -143,6 +208,7 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
         let p = Policies::open(Some(&args.plugin), None, runtime).await?;
         let rejected: Vec<String> = p
             .status()
+            .await
             .into_iter()
             .filter_map(|s| s.error.map(|e| format!("{}: {e}", s.name)))
             .collect();

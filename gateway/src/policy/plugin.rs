@@ -9,6 +9,7 @@
 //! to N calls, one at a time, and is discarded on any trap or limit breach.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,16 @@ pub struct Plugin {
     grants: Option<Grants>,
     pre: PluginPre<HostState>,
     warm_pool: Mutex<Vec<WarmInstance>>,
+    /// Calls, denials and failures (traps, timeouts, limit breaches) since load.
+    pub counters: Counters,
+}
+
+/// What a plugin has done since it was loaded.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub calls: AtomicU64,
+    pub denials: AtomicU64,
+    pub failures: AtomicU64,
 }
 
 struct WarmInstance {
@@ -136,6 +147,7 @@ impl Plugin {
             grants: sidecar.grants.clone(),
             pre,
             warm_pool: Mutex::new(Vec::new()),
+            counters: Counters::default(),
         };
 
         // Describe and validate in one instance, under the plugin's own limits.
@@ -255,6 +267,21 @@ impl Plugin {
     /// Runs `evaluate` on one message. The semaphore bounds live instances: a burst waits for
     /// a free slot rather than failing.
     pub async fn evaluate(&self, rt: &Runtime, msg: MessageRes) -> Result<types::Verdict, Failure> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.evaluate_counted(rt, msg).await;
+        match &outcome {
+            Ok(types::Verdict::Deny(_)) => self.counters.denials.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.counters.failures.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => 0,
+        };
+        outcome
+    }
+
+    async fn evaluate_counted(
+        &self,
+        rt: &Runtime,
+        msg: MessageRes,
+    ) -> Result<types::Verdict, Failure> {
         let _permit = rt
             .instances
             .acquire()

@@ -36,6 +36,9 @@ pub struct PluginStatus {
     /// or `disabled`.
     pub state: &'static str,
     pub error: Option<String>,
+    pub calls: u64,
+    pub denials: u64,
+    pub failures: u64,
 }
 
 /// The outcome of one reload.
@@ -122,11 +125,22 @@ impl Policies {
         self.runtime.kv.clone()
     }
 
-    pub fn status(&self) -> Vec<PluginStatus> {
-        self.entries
-            .try_lock()
-            .map(|e| e.values().map(|e| e.status.clone()).collect())
-            .unwrap_or_default()
+    /// Every plugin file: loaded or not, why, and what it has done.
+    pub async fn status(&self) -> Vec<PluginStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let entries = self.entries.lock().await;
+        entries
+            .values()
+            .map(|e| {
+                let mut s = e.status.clone();
+                if let Some(p) = &e.plugin {
+                    s.calls = p.counters.calls.load(Relaxed);
+                    s.denials = p.counters.denials.load(Relaxed);
+                    s.failures = p.counters.failures.load(Relaxed);
+                }
+                s
+            })
+            .collect()
     }
 
     pub fn last_reload(&self) -> Option<ReloadReport> {
@@ -179,6 +193,9 @@ impl Policies {
                         sha256: plugin.sha256.clone(),
                         state: "active",
                         error: None,
+                        calls: 0,
+                        denials: 0,
+                        failures: 0,
                     };
                     entries.insert(
                         file,
@@ -204,6 +221,9 @@ impl Policies {
                             sha256: String::new(),
                             state: "rejected",
                             error: None,
+                            calls: 0,
+                            denials: 0,
+                            failures: 0,
                         },
                     });
                     entry.key = key;
