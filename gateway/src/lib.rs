@@ -75,7 +75,12 @@ impl Gateway {
         } else {
             None
         };
-        let front = front::Front::new(config.server, sessions.clone(), policies.clone());
+        let front = front::Front::new(
+            config.server,
+            sessions.clone(),
+            policies.clone(),
+            config.oauth.as_ref(),
+        );
         Ok(Gateway {
             listener,
             front,

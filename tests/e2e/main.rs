@@ -4,6 +4,7 @@
 //! Build everything first (`cargo build --workspace`), then `cargo test -p portcullis-tests`.
 
 mod aggregation;
+mod auth;
 mod cli;
 mod conformance;
 mod front;

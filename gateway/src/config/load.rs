@@ -108,6 +108,29 @@ pub fn parse(
             "must be non-empty and contain no whitespace".into(),
         ));
     }
+    if let Some(oauth) = &config.oauth {
+        let line = line_of(text, "[oauth]");
+        match reqwest::Url::parse(&oauth.public_url) {
+            Ok(u)
+                if (u.scheme() == "https" || u.scheme() == "http")
+                    && u.path() == "/"
+                    && u.query().is_none() => {}
+            _ => {
+                return Err(err(
+                    line,
+                    "oauth.public-url".into(),
+                    "must be an http(s) origin such as https://mcp.example.com (no path)".into(),
+                ));
+            }
+        }
+        if oauth.authorization_servers.is_empty() {
+            return Err(err(
+                line,
+                "oauth.authorization-servers".into(),
+                "list at least one issuer URL".into(),
+            ));
+        }
+    }
     if config.upstreams.is_empty() {
         return Err(err(
             None,

@@ -31,6 +31,9 @@ pub struct Config {
     /// The WebAssembly policy chain.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// OAuth protected-resource metadata (RFC 9728), for clients that discover how to get a
+    /// token. Absent: not served.
+    pub oauth: Option<OAuthConfig>,
     /// The upstream MCP servers, by name. Names become prefixes, so they may contain only
     /// ASCII letters, digits and `-`.
     #[serde(default)]
@@ -123,6 +126,26 @@ impl Default for PolicyConfig {
             max_memory_mib: 64,
         }
     }
+}
+
+/// `[oauth]`: the gateway as an OAuth 2.0 protected resource (RFC 9728). Clients that get a
+/// 401 read `resource_metadata` from `WWW-Authenticate` (set by the authn plugin), fetch this
+/// document, and learn which authorization server issues tokens for this gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OAuthConfig {
+    /// How clients reach the gateway, e.g. `https://mcp.example.com` behind a TLS-terminating
+    /// proxy. The resource URI is this plus `server.path`.
+    pub public_url: String,
+    /// Authorization servers that issue tokens for this resource (their issuer URLs).
+    pub authorization_servers: Vec<String>,
+    /// Scopes clients may ask for.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    /// A human-readable name for consent screens.
+    pub resource_name: Option<String>,
+    /// A page documenting this gateway for developers.
+    pub resource_documentation: Option<String>,
 }
 
 /// `[namespacing]`: how tool and prompt names (and resource URIs) are made unique.

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 mod guard;
+mod metadata;
 mod response;
 mod streamable;
 
@@ -37,6 +38,8 @@ pub struct Front {
     guard: Guard,
     sessions: Arc<Sessions>,
     policies: Arc<Policies>,
+    /// The RFC 9728 document, when `[oauth]` is configured.
+    oauth_metadata: Option<bytes::Bytes>,
     /// Request tasks, so shutdown can wait for them.
     tasks: TaskTracker,
 }
@@ -46,17 +49,26 @@ impl Front {
         config: ServerConfig,
         sessions: Arc<Sessions>,
         policies: Arc<Policies>,
+        oauth: Option<&crate::config::OAuthConfig>,
     ) -> Arc<Self> {
+        let oauth_metadata = oauth.map(|o| metadata::document(o, &config.path));
         Arc::new(Front {
             guard: Guard::new(&config),
             config,
             sessions,
             policies,
+            oauth_metadata,
             tasks: TaskTracker::new(),
         })
     }
 
     async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if let Some(doc) = &self.oauth_metadata
+            && req.method() == Method::GET
+            && metadata::is_metadata_path(req.uri().path(), &self.config.path)
+        {
+            return metadata::respond(doc);
+        }
         if req.uri().path() != self.config.path {
             return response::status_error(StatusCode::NOT_FOUND, "Not Found");
         }
