@@ -14,5 +14,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use portcullis::policy::host as host_api;
-pub use portcullis::policy::types;
+pub use self::portcullis::policy::host as host_api;
+pub use self::portcullis::policy::types;
