@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Plugin as PluginWorld;
 use super::host::HostState;
@@ -68,7 +68,18 @@ impl Runtime {
             .max_memory_size(config.max_memory)
             // JS/Python engines bring large component instances.
             .max_component_instance_size(1 << 20)
-            .max_unused_warm_slots(config.max_instances.min(64));
+            .max_unused_warm_slots(config.max_instances.min(64))
+            // Reset a freed slot by rewriting only the pages the last instance dirtied (found
+            // with Linux's PAGEMAP_SCAN), keeping them resident: no madvise, no TLB shootdown
+            // on every core, no page faults on the next instantiation. Without PAGEMAP_SCAN
+            // (kernels before 6.7) wasmtime falls back to madvise beyond what it memsets.
+            .pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(64 << 10)
+            // Same for the fiber stacks async calls run on.
+            .async_stack_keep_resident(256 << 10)
+            // Return what is not kept to the kernel in batches: fewer syscalls and IPIs.
+            .decommit_batch_size(32);
         let mut cfg = Config::new();
         cfg.wasm_component_model(true)
             .epoch_interruption(true)

@@ -299,7 +299,8 @@ impl Plugin {
                 return Ok(Err(Failure::Config(e)));
             }
             let res: Resource<MessageRes> = store.data_mut().table.push(msg)?;
-            Ok::<_, wasmtime::Error>(Ok(policy.call_evaluate(&mut store, res).await?))
+            let borrow = Resource::<MessageRes>::new_borrow(res.rep());
+            Ok::<_, wasmtime::Error>(Ok(policy.call_evaluate(&mut store, borrow).await?))
         }
         .await;
         store.data().flush_stdio();
@@ -343,12 +344,17 @@ impl Plugin {
         };
         self.arm_deadline(&mut instance.store);
         let result = async {
+            // Lend the message as a borrow and remove it after the call: an instance that is
+            // reused must not accumulate one handle per call.
             let res: Resource<MessageRes> = instance.store.data_mut().table.push(msg)?;
-            instance
+            let borrow = Resource::<MessageRes>::new_borrow(res.rep());
+            let verdict = instance
                 .bindings
                 .portcullis_policy_policy()
-                .call_evaluate(&mut instance.store, res)
-                .await
+                .call_evaluate(&mut instance.store, borrow)
+                .await;
+            let _ = instance.store.data_mut().table.delete(res);
+            verdict
         }
         .await;
         instance.store.data().flush_stdio();
