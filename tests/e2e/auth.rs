@@ -51,3 +51,233 @@ async fn without_oauth_configuration_there_is_no_metadata() {
         404
     );
 }
+
+mod callers {
+    //! API-key and JWT callers with different roles, through the real binary with the
+    //! built-in authn and authz plugins: different catalogs, allowed and denied calls, and
+    //! every bad token refused with the right challenge.
+
+    use base64::Engine as _;
+    use portcullis_tests::harness::{
+        Gateway, PluginDir, RawHttp, initialize_request, jsonrpc_request, server_toml,
+        stdio_fixture_toml,
+    };
+    use serde_json::{Value, json};
+    use sha2::{Digest, Sha256};
+
+    const METADATA: &str = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp";
+    const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!!";
+    const DEV_KEY: &str = "pk_dev_0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    const ADMIN_KEY: &str = "pk_admin_0123456789abcdefghijklmnopqrstuvwxyzAB";
+
+    fn sha256_hex(s: &str) -> String {
+        Sha256::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+        let mut k = [0u8; 64];
+        k[..key.len()].copy_from_slice(key);
+        let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
+        inner.update(k.map(|b| b ^ 0x36));
+        inner.update(msg);
+        outer.update(k.map(|b| b ^ 0x5c));
+        outer.update(inner.finalize());
+        outer.finalize().to_vec()
+    }
+
+    /// An HS256 JWT signed here, in the test.
+    fn jwt(claims: Value, alg: &str) -> String {
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let head = b64(json!({ "alg": alg, "typ": "JWT" }).to_string().as_bytes());
+        let body = b64(claims.to_string().as_bytes());
+        let signing = format!("{head}.{body}");
+        let sig = if alg == "none" {
+            String::new()
+        } else {
+            b64(&hmac_sha256(SECRET.as_bytes(), signing.as_bytes()))
+        };
+        format!("{signing}.{sig}")
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn claims(roles: &[&str]) -> Value {
+        json!({ "iss": "https://sso.example.com", "aud": "https://mcp.example.com/mcp", "sub": "jay",
+                "exp": now() + 600, "nbf": now() - 10, "roles": roles })
+    }
+
+    async fn gateway() -> (Gateway, PluginDir) {
+        let plugins = PluginDir::new();
+        plugins.add(
+            "authn",
+            "authn",
+            &format!(
+                "[config]\nresource-metadata = \"{METADATA}\"\n\
+                 [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"dev-bot\"\nroles = [\"dev\"]\n\
+                 [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"root\"\nroles = [\"admin\"]\n\
+                 [config.jwt]\nissuer = \"https://sso.example.com\"\naudience = \"https://mcp.example.com/mcp\"\n\
+                 hs256-secret = \"{SECRET}\"\nroles-claim = \"roles\"\n",
+                sha256_hex(DEV_KEY),
+                sha256_hex(ADMIN_KEY)
+            ),
+        );
+        plugins.add(
+            "authz",
+            "authz",
+            "[config]\n\
+             [[config.rules]]\nname = \"devs-use-echo\"\neffect = \"allow\"\nroles = [\"dev\"]\nupstreams = [\"alpha\"]\ntools = [\"echo\", \"whoami\"]\n\
+             [[config.rules]]\nname = \"admins\"\neffect = \"allow\"\nroles = [\"admin\"]\n",
+        );
+        let config = format!(
+            "{}{}{}",
+            server_toml(),
+            plugins.policy_toml(),
+            stdio_fixture_toml("alpha")
+        );
+        (Gateway::start(&config).await, plugins)
+    }
+
+    /// Initializes with `token` and lists the tools it may see.
+    async fn tools_as(gateway: &Gateway, token: &str) -> Vec<String> {
+        let auth = format!("Bearer {token}");
+        let (resp, session) = RawHttp::new(gateway.url())
+            .initialize(&[("authorization", &auth)])
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let list = session.call(2, "tools/list", json!({})).await;
+        let mut names: Vec<String> = list["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn roles_decide_what_each_caller_sees_and_may_call() {
+        let (gateway, _plugins) = gateway().await;
+        assert_eq!(
+            tools_as(&gateway, DEV_KEY).await,
+            ["alpha__echo", "alpha__whoami"]
+        );
+        assert_eq!(
+            tools_as(&gateway, &jwt(claims(&["dev"]), "HS256")).await,
+            ["alpha__echo", "alpha__whoami"]
+        );
+        let admin = tools_as(&gateway, ADMIN_KEY).await;
+        assert!(
+            admin.len() > 5 && admin.contains(&"alpha__crash".to_string()),
+            "{admin:?}"
+        );
+
+        // A dev may call echo; a call to a tool it may not use looks exactly like an unknown tool.
+        let auth = format!("Bearer {DEV_KEY}");
+        let (_, dev) = RawHttp::new(gateway.url())
+            .initialize(&[("authorization", &auth)])
+            .await;
+        let ok = dev
+            .call(
+                3,
+                "tools/call",
+                json!({ "name": "alpha__echo", "arguments": { "text": "hi" } }),
+            )
+            .await;
+        assert_eq!(ok["content"][0]["text"], "hi");
+        let denied = dev
+            .post(&jsonrpc_request(
+                4,
+                "tools/call",
+                json!({ "name": "alpha__crash", "arguments": {} }),
+            ))
+            .await;
+        let unknown = dev
+            .post(&jsonrpc_request(
+                5,
+                "tools/call",
+                json!({ "name": "alpha__nope", "arguments": {} }),
+            ))
+            .await;
+        let (d, u) = (
+            denied.response(&json!(4)).unwrap(),
+            unknown.response(&json!(5)).unwrap(),
+        );
+        assert_eq!(d["error"]["code"], -32602, "{d}");
+        assert_eq!(d["error"]["message"], "Unknown tool: alpha__crash");
+        assert_eq!(
+            u["error"]["code"], d["error"]["code"],
+            "forbidden and unknown look alike"
+        );
+        let logs = gateway
+            .wait_for_log("alpha__crash", std::time::Duration::from_secs(10))
+            .await;
+        assert!(
+            logs.contains("dev-bot"),
+            "denials are logged with the subject:\n{logs}"
+        );
+        assert!(
+            !logs.contains(DEV_KEY) && !logs.contains(SECRET),
+            "a credential reached the log"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_and_bad_credentials_get_401_with_the_metadata_challenge() {
+        let (gateway, _plugins) = gateway().await;
+        let http = RawHttp::new(gateway.url());
+        let init = initialize_request(1, "2025-11-25");
+        let resp = http.post(&init, &[]).await;
+        assert_eq!(resp.status, 401);
+        assert_eq!(
+            resp.header("www-authenticate"),
+            Some(format!("Bearer resource_metadata=\"{METADATA}\"").as_str())
+        );
+
+        let mut expired = claims(&["dev"]);
+        expired["exp"] = json!(now() - 3600);
+        let mut early = claims(&["dev"]);
+        early["nbf"] = json!(now() + 3600);
+        let mut wrong_iss = claims(&["dev"]);
+        wrong_iss["iss"] = json!("https://evil.example.com");
+        let mut wrong_aud = claims(&["dev"]);
+        wrong_aud["aud"] = json!("https://other.example.com/mcp");
+        let good = jwt(claims(&["dev"]), "HS256");
+        let bad_signature = format!("{}x", &good[..good.len() - 1]);
+        for (case, token) in [
+            ("expired", jwt(expired, "HS256")),
+            ("not yet valid", jwt(early, "HS256")),
+            ("wrong issuer", jwt(wrong_iss, "HS256")),
+            ("wrong audience", jwt(wrong_aud, "HS256")),
+            ("bad signature", bad_signature),
+            ("alg none", jwt(claims(&["admin"]), "none")),
+            (
+                "unknown api key",
+                "pk_not_a_key_we_know_of_0123456789abcdefghij".into(),
+            ),
+        ] {
+            let auth = format!("Bearer {token}");
+            let resp = http.post(&init, &[("authorization", &auth)]).await;
+            assert_eq!(resp.status, 401, "{case}");
+            let challenge = resp.header("www-authenticate").unwrap_or_default();
+            assert!(
+                challenge.contains(&format!("resource_metadata=\"{METADATA}\""))
+                    && challenge.contains("error=\"invalid_token\""),
+                "{case}: {challenge}"
+            );
+            let body: Value = resp.json();
+            assert_eq!(
+                body["error"]["message"], "authentication required",
+                "{case}: the client gets a generic message"
+            );
+        }
+    }
+}
