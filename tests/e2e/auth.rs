@@ -115,16 +115,21 @@ mod callers {
     }
 
     async fn gateway() -> (Gateway, PluginDir) {
+        gateway_with("").await
+    }
+
+    /// The gateway with authn (`extra` appended to its `[config]`) and authz.
+    async fn gateway_with(extra: &str) -> (Gateway, PluginDir) {
         let plugins = PluginDir::new();
         plugins.add(
             "authn",
             "authn",
             &format!(
-                "[config]\nresource-metadata = \"{METADATA}\"\n\
+                "[config]\nresource-metadata = \"{METADATA}\"\n{extra}\
                  [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"dev-bot\"\nroles = [\"dev\"]\n\
                  [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"root\"\nroles = [\"admin\"]\n\
                  [config.jwt]\nissuer = \"https://sso.example.com\"\naudience = \"https://mcp.example.com/mcp\"\n\
-                 hs256-secret = \"{SECRET}\"\nroles-claim = \"roles\"\n",
+                 hs256-secret = \"{SECRET}\"\nroles-claim = \"roles\"\nscopes-claim = \"scope\"\n",
                 sha256_hex(DEV_KEY),
                 sha256_hex(ADMIN_KEY)
             ),
@@ -279,5 +284,44 @@ mod callers {
                 "{case}: the client gets a generic message"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_without_the_required_scope_gets_403_insufficient_scope() {
+        let (gateway, _plugins) = gateway_with("required-scopes = [\"mcp:tools\"]\n").await;
+        let http = RawHttp::new(gateway.url());
+        let init = initialize_request(1, "2025-11-25");
+        let mut scoped = claims(&["dev"]);
+        scoped["scope"] = json!("openid mcp:tools");
+        let ok = http
+            .post(
+                &init,
+                &[("authorization", &format!("Bearer {}", jwt(scoped, "HS256")))],
+            )
+            .await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        let mut unscoped = claims(&["dev"]);
+        unscoped["scope"] = json!("openid");
+        let resp = http
+            .post(
+                &init,
+                &[(
+                    "authorization",
+                    &format!("Bearer {}", jwt(unscoped, "HS256")),
+                )],
+            )
+            .await;
+        assert_eq!(resp.status, 403, "{}", resp.body);
+        assert_eq!(
+            resp.header("www-authenticate"),
+            Some(format!("Bearer error=\"insufficient_scope\", scope=\"mcp:tools\", resource_metadata=\"{METADATA}\"").as_str())
+        );
+        // Without credentials the challenge now also names the scope to ask for.
+        let resp = http.post(&init, &[]).await;
+        assert_eq!(resp.status, 401);
+        assert_eq!(
+            resp.header("www-authenticate"),
+            Some(format!("Bearer resource_metadata=\"{METADATA}\", scope=\"mcp:tools\"").as_str())
+        );
     }
 }
