@@ -324,4 +324,58 @@ mod callers {
             Some(format!("Bearer resource_metadata=\"{METADATA}\", scope=\"mcp:tools\"").as_str())
         );
     }
+
+    /// A session belongs to the caller that opened it: another caller holding its id gets
+    /// 404 (as for an unknown session), a caller without credentials 401.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_belongs_to_the_caller_that_opened_it() {
+        let (gateway, _plugins) = gateway().await;
+        let dev_auth = format!("Bearer {DEV_KEY}");
+        let (_, dev) = RawHttp::new(gateway.url())
+            .initialize(&[("authorization", &dev_auth)])
+            .await;
+        let sid = dev.session_id.clone().expect("a session id");
+        let admin_auth = format!("Bearer {ADMIN_KEY}");
+        let http = RawHttp::new(gateway.url());
+        let as_admin = [
+            ("authorization", admin_auth.as_str()),
+            ("mcp-session-id", sid.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+        ];
+        let list = jsonrpc_request(9, "tools/list", json!({}));
+        assert_eq!(
+            http.post(&list, &as_admin).await.status,
+            404,
+            "POST with someone else's session"
+        );
+        let mut get = as_admin.to_vec();
+        get.push(("accept", "text/event-stream"));
+        assert_eq!(
+            http.request(reqwest::Method::GET, &get, None).await.status,
+            404,
+            "GET stream of someone else's session"
+        );
+        assert_eq!(
+            http.request(reqwest::Method::DELETE, &as_admin, None)
+                .await
+                .status,
+            404,
+            "DELETE of someone else's session"
+        );
+        let anonymous = [
+            ("mcp-session-id", sid.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+            ("accept", "text/event-stream"),
+        ];
+        assert_eq!(
+            http.request(reqwest::Method::GET, &anonymous, None)
+                .await
+                .status,
+            401
+        );
+        // The owner still has it.
+        let mine = dev.call(10, "tools/list", json!({})).await;
+        assert!(mine["tools"].is_array());
+        assert_eq!(dev.delete().await.status, 200);
+    }
 }

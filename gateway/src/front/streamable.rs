@@ -26,6 +26,16 @@ pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
+/// 404 for a session that does not exist — or that belongs to someone else (the caller must
+/// not learn which).
+fn session_not_found() -> Response<Body> {
+    response::error(
+        StatusCode::NOT_FOUND,
+        codes::INVALID_REQUEST,
+        "Session not found; initialize a new session",
+    )
+}
+
 /// The answer for a message a policy refused: the plugin's JSON-RPC error, with its HTTP
 /// status and headers when it gave them (e.g. 401 + `WWW-Authenticate` from authn).
 fn denied(denial: &Denial, id: Option<Value>) -> Response<Body> {
@@ -154,9 +164,17 @@ impl Front {
             (msg, None)
         };
 
+        let subject = call
+            .as_ref()
+            .and_then(|c| c.identity())
+            .map(|i| i.subject.clone());
         let Some(session) = session else {
-            return self.initialize(msg);
+            return self.initialize(msg, subject);
         };
+        if !session.admits(subject.as_deref()) {
+            tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
+            return session_not_found();
+        }
         match msg.kind() {
             Kind::Notification => {
                 session.handle_notification(msg).await;
@@ -216,7 +234,7 @@ impl Front {
         })
     }
 
-    fn initialize(&self, msg: Message) -> Response<Body> {
+    fn initialize(&self, msg: Message, owner: Option<String>) -> Response<Body> {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let params = msg.params().cloned().unwrap_or_default();
         let version = version::negotiate(params["protocolVersion"].as_str());
@@ -240,6 +258,9 @@ impl Front {
                 "Service Unavailable: too many sessions",
             );
         };
+        if let Some(owner) = owner {
+            let _ = session.owner.set(owner);
+        }
         tracing::info!(session = %session.id, version, client = %params["clientInfo"]["name"], "session started");
         let result = json!({
             "protocolVersion": version,
@@ -338,6 +359,9 @@ impl Front {
             Ok(s) => s,
             Err(r) => return r,
         };
+        if let Err(r) = self.check_owner(&session, headers, "session/listen").await {
+            return r;
+        }
         session.touch();
         let resume = headers
             .get(&LAST_EVENT_ID)
@@ -364,15 +388,46 @@ impl Front {
                 "Bad Request: Mcp-Session-Id header is required",
             );
         };
-        if self.sessions.remove(id) {
-            tracing::info!(session = %id, "session ended by the client");
-            response::empty(StatusCode::OK)
-        } else {
-            response::error(
-                StatusCode::NOT_FOUND,
-                codes::INVALID_REQUEST,
-                "Session not found",
-            )
+        let session = match self.session(Some(id)) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        if let Err(r) = self
+            .check_owner(&session, req.headers(), "session/delete")
+            .await
+        {
+            return r;
         }
+        self.sessions.remove(id);
+        tracing::info!(session = %id, "session ended by the client");
+        response::empty(StatusCode::OK)
+    }
+
+    /// For requests without an MCP message (the GET stream, DELETE): the authn stage runs on
+    /// a pseudo-message named `method`, and the caller must be the session's owner.
+    async fn check_owner(
+        &self,
+        session: &Session,
+        headers: &HeaderMap,
+        method: &str,
+    ) -> Result<(), Response<Body>> {
+        let chain = self.policies.chain();
+        if chain.is_empty() {
+            return Ok(());
+        }
+        let mut call = Call::new(
+            Message::notification(method, None),
+            headers.clone(),
+            Some(session.id.to_string()),
+            None,
+        );
+        if let Err(denial) = chain.authenticate(&mut call).await {
+            return Err(denied(&denial, None));
+        }
+        if !session.admits(call.identity().map(|i| i.subject.as_str())) {
+            tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
+            return Err(session_not_found());
+        }
+        Ok(())
     }
 }

@@ -194,6 +194,29 @@ impl Chain {
         Ok(())
     }
 
+    /// Runs only the `authn` stage: for requests that carry no MCP message (the GET stream,
+    /// DELETE) but must still come from the session's owner.
+    pub async fn authenticate(&self, call: &mut Call) -> Result<(), Box<Denial>> {
+        let Some(rt) = &self.runtime else {
+            return Ok(());
+        };
+        for plugin in self
+            .plugins
+            .iter()
+            .filter(|p| p.request && p.stage == super::Stage::Authn)
+        {
+            let msg = MessageRes {
+                phase: types::Phase::Request,
+                call: call.view.clone(),
+            };
+            match plugin.evaluate(rt, msg).await {
+                Ok(verdict) => apply(plugin, call, verdict, Phase::Request)?,
+                Err(failure) => fail(plugin, &failure)?,
+            }
+        }
+        Ok(())
+    }
+
     /// Runs the response phase over the upstream's answer and returns it as changed.
     pub async fn on_response(
         &self,

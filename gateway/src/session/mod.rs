@@ -60,10 +60,22 @@ pub struct Session {
     next_server_request: AtomicU64,
     log_level: Mutex<Option<Value>>,
     last_seen: Mutex<Instant>,
+    /// The subject of the identity that opened the session, when a policy established one:
+    /// only that caller may use the session.
+    pub owner: std::sync::OnceLock<String>,
     me: Weak<Session>,
 }
 
 impl Session {
+    /// Whether a caller with this subject (`None`: no identity was established) may use the
+    /// session. A session opened by an identified caller belongs to that caller.
+    pub fn admits(&self, subject: Option<&str>) -> bool {
+        match self.owner.get() {
+            Some(owner) => subject == Some(owner.as_str()),
+            None => true,
+        }
+    }
+
     pub fn touch(&self) {
         *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
@@ -165,6 +177,7 @@ impl Sessions {
             next_server_request: AtomicU64::new(0),
             log_level: Mutex::new(None),
             last_seen: Mutex::new(Instant::now()),
+            owner: std::sync::OnceLock::new(),
             me: me.clone(),
         });
         self.map.insert(id, session.clone());
