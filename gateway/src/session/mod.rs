@@ -225,16 +225,13 @@ impl Sessions {
         idle.len()
     }
 
-    pub fn close_all(&self) {
-        let ids: Vec<Arc<str>> = self.map.iter().map(|s| s.id.clone()).collect();
-        for id in ids {
-            self.remove(&id);
-        }
-    }
-}
-
-impl Sessions {
     pub fn ids(&self) -> Vec<Arc<str>> {
         self.map.iter().map(|s| s.id.clone()).collect()
+    }
+
+    pub fn close_all(&self) {
+        for id in self.ids() {
+            self.remove(&id);
+        }
     }
 }

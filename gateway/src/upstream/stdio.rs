@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 
 use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -328,5 +328,3 @@ fn related_for(pending: &Pending, msg: &Message) -> Option<Related> {
         _ => pending.latest_related(),
     }
 }
-
-use tokio::io::AsyncReadExt as _;
