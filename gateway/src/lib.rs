@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod demo;
 pub mod front;
 pub mod mcp;
 pub mod policy;

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use anyhow::Context as _;
 use portcullis::config;
+use portcullis::demo::DemoPlugins;
 
 mod cli;
 
@@ -38,6 +40,11 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// API keys for the authn plugin.
+    Authn {
+        #[command(subcommand)]
+        command: cli::authn::AuthnCommand,
     },
     /// Test and inspect policy plugins.
     Plugin {
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
                 serve(config, listen).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Check { config } => check(config).map(|()| ExitCode::SUCCESS),
+            Command::Authn { command } => cli::authn::run(command),
             Command::Plugin { command } => cli::plugin::run(command).await,
             Command::DemoUpstream => portcullis_demo_server::serve_stdio()
                 .await
@@ -112,13 +120,35 @@ async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> a
     if let Some(addr) = listen {
         cfg.server.listen = addr;
     }
+    // Kept alive while serving: the folder is removed when it drops.
+    let demo_plugins = if embedded {
+        let plugins = DemoPlugins::write().context("cannot write the demo's plugins folder")?;
+        if let Some(p) = &plugins {
+            cfg.policy.plugins = Some(p.dir().to_path_buf());
+            cfg.policy.cache = Some(DemoPlugins::cache_dir());
+        }
+        plugins
+    } else {
+        None
+    };
     let gateway = portcullis::Gateway::bind(cfg).await?;
     // Tests and scripts read this line to learn the bound address.
     println!("portcullis listening on {}", gateway.url());
     if embedded {
+        let url = gateway.url();
+        let policies = match &demo_plugins {
+            Some(p) => format!(
+                "  Policies: authn + authz from {dir} (drop a .wasm there: it is hot-loaded)\n    \
+                 without a credential you are \"anonymous\" (role guest: demo__echo, demo__add)\n    \
+                 with  Authorization: Bearer {key}  you are the admin (everything)\n",
+                dir = p.dir().display(),
+                key = portcullis::demo::ADMIN_KEY,
+            ),
+            None => "  Policies: none (this binary was built without the wasm32-wasip2 target)\n"
+                .to_string(),
+        };
         eprintln!(
-            "\nPortcullis is running the embedded demo (no --config given).\n  MCP endpoint: {url}\n  Try: npx @modelcontextprotocol/inspector  (transport \"Streamable HTTP\", URL {url})\n",
-            url = gateway.url()
+            "\nPortcullis is running the embedded demo (no --config given).\n  MCP endpoint: {url}\n{policies}  Try: npx @modelcontextprotocol/inspector  (transport \"Streamable HTTP\", URL {url})\n"
         );
     }
     let shutdown = CancellationToken::new();
@@ -131,6 +161,7 @@ async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> a
         });
     }
     gateway.serve(shutdown).await;
+    drop(demo_plugins);
     tracing::info!("stopped");
     Ok(())
 }

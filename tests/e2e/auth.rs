@@ -379,3 +379,248 @@ mod callers {
         assert_eq!(dev.delete().await.status, 200);
     }
 }
+
+mod signed_tokens {
+    //! JWTs signed with asymmetric keys (RS256, ES256, EdDSA) against an inline JWKS, the
+    //! HS/RS confusion attack, and API keys made by `portcullis authn new-key`, all through
+    //! the real binary with the authn and authz plugins.
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ed25519_dalek::Signer as _;
+    use portcullis_tests::harness::{
+        Gateway, PluginDir, RawHttp, bin_path, initialize_request, server_toml, stdio_fixture_toml,
+    };
+    use rsa::traits::PublicKeyParts as _;
+    use serde_json::{Value, json};
+    use sha2::{Digest as _, Sha256};
+
+    const ISS: &str = "https://idp.example.com/realms/acme";
+    const AUD: &str = "https://mcp.example.com/mcp";
+
+    struct Keys {
+        rsa: rsa::PrivateKey,
+        ec: p256::ecdsa::SigningKey,
+        ed: ed25519_dalek::SigningKey,
+    }
+
+    fn random32() -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("randomness");
+        bytes
+    }
+
+    fn keys() -> Keys {
+        let rsa = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).expect("RSA key");
+        let ec = loop {
+            if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&random32()) {
+                break key;
+            }
+        };
+        Keys {
+            rsa,
+            ec,
+            ed: ed25519_dalek::SigningKey::from_bytes(&random32()),
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// The public JWKS of `keys`: `rsa-1`, `ec-1`, `ed-1`.
+    fn jwks(k: &Keys) -> Value {
+        let point = k.ec.verifying_key().to_sec1_point(false);
+        json!({ "keys": [
+            { "kty": "RSA", "kid": "rsa-1", "alg": "RS256",
+              "n": b64(&k.rsa.n().to_be_bytes_trimmed_vartime()),
+              "e": b64(&k.rsa.e().to_be_bytes_trimmed_vartime()) },
+            { "kty": "EC", "crv": "P-256", "kid": "ec-1",
+              "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()) },
+            { "kty": "OKP", "crv": "Ed25519", "kid": "ed-1",
+              "x": b64(&k.ed.verifying_key().to_bytes()) },
+        ] })
+    }
+
+    /// A JSON value as a TOML inline value (the sidecar's `jwks = …`).
+    fn toml_inline(v: &Value) -> String {
+        match v {
+            Value::Object(map) => {
+                let fields: Vec<String> = map
+                    .iter()
+                    .map(|(k, v)| format!("{k:?} = {}", toml_inline(v)))
+                    .collect();
+                format!("{{ {} }}", fields.join(", "))
+            }
+            Value::Array(items) => {
+                let items: Vec<String> = items.iter().map(toml_inline).collect();
+                format!("[{}]", items.join(", "))
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn token(header: Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+        let claims = json!({ "iss": ISS, "aud": AUD, "sub": "alice", "roles": ["dev"],
+                             "exp": now() + 600, "nbf": now() - 10 });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let signature = sign(input.as_bytes());
+        format!("{input}.{}", b64(&signature))
+    }
+
+    fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+        let mut k = [0u8; 64];
+        if key.len() > 64 {
+            k[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
+        inner.update(k.map(|b| b ^ 0x36));
+        inner.update(msg);
+        outer.update(k.map(|b| b ^ 0x5c));
+        outer.update(inner.finalize());
+        outer.finalize().to_vec()
+    }
+
+    async fn gateway(authn_config: &str) -> (Gateway, PluginDir) {
+        let plugins = PluginDir::new();
+        plugins.add("authn", "authn", &format!("[config]\n{authn_config}"));
+        plugins.add(
+            "authz",
+            "authz",
+            "[config]\n[[config.rules]]\nname = \"devs-use-echo\"\neffect = \"allow\"\nroles = [\"dev\"]\ntools = [\"echo\"]\n",
+        );
+        let config = format!(
+            "{}{}{}",
+            server_toml(),
+            plugins.policy_toml(),
+            stdio_fixture_toml("alpha")
+        );
+        (Gateway::start(&config).await, plugins)
+    }
+
+    async fn status_of(gateway: &Gateway, token: &str) -> http::StatusCode {
+        let auth = format!("Bearer {token}");
+        RawHttp::new(gateway.url())
+            .post(
+                &initialize_request(1, "2025-11-25"),
+                &[("authorization", &auth)],
+            )
+            .await
+            .status
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rs256_es256_and_eddsa_tokens_are_accepted_and_hs_rs_confusion_is_refused() {
+        let k = keys();
+        let (gateway, _plugins) = gateway(&format!(
+            "[config.jwt]\nissuer = \"{ISS}\"\naudience = \"{AUD}\"\nroles-claim = \"roles\"\njwks = {}\n",
+            toml_inline(&jwks(&k))
+        ))
+        .await;
+
+        let rs = token(json!({ "alg": "RS256", "kid": "rsa-1" }), |input| {
+            k.rsa
+                .sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input))
+                .unwrap()
+        });
+        let es = token(json!({ "alg": "ES256", "kid": "ec-1" }), |input| {
+            let sig: p256::ecdsa::Signature = k.ec.sign(input);
+            sig.to_bytes().to_vec()
+        });
+        let ed = token(json!({ "alg": "EdDSA", "kid": "ed-1" }), |input| {
+            k.ed.sign(input).to_bytes().to_vec()
+        });
+        for (alg, t) in [("RS256", &rs), ("ES256", &es), ("EdDSA", &ed)] {
+            assert_eq!(status_of(&gateway, t).await, 200, "{alg}");
+        }
+
+        // The classic confusion: HS256 "signed" with the RSA key's public material as the
+        // HMAC secret, naming the RSA key. The key pins its algorithm, so it is refused.
+        let public_n = k.rsa.n().to_be_bytes_trimmed_vartime();
+        let jwk_text = jwks(&k)["keys"][0].to_string();
+        for secret in [public_n.as_ref(), jwk_text.as_bytes()] {
+            let forged = token(json!({ "alg": "HS256", "kid": "rsa-1" }), |input| {
+                hmac_sha256(secret, input)
+            });
+            assert_eq!(status_of(&gateway, &forged).await, 401);
+        }
+        // A token signed by one key but naming another, and an RS256 token naming the EC key.
+        let swapped = token(json!({ "alg": "ES256", "kid": "ed-1" }), |input| {
+            let sig: p256::ecdsa::Signature = k.ec.sign(input);
+            sig.to_bytes().to_vec()
+        });
+        assert_eq!(status_of(&gateway, &swapped).await, 401);
+        let wrong_alg = token(json!({ "alg": "RS256", "kid": "ec-1" }), |input| {
+            k.rsa
+                .sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input))
+                .unwrap()
+        });
+        assert_eq!(status_of(&gateway, &wrong_alg).await, 401);
+        let logs = gateway.logs();
+        assert!(!logs.contains(&rs[20..]), "a token reached the log");
+    }
+
+    /// `portcullis authn new-key` prints a key and the hash the plugin accepts; `hash-key`
+    /// prints the same hash for the same key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_from_authn_new_key_is_accepted_by_its_printed_hash() {
+        let out = std::process::Command::new(bin_path("portcullis"))
+            .args(["authn", "new-key"])
+            .output()
+            .expect("portcullis authn new-key");
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let field = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+        };
+        let (key, hash) = (field("key:"), field("sha256:"));
+        assert!(key.starts_with("pk_") && key.len() == 46, "{key}");
+
+        let mut child = std::process::Command::new(bin_path("portcullis"))
+            .args(["authn", "hash-key"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+        let hashed = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8(hashed.stdout).unwrap().trim(), hash);
+
+        let (gateway, _plugins) = gateway(&format!(
+            "[[config.api-keys]]\nsha256 = \"{hash}\"\nsubject = \"bot\"\nroles = [\"dev\"]\n"
+        ))
+        .await;
+        assert_eq!(status_of(&gateway, &key).await, 200);
+        let other = std::process::Command::new(bin_path("portcullis"))
+            .args(["authn", "new-key"])
+            .output()
+            .unwrap();
+        let other_key = String::from_utf8(other.stdout).unwrap();
+        let other_key = other_key
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("key:")
+            .trim();
+        assert_ne!(other_key, key, "keys are random");
+        assert_eq!(status_of(&gateway, other_key).await, 401);
+    }
+}

@@ -1,3 +1,4 @@
 //! Subcommands beyond `serve` and `check`.
 
+pub mod authn;
 pub mod plugin;

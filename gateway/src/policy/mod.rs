@@ -30,7 +30,7 @@ pub use chain::{Call, CallView, Chain, Denial};
 pub use engine::RuntimeConfig;
 pub use inspect::{Inspection, inspect};
 pub use kv::{KvStore, MemoryKv};
-pub use loader::LoadError;
+pub use loader::{LoadError, sha256_hex};
 pub use plugin::Failure;
 pub use watcher::{PluginStatus, Policies, ReloadReport, WatchGuard};
 

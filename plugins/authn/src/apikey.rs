@@ -2,20 +2,16 @@
 //!
 //! A key is any string a client sends; the configuration keeps only its SHA-256 (lowercase
 //! hex of the digest of the key's UTF-8 bytes, exactly as sent, prefix included), so a leaked
-//! sidecar file gives nobody a working key. [`hash_key`] is the single definition of that
-//! hash: the gateway's `portcullis authn new-key` and the `authn-keygen` binary both use it.
+//! sidecar file gives nobody a working key. [`hash_key`] defines that hash for the plugin; the
+//! gateway's `portcullis authn new-key` / `hash-key` print the same (an end-to-end test checks
+//! that a key they make is accepted).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-/// The prefix of the keys [`new_key`] makes: it tells a key from a JWT at a glance and makes
-/// leaked keys easy to find with secret scanners.
+/// The prefix of the keys `portcullis authn new-key` makes: it tells a key from a JWT at a
+/// glance and makes leaked keys easy to find with secret scanners.
 pub const KEY_PREFIX: &str = "pk_";
-
-/// How many random bytes a key carries (256 bits).
-pub const KEY_BYTES: usize = 32;
 
 /// The SHA-256 of `key` as 64 lowercase hex digits: what goes in the configuration as
 /// `sha256 = "…"`.
@@ -28,19 +24,6 @@ pub const KEY_BYTES: usize = 32;
 /// ```
 pub fn hash_key(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
-}
-
-/// A key in the recommended format from 32 random bytes: `pk_` + the bytes in unpadded
-/// base64url (43 characters), 46 characters in all.
-pub fn format_key(random: &[u8; KEY_BYTES]) -> String {
-    format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(random))
-}
-
-/// A fresh random key in the recommended format (from the operating system's generator).
-pub fn new_key() -> Result<String, String> {
-    let mut random = [0u8; KEY_BYTES];
-    getrandom::fill(&mut random).map_err(|e| format!("no randomness available: {e}"))?;
-    Ok(format_key(&random))
 }
 
 /// Lowercase hex.
@@ -59,7 +42,7 @@ pub(crate) fn parse_hash(text: &str) -> Result<[u8; 32], String> {
     let bytes = text.as_bytes();
     if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
         let hint = if text.starts_with(KEY_PREFIX) {
-            " (this looks like the key itself: store only its hash, `authn-keygen --hash` prints it)"
+            " (this looks like the key itself: store only its hash, `portcullis authn hash-key` prints it)"
         } else {
             ""
         };
@@ -98,17 +81,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_are_sha256_hex_and_keys_have_the_recommended_shape() {
+    fn hashes_are_sha256_hex() {
         assert_eq!(
             hash_key(""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        let key = format_key(&[0xff; KEY_BYTES]);
-        assert_eq!(key.len(), 46);
-        assert!(key.starts_with("pk___"), "{key}");
-        let fresh = new_key().unwrap();
-        assert!(fresh.starts_with(KEY_PREFIX) && fresh.len() == 46);
-        assert_ne!(fresh, new_key().unwrap());
     }
 
     #[test]

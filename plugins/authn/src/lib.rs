@@ -11,8 +11,8 @@
 //! Clients get a generic message; the precise reason goes to the gateway's log. The
 //! operator's guide is `docs/authn.md`; the settings are described on [`Config`].
 //!
-//! API keys are configured only as hashes: [`hash_key`] defines the hash, [`new_key`] makes a
-//! key in the recommended format (`pk_` + 32 random bytes in base64url).
+//! API keys are configured only as hashes: [`hash_key`] defines the hash; `portcullis authn
+//! new-key` makes a key in the recommended format (`pk_` + 32 random bytes in base64url).
 #![deny(missing_docs)]
 
 mod apikey;
@@ -23,7 +23,7 @@ mod time;
 
 use portcullis_sdk::prelude::*;
 
-pub use apikey::{KEY_BYTES, KEY_PREFIX, format_key, hash_key, new_key};
+pub use apikey::{KEY_PREFIX, hash_key};
 pub use config::Config;
 
 /// The attribute naming how the caller authenticated: `api-key`, `jwt` or `anonymous`.
