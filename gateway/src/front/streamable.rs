@@ -28,7 +28,7 @@ const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// 404 for a session that does not exist — or that belongs to someone else (the caller must
 /// not learn which).
-fn session_not_found() -> Response<Body> {
+pub(super) fn session_not_found() -> Response<Body> {
     response::error(
         StatusCode::NOT_FOUND,
         codes::INVALID_REQUEST,
@@ -38,7 +38,7 @@ fn session_not_found() -> Response<Body> {
 
 /// The answer for a message a policy refused: the plugin's JSON-RPC error, with its HTTP
 /// status and headers when it gave them (e.g. 401 + `WWW-Authenticate` from authn).
-fn denied(denial: &Denial, id: Option<Value>) -> Response<Body> {
+pub(super) fn denied(denial: &Denial, id: Option<Value>) -> Response<Body> {
     let status = denial
         .http_status
         .and_then(|s| StatusCode::from_u16(s).ok())
@@ -77,6 +77,49 @@ pub(super) fn check_protocol_version(headers: &HeaderMap) -> Result<(), Response
         )),
         _ => Ok(()),
     }
+}
+
+/// The request phase of the policy chain for one client message; answers to server→client
+/// requests are the client's own business and skip it. Gives the message as the chain left
+/// it and the call to run the response phase on.
+pub(super) async fn screen(
+    chain: &Chain,
+    msg: Message,
+    headers: HeaderMap,
+    session: Option<&Session>,
+    session_id: Option<String>,
+) -> Result<(Message, Option<Call>), Box<Denial>> {
+    if chain.is_empty() || msg.kind() == Kind::Response {
+        return Ok((msg, None));
+    }
+    let hint = match session {
+        Some(s) if msg.kind() == Kind::Request => s.resolve_named(&msg).await,
+        _ => None,
+    };
+    let mut call = Call::new(msg, headers, session_id, hint);
+    chain.on_request(&mut call).await?;
+    let keep_request = chain.wants(Phase::Response);
+    Ok((call.take_request(keep_request), Some(call)))
+}
+
+/// For requests without an MCP message (GET streams, DELETE): the authn stage runs on a
+/// pseudo-message named `method`. Gives the caller's subject, if authn established one.
+pub(super) async fn identify(
+    chain: &Chain,
+    headers: &HeaderMap,
+    method: &str,
+    session_id: Option<&str>,
+) -> Result<Option<String>, Response<Body>> {
+    let mut call = Call::new(
+        Message::notification(method, None),
+        headers.clone(),
+        session_id.map(str::to_string),
+        None,
+    );
+    if let Err(denial) = chain.authenticate(&mut call).await {
+        return Err(denied(&denial, None));
+    }
+    Ok(call.identity().map(|i| i.subject.clone()))
 }
 
 fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
@@ -146,22 +189,10 @@ impl Front {
             }
         };
 
-        // Request phase of the policy chain (answers to server→client requests are the
-        // client's own business and skip it).
-        let (msg, call) = if !chain.is_empty() && msg.kind() != Kind::Response {
-            let hint = match &session {
-                Some(s) if msg.kind() == Kind::Request => s.resolve_named(&msg).await,
-                _ => None,
-            };
-            let id = msg.id().cloned();
-            let mut call = Call::new(msg, headers, session_id.clone(), hint);
-            if let Err(denial) = chain.on_request(&mut call).await {
-                return denied(&denial, id);
-            }
-            let keep_request = chain.wants(Phase::Response);
-            (call.take_request(keep_request), Some(call))
-        } else {
-            (msg, None)
+        let id = msg.id().cloned();
+        let (msg, call) = match screen(&chain, msg, headers, session.as_deref(), session_id).await {
+            Ok(screened) => screened,
+            Err(denial) => return denied(&denial, id),
         };
 
         let subject = call
@@ -188,7 +219,7 @@ impl Front {
         }
     }
 
-    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    pub(super) async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
         let limit = self.config.max_body_bytes;
         let too_large = || {
             response::status_error(
@@ -235,9 +266,28 @@ impl Front {
     }
 
     fn initialize(&self, msg: Message, owner: Option<String>) -> Response<Body> {
+        let (session, answer) = match self.open_session(msg, owner, version::negotiate) {
+            Ok(opened) => opened,
+            Err(r) => return r,
+        };
+        let mut r = response::json(StatusCode::OK, &answer);
+        if let Ok(v) = HeaderValue::from_str(&session.id) {
+            r.headers_mut().insert(SESSION_ID, v);
+        }
+        r
+    }
+
+    /// Creates the session an `initialize` request asks for (owned by `owner`) and the
+    /// answer to send; `negotiate` picks the protocol revision.
+    pub(super) fn open_session(
+        &self,
+        msg: Message,
+        owner: Option<String>,
+        negotiate: fn(Option<&str>) -> &'static str,
+    ) -> Result<(Arc<Session>, Message), Response<Body>> {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let params = msg.params().cloned().unwrap_or_default();
-        let version = version::negotiate(params["protocolVersion"].as_str());
+        let version = negotiate(params["protocolVersion"].as_str());
         let hello = Hello {
             capabilities: params
                 .get("capabilities")
@@ -253,10 +303,10 @@ impl Front {
                 max = self.config.max_sessions,
                 "session limit reached; refusing initialize"
             );
-            return response::status_error(
+            return Err(response::status_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable: too many sessions",
-            );
+            ));
         };
         if let Some(owner) = owner {
             let _ = session.owner.set(owner);
@@ -277,11 +327,7 @@ impl Front {
                 "version": env!("CARGO_PKG_VERSION"),
             },
         });
-        let mut r = response::json(StatusCode::OK, &Message::result(id, result));
-        if let Ok(v) = HeaderValue::from_str(&session.id) {
-            r.headers_mut().insert(SESSION_ID, v);
-        }
-        r
+        Ok((session, Message::result(id, result)))
     }
 
     /// Runs a request in its own task (a client disconnecting does not cancel it) and answers
@@ -295,29 +341,7 @@ impl Front {
         call: Option<Call>,
         chain: Arc<Chain>,
     ) -> Response<Body> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-        {
-            let session = session.clone();
-            self.tasks.spawn(async move {
-                let id = msg.id().cloned().unwrap_or(Value::Null);
-                let route = call.as_ref().filter(|c| c.routed).map(|c| Route {
-                    upstream: c.view().upstream.clone(),
-                    target: c.view().upstream_target.clone(),
-                });
-                let mut response = session
-                    .handle_request(msg, tx.clone(), route.as_ref())
-                    .await;
-                if let Some(mut call) = call
-                    && chain.wants(Phase::Response)
-                {
-                    response = match chain.on_response(&mut call, response).await {
-                        Ok(r) => r,
-                        Err(denial) => denial.to_response(id),
-                    };
-                }
-                let _ = tx.send(response);
-            });
-        }
+        let mut rx = self.spawn_request(session.clone(), msg, call, chain);
         let Some(first) = rx.recv().await else {
             return response::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -342,6 +366,38 @@ impl Front {
             stream.finish();
         });
         response::sse(frames)
+    }
+
+    /// Runs a request in its own task (a client disconnecting does not cancel it). Related
+    /// messages, then the answer (after the chain's response phase), arrive on the channel.
+    pub(super) fn spawn_request(
+        &self,
+        session: Arc<Session>,
+        msg: Message,
+        call: Option<Call>,
+        chain: Arc<Chain>,
+    ) -> mpsc::UnboundedReceiver<Message> {
+        let (tx, rx) = mpsc::unbounded_channel::<Message>();
+        self.tasks.spawn(async move {
+            let id = msg.id().cloned().unwrap_or(Value::Null);
+            let route = call.as_ref().filter(|c| c.routed).map(|c| Route {
+                upstream: c.view().upstream.clone(),
+                target: c.view().upstream_target.clone(),
+            });
+            let mut response = session
+                .handle_request(msg, tx.clone(), route.as_ref())
+                .await;
+            if let Some(mut call) = call
+                && chain.wants(Phase::Response)
+            {
+                response = match chain.on_response(&mut call, response).await {
+                    Ok(r) => r,
+                    Err(denial) => denial.to_response(id),
+                };
+            }
+            let _ = tx.send(response);
+        });
+        rx
     }
 
     /// GET: the standalone stream for messages not tied to a request, or the resumption of
@@ -415,16 +471,8 @@ impl Front {
         if chain.is_empty() {
             return Ok(());
         }
-        let mut call = Call::new(
-            Message::notification(method, None),
-            headers.clone(),
-            Some(session.id.to_string()),
-            None,
-        );
-        if let Err(denial) = chain.authenticate(&mut call).await {
-            return Err(denied(&denial, None));
-        }
-        if !session.admits(call.identity().map(|i| i.subject.as_str())) {
+        let subject = identify(&chain, headers, method, Some(&session.id)).await?;
+        if !session.admits(subject.as_deref()) {
             tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
             return Err(session_not_found());
         }
