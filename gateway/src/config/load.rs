@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{Config, PrefixMode, TransportKind, env};
+use super::{Config, HttpTransport, PrefixMode, TransportKind, env};
 
 /// A configuration problem, naming the file, line (when known) and field at fault.
 #[derive(Debug)]
@@ -99,6 +99,35 @@ pub fn parse(
             "server.max-body-bytes".into(),
             "must be positive".into(),
         ));
+    }
+    if server.legacy_sse {
+        let paths = [
+            ("server.legacy-sse-path", &server.legacy_sse_path),
+            ("server.legacy-message-path", &server.legacy_message_path),
+        ];
+        for (field, path) in paths {
+            if !path.starts_with('/') || path.contains('?') {
+                return Err(err(
+                    server_line,
+                    field.into(),
+                    "must start with '/' and have no query".into(),
+                ));
+            }
+            if *path == server.path {
+                return Err(err(
+                    server_line,
+                    field.into(),
+                    "must differ from server.path".into(),
+                ));
+            }
+        }
+        if server.legacy_sse_path == server.legacy_message_path {
+            return Err(err(
+                server_line,
+                "server.legacy-message-path".into(),
+                "must differ from server.legacy-sse-path".into(),
+            ));
+        }
     }
     let sep = &config.namespacing.separator;
     if sep.is_empty() || sep.chars().any(char::is_whitespace) {
@@ -211,6 +240,13 @@ pub fn parse(
                         at("headers"),
                         field("headers"),
                         "`headers` and `bearer-token` apply to HTTP upstreams only".into(),
+                    ));
+                }
+                if up.transport != HttpTransport::Auto {
+                    return Err(err(
+                        at("transport"),
+                        field("transport"),
+                        "applies to HTTP upstreams (`url`) only".into(),
                     ));
                 }
             }
@@ -361,6 +397,31 @@ mod tests {
         let c =
             check("[upstreams.c]\nurl = \"http://h/mcp\"\nbearer-token = \"${TOKEN}\"\n").unwrap();
         assert_eq!(c.upstreams["c"].bearer_token.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn legacy_sse_keys() {
+        let c = check("[upstreams.a]\nurl = \"http://h/sse\"\ntransport = \"sse\"\n").unwrap();
+        assert_eq!(c.upstreams["a"].transport, HttpTransport::Sse);
+        assert!(c.server.legacy_sse);
+        assert_eq!(c.server.legacy_sse_path, "/sse");
+        assert_eq!(c.server.legacy_message_path, "/message");
+        let e = check("[upstreams.a]\ncommand = \"x\"\ntransport = \"sse\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:3: upstreams.a.transport: applies to HTTP upstreams (`url`) only"
+        );
+        let e =
+            check("[upstreams.a]\nurl = \"http://h\"\ntransport = \"websocket\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:3:") && e.contains("websocket"), "{e}");
+        let e = check("[server]\nlegacy-sse-path = \"/mcp\"\n[upstreams.a]\ncommand = \"x\"\n")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:1: server.legacy-sse-path: must differ from server.path"
+        );
+        let off = "[server]\nlegacy-sse = false\nlegacy-sse-path = \"/mcp\"\n[upstreams.a]\ncommand = \"x\"\n";
+        assert!(!check(off).unwrap().server.legacy_sse);
     }
 
     #[test]

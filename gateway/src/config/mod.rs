@@ -78,6 +78,13 @@ pub struct ServerConfig {
     pub list_page_size: usize,
     /// Most client sessions held at once; `initialize` beyond it gets HTTP 503. Default 10000.
     pub max_sessions: usize,
+    /// Serve the legacy HTTP+SSE transport (MCP 2024-11-05) for older clients, beside the
+    /// Streamable HTTP endpoint. Default true.
+    pub legacy_sse: bool,
+    /// Path of the legacy SSE stream (`GET`). Default `/sse`.
+    pub legacy_sse_path: String,
+    /// Path legacy clients POST their messages to (`?sessionId=…` is added). Default `/message`.
+    pub legacy_message_path: String,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +101,9 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             list_page_size: 0,
             max_sessions: 10_000,
+            legacy_sse: true,
+            legacy_sse_path: "/sse".into(),
+            legacy_message_path: "/message".into(),
         }
     }
 }
@@ -179,8 +189,8 @@ pub enum PrefixMode {
     Never,
 }
 
-/// `[upstreams.<name>]`: one upstream MCP server, either a child process (`command`) or a
-/// Streamable HTTP server (`url`).
+/// `[upstreams.<name>]`: one upstream MCP server, either a child process (`command`) or an
+/// HTTP server (`url`: Streamable HTTP, or the legacy HTTP+SSE transport).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct UpstreamConfig {
@@ -195,8 +205,14 @@ pub struct UpstreamConfig {
     pub env: BTreeMap<String, String>,
     /// Working directory of the child.
     pub cwd: Option<PathBuf>,
-    /// Endpoint of a Streamable HTTP upstream.
+    /// Endpoint of an HTTP upstream: the MCP endpoint of a Streamable HTTP server, or the SSE
+    /// endpoint of a legacy HTTP+SSE server.
     pub url: Option<String>,
+    /// Which HTTP transport `url` speaks. Default `auto`: Streamable HTTP, falling back to the
+    /// legacy HTTP+SSE transport when the server refuses the POST (400, 404 or 405 without a
+    /// JSON-RPC error), as the MCP spec's backward-compatibility section describes.
+    #[serde(default)]
+    pub transport: HttpTransport,
     /// Static headers sent on every request to an HTTP upstream.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -217,6 +233,19 @@ fn default_timeout() -> Duration {
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// `transport` of an HTTP upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HttpTransport {
+    /// Try Streamable HTTP; fall back to HTTP+SSE. The answer is remembered per upstream.
+    #[default]
+    Auto,
+    /// Streamable HTTP only (MCP 2025-03-26 and later).
+    StreamableHttp,
+    /// The legacy HTTP+SSE transport (MCP 2024-11-05) only; `url` is the SSE endpoint.
+    Sse,
 }
 
 /// How an upstream is reached, derived from which of `command` / `url` is set.
