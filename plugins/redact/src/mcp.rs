@@ -1,0 +1,103 @@
+//! Where content lives in MCP messages, and only there: the text of tool results, their
+//! embedded resources and `structuredContent`; `resources/read` contents; `prompts/get`
+//! messages; tool arguments; progress and log notifications; upstream errors.
+//!
+//! Protocol fields (`type`, `uri`, `mimeType`, `isError`, cursors, `_meta`) and binary data
+//! (`blob`, image and audio `data`) are never touched, so a redacted message is still the
+//! same valid MCP message.
+
+use serde_json::Value;
+
+use crate::scan::Scanner;
+
+/// Redacts the string `obj[key]`, if there is one.
+fn field(obj: &mut Value, key: &str, scan: &mut Scanner) -> bool {
+    match obj.get_mut(key) {
+        Some(Value::String(s)) => match scan.string(s) {
+            Some(new) => {
+                *s = new;
+                true
+            }
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// A content block: the text of `text` blocks and of embedded `resource` blocks.
+fn block(b: &mut Value, scan: &mut Scanner) -> bool {
+    match b.get("type").and_then(Value::as_str) {
+        Some("text") => field(b, "text", scan),
+        Some("resource") => b
+            .get_mut("resource")
+            .is_some_and(|r| field(r, "text", scan)),
+        _ => false,
+    }
+}
+
+/// A block or a list of blocks (prompt messages carry one; newer revisions allow a list).
+fn blocks(v: Option<&mut Value>, scan: &mut Scanner) -> bool {
+    match v {
+        Some(Value::Array(items)) => items.iter_mut().fold(false, |c, b| block(b, scan) | c),
+        Some(b @ Value::Object(_)) => block(b, scan),
+        _ => false,
+    }
+}
+
+/// Redacts a result of `method` in place; true when anything changed. Methods that carry no
+/// content (lists, completions, `initialize`) are left alone.
+pub fn result(method: &str, r: &mut Value, scan: &mut Scanner) -> bool {
+    match method {
+        "tools/call" => {
+            let content = blocks(r.get_mut("content"), scan);
+            let structured = r
+                .get_mut("structuredContent")
+                .is_some_and(|s| scan.value(s));
+            content | structured
+        }
+        "resources/read" => match r.get_mut("contents") {
+            Some(Value::Array(items)) => items
+                .iter_mut()
+                .fold(false, |c, item| field(item, "text", scan) | c),
+            _ => false,
+        },
+        "prompts/get" => {
+            let description = field(r, "description", scan);
+            let messages = match r.get_mut("messages") {
+                Some(Value::Array(items)) => items
+                    .iter_mut()
+                    .fold(false, |c, m| blocks(m.get_mut("content"), scan) | c),
+                _ => false,
+            };
+            description | messages
+        }
+        _ => false,
+    }
+}
+
+/// True for the methods whose results [`result`] redacts.
+pub fn has_content(method: &str) -> bool {
+    matches!(method, "tools/call" | "resources/read" | "prompts/get")
+}
+
+/// Redacts `params.arguments` of a `tools/call` in place.
+pub fn arguments(params: &mut Value, scan: &mut Scanner) -> bool {
+    params.get_mut("arguments").is_some_and(|a| scan.value(a))
+}
+
+/// Redacts a notification's params in place: the `message` of `notifications/progress`, the
+/// `data` of `notifications/message`.
+pub fn notification(method: &str, params: &mut Value, scan: &mut Scanner) -> bool {
+    match method {
+        "notifications/progress" => field(params, "message", scan),
+        "notifications/message" => params.get_mut("data").is_some_and(|d| scan.value(d)),
+        _ => false,
+    }
+}
+
+/// Redacts a JSON-RPC error's `message` and `data` in place.
+pub fn error(e: &mut Value, scan: &mut Scanner) -> bool {
+    let message = field(e, "message", scan);
+    let data = e.get_mut("data").is_some_and(|d| scan.value(d));
+    message | data
+}
