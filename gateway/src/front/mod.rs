@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 mod guard;
+mod legacy_sse;
 mod metadata;
 mod response;
 mod streamable;
@@ -42,6 +43,8 @@ pub struct Front {
     oauth_metadata: Option<bytes::Bytes>,
     /// Request tasks, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// Open legacy HTTP+SSE connections.
+    legacy: legacy_sse::Connections,
 }
 
 impl Front {
@@ -59,6 +62,7 @@ impl Front {
             policies,
             oauth_metadata,
             tasks: TaskTracker::new(),
+            legacy: Default::default(),
         })
     }
 
@@ -69,7 +73,8 @@ impl Front {
         {
             return metadata::respond(doc);
         }
-        if req.uri().path() != self.config.path {
+        let legacy = self.legacy_endpoint(req.uri().path());
+        if legacy.is_none() && req.uri().path() != self.config.path {
             return response::status_error(StatusCode::NOT_FOUND, "Not Found");
         }
         if let Err(refused) = self.guard.check(req.headers()) {
@@ -81,6 +86,7 @@ impl Front {
         }
         let origin = req.headers().get(ORIGIN).cloned();
         let mut resp = match streamable::check_protocol_version(req.headers()) {
+            _ if let Some(endpoint) = legacy => self.legacy(endpoint, req).await,
             Err(bad) if req.method() != Method::OPTIONS => bad,
             _ => match *req.method() {
                 Method::POST => self.post(req).await,
@@ -175,13 +181,17 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: Cancellat
     reaper.abort();
     tracing::info!(in_flight = front.tasks.len(), "shutting down: draining");
     for id in front.sessions.ids() {
-        if let Some(s) = front.sessions.get(&id) {
+        // A legacy client's stream carries its answers too: it closes after the drain.
+        if let Some(s) = front.sessions.get(&id)
+            && !front.legacy.owns(&id)
+        {
             s.standalone.finish();
         }
     }
     front.tasks.close();
     let drained = tokio::time::timeout(front.config.shutdown_grace, async {
         front.tasks.wait().await;
+        front.legacy.close_all();
         graceful.shutdown().await;
     })
     .await;

@@ -22,6 +22,12 @@ pub enum UpstreamError {
     Protocol { upstream: Arc<str>, detail: String },
     #[error("upstream '{upstream}' session expired")]
     SessionExpired { upstream: Arc<str> },
+    /// `initialize` was refused the way a server without Streamable HTTP refuses it (400,
+    /// 404 or 405 and no JSON-RPC error): it may speak the legacy HTTP+SSE transport.
+    #[error(
+        "upstream '{upstream}' refused the Streamable HTTP POST with HTTP {status} and no JSON-RPC error"
+    )]
+    NotStreamable { upstream: Arc<str>, status: u16 },
     #[error("request cancelled")]
     Cancelled,
 }
@@ -35,7 +41,8 @@ impl UpstreamError {
             | UpstreamError::Exited { upstream }
             | UpstreamError::Http { upstream, .. }
             | UpstreamError::Protocol { upstream, .. }
-            | UpstreamError::SessionExpired { upstream } => Some(upstream),
+            | UpstreamError::SessionExpired { upstream }
+            | UpstreamError::NotStreamable { upstream, .. } => Some(upstream),
             UpstreamError::Cancelled => None,
         }
     }

@@ -27,9 +27,10 @@ const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// The per-upstream HTTP client: pool, URL and static headers.
 #[derive(Clone, Debug)]
 pub struct Client {
-    http: reqwest::Client,
-    url: reqwest::Url,
-    headers: HeaderMap,
+    pub(super) http: reqwest::Client,
+    pub(super) url: reqwest::Url,
+    /// Configured headers and bearer token, marked sensitive.
+    pub(super) headers: HeaderMap,
 }
 
 impl Client {
@@ -244,14 +245,25 @@ impl HttpLink {
             return Ok((Posted::Accepted, resp.headers().clone()));
         }
         if !status.is_success() {
-            // A JSON-RPC error body (e.g. for an invalid request) is still an answer.
-            if msg.kind() == Kind::Request
-                && let Ok(bytes) = resp.bytes().await
-                && let Ok(m) = Message::parse(&bytes)
-                && m.kind() == Kind::Response
-                && m.id().is_some_and(|i| !i.is_null())
-            {
-                return Ok((Posted::Response(m), HeaderMap::new()));
+            let body = resp.bytes().await.unwrap_or_default();
+            let answer = Message::parse(&body)
+                .ok()
+                .filter(|m| m.kind() == Kind::Response);
+            match answer {
+                // A JSON-RPC error body (e.g. for an invalid request) is still an answer.
+                Some(m) if msg.kind() == Kind::Request && m.id().is_some_and(|i| !i.is_null()) => {
+                    return Ok((Posted::Response(m), HeaderMap::new()));
+                }
+                // How a server that predates Streamable HTTP refuses it (see `legacy_sse`).
+                None if msg.method() == methods::INITIALIZE
+                    && matches!(status.as_u16(), 400 | 404 | 405) =>
+                {
+                    return Err(UpstreamError::NotStreamable {
+                        upstream: self.name(),
+                        status: status.as_u16(),
+                    });
+                }
+                _ => {}
             }
             return Err(UpstreamError::Http {
                 upstream: self.name(),

@@ -9,14 +9,19 @@
 //! session for stdio upstreams; links are created lazily, on the first message a client sends
 //! to that upstream, so idle sessions cost nothing upstream.
 //!
+//! An HTTP upstream speaks Streamable HTTP or, if it predates it, the legacy HTTP+SSE
+//! transport (`legacy_sse`): pinned in its config or detected on first contact.
+//!
 //! Messages are forwarded as raw JSON ([`Message`]); only the JSON-RPC id is rewritten.
 
 mod error;
 mod http;
+mod legacy_sse;
 mod pending;
 mod slot;
 mod stdio;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -24,7 +29,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{TransportKind, UpstreamConfig};
+use crate::config::{HttpTransport, TransportKind, UpstreamConfig};
 use crate::mcp::{Kind, Message, methods};
 
 pub use error::UpstreamError;
@@ -47,6 +52,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Shared connection pool for HTTP upstreams (keep-alive, `TCP_NODELAY`).
     http: Option<http::Client>,
+    /// An HTTP upstream speaks the legacy HTTP+SSE transport: pinned, or found out once.
+    speaks_sse: AtomicBool,
     /// The tasks that wait for this upstream's child processes, so shutdown can see them
     /// reaped.
     children: tokio_util::task::TaskTracker,
@@ -58,10 +65,12 @@ impl Upstream {
             TransportKind::Http => Some(http::Client::new(name, &config)?),
             TransportKind::Stdio => None,
         };
+        let speaks_sse = AtomicBool::new(config.transport == HttpTransport::Sse);
         Ok(Arc::new(Upstream {
             name: name.into(),
             config,
             http,
+            speaks_sse,
             children: Default::default(),
         }))
     }
@@ -113,6 +122,7 @@ pub struct Link {
 enum Transport {
     Stdio(stdio::StdioLink),
     Http(Box<http::HttpLink>),
+    Sse(Box<legacy_sse::SseLink>),
 }
 
 impl Link {
@@ -129,11 +139,7 @@ impl Link {
                     let (link, init) = stdio::StdioLink::start(upstream, hello, handler).await?;
                     Ok::<_, UpstreamError>((Transport::Stdio(link), init))
                 }
-                Some(client) => {
-                    let (link, init) =
-                        http::HttpLink::start(upstream, client.clone(), hello, handler).await?;
-                    Ok((Transport::Http(Box::new(link)), init))
-                }
+                Some(client) => legacy_sse::connect(upstream, client, hello, handler).await,
             }
         };
         let (transport, init) = tokio::time::timeout(deadline, connect)
@@ -153,6 +159,7 @@ impl Link {
         match &self.transport {
             Transport::Stdio(l) => l.is_alive(),
             Transport::Http(_) => true,
+            Transport::Sse(l) => l.is_alive(),
         }
     }
 
@@ -183,7 +190,16 @@ impl Link {
                 msg.set_id(Value::from(id));
                 (
                     id,
-                    futures_util::future::Either::Right(l.request(msg, related)),
+                    futures_util::future::Either::Right(futures_util::future::Either::Left(
+                        l.request(msg, related),
+                    )),
+                )
+            }
+            Transport::Sse(l) => {
+                let (id, fut) = l.request(&mut msg, related);
+                (
+                    id,
+                    futures_util::future::Either::Right(futures_util::future::Either::Right(fut)),
                 )
             }
         };
@@ -206,8 +222,10 @@ impl Link {
     }
 
     async fn cancel_upstream(&self, upstream_id: u64, reason: &str) {
-        if let Transport::Stdio(l) = &self.transport {
-            l.forget(upstream_id);
+        match &self.transport {
+            Transport::Stdio(l) => l.forget(upstream_id),
+            Transport::Sse(l) => l.forget(upstream_id),
+            Transport::Http(_) => {}
         }
         let note = Message::notification(
             methods::CANCELLED,
@@ -223,6 +241,7 @@ impl Link {
         match &self.transport {
             Transport::Stdio(l) => l.send(msg),
             Transport::Http(l) => l.send(msg).await,
+            Transport::Sse(l) => l.send(msg).await,
         }
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::Related;
-use crate::mcp::Message;
+use crate::mcp::{Message, methods};
 
 struct Entry {
     reply: oneshot::Sender<Message>,
@@ -77,7 +77,25 @@ impl Pending {
         self.lock().values().rev().find_map(|e| e.related.clone())
     }
 
-    /// Fails every waiting request (the process is gone).
+    /// Which client request a message from an upstream without per-request streams (stdio,
+    /// HTTP+SSE) belongs to. Progress carries its token; list changes and resource updates
+    /// belong to the session; anything else sent while a request is in flight is taken to
+    /// belong to the most recent one.
+    pub fn related_for(&self, msg: &Message) -> Option<Related> {
+        match msg.method() {
+            methods::PROGRESS => msg
+                .params()
+                .and_then(|p| p.get("progressToken"))
+                .and_then(|t| self.related_to_progress(t)),
+            methods::TOOLS_LIST_CHANGED
+            | methods::PROMPTS_LIST_CHANGED
+            | methods::RESOURCES_LIST_CHANGED
+            | methods::RESOURCES_UPDATED => None,
+            _ => self.latest_related(),
+        }
+    }
+
+    /// Fails every waiting request (the process or connection is gone).
     pub fn fail_all(&self) {
         self.lock().clear();
     }

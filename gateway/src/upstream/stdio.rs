@@ -221,7 +221,7 @@ impl StdioLink {
                             }
                         }
                         Kind::Notification | Kind::Request => {
-                            let related = related_for(&pending, &msg);
+                            let related = pending.related_for(&msg);
                             if let Some(h) = handler.upgrade() {
                                 h.on_message(&upstream, msg, related.as_ref());
                             }
@@ -309,22 +309,5 @@ impl StdioLink {
         self.outbox.send(bytes).map_err(|_| UpstreamError::Exited {
             upstream: self.name.clone(),
         })
-    }
-}
-
-/// Which client request a message from a stdio upstream belongs to. Progress carries its
-/// token; list changes and resource updates belong to the session; anything else sent while
-/// a request is in flight is taken to belong to the most recent one.
-fn related_for(pending: &Pending, msg: &Message) -> Option<Related> {
-    match msg.method() {
-        methods::PROGRESS => msg
-            .params()
-            .and_then(|p| p.get("progressToken"))
-            .and_then(|t| pending.related_to_progress(t)),
-        methods::TOOLS_LIST_CHANGED
-        | methods::PROMPTS_LIST_CHANGED
-        | methods::RESOURCES_LIST_CHANGED
-        | methods::RESOURCES_UPDATED => None,
-        _ => pending.latest_related(),
     }
 }
