@@ -75,8 +75,12 @@ pub fn is_allowed(path: &str, allowed: &[NormalPath]) -> bool {
     NormalPath::parse(path).is_some_and(|p| allowed.iter().any(|folder| p.is_inside(folder)))
 }
 
-/// The first string in `value` (searched depth first) that looks like a path and is not
-/// allowed, with where it was found (e.g. `files[2].src`).
+/// The first string in `value` (searched depth first, object keys in sorted order) that looks
+/// like a path and is not allowed, with where it was found (e.g. `files[2].src`).
+///
+/// Keys are sorted explicitly, not taken in the map's order, so the verdict does not depend on
+/// serde_json's `preserve_order` feature, and the Python, JavaScript and Go twins
+/// (examples/policies/) name the same argument.
 pub fn first_outside(value: &Value, allowed: &[NormalPath], at: &mut String) -> Option<String> {
     match value {
         Value::String(s) if looks_like_path(s) && !is_allowed(s, allowed) => Some(at.clone()),
@@ -87,16 +91,20 @@ pub fn first_outside(value: &Value, allowed: &[NormalPath], at: &mut String) -> 
             at.truncate(len);
             found
         }),
-        Value::Object(map) => map.iter().find_map(|(key, item)| {
-            let len = at.len();
-            if !at.is_empty() {
-                at.push('.');
-            }
-            at.push_str(key);
-            let found = first_outside(item, allowed, at);
-            at.truncate(len);
-            found
-        }),
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            entries.into_iter().find_map(|(key, item)| {
+                let len = at.len();
+                if !at.is_empty() {
+                    at.push('.');
+                }
+                at.push_str(key);
+                let found = first_outside(item, allowed, at);
+                at.truncate(len);
+                found
+            })
+        }
         _ => None,
     }
 }
@@ -178,6 +186,16 @@ mod tests {
             Some("files[1].src")
         );
         assert_eq!(count_paths(&args), 2);
+        assert_eq!(
+            first_outside(
+                &json!({ "zeta": "/etc/z", "alpha": "/etc/a" }),
+                &allowed,
+                &mut String::new()
+            )
+            .as_deref(),
+            Some("alpha"),
+            "keys are searched in sorted order, whatever the map's own order"
+        );
         assert_eq!(
             first_outside(&json!({ "path": "/srv/ok" }), &allowed, &mut String::new()),
             None
