@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod front;
 mod harness_selftest;
+mod languages;
 mod policy;
 mod relay;
 mod smoke;
