@@ -8,6 +8,7 @@
 mod guard;
 mod legacy_sse;
 mod metadata;
+mod modern;
 mod response;
 mod streamable;
 
@@ -45,6 +46,10 @@ pub struct Front {
     tasks: TaskTracker,
     /// Open legacy HTTP+SSE connections.
     legacy: legacy_sse::Connections,
+    /// 2026-07-28 calls waiting for the client's `inputResponses`.
+    parked: modern::Parked,
+    /// Fires when the gateway starts draining: long-lived streams end gracefully.
+    closing: CancellationToken,
 }
 
 impl Front {
@@ -63,6 +68,8 @@ impl Front {
             oauth_metadata,
             tasks: TaskTracker::new(),
             legacy: Default::default(),
+            parked: modern::Parked::default(),
+            closing: CancellationToken::new(),
         })
     }
 
@@ -180,6 +187,7 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: Cancellat
     drop(listener);
     reaper.abort();
     tracing::info!(in_flight = front.tasks.len(), "shutting down: draining");
+    front.closing.cancel();
     for id in front.sessions.ids() {
         // A legacy client's stream carries its answers too: it closes after the drain.
         if let Some(s) = front.sessions.get(&id)

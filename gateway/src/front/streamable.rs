@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::Front;
 use super::response::{self, Body};
+use super::{Front, modern};
 use crate::mcp::{Kind, Message, codes, methods, version};
 use crate::policy::{Call, Chain, Denial, Phase};
 use crate::session::{Route, STANDALONE_STREAM, Session, stream::parse_event_id};
@@ -64,19 +64,27 @@ pub(super) fn denied(denial: &Denial, id: Option<Value>) -> Response<Body> {
     r
 }
 
-/// An `MCP-Protocol-Version` header naming a revision we do not speak gets 400, on every
-/// method (a missing header means 2025-03-26, per the spec).
+/// An `MCP-Protocol-Version` header naming a revision we do not speak gets 400 with
+/// `-32022` and the revisions we do, on every method (a missing header means 2025-03-26, per
+/// the spec).
 pub(super) fn check_protocol_version(headers: &HeaderMap) -> Result<(), Response<Body>> {
     match headers.get(PROTOCOL_VERSION) {
-        Some(v) if !v.to_str().is_ok_and(version::is_supported) => Err(response::status_error(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "Bad Request: unsupported MCP-Protocol-Version (supported: {})",
-                version::SUPPORTED.join(", ")
-            ),
-        )),
+        Some(v) if !v.to_str().is_ok_and(version::is_supported) => Err(
+            super::modern::unsupported_version(&String::from_utf8_lossy(v.as_bytes())),
+        ),
         _ => Ok(()),
     }
+}
+
+/// 2026-07-28 has neither the GET stream (`subscriptions/listen` replaces it) nor sessions.
+fn modern_has_no_get_or_delete() -> Response<Body> {
+    let mut r = response::status_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed: 2026-07-28 uses POST only (subscriptions/listen for notifications)",
+    );
+    r.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+    r
 }
 
 /// The request phase of the policy chain for one client message; answers to server→client
@@ -164,8 +172,10 @@ impl Front {
             .get(&SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let modern = modern::is_modern(headers);
+        let version_header = headers.contains_key(PROTOCOL_VERSION);
         let chain = self.policies.chain();
-        let headers = if chain.is_empty() {
+        let headers = if chain.is_empty() && !modern {
             HeaderMap::new()
         } else {
             headers.clone()
@@ -178,6 +188,13 @@ impl Front {
             Ok(m) => m,
             Err(e) => return response::json(StatusCode::BAD_REQUEST, &e.to_response()),
         };
+        if modern {
+            // 2026-07-28: stateless; an Mcp-Session-Id header is ignored.
+            return self.modern(headers, msg, chain).await;
+        }
+        if !version_header && session_id.is_none() && modern::has_modern_meta(&msg) {
+            return modern::mismatch(msg.id(), "the MCP-Protocol-Version header is required");
+        }
 
         let initialize = msg.kind() == Kind::Request && msg.method() == methods::INITIALIZE;
         let session = if initialize {
@@ -404,6 +421,9 @@ impl Front {
     /// any stream of the session with `Last-Event-ID`.
     pub(super) async fn get(&self, req: Request<Incoming>) -> Response<Body> {
         let headers = req.headers();
+        if modern::is_modern(headers) {
+            return modern_has_no_get_or_delete();
+        }
         if !accepts(headers, "text/event-stream") {
             return response::status_error(
                 StatusCode::NOT_ACCEPTABLE,
@@ -438,6 +458,9 @@ impl Front {
     }
 
     pub(super) async fn delete(&self, req: Request<Incoming>) -> Response<Body> {
+        if modern::is_modern(req.headers()) {
+            return modern_has_no_get_or_delete();
+        }
         let Some(id) = req.headers().get(&SESSION_ID).and_then(|v| v.to_str().ok()) else {
             return response::status_error(
                 StatusCode::BAD_REQUEST,

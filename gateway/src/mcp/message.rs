@@ -219,6 +219,10 @@ impl Message {
         self.body.get("error")
     }
 
+    pub fn error_mut(&mut self) -> Option<&mut Value> {
+        self.body.get_mut("error")
+    }
+
     pub fn is_error(&self) -> bool {
         self.body.contains_key("error")
     }

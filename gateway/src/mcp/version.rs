@@ -6,6 +6,14 @@ pub const LATEST: &str = "2025-11-25";
 /// Revisions a client may negotiate on the Streamable HTTP endpoint, newest first.
 pub const SUPPORTED: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
 
+/// The stateless revision: no `initialize`, no session; every request carries its version
+/// in `MCP-Protocol-Version` and `_meta` (front/modern.rs).
+pub const MODERN: &str = "2026-07-28";
+
+/// Every revision the gateway serves, newest first (`server/discover`, and the
+/// `supported` list of an unsupported-version error).
+pub const ALL: &[&str] = &["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"];
+
 /// The revision a client gets for the one it asked for: the same if supported, else the latest
 /// (the client then decides whether it can continue, as the lifecycle spec says).
 pub fn negotiate(requested: Option<&str>) -> &'static str {
@@ -14,9 +22,9 @@ pub fn negotiate(requested: Option<&str>) -> &'static str {
         .unwrap_or(LATEST)
 }
 
-/// Whether an `MCP-Protocol-Version` header value names a revision we speak.
+/// Whether an `MCP-Protocol-Version` header value names a revision we speak (either era).
 pub fn is_supported(v: &str) -> bool {
-    SUPPORTED.contains(&v)
+    ALL.contains(&v)
 }
 
 #[cfg(test)]

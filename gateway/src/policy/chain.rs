@@ -95,6 +95,16 @@ impl Call {
         self.edit().identity = Some(identity);
     }
 
+    /// Where the gateway would route the message, learnt after the call was made (stateless
+    /// requests find their session, hence their catalog, only once `authn` has run).
+    pub fn set_destination(&mut self, upstream: Option<(String, String)>) {
+        let view = self.edit();
+        (view.upstream, view.upstream_target) = match upstream {
+            Some((u, t)) => (Some(u), Some(t)),
+            None => (None, None),
+        };
+    }
+
     /// The request as the chain left it, for forwarding. With `keep`, the call keeps it too
     /// (the response phase may read it), which costs a copy; without, it is moved out.
     pub fn take_request(&mut self, keep: bool) -> Message {
@@ -177,38 +187,37 @@ impl Chain {
     /// Runs the request phase. On success the call carries the (possibly changed) request,
     /// identity, route and attributes.
     pub async fn on_request(&self, call: &mut Call) -> Result<(), Box<Denial>> {
+        self.request_phase(call, |_| true).await
+    }
+
+    /// Runs only the `authn` stage: for requests that carry no MCP message (the GET stream,
+    /// DELETE) but must still come from the session's owner, and for stateless requests
+    /// whose session depends on who is calling.
+    pub async fn authenticate(&self, call: &mut Call) -> Result<(), Box<Denial>> {
+        self.request_phase(call, |stage| stage == super::Stage::Authn)
+            .await
+    }
+
+    /// Runs the request phase's stages after `authn` (the rest of [`Chain::on_request`]).
+    pub async fn after_authn(&self, call: &mut Call) -> Result<(), Box<Denial>> {
+        self.request_phase(call, |stage| stage != super::Stage::Authn)
+            .await
+    }
+
+    async fn request_phase(
+        &self,
+        call: &mut Call,
+        stages: impl Fn(super::Stage) -> bool,
+    ) -> Result<(), Box<Denial>> {
         let Some(rt) = &self.runtime else {
             return Ok(());
         };
-        for plugin in self.plugins.iter().filter(|p| p.request) {
+        for plugin in self.plugins.iter().filter(|p| p.request && stages(p.stage)) {
             let msg = MessageRes {
                 phase: types::Phase::Request,
                 call: call.view.clone(),
             };
             call.ran.push(plugin.sha256.as_str().into());
-            match plugin.evaluate(rt, msg).await {
-                Ok(verdict) => apply(plugin, call, verdict, Phase::Request)?,
-                Err(failure) => fail(plugin, &failure)?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs only the `authn` stage: for requests that carry no MCP message (the GET stream,
-    /// DELETE) but must still come from the session's owner.
-    pub async fn authenticate(&self, call: &mut Call) -> Result<(), Box<Denial>> {
-        let Some(rt) = &self.runtime else {
-            return Ok(());
-        };
-        for plugin in self
-            .plugins
-            .iter()
-            .filter(|p| p.request && p.stage == super::Stage::Authn)
-        {
-            let msg = MessageRes {
-                phase: types::Phase::Request,
-                call: call.view.clone(),
-            };
             match plugin.evaluate(rt, msg).await {
                 Ok(verdict) => apply(plugin, call, verdict, Phase::Request)?,
                 Err(failure) => fail(plugin, &failure)?,

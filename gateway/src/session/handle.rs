@@ -538,7 +538,7 @@ impl InboundHandler for Session {
                     for kind in changed {
                         self.catalog.invalidate(*kind, idx);
                     }
-                    self.standalone.push(&msg);
+                    self.announce(&msg);
                     return;
                 }
                 match method.as_str() {
@@ -548,7 +548,7 @@ impl InboundHandler for Session {
                             msg.params_mut()
                                 .insert("uri".into(), Value::String(exposed));
                         }
-                        self.standalone.push(&msg);
+                        self.announce(&msg);
                     }
                     methods::CANCELLED => {
                         // The upstream withdrew one of its own requests to the client.

@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Names, SessionCatalog};
-use crate::mcp::IdKey;
+use crate::mcp::{IdKey, Message};
 use crate::upstream::{Hello, Slot, Upstream};
 use stream::EventStream;
 
@@ -51,6 +51,9 @@ pub struct Session {
     page_size: usize,
     /// Messages not tied to a request: the GET stream.
     pub standalone: EventStream,
+    /// Change notifications (list changes, resource updates) for `subscriptions/listen`
+    /// streams (2026-07-28), which subscribe here.
+    pub changes: tokio::sync::broadcast::Sender<Message>,
     streams: Mutex<VecDeque<Arc<EventStream>>>,
     next_stream: AtomicU64,
     /// Client requests in progress, for `notifications/cancelled`.
@@ -73,6 +76,15 @@ impl Session {
         match self.owner.get() {
             Some(owner) => subject == Some(owner.as_str()),
             None => true,
+        }
+    }
+
+    /// Sends a change notification to whoever listens: the GET stream and any
+    /// `subscriptions/listen` stream.
+    pub(crate) fn announce(&self, msg: &Message) {
+        self.standalone.push(msg);
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(msg.clone());
         }
     }
 
@@ -126,6 +138,8 @@ impl Session {
 /// All client sessions, plus what they share: the upstreams and the naming rules.
 pub struct Sessions {
     map: DashMap<Arc<str>, Arc<Session>>,
+    /// Stateless (2026-07-28) callers → the internal session that serves them.
+    callers: DashMap<String, Arc<str>>,
     upstreams: Vec<Arc<Upstream>>,
     names: Arc<Names>,
     page_size: usize,
@@ -141,6 +155,7 @@ impl Sessions {
     ) -> Self {
         Sessions {
             map: DashMap::new(),
+            callers: DashMap::new(),
             upstreams,
             names,
             page_size,
@@ -170,6 +185,7 @@ impl Sessions {
             catalog: SessionCatalog::new(self.names.clone()),
             page_size: self.page_size,
             standalone: EventStream::new(STANDALONE_STREAM),
+            changes: tokio::sync::broadcast::channel(64).0,
             streams: Mutex::new(VecDeque::new()),
             next_stream: AtomicU64::new(0),
             inflight: DashMap::new(),
@@ -184,6 +200,26 @@ impl Sessions {
         Some(session)
     }
 
+    /// The internal session serving a stateless (2026-07-28) caller, created on first use.
+    /// `caller` is the subject authn established ("" without authn: every unauthenticated
+    /// caller is the same caller). Callers never share a session, hence never an upstream
+    /// session or child process. `None` when at capacity.
+    pub fn for_caller(&self, caller: &str, hello: impl FnOnce() -> Hello) -> Option<Arc<Session>> {
+        if let Some(id) = self.callers.get(caller)
+            && let Some(s) = self.get(&id)
+        {
+            return Some(s);
+        }
+        // Two first requests of one caller may race here; the loser's session idles out.
+        let session = self.create(crate::mcp::version::MODERN, hello())?;
+        if !caller.is_empty() {
+            let _ = session.owner.set(caller.to_string());
+        }
+        tracing::info!(session = %session.id, caller, "internal session for a stateless caller");
+        self.callers.insert(caller.to_string(), session.id.clone());
+        Some(session)
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
         self.map.get(id).map(|s| s.clone())
     }
@@ -193,6 +229,7 @@ impl Sessions {
     pub fn remove(&self, id: &str) -> bool {
         match self.map.remove(id) {
             Some((_, s)) => {
+                self.callers.retain(|_, sid| &**sid != id);
                 s.close();
                 true
             }
@@ -214,7 +251,10 @@ impl Sessions {
             .map
             .iter()
             .filter(|s| {
-                s.idle_for() > timeout && !s.standalone.has_listener() && s.inflight.is_empty()
+                s.idle_for() > timeout
+                    && !s.standalone.has_listener()
+                    && s.changes.receiver_count() == 0
+                    && s.inflight.is_empty()
             })
             .map(|s| s.id.clone())
             .collect();

@@ -48,11 +48,14 @@ pub fn list_kind(method: &str) -> Option<ListKind> {
 }
 
 /// Session plumbing every caller with an identity may use: `initialize`, `ping`,
-/// `logging/setLevel` (it only sets what the session's own log stream carries) and every
-/// notification.
+/// `logging/setLevel` (it only sets what the session's own log stream carries), every
+/// notification, and their 2026-07-28 counterparts `server/discover` and
+/// `subscriptions/listen` (change notifications; list results stay filtered).
 pub fn is_lifecycle(method: &str) -> bool {
-    matches!(method, "initialize" | "ping" | "logging/setLevel")
-        || method.starts_with("notifications/")
+    matches!(
+        method,
+        "initialize" | "ping" | "logging/setLevel" | "server/discover" | "subscriptions/listen"
+    ) || method.starts_with("notifications/")
 }
 
 /// The kind a method acts on by name or URI (completion is resolved from its `ref`).

@@ -343,6 +343,8 @@ fn lifecycle_and_list_requests_are_allowed_with_an_identity() {
         "initialize",
         "ping",
         "logging/setLevel",
+        "server/discover",
+        "subscriptions/listen",
         "notifications/initialized",
         "notifications/cancelled",
         "tools/list",
