@@ -11,6 +11,7 @@ mod front;
 mod harness_selftest;
 mod languages;
 mod legacy_sse;
+mod legacy_sse;
 mod modern;
 mod policy;
 mod rate_limit;
