@@ -12,6 +12,10 @@ use crate::glob::Glob;
 use crate::rate::Rate;
 use crate::window::Window;
 
+/// The longest window a limit may have (`burst / rate`): a year, so counters' lifetimes and
+/// slot arithmetic stay far from overflow.
+const MAX_WINDOW_MS: u64 = 366 * 86_400_000;
+
 /// What a bucket is keyed by; a limit's `per` is any combination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -161,6 +165,12 @@ impl Config {
             // W = burst / rate = burst * period / count.
             let ms = u128::from(burst) * u128::from(rate.period_ms) / u128::from(rate.count);
             let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+            if ms > MAX_WINDOW_MS {
+                return Err(format!(
+                    "limit {name:?}: burst {burst} at {} spans more than a year; use a shorter period or a smaller `burst`",
+                    l.rate
+                ));
+            }
             if ms == 0 {
                 return Err(format!(
                     "limit {name:?}: burst {burst} at {} refills in under a millisecond; raise `burst`",

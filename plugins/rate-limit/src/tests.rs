@@ -291,6 +291,10 @@ fn configuration_mistakes_are_refused_at_load() {
             "unknown variant `ip`",
         ),
         (
+            "[[limits]]\nname = \"a\"\nrate = \"1/400day\"\n",
+            "more than a year",
+        ),
+        (
             "[[limits]]\nname = \"a\"\nrate = \"1/s\"\nper = [\"tool\", \"tool\"]\n",
             "names a key twice",
         ),

@@ -127,7 +127,7 @@ pub fn acquire(bucket: &str, w: Window, now_ms: u64) -> Outcome {
         }
         m += 1;
     }
-    let retry = (slot + m) * slot_ms - now_ms;
+    let retry = (slot + m).saturating_mul(slot_ms).saturating_sub(now_ms);
     Outcome::Denied {
         retry_ms: retry.max(1),
     }
