@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use portcullis_tests::harness::{
-    Gateway, PluginDir, RawHttp, SseReader, call_tool, client, initialize_request,
+    Fixture, Gateway, PluginDir, RawHttp, SseReader, call_tool, client, initialize_request,
     jsonrpc_notification, jsonrpc_request, server_toml, stdio_fixture_toml, text_of, toml_str,
 };
 use reqwest::Method;
@@ -469,4 +469,39 @@ async fn a_stream_belongs_to_the_caller_that_opened_it() {
     let answer = next_message(&mut stream).await;
     assert_eq!(answer["id"], 1);
     assert!(answer["result"]["tools"].is_array(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_speaks_neither_transport_gets_an_error_naming_both() {
+    let fixture = Fixture::http("beta").await;
+    let legacy = LegacyServer::start().await;
+    let wrong = format!("http://{}/nothing-here", fixture.addr());
+    let config = format!(
+        "{}[upstreams.lost]\nurl = {}\n\n[upstreams.strict]\nurl = {}\ntransport = \"streamable-http\"\n\n",
+        server_toml(),
+        toml_str(&wrong),
+        toml_str(&legacy.url)
+    );
+    let gateway = Gateway::start(&config).await;
+    let client = client(gateway.url()).await;
+
+    let err = call_tool(&client, "lost__test_simple_text", json!({}))
+        .await
+        .expect_err("nothing serves that URL")
+        .to_string();
+    assert!(
+        err.contains("refused Streamable HTTP (HTTP 404)")
+            && err.contains("legacy HTTP+SSE fallback failed"),
+        "{err}"
+    );
+    // Pinned to Streamable HTTP: no fallback, the refusal is the answer.
+    let err = call_tool(&client, "strict__add", json!({ "a": 1, "b": 2 }))
+        .await
+        .expect_err("a legacy server does not speak Streamable HTTP")
+        .to_string();
+    assert!(
+        err.contains("refused the Streamable HTTP POST with HTTP 405"),
+        "{err}"
+    );
+    client.cancel().await.unwrap();
 }

@@ -65,7 +65,12 @@ pub(super) async fn connect(
     match streamable().await {
         Err(UpstreamError::NotStreamable { status, .. }) => {
             tracing::info!(upstream = %upstream.name, status, "Streamable HTTP refused; trying the legacy HTTP+SSE transport");
-            let linked = sse().await?;
+            let linked = sse().await.map_err(|e| UpstreamError::Unavailable {
+                upstream: upstream.name.clone(),
+                reason: format!(
+                    "it refused Streamable HTTP (HTTP {status}) and the legacy HTTP+SSE fallback failed: {e}"
+                ),
+            })?;
             upstream.speaks_sse.store(true, Ordering::Relaxed);
             tracing::info!(upstream = %upstream.name, "upstream speaks the legacy HTTP+SSE transport");
             Ok(linked)
