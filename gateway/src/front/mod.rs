@@ -94,7 +94,8 @@ impl Front {
         let origin = req.headers().get(ORIGIN).cloned();
         let mut resp = match streamable::check_protocol_version(req.headers()) {
             _ if let Some(endpoint) = legacy => self.legacy(endpoint, req).await,
-            Err(bad) if req.method() != Method::OPTIONS => bad,
+            // A POST is checked once its body is read, so the error carries the request id.
+            Err(bad) if req.method() != Method::OPTIONS && req.method() != Method::POST => bad,
             _ => match *req.method() {
                 Method::POST => self.post(req).await,
                 Method::GET => self.get(req).await,

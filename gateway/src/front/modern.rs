@@ -135,11 +135,11 @@ pub(super) fn mismatch(id: Option<&Value>, message: &str) -> Response<Body> {
 }
 
 /// 400 with `-32022` (UnsupportedProtocolVersion), listing what the gateway serves.
-pub(super) fn unsupported_version(requested: &str) -> Response<Body> {
+pub(super) fn unsupported_version(requested: &str, id: Option<&Value>) -> Response<Body> {
     response::json(
         StatusCode::BAD_REQUEST,
         &Message::error(
-            Value::Null,
+            id.cloned().unwrap_or(Value::Null),
             codes::UNSUPPORTED_PROTOCOL_VERSION,
             "Unsupported protocol version",
             Some(json!({ "supported": version::ALL, "requested": requested })),
@@ -196,21 +196,135 @@ fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Response<Body>> {
             Some(Some(_)) => {}
         }
     }
-    let in_meta = request_meta(msg).and_then(|m| m.get(meta::PROTOCOL_VERSION));
-    match in_meta.and_then(Value::as_str) {
-        Some(v) if v == version::MODERN => Ok(()),
-        Some(v) => Err(mismatch(
-            id,
-            &format!(
-                "MCP-Protocol-Version header value '{}' does not match _meta value '{v}'",
-                version::MODERN
+    // Then the per-request `_meta` itself: a malformed one is invalid params (400 -32602),
+    // a version that disagrees with the header a mismatch (400 -32020).
+    let invalid = |what: &str| {
+        Err(response::json(
+            StatusCode::BAD_REQUEST,
+            &Message::error(
+                id.cloned().unwrap_or(Value::Null),
+                codes::INVALID_PARAMS,
+                &format!("Invalid params: {what}"),
+                None,
             ),
-        )),
-        None => Err(mismatch(
-            id,
-            &format!("params._meta[\"{}\"] is required", meta::PROTOCOL_VERSION),
-        )),
+        ))
+    };
+    let Some(m) = request_meta(msg) else {
+        return invalid("params._meta with the 2026-07-28 request metadata is required");
+    };
+    match m.get(meta::PROTOCOL_VERSION).and_then(Value::as_str) {
+        None => {
+            return invalid(&format!(
+                "params._meta[\"{}\"] is required",
+                meta::PROTOCOL_VERSION
+            ));
+        }
+        Some(v) if v != version::MODERN => {
+            return Err(mismatch(
+                id,
+                &format!(
+                    "MCP-Protocol-Version header value '{}' does not match _meta value '{v}'",
+                    version::MODERN
+                ),
+            ));
+        }
+        Some(_) => {}
     }
+    if !m
+        .get(meta::CLIENT_CAPABILITIES)
+        .is_some_and(Value::is_object)
+    {
+        return invalid(&format!(
+            "params._meta[\"{}\"] must be an object",
+            meta::CLIENT_CAPABILITIES
+        ));
+    }
+    if m.get(meta::CLIENT_INFO).is_some_and(|v| !v.is_object()) {
+        return invalid(&format!(
+            "params._meta[\"{}\"] must be an object",
+            meta::CLIENT_INFO
+        ));
+    }
+    Ok(())
+}
+
+/// The `x-mcp-header` annotations of a tool's input schema: `(header name, property path)`,
+/// following only chains of `properties` keys, as the spec allows.
+fn annotated_params(schema: &Value, path: &mut Vec<String>, out: &mut Vec<(String, Vec<String>)>) {
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (key, prop) in props {
+        path.push(key.clone());
+        if let Some(name) = prop.get("x-mcp-header").and_then(Value::as_str) {
+            out.push((name.to_ascii_lowercase(), path.clone()));
+        }
+        annotated_params(prop, path, out);
+        path.pop();
+    }
+}
+
+/// Checks a `tools/call`'s `Mcp-Param-*` headers against the values in its arguments: every
+/// annotated argument that is present must come with its header, and the header (decoded)
+/// must equal the value (integers compared as numbers). 400 `-32020` otherwise.
+async fn check_param_headers(
+    session: &Session,
+    headers: &[(String, HeaderValue)],
+    msg: &Message,
+) -> Result<(), Response<Body>> {
+    let id = msg.id();
+    let Some(tool) = msg.param_str("name") else {
+        return Ok(());
+    };
+    let Some(definition) = session.tool(tool).await else {
+        return Ok(());
+    };
+    let mut annotated = Vec::new();
+    if let Some(schema) = definition.get("inputSchema") {
+        annotated_params(schema, &mut Vec::new(), &mut annotated);
+    }
+    let arguments = msg.params().and_then(|p| p.get("arguments"));
+    for (name, path) in annotated {
+        let value = arguments
+            .and_then(|args| path.iter().try_fold(args, |v, key| v.get(key)))
+            .filter(|v| !v.is_null());
+        let header = headers.iter().find(|(h, _)| *h == name).map(|(_, v)| v);
+        let Some(value) = value else { continue };
+        let Some(header) = header else {
+            return Err(mismatch(
+                id,
+                &format!(
+                    "the Mcp-Param-{name} header is required for argument '{}'",
+                    path.join(".")
+                ),
+            ));
+        };
+        let Some(text) = header_text(header) else {
+            return Err(mismatch(
+                id,
+                &format!("the Mcp-Param-{name} header is malformed"),
+            ));
+        };
+        let same = match value {
+            Value::String(s) => *s == text,
+            Value::Bool(b) => text == if *b { "true" } else { "false" },
+            Value::Number(n) => text
+                .parse::<f64>()
+                .ok()
+                .zip(n.as_f64())
+                .is_some_and(|(a, b)| a == b),
+            _ => false,
+        };
+        if !same {
+            return Err(mismatch(
+                id,
+                &format!(
+                    "Mcp-Param-{name} header value '{text}' does not match body value '{value}'"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The identity a stateless caller's internal session is created with.
@@ -305,7 +419,31 @@ impl Front {
             .or_else(|| msg.param_str("uri"))
             .map(str::to_string);
         let request_state = msg.param_str("requestState").map(str::to_string);
+        if let Some(r) = msg.params().and_then(|p| p.get("inputResponses"))
+            && !r
+                .as_object()
+                .is_some_and(|r| r.values().all(Value::is_object))
+        {
+            return response::json(
+                StatusCode::BAD_REQUEST,
+                &Message::error(
+                    client_id,
+                    codes::INVALID_PARAMS,
+                    "Invalid params: inputResponses must map each input key to a result object",
+                    None,
+                ),
+            );
+        }
 
+        // `Mcp-Param-*` headers, checked against the tool's `x-mcp-header` annotations once
+        // the caller's catalog is known.
+        let param_headers: Vec<(String, HeaderValue)> = headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let param = name.as_str().strip_prefix("mcp-param-")?;
+                Some((param.to_string(), value.clone()))
+            })
+            .collect();
         // Who is calling decides which internal session serves the request: authn first,
         // then the rest of the chain with the destination that session's catalog knows.
         let mut call = (!chain.is_empty()).then(|| Call::new(msg.clone(), headers, None, None));
@@ -326,6 +464,11 @@ impl Front {
             );
         };
         session.touch();
+        if method == methods::TOOLS_CALL
+            && let Err(r) = check_param_headers(&session, &param_headers, &msg).await
+        {
+            return r;
+        }
         if let Some(call) = call.as_mut() {
             call.set_destination(session.resolve_named(&msg).await);
             if let Err(d) = chain.after_authn(call).await {
@@ -435,13 +578,25 @@ impl Front {
             Next::Related(m) => m,
             Next::Final(m) => {
                 cancel.disarm();
-                return response::json(StatusCode::OK, &m);
+                // An upstream's own MissingRequiredClientCapability is a 400 too.
+                let code = m
+                    .error_value()
+                    .and_then(|e| e.get("code"))
+                    .and_then(Value::as_i64);
+                let status = if code == Some(codes::MISSING_REQUIRED_CLIENT_CAPABILITY) {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::OK
+                };
+                return response::json(status, &m);
             }
             Next::Ask(requests) => {
                 cancel.disarm();
                 let m = self.park(session, rx, internal_id, requests, &shape);
                 return response::json(StatusCode::OK, &m);
             }
+            // The call is cancelled when `cancel` drops.
+            Next::Refuse(m) => return response::json(StatusCode::BAD_REQUEST, &m),
             // The loop above never stops on a skip.
             Next::Skip => return response::empty(StatusCode::ACCEPTED),
         };
@@ -453,6 +608,10 @@ impl Front {
                 let out = match front.classify(&session, m, &shape).await {
                     Next::Skip => continue,
                     Next::Related(m) => m,
+                    Next::Refuse(m) => {
+                        let _ = frames_tx.send(frame(&m));
+                        return;
+                    }
                     Next::Final(m) => {
                         cancel.disarm();
                         let _ = frames_tx.send(frame(&m));
@@ -487,8 +646,8 @@ impl Front {
             }
             Kind::Request => {
                 let gateway_id = m.id().cloned().unwrap_or(Value::Null);
-                let capable = needed_capability(m.method())
-                    .is_some_and(|c| shape.capabilities.get(c).is_some());
+                let needed = needed_capability(m.method());
+                let capable = needed.is_some_and(|c| shape.capabilities.get(c).is_some());
                 if !NAMED.contains(&shape.method.as_str()) || !capable {
                     // The client cannot take this input request: the upstream gets an error.
                     let why = if capable {
@@ -504,6 +663,15 @@ impl Front {
                             None,
                         ))
                         .await;
+                    if let Some(cap) = needed.filter(|_| !capable) {
+                        // 2026-07-28: the client hears which capability it lacks.
+                        return Next::Refuse(Message::error(
+                            shape.client_id.clone(),
+                            codes::MISSING_REQUIRED_CLIENT_CAPABILITY,
+                            &format!("This request needs the client capability '{cap}'"),
+                            Some(json!({ "requiredCapabilities": { cap: {} } })),
+                        ));
+                    }
                     return Next::Skip;
                 }
                 let key = gateway_id.as_str().unwrap_or_default().to_string();
@@ -591,6 +759,7 @@ impl Front {
             abandon(&parked);
             return stale();
         }
+        // Checked in `modern` already: absent, or an object of result objects.
         let responses = msg
             .params()
             .and_then(|p| p.get("inputResponses"))
@@ -752,6 +921,8 @@ enum Next {
     Final(Message),
     /// The upstream asks the client: `(input key, gateway id, request)`.
     Ask(Vec<(String, Value, Value)>),
+    /// The request cannot be served to this client (400): the call is cancelled.
+    Refuse(Message),
 }
 
 /// Removes the 2026-07-28 per-request `_meta` before the request goes to a session-era

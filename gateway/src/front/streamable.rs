@@ -70,7 +70,7 @@ pub(super) fn denied(denial: &Denial, id: Option<Value>) -> Response<Body> {
 pub(super) fn check_protocol_version(headers: &HeaderMap) -> Result<(), Response<Body>> {
     match headers.get(PROTOCOL_VERSION) {
         Some(v) if !v.to_str().is_ok_and(version::is_supported) => Err(
-            super::modern::unsupported_version(&String::from_utf8_lossy(v.as_bytes())),
+            super::modern::unsupported_version(&String::from_utf8_lossy(v.as_bytes()), None),
         ),
         _ => Ok(()),
     }
@@ -174,6 +174,10 @@ impl Front {
             .map(str::to_string);
         let modern = modern::is_modern(headers);
         let version_header = headers.contains_key(PROTOCOL_VERSION);
+        let unsupported = headers
+            .get(PROTOCOL_VERSION)
+            .filter(|v| !v.to_str().is_ok_and(version::is_supported))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let chain = self.policies.chain();
         let headers = if chain.is_empty() && !modern {
             HeaderMap::new()
@@ -188,6 +192,10 @@ impl Front {
             Ok(m) => m,
             Err(e) => return response::json(StatusCode::BAD_REQUEST, &e.to_response()),
         };
+        if let Some(v) = &unsupported {
+            // Now with the request's id, as the 2026-07-28 error shape has it.
+            return modern::unsupported_version(v, msg.id());
+        }
         if modern {
             // 2026-07-28: stateless; an Mcp-Session-Id header is ignored.
             return self.modern(headers, msg, chain).await;

@@ -16,5 +16,7 @@ pub const RESOURCE_NOT_FOUND: i64 = -32002;
 pub const REQUEST_CANCELLED: i64 = -32800;
 /// 2026-07-28: the HTTP headers do not match the body, or a required header is missing.
 pub const HEADER_MISMATCH: i64 = -32020;
+/// 2026-07-28: the request needs a client capability the client did not declare.
+pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i64 = -32021;
 /// 2026-07-28: the requested protocol version is not one the gateway serves.
 pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;

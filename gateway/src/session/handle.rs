@@ -379,6 +379,16 @@ impl Session {
         }
     }
 
+    /// The definition of the tool clients know as `name`, from the merged catalog.
+    pub async fn tool(&self, name: &str) -> Option<Value> {
+        self.merged(ListKind::Tools)
+            .await
+            .items
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+            .cloned()
+    }
+
     async fn merged(&self, kind: ListKind) -> Arc<crate::catalog::Merged> {
         if let Some(m) = self.catalog.cached(kind) {
             return m;
