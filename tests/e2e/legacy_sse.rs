@@ -505,3 +505,64 @@ async fn an_upstream_that_speaks_neither_transport_gets_an_error_naming_both() {
     );
     client.cancel().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_sampling_travel_on_the_one_stream() {
+    let gateway =
+        Gateway::start(&format!("{}{}", server_toml(), stdio_fixture_toml("alpha"))).await;
+    let (mut stream, endpoint) = open(&gateway, &[]).await;
+    let init = jsonrpc_request(
+        0,
+        "initialize",
+        json!({
+            "protocolVersion": "2024-11-05",
+            "capabilities": { "sampling": {} },
+            "clientInfo": { "name": "raw-legacy", "version": "0" }
+        }),
+    )
+    .to_string();
+    assert_eq!(post(&endpoint, &init, &[]).await.0, 202);
+    assert_eq!(next_message(&mut stream).await["id"], 0);
+
+    // Progress, then the answer, all as `message` events.
+    let call = jsonrpc_request(
+        1,
+        "tools/call",
+        json!({ "name": "alpha__test_tool_with_progress", "arguments": {}, "_meta": { "progressToken": "p1" } }),
+    )
+    .to_string();
+    assert_eq!(post(&endpoint, &call, &[]).await.0, 202);
+    let mut progress = Vec::new();
+    let answer = loop {
+        let m = next_message(&mut stream).await;
+        if m["method"] == "notifications/progress" {
+            assert_eq!(m["params"]["progressToken"], "p1", "{m}");
+            progress.push(m["params"]["progress"].as_f64().unwrap_or(-1.0));
+        } else {
+            break m;
+        }
+    };
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert_eq!(progress, [0.0, 50.0, 100.0]);
+
+    // A sampling request arrives on the stream; the client's answer is a POST.
+    let call = jsonrpc_request(
+        2,
+        "tools/call",
+        json!({ "name": "alpha__test_sampling", "arguments": { "prompt": "hello?" } }),
+    )
+    .to_string();
+    assert_eq!(post(&endpoint, &call, &[]).await.0, 202);
+    let ask = next_message(&mut stream).await;
+    assert_eq!(ask["method"], "sampling/createMessage", "{ask}");
+    let reply = json!({ "jsonrpc": "2.0", "id": ask["id"], "result": {
+        "role": "assistant", "model": "test", "content": { "type": "text", "text": "hi there" } } })
+    .to_string();
+    assert_eq!(post(&endpoint, &reply, &[]).await.0, 202);
+    let answer = next_message(&mut stream).await;
+    assert_eq!(answer["id"], 2, "{answer}");
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "LLM response: hi there",
+        "{answer}"
+    );
+}
