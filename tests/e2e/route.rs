@@ -239,7 +239,6 @@ async fn the_catalog_is_rewritten_per_caller_and_calls_follow_it() {
 /// fixture's `set_dynamic_tool` changes its own tool list, so the copy is visible in the
 /// shadow upstream's tools.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs gateway shadow support"]
 async fn a_shadow_copy_reaches_the_second_upstream() {
     let (gateway, _plugins, _beta) = gateway(
         "[[config.routes]]\nname = \"mirror\"\ntools = [\"set_dynamic_tool\"]\nupstreams = [\"alpha\"]\nshadow = \"beta\"\n",

@@ -526,6 +526,9 @@ impl Front {
                     upstream: c.view().upstream.clone(),
                     target: c.view().upstream_target.clone(),
                 });
+                if let Some(call) = &call {
+                    super::streamable::shadow(&session, &msg, call);
+                }
                 let mut response = session
                     .handle_request(msg, tx.clone(), route.as_ref())
                     .await;

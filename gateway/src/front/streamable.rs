@@ -76,6 +76,21 @@ pub(super) fn check_protocol_version(headers: &HeaderMap) -> Result<(), Response
     }
 }
 
+/// A route policy asked for a copy of this `tools/call` to go to another upstream too
+/// (attributes `shadow` and optionally `shadow-target`).
+pub(super) fn shadow(session: &Arc<Session>, msg: &Message, call: &Call) {
+    let attributes = &call.view().attributes;
+    if msg.method() == methods::TOOLS_CALL
+        && let Some(upstream) = attributes.get("shadow")
+    {
+        session.shadow(
+            msg,
+            upstream,
+            attributes.get("shadow-target").map(String::as_str),
+        );
+    }
+}
+
 /// 2026-07-28 has neither the GET stream (`subscriptions/listen` replaces it) nor sessions.
 fn modern_has_no_get_or_delete() -> Response<Body> {
     let mut r = response::status_error(
@@ -409,6 +424,9 @@ impl Front {
                 upstream: c.view().upstream.clone(),
                 target: c.view().upstream_target.clone(),
             });
+            if let Some(call) = &call {
+                shadow(&session, &msg, call);
+            }
             let mut response = session
                 .handle_request(msg, tx.clone(), route.as_ref())
                 .await;

@@ -94,6 +94,31 @@ impl Session {
         }
     }
 
+    /// Sends a copy of a request to another upstream — a route policy's `shadow`, for trying
+    /// a new server on real traffic — and discards the answer. It runs on its own: the
+    /// client's answer never waits for it, and nothing it sends reaches the client.
+    pub fn shadow(self: &Arc<Self>, msg: &Message, upstream: &str, target: Option<&str>) {
+        let mut copy = msg.clone();
+        let n = self.next_server_request.fetch_add(1, Ordering::Relaxed) + 1;
+        copy.set_id(Value::String(format!("shadow-{n}")));
+        let route = Route {
+            upstream: Some(upstream.to_string()),
+            target: target.map(str::to_string),
+        };
+        let session = self.clone();
+        tokio::spawn(async move {
+            // Related messages of the copy (progress, logs, questions) land here and are
+            // dropped with it.
+            let (related, _dropped) = tokio::sync::mpsc::unbounded_channel();
+            let answer = session.handle_request(copy, related, Some(&route)).await;
+            tracing::debug!(
+                upstream = route.upstream.as_deref().unwrap_or_default(),
+                failed = answer.is_error(),
+                "shadow copy answered (discarded)"
+            );
+        });
+    }
+
     /// A request whose destination a routing policy chose. The name or URI is resolved as
     /// usual, then replaced by what the policy said.
     async fn routed(&self, mut msg: Message, out: Related, route: &Route) -> Message {
