@@ -137,17 +137,10 @@ async fn run_table(name: &str, wasm: &str) {
     plugins
         .add("authn", "authn", AUTHN)
         .add("authz", "authz", AUTHZ);
-    // A compilation cache that outlives the test: reruns skip the seconds of compiling.
-    let cache = plugin_wasm("authn")
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("tmp/languages-policy-cache");
     let config = format!(
-        "{}[policy]\nplugins = {}\ncache = {}\n\n{}",
+        "{}{}{}",
         server_toml(),
-        toml_str(&plugins.path().to_string_lossy()),
-        toml_str(&cache.to_string_lossy()),
+        plugins.policy_toml(),
         stdio_fixture_toml("alpha")
     );
     let gateway = Gateway::start(&config).await;
