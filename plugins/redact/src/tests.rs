@@ -1,21 +1,570 @@
+//! The policy as the gateway runs it: messages in, verdicts out.
+
 use super::*;
 
-#[test]
-fn scratch() {
-    let config = portcullis_sdk::parse_config::<Redact>("{}").unwrap();
-    for s in [
-        "mail alice@example.com now",
-        "card 4111 1111 1111 1111 and 4111 1111 1111 1112",
-        "aws AKIAIOSFODNN7EXAMPLE and aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-        "ssn 078-05-1120 ip 192.168.1.20 bad 999.1.1.1 v6 2001:db8::8a2e:370:7334 time 12:30:45",
-        "call +1 415 555 2671 or (415) 555-2671 or 020 7946 0958, date 03.04.2024 10:30",
-        "iban DE89 3704 0044 0532 0130 00 EUR and GB82WEST12345698765432",
-        "password=hunter2 and {\"api_key\": \"abc def\"} token: xyz max_tokens=100",
-        "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB glpat-abcdefghij0123456789 xoxb-1234567890-abcdefghij sk_live_abcdefghij0123456789",
-        "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.abc_def",
-        "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\nabc+/=\n-----END RSA PRIVATE KEY-----\nbye",
-    ] {
-        let mut scan = Scanner::new(&config);
-        println!("{s}\n => {:?}\n    {:?}", scan.string(s), scan.summary());
+const EMAIL: &str = "alice@example.com";
+const CARD: &str = "4111 1111 1111 1111";
+const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+const PEM: &str =
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7bq9\n-----END RSA PRIVATE KEY-----";
+const SALT: &str = "a-test-salt-of-32-characters!!!!";
+
+fn config(json: Value) -> Config {
+    portcullis_sdk::parse_config::<Redact>(&json.to_string()).expect("valid config")
+}
+
+fn config_error(json: Value) -> String {
+    match portcullis_sdk::parse_config::<Redact>(&json.to_string()) {
+        Ok(_) => panic!("config accepted: {json}"),
+        Err(e) => e,
     }
+}
+
+fn defaults() -> Config {
+    config(json!({}))
+}
+
+fn tool_result(result: Value) -> Message<'static> {
+    TestMessage::response("tools/call")
+        .with_target("alpha__echo")
+        .with_result(result)
+        .build()
+}
+
+fn text_result(text: &str) -> Message<'static> {
+    tool_result(json!({ "content": [{ "type": "text", "text": text }] }))
+}
+
+/// The changed result of a verdict that must change it.
+fn changed(v: &Verdict) -> Value {
+    v.changes()
+        .and_then(Changes::result)
+        .unwrap_or_else(|| panic!("expected a changed result, got {v:?}"))
+}
+
+fn attribute<'v>(v: &'v Verdict, key: &str) -> Option<&'v str> {
+    v.changes().and_then(|c| c.attribute(key))
+}
+
+#[test]
+fn a_tool_result_comes_back_masked_with_counts_for_the_audit_trail() {
+    let text = format!("mail {EMAIL} or {EMAIL}, card {CARD}, key {AWS_KEY}.");
+    let v = Redact::evaluate(&defaults(), &text_result(&text));
+    let result = changed(&v);
+    assert_eq!(
+        result["content"][0]["text"],
+        "mail [EMAIL] or [EMAIL], card **** **** **** 1111, key [AWS_ACCESS_KEY]."
+    );
+    assert_eq!(attribute(&v, "redact.email"), Some("2"));
+    assert_eq!(attribute(&v, "redact.card"), Some("1"));
+    assert_eq!(attribute(&v, "redact.aws-access-key"), Some("1"));
+    let attributes = v.changes().map(Changes::attributes).unwrap_or_default();
+    assert_eq!(
+        attributes.len(),
+        3,
+        "only detectors that found something: {attributes:?}"
+    );
+    assert!(
+        attributes
+            .iter()
+            .all(|(_, value)| !value.contains(EMAIL) && !value.contains(AWS_KEY)),
+        "attributes carry counts, never values"
+    );
+}
+
+#[test]
+fn a_clean_result_passes_unchanged() {
+    let clean = text_result("The build passed: 42 tests in 1.5 s (v2.14.3, 2024-03-15).");
+    assert!(Redact::evaluate(&defaults(), &clean).is_allow());
+}
+
+#[test]
+fn every_action() {
+    let cfg = config(json!({
+        "salt": SALT,
+        "detectors": {
+            "email": { "action": "hash" },
+            "card": { "action": "mask", "keep": 6 },
+            "phone": { "action": "remove" },
+            "ssn": { "action": "label", "label": "TAXPAYER_ID" },
+            "private-key": { "action": "block" },
+        },
+    }));
+    let v = Redact::evaluate(
+        &cfg,
+        &text_result(&format!(
+            "{EMAIL} | {CARD} | call +1 415 555 2671 now | 078-05-1120"
+        )),
+    );
+    let text = changed(&v)["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (hash, rest) = text.split_once(" | ").unwrap();
+    assert!(
+        hash.starts_with("[EMAIL:") && hash.ends_with(']') && hash.len() == "[EMAIL:]".len() + 8,
+        "{hash}"
+    );
+    assert!(hash[7..15].bytes().all(|b| b.is_ascii_hexdigit()), "{hash}");
+    assert_eq!(rest, "**** **** **11 1111 | call  now | [TAXPAYER_ID]");
+
+    // Block: the whole response is refused, and the error does not echo the value.
+    let v = Redact::evaluate(&cfg, &text_result(&format!("here is the key:\n{PEM}")));
+    let denial = v.denial().expect("blocked");
+    assert_eq!(denial.code, codes::DENIED);
+    assert!(denial.message.contains("private-key"), "{}", denial.message);
+    let all = format!("{denial:?}");
+    assert!(!all.contains("MIIE") && !all.contains("BEGIN"), "{all}");
+}
+
+#[test]
+fn hashes_are_stable_per_salt_and_normalised() {
+    let hashing = |salt: &str| {
+        config(json!({
+            "salt": salt,
+            "detectors": { "email": { "action": "hash" }, "card": { "action": "hash" } },
+        }))
+    };
+    let token = |cfg: &Config, text: &str| {
+        changed(&Redact::evaluate(cfg, &text_result(text)))["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = hashing(SALT);
+    let b = hashing("another-salt-of-enough-length");
+    assert_eq!(token(&a, EMAIL), token(&a, EMAIL), "same input, same salt");
+    assert_eq!(
+        token(&a, EMAIL),
+        token(&a, "Alice@Example.COM"),
+        "e-mail case"
+    );
+    assert_eq!(
+        token(&a, CARD),
+        token(&a, "4111-1111-1111-1111"),
+        "card separators"
+    );
+    assert_ne!(token(&a, EMAIL), token(&a, "bob@example.com"));
+    assert_ne!(token(&a, EMAIL), token(&b, EMAIL), "another salt");
+    let long = config(json!({
+        "salt": SALT, "hash-length": 16, "detectors": { "email": { "action": "hash" } },
+    }));
+    assert_eq!(token(&long, EMAIL).len(), "[EMAIL:]".len() + 16);
+}
+
+#[test]
+fn masks_never_show_more_than_half() {
+    let cfg =
+        config(json!({ "detectors": { "secret-assignment": { "action": "mask", "keep": 4 } } }));
+    let v = Redact::evaluate(&cfg, &text_result("password=abc123 pwd=xy"));
+    assert_eq!(changed(&v)["content"][0]["text"], "password=***123 pwd=*y");
+    let stars = config(json!({ "mask-char": "•", "detectors": { "card": { "keep": 0 } } }));
+    let v = Redact::evaluate(&stars, &text_result(CARD));
+    assert_eq!(changed(&v)["content"][0]["text"], "•••• •••• •••• ••••");
+}
+
+#[test]
+fn structured_content_keeps_its_shape_and_types() {
+    let result = json!({
+        "content": [{ "type": "text", "text": "2 customers" }],
+        "structuredContent": {
+            "customers": [
+                { "id": 1, "email": EMAIL, "balance": 12.5, "vip": true, "card": CARD, "note": null },
+                { "id": 2, "email": "bob@example.org", "tags": ["vip", "call +44 20 7946 0958"] },
+            ],
+            "alice@example.com": "keys are not redacted",
+            "password": "hunter2",
+            "apiKey": { "nested": "objects under a secret key are walked, not dropped" },
+            "pin": 1234,
+            "db": { "client_secret": "s3cr3t", "token": 42 },
+        },
+        "isError": false,
+    });
+    let v = Redact::evaluate(&defaults(), &tool_result(result.clone()));
+    let got = changed(&v);
+    let s = &got["structuredContent"];
+    assert_eq!(s["customers"][0]["id"], 1);
+    assert_eq!(s["customers"][0]["balance"], 12.5);
+    assert_eq!(s["customers"][0]["vip"], true);
+    assert_eq!(s["customers"][0]["note"], Value::Null);
+    assert_eq!(s["customers"][0]["email"], "[EMAIL]");
+    assert_eq!(s["customers"][0]["card"], "**** **** **** 1111");
+    assert_eq!(
+        s["customers"][1]["tags"],
+        json!(["vip", "call +** ** **** **58"])
+    );
+    assert_eq!(s["alice@example.com"], "keys are not redacted");
+    assert_eq!(s["password"], "[SECRET]");
+    assert_eq!(
+        s["apiKey"]["nested"],
+        "objects under a secret key are walked, not dropped"
+    );
+    assert_eq!(s["pin"], 1234, "numbers stay numbers");
+    assert_eq!(s["db"], json!({ "client_secret": "[SECRET]", "token": 42 }));
+    assert_eq!(got["isError"], false);
+    assert_eq!(got["content"], result["content"]);
+    assert_eq!(attribute(&v, "redact.secret-assignment"), Some("2"));
+    assert_eq!(attribute(&v, "redact.email"), Some("2"));
+
+    // Without json-keys only the detectors decide.
+    let plain = config(json!({ "json-keys": false }));
+    let got = changed(&Redact::evaluate(&plain, &tool_result(result)));
+    assert_eq!(got["structuredContent"]["password"], "hunter2");
+}
+
+#[test]
+fn a_value_under_a_secret_key_counts_as_what_it_is() {
+    let v = Redact::evaluate(
+        &defaults(),
+        &tool_result(
+            json!({ "structuredContent": { "token": "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB" } }),
+        ),
+    );
+    assert_eq!(changed(&v)["structuredContent"]["token"], "[GITHUB_TOKEN]");
+    assert_eq!(attribute(&v, "redact.github-token"), Some("1"));
+}
+
+#[test]
+fn embedded_resources_resource_reads_and_prompts() {
+    let v = Redact::evaluate(
+        &defaults(),
+        &tool_result(json!({ "content": [
+            { "type": "image", "data": "aGVsbG8gYWxpY2VAZXhhbXBsZS5jb20=", "mimeType": "image/png" },
+            { "type": "resource", "resource": { "uri": "file:///alice@example.com.txt", "mimeType": "text/plain", "text": format!("owner {EMAIL}") } },
+            { "type": "resource", "resource": { "uri": "file:///b.bin", "blob": "AAAA" } },
+            { "type": "resource_link", "uri": "file:///c", "name": "c" },
+        ] })),
+    );
+    let got = changed(&v);
+    assert_eq!(got["content"][1]["resource"]["text"], "owner [EMAIL]");
+    assert_eq!(
+        got["content"][1]["resource"]["uri"], "file:///alice@example.com.txt",
+        "URIs identify resources and stay"
+    );
+    assert_eq!(
+        got["content"][0]["data"],
+        "aGVsbG8gYWxpY2VAZXhhbXBsZS5jb20="
+    );
+    assert_eq!(
+        got["content"][2],
+        json!({ "type": "resource", "resource": { "uri": "file:///b.bin", "blob": "AAAA" } })
+    );
+
+    let read = TestMessage::response("resources/read")
+        .with_target("file:///notes")
+        .with_result(json!({ "contents": [
+            { "uri": "file:///notes", "mimeType": "text/plain", "text": format!("key {AWS_KEY}") },
+            { "uri": "file:///raw", "blob": "AAAA" },
+        ] }))
+        .build();
+    let got = changed(&Redact::evaluate(&defaults(), &read));
+    assert_eq!(got["contents"][0]["text"], "key [AWS_ACCESS_KEY]");
+    assert_eq!(got["contents"][0]["uri"], "file:///notes");
+    assert_eq!(got["contents"][1]["blob"], "AAAA");
+
+    let prompt = TestMessage::response("prompts/get")
+        .with_target("alpha__summarize")
+        .with_result(json!({
+            "description": format!("for {EMAIL}"),
+            "messages": [
+                { "role": "user", "content": { "type": "text", "text": format!("card {CARD}") } },
+                { "role": "assistant", "content": [{ "type": "text", "text": "ok" }, { "type": "resource", "resource": { "uri": "x:y", "text": EMAIL } }] },
+            ],
+        }))
+        .build();
+    let got = changed(&Redact::evaluate(&defaults(), &prompt));
+    assert_eq!(got["description"], "for [EMAIL]");
+    assert_eq!(
+        got["messages"][0]["content"]["text"],
+        "card **** **** **** 1111"
+    );
+    assert_eq!(got["messages"][0]["role"], "user");
+    assert_eq!(got["messages"][1]["content"][0]["text"], "ok");
+    assert_eq!(
+        got["messages"][1]["content"][1]["resource"]["text"],
+        "[EMAIL]"
+    );
+}
+
+#[test]
+fn methods_without_content_are_left_alone() {
+    let list = TestMessage::response("tools/list")
+        .with_result(
+            json!({ "tools": [{ "name": "mail", "description": format!("mails {EMAIL}") }] }),
+        )
+        .build();
+    assert!(Redact::evaluate(&defaults(), &list).is_allow());
+    let call = TestMessage::request("tools/call")
+        .with_target("alpha__echo")
+        .with_params(json!({ "name": "alpha__echo", "arguments": { "text": EMAIL } }))
+        .build();
+    assert!(
+        Redact::evaluate(&defaults(), &call).is_allow(),
+        "arguments only when configured"
+    );
+}
+
+#[test]
+fn tool_arguments_when_configured() {
+    let cfg = config(
+        json!({ "arguments": true, "detectors": { "aws-secret-key": { "action": "block" } } }),
+    );
+    let call = |args: Value| {
+        TestMessage::request("tools/call")
+            .with_target("alpha__echo")
+            .with_params(json!({ "name": "alpha__echo", "arguments": args }))
+            .build()
+    };
+    let v = Redact::evaluate(
+        &cfg,
+        &call(json!({ "text": format!("to {EMAIL}"), "n": 3 })),
+    );
+    let params = v
+        .changes()
+        .and_then(Changes::params)
+        .expect("params changed");
+    assert_eq!(
+        params,
+        json!({ "name": "alpha__echo", "arguments": { "text": "to [EMAIL]", "n": 3 } })
+    );
+    assert_eq!(attribute(&v, "redact.email"), Some("1"));
+    let v = Redact::evaluate(
+        &cfg,
+        &call(
+            json!({ "config": "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY" }),
+        ),
+    );
+    let denial = v.denial().expect("blocked");
+    assert!(
+        denial.message.starts_with("arguments withheld"),
+        "{}",
+        denial.message
+    );
+    assert!(!denial.message.contains("wJalr"));
+}
+
+#[test]
+fn notifications_when_configured() {
+    let progress = |phase_response: bool| {
+        let msg = if phase_response {
+            TestMessage::response("notifications/progress")
+        } else {
+            TestMessage::request("notifications/progress")
+        };
+        msg.with_params(
+            json!({ "progressToken": 7, "progress": 50, "message": format!("mailing {EMAIL}") }),
+        )
+        .build()
+    };
+    assert!(Redact::evaluate(&defaults(), &progress(true)).is_allow());
+    let cfg = config(json!({ "notifications": true }));
+    for phase_response in [false, true] {
+        let v = Redact::evaluate(&cfg, &progress(phase_response));
+        let params = v
+            .changes()
+            .and_then(Changes::params)
+            .expect("params changed");
+        assert_eq!(
+            params,
+            json!({ "progressToken": 7, "progress": 50, "message": "mailing [EMAIL]" })
+        );
+    }
+    let log = TestMessage::request("notifications/message")
+        .with_params(
+            json!({ "level": "info", "logger": "db", "data": { "user": EMAIL, "rows": 3 } }),
+        )
+        .build();
+    let params = Redact::evaluate(&cfg, &log)
+        .changes()
+        .and_then(Changes::params)
+        .expect("params changed");
+    assert_eq!(params["data"], json!({ "user": "[EMAIL]", "rows": 3 }));
+    assert_eq!(params["level"], "info");
+}
+
+#[test]
+fn upstream_errors_are_redacted_with_their_code() {
+    let error = TestMessage::response("tools/call")
+        .with_target("alpha__login")
+        .with_error(json!({ "code": -32602, "message": format!("no account for {EMAIL}"), "data": { "card": CARD } }))
+        .build();
+    let v = Redact::evaluate(&defaults(), &error);
+    let denial = v.denial().expect("the error is replaced");
+    assert_eq!(denial.code, -32602);
+    assert_eq!(denial.message, "no account for [EMAIL]");
+    assert_eq!(denial.data, Some(json!({ "card": "**** **** **** 1111" })));
+    assert!(Redact::evaluate(&config(json!({ "errors": false })), &error).is_allow());
+    let clean = TestMessage::response("tools/call")
+        .with_error(json!({ "code": -32602, "message": "Unknown tool: x" }))
+        .build();
+    assert!(Redact::evaluate(&defaults(), &clean).is_allow());
+}
+
+#[test]
+fn custom_detectors_run_first_and_may_redact_a_group() {
+    let cfg = config(json!({
+        "salt": SALT,
+        "custom": [
+            { "name": "employee-id", "pattern": "(?-u:\\b)EMP-[0-9]{6}(?-u:\\b)", "action": "hash", "label": "EMPLOYEE" },
+            { "name": "session", "pattern": "session=(?P<value>[a-f0-9]{16})", "action": "mask", "keep": 4 },
+            { "name": "off", "pattern": "hello", "enabled": false },
+        ],
+        "detectors": { "ipv4": { "enabled": false } },
+    }));
+    let v = Redact::evaluate(
+        &cfg,
+        &text_result("EMP-123456 session=0123456789abcdef from 10.1.2.3 says hello"),
+    );
+    let text = changed(&v)["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.starts_with("[EMPLOYEE:"), "{text}");
+    assert!(
+        text.ends_with(" session=************cdef from 10.1.2.3 says hello"),
+        "{text}"
+    );
+    assert_eq!(attribute(&v, "redact.employee-id"), Some("1"));
+    assert_eq!(attribute(&v, "redact.session"), Some("1"));
+}
+
+#[test]
+fn every_detector_can_be_switched_off() {
+    let off: serde_json::Map<String, Value> = detectors::BUILTINS
+        .iter()
+        .map(|b| (b.name.to_string(), json!({ "enabled": false })))
+        .collect();
+    let cfg = config(json!({ "detectors": off }));
+    let text = format!("{EMAIL} {CARD} {AWS_KEY} password=x {PEM}");
+    assert!(Redact::evaluate(&cfg, &text_result(&text)).is_allow());
+}
+
+#[test]
+fn bad_configurations_are_refused_at_load_with_the_setting_named() {
+    let e = config_error(json!({ "detectors": { "e-mail": {} } }));
+    assert!(
+        e.contains("detectors.e-mail: no such detector") && e.contains("email"),
+        "{e}"
+    );
+    let e = config_error(json!({ "detectors": { "email": { "action": "label", "keep": 2 } } }));
+    assert!(e.contains("detectors.email: `keep` only applies"), "{e}");
+    let e = config_error(json!({ "detectors": { "email": { "action": "hash" } } }));
+    assert!(e.contains("salt") && e.contains("email"), "{e}");
+    let e =
+        config_error(json!({ "salt": "short", "detectors": { "email": { "action": "hash" } } }));
+    assert!(e.contains("at least 16"), "{e}");
+    let e = config_error(json!({ "detectors": { "email": { "action": "scramble" } } }));
+    assert!(e.contains("unknown variant `scramble`"), "{e}");
+    let e = config_error(json!({ "detectors": { "email": { "label": "[E]" } } }));
+    assert!(e.contains("without brackets"), "{e}");
+    let e = config_error(json!({ "custom": [{ "name": "x", "pattern": "(unclosed" }] }));
+    assert!(e.contains("custom[0] (\"x\"): pattern"), "{e}");
+    let e = config_error(json!({ "custom": [{ "name": "x", "pattern": "a*" }] }));
+    assert!(e.contains("can match empty text"), "{e}");
+    let e = config_error(json!({ "custom": [{ "name": "email", "pattern": "x" }] }));
+    assert!(e.contains("already taken"), "{e}");
+    let e = config_error(json!({ "custom": [{ "name": "Bad Name", "pattern": "x" }] }));
+    assert!(e.contains("lower-case"), "{e}");
+    let e = config_error(json!({ "hash-length": 2 }));
+    assert!(e.contains("hash-length"), "{e}");
+    let e = config_error(json!({ "colour": "blue" }));
+    assert!(e.contains("unknown field `colour`"), "{e}");
+}
+
+#[test]
+fn the_shipped_sidecar_loads_and_redacts() {
+    let sidecar: toml::Table = toml::from_str(include_str!("../redact.toml")).unwrap();
+    let table = sidecar.get("config").expect("a [config] table");
+    let cfg = config(serde_json::to_value(table).unwrap());
+    assert_eq!(
+        cfg.detectors.len(),
+        detectors::BUILTINS.len(),
+        "every detector on"
+    );
+    let v = Redact::evaluate(&cfg, &text_result(&format!("{EMAIL} {CARD} {AWS_KEY}")));
+    assert_eq!(
+        changed(&v)["content"][0]["text"],
+        "[EMAIL] **** **** **** 1111 [AWS_ACCESS_KEY]"
+    );
+}
+
+#[test]
+fn the_operators_guide_shows_the_shipped_sidecar() {
+    let guide = include_str!("../../../docs/redact.md");
+    let sidecar = include_str!("../redact.toml");
+    assert!(
+        guide.contains(sidecar.trim_end()),
+        "docs/redact.md must quote plugins/redact/redact.toml verbatim"
+    );
+}
+
+/// About 1 MiB of log-like text with four findings per paragraph (an IPv4 address, an
+/// e-mail address, a phone number, a card), or the same text without them.
+pub fn corpus(bytes: usize, pii: bool) -> String {
+    let mut s = String::with_capacity(bytes + 1024);
+    let mut i = 0;
+    while s.len() < bytes {
+        let (ip, email, phone, card) = if pii {
+            (
+                "10.20.30.40",
+                format!("jane.roe{i}@example.com"),
+                "+44 20 7946 0958",
+                CARD,
+            )
+        } else {
+            (
+                "the edge node",
+                format!("jane.roe{i} at example"),
+                "extension 4471",
+                "on file",
+            )
+        };
+        s.push_str(&format!(
+            "2024-03-15T10:22:31Z INFO request 7f3c9a2e-1b4d-4c8e-9f2a-6d5e4c3b2a10 from {ip} took 123 ms (v2.14.3). \
+             Customer Jane Roe <{email}> called {phone} about order 100234{i} for $1,234.56; card {card}, exp 12/27. \
+             Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua. \
+             {{\"status\": \"ok\", \"count\": 42, \"ratio\": 0.75, \"path\": \"/api/v1/users/123\"}} \
+             Duis aute irure dolor in reprehenderit. See https://docs.example.com/guide#section-3 and ticket ABC-1234.\n"
+        ));
+        i += 1;
+    }
+    s
+}
+
+#[test]
+fn a_one_megabyte_result_is_redacted_whole() {
+    let text = corpus(1 << 20, true);
+    let paragraphs = text.lines().count();
+    let started = std::time::Instant::now();
+    let v = Redact::evaluate(&defaults(), &text_result(&text));
+    let took = started.elapsed();
+    let out = changed(&v)["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !out.contains("@example.com") && !out.contains("4111 1111") && !out.contains("10.20.30.40")
+    );
+    assert!(
+        out.contains("v2.14.3") && out.contains("2024-03-15T10:22:31Z") && out.contains("ABC-1234")
+    );
+    let n = paragraphs.to_string();
+    for detector in ["email", "card", "phone", "ipv4"] {
+        assert_eq!(
+            attribute(&v, &format!("redact.{detector}")),
+            Some(n.as_str()),
+            "{detector}"
+        );
+    }
+    assert_eq!(
+        v.changes().map(|c| c.attributes().len()),
+        Some(4),
+        "no false positives in the filler"
+    );
+    // A measurement, not an assertion (native, debug build): see docs/BENCHMARKS.md for
+    // the component's numbers.
+    eprintln!("1 MiB, {paragraphs} paragraphs: {took:?}");
+
+    let clean = corpus(1 << 20, false);
+    assert!(Redact::evaluate(&defaults(), &text_result(&clean)).is_allow());
 }
