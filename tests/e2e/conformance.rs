@@ -110,3 +110,27 @@ async fn the_2026_07_28_requirements_pass_through_the_gateway_but_for_known_gaps
     .await;
     assert!(passed, "conformance suite failed:\n{}", summary(&output));
 }
+
+/// 2026-07-28 clients through the gateway to an upstream it speaks 2026-07-28 to: the
+/// upstream's own `input_required` results pass through and the retries reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_2026_07_28_requirements_pass_through_the_gateway_to_a_2026_upstream() {
+    let fixture = Fixture::http("conformance").await;
+    let config = format!(
+        "{}{NAMESPACING}{}\nprotocol = \"2026-07-28\"\n",
+        server_toml(),
+        fixture.upstream_toml("conformance").trim_end()
+    );
+    let gateway = Gateway::start(&config).await;
+    let (passed, output) = run_suite_with(
+        gateway.url(),
+        &[
+            "--requirements",
+            "2026-07-28",
+            "--expected-failures",
+            "expected-failures-2026-07-28-stateless-upstream.yml",
+        ],
+    )
+    .await;
+    assert!(passed, "conformance suite failed:\n{}", summary(&output));
+}

@@ -371,9 +371,15 @@ async fn an_upstream_question_becomes_input_required_and_the_retry_completes_it(
     let text = response["result"]["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("accept") && text.contains("grace"), "{text}");
 
-    // The state is single-use.
+    // The state is single-use: a replay resumes nothing; the call starts over and asks again.
     let replay = post(&gateway, &retry).await;
-    assert_eq!(error_code(&replay), -32602, "{}", replay.body);
+    let again = replay
+        .messages()
+        .into_iter()
+        .find(|m| m["id"] == 2)
+        .expect("a response");
+    assert_eq!(again["result"]["resultType"], "input_required", "{again}");
+    assert_ne!(again["result"]["requestState"], json!(state));
 
     // A client that cannot elicit is never asked: it gets 400 -32021 naming the capability,
     // and the upstream hears "unsupported".
@@ -444,4 +450,145 @@ async fn subscriptions_listen_carries_only_the_opted_in_changes() {
         tools.body.contains("alpha__test_dynamic_tool"),
         "the gateway re-fetched the changed list"
     );
+}
+
+mod toward_2026_upstreams {
+    //! Upstreams spoken to in 2026-07-28: a session-era client gets their questions as
+    //! server→client requests (and the gateway retries with the answers), a 2026-07-28 client
+    //! gets their `input_required` results as they are; `auto` keeps the session era for an
+    //! upstream that speaks both.
+
+    use super::*;
+    use portcullis_tests::harness::{call_tool, client_with};
+
+    async fn gateway_with(protocol: &str) -> (Gateway, Fixture) {
+        let beta = Fixture::http("beta").await;
+        let config = format!(
+            "{}{}\n{protocol}\n",
+            server_toml(),
+            beta.upstream_toml("beta").trim_end(),
+        );
+        (Gateway::start(&config).await, beta)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_era_client_answers_a_2026_upstreams_questions_as_requests() {
+        let (gateway, _beta) = gateway_with("protocol = \"2026-07-28\"").await;
+        let handler = RecordingClient::new().accept_elicitation(json!({ "name": "ada" }));
+        let client = client_with(gateway.url(), handler.clone()).await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        assert!(tools.iter().any(|t| t.name == "beta__echo"), "{tools:?}");
+        let echoed = call_tool(&client, "beta__echo", json!({ "text": "plain" }))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&echoed), "plain");
+
+        // The upstream answers input_required; the client sees an elicitation request, and
+        // the gateway's retry with its answer completes the call.
+        let greeted = call_tool(
+            &client,
+            "beta__test_input_required_result_elicitation",
+            json!({}),
+        )
+        .await
+        .unwrap();
+        assert!(text_of(&greeted).contains("ada"), "{}", text_of(&greeted));
+        assert!(
+            handler
+                .events()
+                .iter()
+                .any(|e| matches!(e, portcullis_tests::harness::ClientEvent::Elicitation(_))),
+            "the client was asked"
+        );
+        // Two rounds: a question, then another under a new requestState.
+        let rounds = call_tool(
+            &client,
+            "beta__test_input_required_result_multi_round",
+            json!({}),
+        )
+        .await;
+        assert!(rounds.is_ok(), "{rounds:?}");
+
+        // What 2026-07-28 has no equivalent for gets a clear error, not a hang.
+        let subscribe = client
+            .subscribe(rmcp::model::SubscribeRequestParams::new(
+                "beta+test://watched-resource",
+            ))
+            .await;
+        let err = format!("{:?}", subscribe.expect_err("no subscribe in 2026-07-28"));
+        assert!(err.contains("2026-07-28"), "{err}");
+        client.cancel().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_2026_client_gets_a_2026_upstreams_input_required_as_it_is() {
+        let (gateway, _beta) = gateway_with("protocol = \"2026-07-28\"").await;
+        let call = request(
+            1,
+            "tools/call",
+            json!({ "name": "beta__test_input_required_result_elicitation", "arguments": {} }),
+        );
+        let first = post(&gateway, &call).await;
+        let result = first
+            .messages()
+            .into_iter()
+            .find(|m| m["id"] == 1)
+            .expect("a response")["result"]
+            .clone();
+        assert_eq!(result["resultType"], "input_required", "{result}");
+        let (key, _) = result["inputRequests"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        let mut retry = call.clone();
+        retry["id"] = json!(2);
+        retry["params"]["inputResponses"] =
+            json!({ key: { "action": "accept", "content": { "name": "grace" } } });
+        if let Some(state) = result.get("requestState") {
+            retry["params"]["requestState"] = state.clone();
+        }
+        let done = post(&gateway, &retry).await;
+        let response = done
+            .messages()
+            .into_iter()
+            .find(|m| m["id"] == 2)
+            .expect("a response");
+        assert_eq!(response["result"]["resultType"], "complete", "{response}");
+        assert!(
+            response["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("grace"),
+            "{response}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auto_discovers_once_and_keeps_the_session_era_for_a_dual_era_upstream() {
+        let (gateway, _beta) = gateway_with("").await;
+        // Relayed as a plain server→client request: the link is a session-era one.
+        let handler = RecordingClient::new().accept_elicitation(json!({ "username": "ada" }));
+        let a = client_with(gateway.url(), handler.clone()).await;
+        let b = client_with(gateway.url(), RecordingClient::new()).await;
+        for c in [&a, &b] {
+            call_tool(c, "beta__echo", json!({ "text": "x" }))
+                .await
+                .unwrap();
+        }
+        let elicited = call_tool(&a, "beta__test_elicitation", json!({ "message": "who?" }))
+            .await
+            .unwrap();
+        assert!(text_of(&elicited).contains("ada"));
+        let logs = gateway.logs();
+        assert_eq!(
+            logs.matches("upstream discovered").count(),
+            1,
+            "discovered once, remembered for the second client:\n{logs}"
+        );
+        assert!(logs.contains("era=Session"), "{logs}");
+        a.cancel().await.unwrap();
+        b.cancel().await.unwrap();
+    }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{Config, HttpTransport, PrefixMode, TransportKind, env};
+use super::{Config, HttpTransport, PrefixMode, TransportKind, UpstreamProtocol, env};
 
 /// A configuration problem, naming the file, line (when known) and field at fault.
 #[derive(Debug)]
@@ -249,8 +249,24 @@ pub fn parse(
                         "applies to HTTP upstreams (`url`) only".into(),
                     ));
                 }
+                if up.protocol != UpstreamProtocol::Auto {
+                    return Err(err(
+                        at("protocol"),
+                        field("protocol"),
+                        "applies to HTTP upstreams (`url`) only; stdio upstreams are spoken to with `initialize`".into(),
+                    ));
+                }
             }
             TransportKind::Http => {
+                if up.transport == HttpTransport::Sse && up.protocol == UpstreamProtocol::Stateless
+                {
+                    return Err(err(
+                        at("protocol"),
+                        field("protocol"),
+                        "2026-07-28 runs over Streamable HTTP, not the legacy HTTP+SSE transport"
+                            .into(),
+                    ));
+                }
                 if !up.args.is_empty() || !up.env.is_empty() || up.cwd.is_some() {
                     return Err(err(
                         at("args"),
@@ -406,6 +422,17 @@ mod tests {
         assert!(c.server.legacy_sse);
         assert_eq!(c.server.legacy_sse_path, "/sse");
         assert_eq!(c.server.legacy_message_path, "/message");
+        let e = check("[upstreams.a]\ncommand = \"x\"\nprotocol = \"2026-07-28\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("t.toml:3: upstreams.a.protocol: applies to HTTP upstreams"),
+            "{e}"
+        );
+        let c =
+            check("[upstreams.a]\nurl = \"http://h/mcp\"\nprotocol = \"2026-07-28\"\n").unwrap();
+        assert_eq!(c.upstreams["a"].protocol, UpstreamProtocol::Stateless);
+        let e = check("[upstreams.a]\nurl = \"http://h/mcp\"\nprotocol = \"2027\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("t.toml:3: unknown variant `2027`"), "{e}");
         let e = check("[upstreams.a]\ncommand = \"x\"\ntransport = \"sse\"\n").unwrap_err();
         assert_eq!(
             e,

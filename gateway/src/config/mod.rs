@@ -213,6 +213,13 @@ pub struct UpstreamConfig {
     /// JSON-RPC error), as the MCP spec's backward-compatibility section describes.
     #[serde(default)]
     pub transport: HttpTransport,
+    /// Which protocol era to speak to a Streamable HTTP upstream. Default `auto`: ask
+    /// `server/discover` on first contact; an upstream that also speaks the session era gets
+    /// `initialize` (per-client upstream sessions keep server→client requests, subscriptions
+    /// and log levels exact), one that speaks only 2026-07-28 is spoken to statelessly, and
+    /// one that does not know `server/discover` gets `initialize`. Remembered per upstream.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// Static headers sent on every request to an HTTP upstream.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -246,6 +253,21 @@ pub enum HttpTransport {
     StreamableHttp,
     /// The legacy HTTP+SSE transport (MCP 2024-11-05) only; `url` is the SSE endpoint.
     Sse,
+}
+
+/// `protocol` of an HTTP upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum UpstreamProtocol {
+    /// Decided by `server/discover` on first contact (see [`UpstreamConfig::protocol`]).
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// MCP 2026-07-28: stateless, `_meta` on every request, `input_required` results.
+    #[serde(rename = "2026-07-28")]
+    Stateless,
+    /// The session era: `initialize` at 2025-11-25 (or what the upstream negotiates).
+    #[serde(rename = "2025-11-25")]
+    Session,
 }
 
 /// How an upstream is reached, derived from which of `command` / `url` is set.

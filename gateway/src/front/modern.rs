@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use serde_json::{Map, Value, json};
@@ -27,7 +26,7 @@ use super::Front;
 use super::response::{self, Body};
 use super::streamable::{PROTOCOL_VERSION, denied};
 use crate::mcp::methods::{self, meta};
-use crate::mcp::{Kind, Message, codes, version};
+use crate::mcp::{Kind, Message, codes, headers, version};
 use crate::policy::{Call, Chain, Phase};
 use crate::session::{Route, Session};
 use crate::upstream::Hello;
@@ -147,27 +146,12 @@ pub(super) fn unsupported_version(requested: &str, id: Option<&Value>) -> Respon
     )
 }
 
-/// A header value, decoded from the `=?base64?…?=` sentinel form when used.
-fn header_text(value: &HeaderValue) -> Option<String> {
-    let text = value.to_str().ok()?;
-    match text
-        .strip_prefix("=?base64?")
-        .and_then(|t| t.strip_suffix("?="))
-    {
-        Some(encoded) => base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok()),
-        None => Some(text.to_string()),
-    }
-}
-
 /// The checks the transport spec asks of a server that reads the body: `Mcp-Method`,
 /// `Mcp-Name` and the `_meta` version must be present and match.
 fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Response<Body>> {
     let id = msg.id();
     let method = msg.method();
-    match headers.get(MCP_METHOD).and_then(header_text) {
+    match headers.get(MCP_METHOD).and_then(headers::decode) {
         None => return Err(mismatch(id, "the Mcp-Method header is required")),
         Some(h) if h != method => {
             return Err(mismatch(
@@ -184,7 +168,7 @@ fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Response<Body>> {
             "name"
         };
         let body = msg.param_str(key).unwrap_or_default();
-        match headers.get(MCP_NAME).map(header_text) {
+        match headers.get(MCP_NAME).map(headers::decode) {
             None => return Err(mismatch(id, "the Mcp-Name header is required")),
             Some(None) => return Err(mismatch(id, "the Mcp-Name header is malformed")),
             Some(Some(h)) if h != body => {
@@ -248,22 +232,6 @@ fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Response<Body>> {
     Ok(())
 }
 
-/// The `x-mcp-header` annotations of a tool's input schema: `(header name, property path)`,
-/// following only chains of `properties` keys, as the spec allows.
-fn annotated_params(schema: &Value, path: &mut Vec<String>, out: &mut Vec<(String, Vec<String>)>) {
-    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
-        return;
-    };
-    for (key, prop) in props {
-        path.push(key.clone());
-        if let Some(name) = prop.get("x-mcp-header").and_then(Value::as_str) {
-            out.push((name.to_ascii_lowercase(), path.clone()));
-        }
-        annotated_params(prop, path, out);
-        path.pop();
-    }
-}
-
 /// Checks a `tools/call`'s `Mcp-Param-*` headers against the values in its arguments: every
 /// annotated argument that is present must come with its header, and the header (decoded)
 /// must equal the value (integers compared as numbers). 400 `-32020` otherwise.
@@ -279,10 +247,10 @@ async fn check_param_headers(
     let Some(definition) = session.tool(tool).await else {
         return Ok(());
     };
-    let mut annotated = Vec::new();
-    if let Some(schema) = definition.get("inputSchema") {
-        annotated_params(schema, &mut Vec::new(), &mut annotated);
-    }
+    let annotated = definition
+        .get("inputSchema")
+        .map(headers::annotated_params)
+        .unwrap_or_default();
     let arguments = msg.params().and_then(|p| p.get("arguments"));
     for (name, path) in annotated {
         let value = arguments
@@ -299,7 +267,7 @@ async fn check_param_headers(
                 ),
             ));
         };
-        let Some(text) = header_text(header) else {
+        let Some(text) = headers::decode(header) else {
             return Err(mismatch(
                 id,
                 &format!("the Mcp-Param-{name} header is malformed"),
@@ -490,7 +458,9 @@ impl Front {
                 &Message::result(shape.client_id, discover()),
             );
         }
-        if let Some(state) = request_state {
+        // A state the gateway issued resumes its parked call; any other belongs to a
+        // 2026-07-28 upstream, and the retry goes there as it is.
+        if let Some(state) = request_state.filter(|s| self.parked.calls.contains_key(s)) {
             return self.resume(&state, &msg, shape).await;
         }
         let mut msg = match call.as_mut() {
@@ -928,23 +898,17 @@ enum Next {
     Refuse(Message),
 }
 
-/// Removes the 2026-07-28 per-request `_meta` before the request goes to a session-era
-/// upstream: the upstream session already knows the version and the gateway's capabilities,
-/// and an upstream that understands both eras would otherwise treat the request as
-/// 2026-07-28 (and, for one, refuse to ask its client anything). Other `_meta` keys
-/// (`progressToken`, trace context, vendor keys) pass unchanged.
+/// Removes the protocol version from the request's `_meta` before it goes upstream: the
+/// upstream link says which version it speaks (a session-era upstream that also knows
+/// 2026-07-28 would otherwise treat the request as 2026-07-28 — and, for one, refuse to ask
+/// its client anything). The client's capabilities and identity stay, so a 2026-07-28
+/// upstream sees what this very request declared; other keys (`progressToken`, trace
+/// context, vendor keys) pass unchanged.
 fn strip_modern_meta(msg: &mut Message) {
     let params = msg.params_mut();
     let now_empty = match params.get_mut("_meta").and_then(Value::as_object_mut) {
         Some(m) => {
-            for key in [
-                meta::PROTOCOL_VERSION,
-                meta::CLIENT_INFO,
-                meta::CLIENT_CAPABILITIES,
-                meta::LOG_LEVEL,
-            ] {
-                m.remove(key);
-            }
+            m.remove(meta::PROTOCOL_VERSION);
             m.is_empty()
         }
         None => false,

@@ -6,6 +6,7 @@
 //! and methods it does not know pass through byte-for-byte equivalent.
 
 pub mod codes;
+pub mod headers;
 mod message;
 pub mod methods;
 pub mod version;

@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Route, Session};
+
+/// Most `input_required` rounds one request may take before the gateway gives up.
+const MAX_INPUT_ROUNDS: usize = 8;
 use crate::catalog::{ListKind, Target, page};
 use crate::mcp::{IdKey, Kind, Message, codes, methods};
 use crate::upstream::{Fresh, InboundHandler, Link, Related, Upstream, UpstreamError};
@@ -230,6 +233,10 @@ impl Session {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        if let Some((_, waiter)) = self.local_requests.remove(&key) {
+            let _ = waiter.send(msg);
+            return;
+        }
         let Some((_, (idx, upstream_id))) = self.server_requests.remove(&key) else {
             tracing::debug!(session = %self.id, id = %key, "response to no pending server request");
             return;
@@ -248,16 +255,64 @@ impl Session {
     }
 
     /// Sends a request to upstream `idx` and returns its response (with the client's id).
-    async fn forward(&self, idx: usize, msg: Message, out: Related) -> Message {
+    ///
+    /// A 2026-07-28 upstream asks its questions (sampling, elicitation, roots) as an
+    /// `input_required` result. A session-era client gets them as server→client requests on
+    /// the request's stream, and the request is retried upstream with the answers; a
+    /// 2026-07-28 client gets the result as it is and retries itself.
+    async fn forward(&self, idx: usize, mut msg: Message, out: Related) -> Message {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let link = match self.link(idx).await {
             Ok(l) => l,
             Err(e) => return e.to_response(id),
         };
+        let bridge = link.is_stateless() && self.version != crate::mcp::version::MODERN;
         let key = IdKey::of(&id);
         let token = CancellationToken::new();
         self.inflight.insert(key.clone(), token.clone());
-        let result = link.request(msg, Some(out), &token).await;
+        let mut rounds = 0;
+        let result = loop {
+            let retry = bridge.then(|| msg.clone());
+            let response = match link.request(msg, Some(out.clone()), &token).await {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
+            let asks = response
+                .result_value()
+                .filter(|r| r["resultType"] == "input_required")
+                .cloned();
+            let (Some(asks), Some(mut again)) = (asks, retry) else {
+                break Ok(response);
+            };
+            rounds += 1;
+            if rounds > MAX_INPUT_ROUNDS {
+                break Ok(Message::error(
+                    id.clone(),
+                    codes::INTERNAL_ERROR,
+                    &format!("upstream asked for input {MAX_INPUT_ROUNDS} times without finishing"),
+                    None,
+                ));
+            }
+            match self.ask_client(&asks, &out, link.upstream.timeout()).await {
+                Ok(answers) => {
+                    let params = again.params_mut();
+                    params.insert("inputResponses".into(), Value::Object(answers));
+                    match asks.get("requestState") {
+                        Some(state) => params.insert("requestState".into(), state.clone()),
+                        None => params.remove("requestState"),
+                    };
+                    msg = again;
+                }
+                Err(why) => {
+                    break Ok(Message::error(
+                        id.clone(),
+                        codes::INTERNAL_ERROR,
+                        &why,
+                        None,
+                    ));
+                }
+            }
+        };
         self.inflight.remove(&key);
         result.unwrap_or_else(|e| {
             if !matches!(e, UpstreamError::Cancelled) {
@@ -265,6 +320,54 @@ impl Session {
             }
             e.to_response(id)
         })
+    }
+
+    /// Asks a session-era client an `input_required` result's questions as server→client
+    /// requests on the request's stream; gives the answers keyed as the questions were.
+    async fn ask_client(
+        &self,
+        asks: &Value,
+        out: &Related,
+        timeout: std::time::Duration,
+    ) -> Result<serde_json::Map<String, Value>, String> {
+        let mut waiting = Vec::new();
+        for (key, request) in asks["inputRequests"].as_object().into_iter().flatten() {
+            let n = self.next_server_request.fetch_add(1, Ordering::Relaxed) + 1;
+            let gateway_id = format!("s{n}");
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.local_requests.insert(gateway_id.clone(), tx);
+            let method = request["method"].as_str().unwrap_or_default();
+            let question = Message::request(
+                Value::String(gateway_id.clone()),
+                method,
+                request.get("params").cloned(),
+            );
+            if out.send(question).is_err() {
+                self.local_requests.remove(&gateway_id);
+                return Err("the client went away before answering the upstream".into());
+            }
+            waiting.push((key.clone(), gateway_id, rx));
+        }
+        let mut answers = serde_json::Map::new();
+        for (key, gateway_id, rx) in waiting {
+            let answer = tokio::time::timeout(timeout, rx).await;
+            self.local_requests.remove(&gateway_id);
+            match answer {
+                Ok(Ok(m)) => match m.result_value() {
+                    Some(result) => {
+                        answers.insert(key, result.clone());
+                    }
+                    None => {
+                        return Err(format!(
+                            "the client refused the upstream's question: {}",
+                            m.error_value().cloned().unwrap_or_default()
+                        ));
+                    }
+                },
+                _ => return Err("the client did not answer the upstream's question".into()),
+            }
+        }
+        Ok(answers)
     }
 
     async fn by_name(&self, kind: ListKind, mut msg: Message, out: Related) -> Message {

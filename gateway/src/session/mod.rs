@@ -60,6 +60,9 @@ pub struct Session {
     inflight: DashMap<IdKey, CancellationToken>,
     /// Server→client requests awaiting the client's answer: gateway id → (upstream, its id).
     server_requests: DashMap<String, (usize, Value)>,
+    /// The gateway's own questions to the client (a 2026-07-28 upstream's `input_required`
+    /// asked of a session-era client), by gateway id.
+    local_requests: DashMap<String, tokio::sync::oneshot::Sender<Message>>,
     next_server_request: AtomicU64,
     log_level: Mutex<Option<Value>>,
     last_seen: Mutex<Instant>,
@@ -190,6 +193,7 @@ impl Sessions {
             next_stream: AtomicU64::new(0),
             inflight: DashMap::new(),
             server_requests: DashMap::new(),
+            local_requests: DashMap::new(),
             next_server_request: AtomicU64::new(0),
             log_level: Mutex::new(None),
             last_seen: Mutex::new(Instant::now()),

@@ -5,6 +5,10 @@
 //! requests on that stream belong to the request and go to its client stream. The upstream's
 //! GET stream (if it offers one) carries everything else. An expired upstream session (HTTP
 //! 404) is re-initialized once, transparently, and the request retried.
+//!
+//! An upstream that speaks only MCP 2026-07-28 (or is pinned to it) is spoken to statelessly
+//! instead (see `stateless.rs`): no `initialize`, no session id, the 2026 `_meta` and headers
+//! on every request, and a `subscriptions/listen` stream in place of the GET stream.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -66,25 +70,32 @@ impl Client {
 }
 
 pub struct HttpLink {
-    upstream: Arc<Upstream>,
+    pub(super) upstream: Arc<Upstream>,
     client: Client,
-    handler: Weak<dyn InboundHandler>,
-    hello: Hello,
+    pub(super) handler: Weak<dyn InboundHandler>,
+    pub(super) hello: Hello,
     next_id: AtomicU64,
     state: RwLock<SessionState>,
     /// Serialises re-initialization after the upstream session expired.
     reinit: Mutex<()>,
-    listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    pub(super) listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// Spoken to as MCP 2026-07-28 (stateless) rather than with a session.
+    pub(super) stateless: bool,
+    /// 2026-07-28: the log level the client set, sent as `_meta` on every request.
+    pub(super) log_level: std::sync::Mutex<Option<Value>>,
+    /// 2026-07-28: tool name → its `x-mcp-header` arguments, from `tools/list` results.
+    pub(super) tool_params:
+        std::sync::Mutex<std::collections::HashMap<String, crate::mcp::headers::ParamHeaders>>,
 }
 
 #[derive(Clone, Default)]
-struct SessionState {
+pub(super) struct SessionState {
     session_id: Option<HeaderValue>,
     version: Option<HeaderValue>,
 }
 
 /// What one POST produced.
-enum Posted {
+pub(super) enum Posted {
     Accepted,
     Response(Message),
 }
@@ -96,7 +107,7 @@ impl HttpLink {
         hello: &Hello,
         handler: Weak<dyn InboundHandler>,
     ) -> Result<(Self, Value), UpstreamError> {
-        let link = HttpLink {
+        let mut link = HttpLink {
             upstream: upstream.clone(),
             client,
             handler,
@@ -105,8 +116,21 @@ impl HttpLink {
             state: RwLock::new(SessionState::default()),
             reinit: Mutex::new(()),
             listener: std::sync::Mutex::new(None),
+            stateless: false,
+            log_level: std::sync::Mutex::new(None),
+            tool_params: Default::default(),
         };
-        let init = link.initialize().await?;
+        if let Some(discovered) = link.choose_era().await? {
+            link.stateless = true;
+            link.listen_for_changes();
+            return Ok((link, discovered));
+        }
+        let init = link.initialize().await.inspect_err(|_| {
+            // Perhaps it changed era: the next link asks again.
+            if upstream.config.protocol == crate::config::UpstreamProtocol::Auto {
+                upstream.set_era(super::Era::Unknown);
+            }
+        })?;
         Ok((link, init))
     }
 
@@ -157,10 +181,22 @@ impl HttpLink {
 
     pub async fn request(
         &self,
-        msg: Message,
+        mut msg: Message,
         related: Option<Related>,
     ) -> Result<Message, UpstreamError> {
+        if self.stateless {
+            if let Some(answer) = self.answer_locally(&msg) {
+                return Ok(answer);
+            }
+            self.add_meta(&mut msg);
+        }
         let state = self.session();
+        if self.stateless && msg.method() == methods::TOOLS_LIST {
+            let answer =
+                self.expect_response(self.post(&msg, related.as_ref(), &state).await?.0)?;
+            self.learn_tools(&answer);
+            return Ok(answer);
+        }
         match self.post(&msg, related.as_ref(), &state).await {
             Err(UpstreamError::SessionExpired { .. }) => {
                 self.reinitialize(&state).await?;
@@ -172,6 +208,12 @@ impl HttpLink {
     }
 
     pub async fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+        if self.stateless {
+            // 2026-07-28 defines no client notifications over HTTP (closing a request's
+            // stream cancels it) and its servers ask nothing of the client.
+            tracing::debug!(upstream = %self.upstream.name, method = msg.method(), "not sent to a 2026-07-28 upstream");
+            return Ok(());
+        }
         let state = self.session();
         self.post(&msg, None, &state).await.map(|_| ())
     }
@@ -192,7 +234,7 @@ impl HttpLink {
         self.initialize().await.map(|_| ())
     }
 
-    fn protocol(&self, detail: &str) -> UpstreamError {
+    pub(super) fn protocol(&self, detail: &str) -> UpstreamError {
         UpstreamError::Protocol {
             upstream: self.name(),
             detail: detail.into(),
@@ -207,7 +249,11 @@ impl HttpLink {
         }
     }
 
-    fn builder(&self, method: reqwest::Method, state: &SessionState) -> reqwest::RequestBuilder {
+    pub(super) fn builder(
+        &self,
+        method: reqwest::Method,
+        state: &SessionState,
+    ) -> reqwest::RequestBuilder {
         let mut headers = self.client.headers.clone();
         if let Some(v) = &state.session_id {
             headers.insert(SESSION_ID, v.clone());
@@ -221,14 +267,18 @@ impl HttpLink {
             .headers(headers)
     }
 
-    async fn post(
+    pub(super) async fn post(
         &self,
         msg: &Message,
         related: Option<&Related>,
         state: &SessionState,
     ) -> Result<(Posted, HeaderMap), UpstreamError> {
-        let resp = self
-            .builder(reqwest::Method::POST, state)
+        let mut builder = self.builder(reqwest::Method::POST, state);
+        if self.stateless || msg.method() == methods::SERVER_DISCOVER {
+            let params = self.param_annotations(msg);
+            builder = builder.headers(super::stateless::request_headers(msg, &params));
+        }
+        let resp = builder
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json")
             .body(msg.to_bytes())
@@ -304,7 +354,7 @@ impl HttpLink {
         Err(self.protocol("the SSE stream ended before the response"))
     }
 
-    fn deliver(&self, msg: Message, related: Option<&Related>) {
+    pub(super) fn deliver(&self, msg: Message, related: Option<&Related>) {
         if let Some(h) = self.handler.upgrade() {
             h.on_message(&self.upstream, msg, related);
         }

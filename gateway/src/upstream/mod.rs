@@ -19,9 +19,10 @@ mod http;
 mod legacy_sse;
 mod pending;
 mod slot;
+mod stateless;
 mod stdio;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ pub struct Upstream {
     http: Option<http::Client>,
     /// An HTTP upstream speaks the legacy HTTP+SSE transport: pinned, or found out once.
     speaks_sse: AtomicBool,
+    /// The protocol era found by `server/discover` (an [`Era`] as u8), for `protocol = auto`.
+    era: AtomicU8,
     /// The tasks that wait for this upstream's child processes, so shutdown can see them
     /// reaped.
     children: tokio_util::task::TaskTracker,
@@ -71,8 +74,22 @@ impl Upstream {
             config,
             http,
             speaks_sse,
+            era: AtomicU8::new(Era::Unknown as u8),
             children: Default::default(),
         }))
+    }
+
+    /// The era an earlier link found this upstream to speak.
+    pub(crate) fn era(&self) -> Era {
+        match self.era.load(Ordering::Relaxed) {
+            1 => Era::Session,
+            2 => Era::Stateless,
+            _ => Era::Unknown,
+        }
+    }
+
+    pub(crate) fn set_era(&self, era: Era) {
+        self.era.store(era as u8, Ordering::Relaxed);
     }
 
     pub fn timeout(&self) -> Duration {
@@ -90,6 +107,16 @@ impl Upstream {
             tracing::warn!(upstream = %self.name, "child processes still running after shutdown");
         }
     }
+}
+
+/// Which protocol era an HTTP upstream is spoken to in (`protocol = auto` finds out once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Era {
+    Unknown = 0,
+    /// `initialize` and an upstream session.
+    Session = 1,
+    /// MCP 2026-07-28: stateless requests.
+    Stateless = 2,
 }
 
 /// What the gateway tells an upstream about the client in `initialize`: the client's own
@@ -161,6 +188,11 @@ impl Link {
             Transport::Http(_) => true,
             Transport::Sse(l) => l.is_alive(),
         }
+    }
+
+    /// Spoken to as MCP 2026-07-28: its questions to the client come as `input_required`.
+    pub fn is_stateless(&self) -> bool {
+        matches!(&self.transport, Transport::Http(l) if l.stateless)
     }
 
     /// The upstream's declared capabilities.

@@ -1,0 +1,293 @@
+//! MCP 2026-07-28 toward an HTTP upstream: which era to speak, and how to speak the stateless
+//! one.
+//!
+//! With `protocol = auto`, the first link to an upstream asks `server/discover`. An upstream
+//! that also speaks the session era is given `initialize`: per-client upstream sessions keep
+//! server→client requests, subscriptions and log levels exact for the (mostly session-era)
+//! clients. One that speaks only 2026-07-28 is spoken to statelessly. One that does not know
+//! `server/discover` is a session-era server. The answer is remembered on the [`Upstream`];
+//! a link that later fails to connect forgets it, so a changed upstream is probed again.
+//!
+//! A stateless link puts the 2026 `_meta` (version, the client's identity and capabilities,
+//! the log level) and headers (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) on every
+//! request, answers what 2026-07-28 removed (`ping`, `logging/setLevel`) itself, refuses
+//! `resources/subscribe` with a clear error, and keeps a `subscriptions/listen` stream open
+//! for list changes. `input_required` results pass through to the session, which bridges them
+//! for session-era clients (`session/handle.rs`).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use sse_stream::SseStream;
+
+use super::http::{HttpLink, Posted, SessionState};
+use super::{Era, UpstreamError};
+use crate::config::UpstreamProtocol;
+use crate::mcp::methods::{self, meta};
+use crate::mcp::{Kind, Message, codes, headers, version};
+
+const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+
+/// The 2026-07-28 request headers for `msg`; `params` are the `x-mcp-header` annotations of
+/// the tool a `tools/call` calls, mirrored as `Mcp-Param-*`.
+pub(super) fn request_headers(msg: &Message, params: &headers::ParamHeaders) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(PROTOCOL_VERSION, HeaderValue::from_static(version::MODERN));
+    if let Ok(v) = HeaderValue::from_str(msg.method()) {
+        h.insert(MCP_METHOD, v);
+    }
+    let name = match msg.method() {
+        methods::TOOLS_CALL | methods::PROMPTS_GET => msg.param_str("name"),
+        methods::RESOURCES_READ => msg.param_str("uri"),
+        _ => None,
+    };
+    if let Some(v) = name.and_then(|n| HeaderValue::from_str(&headers::encode(n)).ok()) {
+        h.insert(MCP_NAME, v);
+    }
+    let arguments = msg.params().and_then(|p| p.get("arguments"));
+    for (param, path) in params {
+        let Some(text) = headers::argument_text(arguments, path) else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(format!("mcp-param-{param}").as_bytes()),
+            HeaderValue::from_str(&headers::encode(&text)),
+        ) {
+            h.insert(name, value);
+        }
+    }
+    h
+}
+
+impl HttpLink {
+    /// Decides the era for this link: `Some(discover result)` to speak 2026-07-28, `None` for
+    /// `initialize`.
+    pub(super) async fn choose_era(&self) -> Result<Option<Value>, UpstreamError> {
+        let upstream = &self.upstream;
+        match (upstream.config.protocol, upstream.era()) {
+            (UpstreamProtocol::Session, _) | (UpstreamProtocol::Auto, Era::Session) => {
+                return Ok(None);
+            }
+            (UpstreamProtocol::Stateless, _) | (UpstreamProtocol::Auto, Era::Stateless) => {
+                return self.discover().await.map(Some).inspect_err(|_| {
+                    upstream.set_era(Era::Unknown);
+                });
+            }
+            (UpstreamProtocol::Auto, Era::Unknown) => {}
+        }
+        let discovered = match self.discover().await {
+            Ok(d) => d,
+            // Not reachable: nothing learnt; the link fails as `initialize` would.
+            Err(e @ (UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. })) => {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %upstream.name, error = %e, "no server/discover; using initialize");
+                upstream.set_era(Era::Session);
+                return Ok(None);
+            }
+        };
+        let speaks = |v: &str| {
+            discovered["supportedVersions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(v)))
+        };
+        let era = if version::SUPPORTED.iter().any(|v| speaks(v)) {
+            Era::Session
+        } else if speaks(version::MODERN) {
+            Era::Stateless
+        } else {
+            Era::Session
+        };
+        tracing::info!(upstream = %upstream.name, ?era, versions = %discovered["supportedVersions"], "upstream discovered");
+        upstream.set_era(era);
+        Ok((era == Era::Stateless).then_some(discovered))
+    }
+
+    /// The `Mcp-Param-*` annotations of the tool `msg` calls, learnt from the upstream's
+    /// `tools/list` results as they pass.
+    pub(super) fn param_annotations(&self, msg: &Message) -> headers::ParamHeaders {
+        if msg.method() != methods::TOOLS_CALL {
+            return Vec::new();
+        }
+        let tools = self.tool_params.lock().unwrap_or_else(|p| p.into_inner());
+        msg.param_str("name")
+            .and_then(|n| tools.get(n))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Remembers the `x-mcp-header` annotations of the tools in a `tools/list` result.
+    pub(super) fn learn_tools(&self, response: &Message) {
+        let Some(tools) = response
+            .result_value()
+            .and_then(|r| r.get("tools"))
+            .and_then(Value::as_array)
+        else {
+            return;
+        };
+        let mut known = self.tool_params.lock().unwrap_or_else(|p| p.into_inner());
+        for tool in tools {
+            if let (Some(name), Some(schema)) = (
+                tool.get("name").and_then(Value::as_str),
+                tool.get("inputSchema"),
+            ) {
+                let annotated = headers::annotated_params(schema);
+                if annotated.is_empty() {
+                    known.remove(name);
+                } else {
+                    known.insert(name.to_string(), annotated);
+                }
+            }
+        }
+    }
+
+    /// `server/discover`: the upstream's versions, capabilities and identity.
+    async fn discover(&self) -> Result<Value, UpstreamError> {
+        let mut msg = Message::request(Value::from(0), methods::SERVER_DISCOVER, Some(json!({})));
+        self.add_meta(&mut msg);
+        let (posted, _) = self.post(&msg, None, &SessionState::default()).await?;
+        let Posted::Response(mut reply) = posted else {
+            return Err(self.protocol("server/discover was answered with 202"));
+        };
+        if let Some(err) = reply.error_value() {
+            return Err(self.protocol(&format!("server/discover failed: {err}")));
+        }
+        let result = reply.take_result().unwrap_or_default();
+        if !result["capabilities"].is_object() {
+            return Err(self.protocol("server/discover result has no capabilities"));
+        }
+        Ok(result)
+    }
+
+    /// Answers what 2026-07-28 removed, or refuses what it has no equivalent for.
+    pub(super) fn answer_locally(&self, msg: &Message) -> Option<Message> {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        match msg.method() {
+            methods::PING => Some(Message::result(id, json!({}))),
+            methods::LOGGING_SET_LEVEL => {
+                // Becomes `_meta` logLevel on every later request.
+                let level = msg.params().and_then(|p| p.get("level")).cloned();
+                *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) = level;
+                Some(Message::result(id, json!({})))
+            }
+            methods::RESOURCES_SUBSCRIBE | methods::RESOURCES_UNSUBSCRIBE => Some(Message::error(
+                id,
+                codes::METHOD_NOT_FOUND,
+                &format!(
+                    "upstream '{}' speaks MCP 2026-07-28, which has no {}: its resource updates reach 2026-07-28 clients through subscriptions/listen",
+                    self.upstream.name,
+                    msg.method()
+                ),
+                None,
+            )),
+            _ => None,
+        }
+    }
+
+    /// The per-request `_meta` of 2026-07-28, from the client's own hello.
+    pub(super) fn add_meta(&self, msg: &mut Message) {
+        let level = self
+            .log_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let params = msg.params_mut();
+        let meta = params
+            .entry("_meta")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(m) = meta.as_object_mut() {
+            // A 2026-07-28 client's own per-request values win over the session's.
+            m.insert(meta::PROTOCOL_VERSION.into(), json!(version::MODERN));
+            m.entry(meta::CLIENT_INFO)
+                .or_insert_with(|| self.hello.client_info.clone());
+            m.entry(meta::CLIENT_CAPABILITIES)
+                .or_insert_with(|| self.hello.capabilities.clone());
+            if let Some(level) = level {
+                m.entry(meta::LOG_LEVEL).or_insert(level);
+            }
+        }
+    }
+
+    /// Keeps a `subscriptions/listen` stream open for list changes (what the GET stream is
+    /// to a session-era upstream), reconnecting with backoff, until the link closes.
+    pub(super) fn listen_for_changes(&self) {
+        let mut msg = Message::request(
+            Value::from("listen"),
+            methods::SUBSCRIPTIONS_LISTEN,
+            Some(json!({ "notifications": {
+                "toolsListChanged": true,
+                "promptsListChanged": true,
+                "resourcesListChanged": true,
+            } })),
+        );
+        self.add_meta(&mut msg);
+        let builder = self
+            .builder(reqwest::Method::POST, &SessionState::default())
+            .headers(request_headers(&msg, &Vec::new()))
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header(CONTENT_TYPE, "application/json")
+            .body(msg.to_bytes());
+        let (upstream, handler) = (self.upstream.clone(), self.handler.clone());
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let Some(req) = builder.try_clone() else {
+                    return;
+                };
+                match req.send().await {
+                    Ok(resp)
+                        if resp.status().is_success()
+                            && resp
+                                .headers()
+                                .get(CONTENT_TYPE)
+                                .and_then(|v| v.to_str().ok())
+                                .is_some_and(|v| v.starts_with("text/event-stream")) =>
+                    {
+                        backoff = Duration::from_millis(250);
+                        let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
+                        while let Some(Ok(event)) = events.next().await {
+                            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
+                                continue;
+                            };
+                            let Ok(m) = Message::parse(data.as_bytes()) else {
+                                continue;
+                            };
+                            if m.kind() != Kind::Notification
+                                || m.method() == methods::SUBSCRIPTIONS_ACKNOWLEDGED
+                            {
+                                continue;
+                            }
+                            match handler.upgrade() {
+                                Some(h) => h.on_message(&upstream, m, None),
+                                None => return,
+                            }
+                        }
+                    }
+                    Ok(resp) => {
+                        // An answer that is not a stream: the upstream does not offer listen.
+                        tracing::debug!(upstream = %upstream.name, status = %resp.status(), "subscriptions/listen refused");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(upstream = %upstream.name, error = %e.without_url(), "subscriptions/listen failed")
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+        let old = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task.abort_handle());
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+}
