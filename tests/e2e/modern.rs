@@ -591,3 +591,81 @@ mod toward_2026_upstreams {
         b.cancel().await.unwrap();
     }
 }
+
+/// Every pairing of client era (rmcp in `initialize` and in `server/discover` mode) and
+/// upstream era (the HTTP fixture pinned to the session era and to 2026-07-28): lists,
+/// a call, a prompt, a resource and a question from the upstream to the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_era_reaches_every_upstream_era() {
+    let session_up = Fixture::http("old").await;
+    let stateless_up = Fixture::http("new").await;
+    let config = format!(
+        "{}{}\nprotocol = \"2025-11-25\"\n\n{}\nprotocol = \"2026-07-28\"\n",
+        server_toml(),
+        session_up.upstream_toml("old").trim_end(),
+        stateless_up.upstream_toml("new").trim_end(),
+    );
+    let gateway = Gateway::start(&config).await;
+    for (client_era, options) in [
+        ("2025-11-25", ConnectOptions::default()),
+        ("2026-07-28", ConnectOptions::discover()),
+    ] {
+        let handler = RecordingClient::new().accept_elicitation(
+            json!({ "name": "ada", "username": "ada", "email": "ada@example.com" }),
+        );
+        let client = connect(gateway.url(), handler, &options)
+            .await
+            .unwrap_or_else(|e| panic!("{client_era}: {e}"));
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let prompts = client.list_all_prompts().await.expect("prompts/list");
+        let resources = client.list_all_resources().await.expect("resources/list");
+        for (upstream, question) in [
+            ("old", "test_elicitation"),
+            ("new", "test_input_required_result_elicitation"),
+        ] {
+            let pairing = format!("{client_era} client × {upstream} upstream");
+            let prefix = format!("{upstream}__");
+            assert!(
+                tools.iter().any(|t| t.name == format!("{prefix}echo")),
+                "{pairing}: tools"
+            );
+            let echoed = client
+                .call_tool(
+                    CallToolRequestParams::new(format!("{prefix}echo"))
+                        .with_arguments(json!({ "text": "hi" }).as_object().unwrap().clone()),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{pairing}: call: {e}"));
+            assert_eq!(text_of(&echoed), "hi", "{pairing}");
+            let prompt = prompts
+                .iter()
+                .find(|p| p.name == format!("{prefix}test_simple_prompt"))
+                .unwrap_or_else(|| panic!("{pairing}: prompts"));
+            client
+                .get_prompt(GetPromptRequestParams::new(prompt.name.to_string()))
+                .await
+                .unwrap_or_else(|e| panic!("{pairing}: prompts/get: {e}"));
+            let resource = resources
+                .iter()
+                .find(|r| r.uri == format!("{upstream}+test://static-text"))
+                .unwrap_or_else(|| panic!("{pairing}: resources {resources:?}"));
+            client
+                .read_resource(ReadResourceRequestParams::new(resource.uri.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{pairing}: resources/read: {e}"));
+            let asked = client
+                .call_tool(
+                    CallToolRequestParams::new(format!("{prefix}{question}"))
+                        .with_arguments(json!({ "message": "who?" }).as_object().unwrap().clone()),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{pairing}: question: {e}"));
+            assert!(
+                text_of(&asked).contains("ada"),
+                "{pairing}: {}",
+                text_of(&asked)
+            );
+        }
+        client.cancel().await.unwrap();
+    }
+}
