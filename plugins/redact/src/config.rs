@@ -189,7 +189,17 @@ fn builder() -> meta::Builder {
         // The lazy DFA's state cache: the scan of a large result with every detector on
         // needs a few thousand states; 4 MiB keeps them without thrashing (the default
         // 2 MiB cache was measured to refill on mixed text).
-        .configure(Regex::config().hybrid_cache_capacity(4 << 20));
+        .configure(
+            Regex::config()
+                .hybrid_cache_capacity(4 << 20)
+                // Captures are read only for the few findings with a `value` group, on a
+                // span already found: the backtracker does that; building a one-pass DFA
+                // for every instance would cost more than it saves.
+                .onepass(false)
+                // Several detectors start with a digit or a letter class, so no literal
+                // prefilter can cover all of them; skip looking for one.
+                .auto_prefilter(false),
+        );
     b
 }
 

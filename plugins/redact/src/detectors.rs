@@ -70,7 +70,7 @@ const fn builtin(
 /// or up to the next space or delimiter).
 pub fn secret_assignment_pattern() -> String {
     format!(
-        r#"(?i-u:(?-u:\b){SECRET_KEY_NAMES})(?-u:\b)["']?[ \t]*(?:=>|[:=])[ \t]*(?:"(?P<value>[^"\r\n]+)"|'(?P<value2>[^'\r\n]+)'|(?P<value3>[^\s"',;&<>)\]}}]+))"#
+        r#"(?i-u:(?-u:\b){SECRET_KEY_NAMES})(?-u:\b)["']?[ \t]*(?:=>|[:=])[ \t]*(?:"(?P<value>[^"\r\n]+)"|'(?P<value2>[^'\r\n]+)'|(?P<value3>[^ \t\r\n"',;&<>)\]}}]+))"#
     )
 }
 

@@ -132,14 +132,14 @@ impl<'c> Scanner<'c> {
         let config = self.config;
         let regex = config.regex.as_ref()?;
         while pos < s.len() {
-            let caps = self.caps.as_mut()?;
-            regex.search_captures(&Input::new(s).span(pos..s.len()), caps);
-            let m = caps.get_match()?;
-            if let Some(f) = self.accept(s, m.pattern()) {
+            // Where and which: the lazy DFA alone (capture groups only for a finding that
+            // has them, below).
+            let m = regex.search(&Input::new(s).span(pos..s.len()))?;
+            if let Some(f) = self.accept(s, m.pattern(), m.start(), m.end()) {
                 return Some(f);
             }
             // Rejected: another detector may still match here. A cheap anchored DFA run per
-            // detector says which could; only those run with captures and validation.
+            // detector says which could; only those are validated.
             let (start, rejected) = (m.start(), m.pattern());
             for other in 0..config.detectors.len() {
                 let Ok(pid) = PatternID::new(other) else {
@@ -151,13 +151,8 @@ impl<'c> Scanner<'c> {
                 let input = Input::new(s)
                     .span(start..s.len())
                     .anchored(Anchored::Pattern(pid));
-                if regex.search_half(&input).is_none() {
-                    continue;
-                }
-                let caps = self.caps.as_mut()?;
-                regex.search_captures(&input, caps);
-                if caps.get_match().is_some()
-                    && let Some(f) = self.accept(s, pid)
+                if let Some(m) = regex.search(&input)
+                    && let Some(f) = self.accept(s, pid, m.start(), m.end())
                 {
                     return Some(f);
                 }
@@ -167,31 +162,51 @@ impl<'c> Scanner<'c> {
         None
     }
 
-    /// The finding in the current captures (a match of pattern `pid`), if its detector's
-    /// validator accepts it.
-    fn accept(&self, s: &str, pid: PatternID) -> Option<Finding> {
-        let caps = self.caps.as_ref()?;
-        let m = caps.get_match().filter(|m| m.pattern() == pid)?;
+    /// The finding of detector `pid` at `start..end`, if its validator accepts it.
+    fn accept(&mut self, s: &str, pid: PatternID, start: usize, end: usize) -> Option<Finding> {
         let detector = pid.as_usize();
         let d = self.config.detectors.get(detector)?;
         let end = match d.validate {
-            Some(validate) => validate(s, m.start(), m.end())?,
-            None => m.end(),
+            Some(validate) => validate(s, start, end)?,
+            None => end,
         };
-        if end <= m.start() || end > m.end() {
+        if end <= start {
             return None;
         }
-        let value = d
-            .value_groups
-            .iter()
-            .find_map(|g| caps.get_group(*g))
-            .filter(|span| !span.is_empty() && span.end <= end)
-            .map_or((m.start(), end), |span| (span.start, span.end));
+        let value = match d.value_groups.is_empty() {
+            true => (start, end),
+            false => self.value_span(s, pid, start, end)?,
+        };
         Some(Finding {
             detector,
             end,
             value,
         })
+    }
+
+    /// The span of the first participating `value…` group of detector `pid`'s match at
+    /// `start..end` (the whole match when none participates).
+    fn value_span(
+        &mut self,
+        s: &str,
+        pid: PatternID,
+        start: usize,
+        end: usize,
+    ) -> Option<(usize, usize)> {
+        let regex = self.config.regex.as_ref()?;
+        let d = self.config.detectors.get(pid.as_usize())?;
+        let caps = self.caps.as_mut()?;
+        let input = Input::new(s)
+            .range(start..end)
+            .anchored(Anchored::Pattern(pid));
+        regex.search_captures(&input, caps);
+        caps.get_match()?;
+        let span = d
+            .value_groups
+            .iter()
+            .find_map(|g| caps.get_group(*g))
+            .filter(|span| !span.is_empty());
+        Some(span.map_or((start, end), |span| (span.start, span.end)))
     }
 
     /// Redacts every string in `v` (not object keys); with `json-keys`, the whole value of a

@@ -568,3 +568,41 @@ fn a_one_megabyte_result_is_redacted_whole() {
     let clean = corpus(1 << 20, false);
     assert!(Redact::evaluate(&defaults(), &text_result(&clean)).is_allow());
 }
+
+#[test]
+#[ignore = "a measurement: cargo test --release -p redact -- --ignored --nocapture"]
+fn measure_structured_records() {
+    let records: Vec<Value> = (0..2300)
+        .map(|i| json!({ "id": i, "name": "Jane Roe", "email": format!("jane{i}@example.com"), "phone": "+44 20 7946 0958", "card": CARD, "ip": "10.20.30.40", "note": "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore", "balance": 1234.5, "active": true, "password": "hunter2" }))
+        .collect();
+    let msg = tool_result(json!({ "structuredContent": { "records": records } }));
+    let cfg = defaults();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(!Redact::evaluate(&cfg, &msg).is_allow());
+        }
+        eprintln!("structured: {:?} per call", started.elapsed() / 10);
+    }
+    let text = text_result(&corpus(1 << 20, true));
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(!Redact::evaluate(&cfg, &text).is_allow());
+        }
+        eprintln!("text: {:?} per call", started.elapsed() / 10);
+    }
+}
+
+#[test]
+#[ignore = "a measurement: cargo test --release -p redact -- --ignored --nocapture"]
+fn measure_init() {
+    let mut fastest = std::time::Duration::MAX;
+    for _ in 0..30 {
+        let started = std::time::Instant::now();
+        let cfg = defaults();
+        fastest = fastest.min(started.elapsed());
+        assert!(!Redact::evaluate(&cfg, &text_result(&format!("{EMAIL} {CARD}"))).is_allow());
+    }
+    eprintln!("init: {fastest:?} (fastest of 30)");
+}
