@@ -606,3 +606,39 @@ fn measure_init() {
     }
     eprintln!("init: {fastest:?} (fastest of 30)");
 }
+
+/// The code blocks of `docs/redact.md` after `heading`, in order.
+fn guide_blocks(heading: &str) -> Vec<String> {
+    let guide = include_str!("../../../docs/redact.md");
+    let section = &guide[guide.find(heading).expect("heading in docs/redact.md")..];
+    section
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .map(|b| b.split_once('\n').map_or("", |(_, body)| body).to_string())
+        .collect()
+}
+
+#[test]
+fn the_guides_complete_example_does_what_it_says() {
+    let blocks = guide_blocks("### A complete example");
+    let sidecar: toml::Table = toml::from_str(&blocks[0]).expect("the example sidecar");
+    let cfg = config(serde_json::to_value(&sidecar["config"]).unwrap());
+    let input: Value = serde_json::from_str(&blocks[1]).expect("the example result");
+    let expected: Value = serde_json::from_str(&blocks[2]).expect("the redacted result");
+    let v = Redact::evaluate(&cfg, &tool_result(input));
+    assert_eq!(changed(&v), expected, "{}", changed(&v));
+    for (detector, n) in [
+        ("employee-id", "1"),
+        ("email", "2"),
+        ("card", "1"),
+        ("phone", "1"),
+        ("secret-assignment", "1"),
+    ] {
+        assert_eq!(
+            attribute(&v, &format!("redact.{detector}")),
+            Some(n),
+            "{detector}"
+        );
+    }
+}
