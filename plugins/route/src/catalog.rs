@@ -2,6 +2,7 @@
 //! `tools/call` name means (request phase), from the same entries so the two always agree.
 
 use portcullis_sdk::Identity;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::config::{Action, Config, Entry};
@@ -43,14 +44,17 @@ pub fn resolve<'c>(entries: &[&'c Entry], name: &str) -> Called<'c> {
     Called::AsIs
 }
 
-/// The `tools/list` result as this caller sees it, or `None` when nothing changes.
-pub fn rewrite_list(entries: &[&Entry], result: &Value) -> Option<Value> {
-    let tools = result.get("tools")?.as_array()?;
-    let mut out = Vec::with_capacity(tools.len());
+/// The `tools/list` result as this caller sees it, as JSON text, or `None` when nothing
+/// changes. Only the tools an entry concerns are copied; the rest of the result is
+/// serialized straight from the parsed one.
+pub fn rewrite_list(entries: &[&Entry], result: &Value) -> Option<String> {
+    let object = result.as_object()?;
+    let tools = object.get("tools")?.as_array()?;
+    let mut out: Vec<Shown> = Vec::with_capacity(tools.len());
     let mut changed = false;
     for tool in tools {
         let Some(name) = tool.get("name").and_then(Value::as_str) else {
-            out.push(tool.clone());
+            out.push(Shown::As(tool));
             continue;
         };
         let concerned: Vec<&Entry> = entries
@@ -61,7 +65,7 @@ pub fn rewrite_list(entries: &[&Entry], result: &Value) -> Option<Value> {
         // A name an entry gives to another tool is that tool's from now on.
         let shadowed = entries.iter().any(|e| e.maps(name));
         if concerned.is_empty() && !shadowed {
-            out.push(tool.clone());
+            out.push(Shown::As(tool));
             continue;
         }
         changed = true;
@@ -100,19 +104,60 @@ pub fn rewrite_list(entries: &[&Entry], result: &Value) -> Option<Value> {
                     obj.insert("name".into(), Value::String(new.to_string()));
                 }
                 describe(&mut copy, description.as_deref(), title.as_deref());
-                out.push(copy);
+                out.push(Shown::New(copy));
             }
         }
         if shown_as_self {
-            out.push(base);
+            out.push(Shown::New(base));
         }
     }
     if !changed {
         return None;
     }
-    let mut result: Map<String, Value> = result.as_object()?.clone();
-    result.insert("tools".into(), Value::Array(out));
-    Some(Value::Object(result))
+    // Serializing strings and JSON values cannot fail; were it to, no tool is shown rather
+    // than the unrewritten list.
+    Some(
+        serde_json::to_string(&View {
+            object,
+            tools: &out,
+        })
+        .unwrap_or_else(|_| r#"{"tools":[]}"#.to_string()),
+    )
+}
+
+/// A tool as listed: the upstream's item untouched, or a rewritten copy.
+enum Shown<'a> {
+    As(&'a Value),
+    New(Value),
+}
+
+impl Serialize for Shown<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Shown::As(v) => v.serialize(s),
+            Shown::New(v) => v.serialize(s),
+        }
+    }
+}
+
+/// The result with its `tools` replaced, serialized in place.
+struct View<'a> {
+    object: &'a Map<String, Value>,
+    tools: &'a [Shown<'a>],
+}
+
+impl Serialize for View<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.object.len()))?;
+        for (k, v) in self.object {
+            if k == "tools" {
+                map.serialize_entry(k, self.tools)?;
+            } else {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.end()
+    }
 }
 
 fn describe(tool: &mut Value, description: Option<&str>, title: Option<&str>) {

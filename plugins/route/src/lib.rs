@@ -218,7 +218,7 @@ fn respond(config: &Config, msg: &Message) -> Verdict {
         return Verdict::allow();
     };
     match catalog::rewrite_list(&entries, result) {
-        Some(rewritten) => Changes::new().with_result(rewritten).into(),
+        Some(rewritten) => Changes::new().with_result_json(rewritten).into(),
         None => Verdict::allow(),
     }
 }
