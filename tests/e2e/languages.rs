@@ -144,7 +144,7 @@ async fn run_table(name: &str, wasm: &str) {
         stdio_fixture_toml("alpha")
     );
     let gateway = Gateway::start(&config).await;
-    let client = client(&gateway.url()).await;
+    let client = client(gateway.url()).await;
 
     plugins.add(name, wasm, &sidecar(&table.config));
     gateway
@@ -182,9 +182,10 @@ async fn run_table(name: &str, wasm: &str) {
     client.cancel().await.ok();
 }
 
-/// `portcullis plugin test --json` on the table's tagged case with the most paths, for a
-/// caller whose identity already has attributes: the attributes and the tagged identity.
-fn plugin_test(wasm: &str) -> Value {
+/// `portcullis plugin test --json` with the sidecar shipped beside the example (its `[config]`
+/// is the table's), on the table's tagged case with the most paths, for a caller whose
+/// identity already has attributes: the attributes and the tagged identity.
+fn plugin_test(wasm: &str, sidecar: &str) -> Value {
     let table = table();
     let case = table
         .cases
@@ -199,7 +200,7 @@ fn plugin_test(wasm: &str) -> Value {
                  "params": { "name": "fs__copy", "arguments": case.arguments } })
         .to_string(),
     );
-    let sidecar = dir.write("sidecar.toml", &sidecar(&table.config));
+    let sidecar = examples().join(sidecar);
     let out = Command::new(bin_path("portcullis"))
         .args(["plugin", "test"])
         .arg(plugin_wasm(wasm))
@@ -250,7 +251,7 @@ mod rust {
 
     #[test]
     fn plugin_test_shows_the_tags() {
-        super::plugin_test("path-guard");
+        super::plugin_test("path-guard", "rust/path-guard.toml");
     }
 }
 
@@ -262,7 +263,7 @@ mod python {
 
     #[test]
     fn plugin_test_shows_the_tags() {
-        super::plugin_test("path-guard-python");
+        super::plugin_test("path-guard-python", "python/path-guard/path-guard.toml");
     }
 }
 
@@ -274,7 +275,7 @@ mod javascript {
 
     #[test]
     fn plugin_test_shows_the_tags() {
-        super::plugin_test("path-guard-js");
+        super::plugin_test("path-guard-js", "js/path-guard/path-guard.toml");
     }
 }
 
@@ -286,6 +287,6 @@ mod go {
 
     #[test]
     fn plugin_test_shows_the_tags() {
-        super::plugin_test("path-guard-go");
+        super::plugin_test("path-guard-go", "go/path-guard/path-guard.toml");
     }
 }
