@@ -59,8 +59,7 @@ mod callers {
 
     use base64::Engine as _;
     use portcullis_tests::harness::{
-        Gateway, PluginDir, RawHttp, initialize_request, jsonrpc_request, server_toml,
-        stdio_fixture_toml,
+        Gateway, PluginDir, RawHttp, initialize_request, jsonrpc_request, stdio_fixture_toml,
     };
     use serde_json::{Value, json};
     use sha2::{Digest, Sha256};
@@ -141,13 +140,10 @@ mod callers {
              [[config.rules]]\nname = \"devs-use-echo\"\neffect = \"allow\"\nroles = [\"dev\"]\nupstreams = [\"alpha\"]\ntools = [\"echo\", \"whoami\"]\n\
              [[config.rules]]\nname = \"admins\"\neffect = \"allow\"\nroles = [\"admin\"]\n",
         );
-        let config = format!(
-            "{}{}{}",
-            server_toml(),
-            plugins.policy_toml(),
-            stdio_fixture_toml("alpha")
-        );
-        (Gateway::start(&config).await, plugins)
+        (
+            Gateway::start_with_plugins(&plugins, &stdio_fixture_toml("alpha")).await,
+            plugins,
+        )
     }
 
     /// Initializes with `token` and lists the tools it may see.
@@ -389,7 +385,7 @@ mod signed_tokens {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use ed25519_dalek::Signer as _;
     use portcullis_tests::harness::{
-        Gateway, PluginDir, RawHttp, bin_path, initialize_request, server_toml, stdio_fixture_toml,
+        Gateway, PluginDir, RawHttp, bin_path, initialize_request, stdio_fixture_toml,
     };
     use rsa::traits::PublicKeyParts as _;
     use serde_json::{Value, json};
@@ -502,13 +498,10 @@ mod signed_tokens {
             "authz",
             "[config]\n[[config.rules]]\nname = \"devs-use-echo\"\neffect = \"allow\"\nroles = [\"dev\"]\ntools = [\"echo\"]\n",
         );
-        let config = format!(
-            "{}{}{}",
-            server_toml(),
-            plugins.policy_toml(),
-            stdio_fixture_toml("alpha")
-        );
-        (Gateway::start(&config).await, plugins)
+        (
+            Gateway::start_with_plugins(&plugins, &stdio_fixture_toml("alpha")).await,
+            plugins,
+        )
     }
 
     async fn status_of(gateway: &Gateway, token: &str) -> http::StatusCode {

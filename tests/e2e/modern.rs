@@ -471,6 +471,7 @@ mod toward_2026_upstreams {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(deprecated)] // resources/subscribe: session-era API, exercised on purpose
     async fn a_session_era_client_answers_a_2026_upstreams_questions_as_requests() {
         let (gateway, _beta) = gateway_with("protocol = \"2026-07-28\"").await;
         let handler = RecordingClient::new().accept_elicitation(json!({ "name": "ada" }));

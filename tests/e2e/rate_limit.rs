@@ -4,9 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis_tests::harness::{
-    Gateway, PluginDir, RawHttp, RawSession, server_toml, stdio_fixture_toml,
-};
+use portcullis_tests::harness::{Gateway, PluginDir, RawHttp, RawSession, stdio_fixture_toml};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -39,13 +37,10 @@ async fn gateway(limits: &str) -> (Gateway, PluginDir) {
     plugins
         .add("authn", "authn", &authn_sidecar())
         .add("rate-limit", "rate-limit", limits);
-    let config = format!(
-        "{}{}{}",
-        server_toml(),
-        plugins.policy_toml(),
-        stdio_fixture_toml("alpha")
-    );
-    (Gateway::start(&config).await, plugins)
+    (
+        Gateway::start_with_plugins(&plugins, &stdio_fixture_toml("alpha")).await,
+        plugins,
+    )
 }
 
 async fn session(gateway: &Gateway, key: &str) -> RawSession {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portcullis_tests::harness::{
-    Gateway, PluginDir, call_tool, client, server_toml, stdio_fixture_toml, text_of,
+    Gateway, PluginDir, call_tool, client, stdio_fixture_toml, text_of,
 };
 use rmcp::ServiceError;
 use rmcp::model::{
@@ -26,13 +26,10 @@ fn shipped_sidecar() -> String {
 async fn gateway(sidecar: &str) -> (Gateway, PluginDir) {
     let plugins = PluginDir::new();
     plugins.add("redact", "redact", sidecar);
-    let config = format!(
-        "{}{}{}",
-        server_toml(),
-        plugins.policy_toml(),
-        stdio_fixture_toml("alpha")
-    );
-    (Gateway::start(&config).await, plugins)
+    (
+        Gateway::start_with_plugins(&plugins, &stdio_fixture_toml("alpha")).await,
+        plugins,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +126,10 @@ async fn structured_content_stays_valid_and_keeps_its_types() {
         .call_tool(params)
         .await
         .expect("the client accepts the redacted result");
-    let s = result.structured_content.clone().expect("structured content");
+    let s = result
+        .structured_content
+        .clone()
+        .expect("structured content");
     let echoed = &s["meta"];
     assert_eq!(echoed["contact"], "[EMAIL]", "{s}");
     assert_eq!(echoed["attempt"], 3);

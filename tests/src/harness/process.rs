@@ -492,6 +492,16 @@ impl Gateway {
         })
     }
 
+    /// Starts the gateway on [`server_toml`] with the plugins folder `plugins` and these
+    /// upstream tables.
+    pub async fn start_with_plugins(
+        plugins: &super::plugins::PluginDir,
+        upstreams_toml: &str,
+    ) -> Gateway {
+        let config = format!("{}{}{upstreams_toml}", server_toml(), plugins.policy_toml());
+        Gateway::start(&config).await
+    }
+
     /// Starts `portcullis serve` without `--config`: the embedded default (the demo
     /// upstream), on an ephemeral port.
     pub async fn start_embedded() -> Gateway {
