@@ -46,9 +46,13 @@ fn folder(wasm: &Path, name: &str, sidecar: &str) -> PathBuf {
 
 async fn open(dir: &Path, cache: &Path) -> (Arc<Policies>, Duration) {
     let start = Instant::now();
-    let policies = Policies::open(Some(dir), Some(cache.to_path_buf()), RuntimeConfig::default())
-        .await
-        .unwrap();
+    let policies = Policies::open(
+        Some(dir),
+        Some(cache.to_path_buf()),
+        RuntimeConfig::default(),
+    )
+    .await
+    .unwrap();
     let took = start.elapsed();
     let status = policies.status().await;
     assert!(
@@ -125,11 +129,18 @@ async fn main() {
         let compile = cold.chain().plugins()[0].compile_time;
         drop(cold);
         let (cached, cached_load) = open(&fresh_dir, &cache).await;
-        assert!(cached.chain().plugins()[0].cached, "not taken from the cache");
+        assert!(
+            cached.chain().plugins()[0].cached,
+            "not taken from the cache"
+        );
         let fresh = per_call(&cached.chain(), 300).await;
         drop(cached);
 
-        let warm_dir = folder(&wasm, &format!("{language}-warm"), &format!("warm = 1000\n{CONFIG}"));
+        let warm_dir = folder(
+            &wasm,
+            &format!("{language}-warm"),
+            &format!("warm = 1000\n{CONFIG}"),
+        );
         let (warm, _) = open(&warm_dir, &cache).await;
         let warm_call = per_call(&warm.chain(), 2000).await;
         drop(warm);
