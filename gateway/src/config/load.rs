@@ -50,6 +50,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             *p = base.join(&*p);
         }
     }
+    if !config.audit.to_stdout() && config.audit.path.is_relative() {
+        config.audit.path = base.join(&config.audit.path);
+    }
     Ok(config)
 }
 
@@ -315,6 +318,8 @@ pub fn parse(
             }
         }
     }
+    super::observe::check(&mut config, text, file, lookup)?;
+    super::audit::check(&config.audit, text, file)?;
     if config.namespacing.prefix == PrefixMode::Never {
         tracing::debug!("namespacing.prefix = never: name collisions are checked at start-up");
     }
@@ -322,12 +327,12 @@ pub fn parse(
 }
 
 /// The 1-based line of the first occurrence of `needle`, if any.
-fn line_of(text: &str, needle: &str) -> Option<usize> {
+pub(super) fn line_of(text: &str, needle: &str) -> Option<usize> {
     text.find(needle).map(|at| line_at(text, at))
 }
 
 /// The line of `key = …` in the table whose header is on line `table`.
-fn key_line(text: &str, table: Option<usize>, key: &str) -> Option<usize> {
+pub(super) fn key_line(text: &str, table: Option<usize>, key: &str) -> Option<usize> {
     let table = table?;
     for (i, l) in text.lines().enumerate().skip(table) {
         let l = l.trim_start();
@@ -432,7 +437,11 @@ mod tests {
             check("[upstreams.a]\nurl = \"http://h/mcp\"\nprotocol = \"2026-07-28\"\n").unwrap();
         assert_eq!(c.upstreams["a"].protocol, UpstreamProtocol::Stateless);
         let e = check("[upstreams.a]\nurl = \"http://h/mcp\"\nprotocol = \"2027\"\n").unwrap_err();
-        assert!(e.to_string().starts_with("t.toml:3: unknown variant `2027`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("t.toml:3: unknown variant `2027`"),
+            "{e}"
+        );
         let e = check("[upstreams.a]\ncommand = \"x\"\ntransport = \"sse\"\n").unwrap_err();
         assert_eq!(
             e,
