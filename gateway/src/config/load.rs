@@ -50,9 +50,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             *p = base.join(&*p);
         }
     }
-    if !config.audit.to_stdout() && config.audit.path.is_relative() {
-        config.audit.path = base.join(&config.audit.path);
-    }
     Ok(config)
 }
 
@@ -318,8 +315,6 @@ pub fn parse(
             }
         }
     }
-    super::observe::check(&mut config, text, file, lookup)?;
-    super::audit::check(&config.audit, text, file)?;
     if config.namespacing.prefix == PrefixMode::Never {
         tracing::debug!("namespacing.prefix = never: name collisions are checked at start-up");
     }
@@ -327,12 +322,12 @@ pub fn parse(
 }
 
 /// The 1-based line of the first occurrence of `needle`, if any.
-pub(super) fn line_of(text: &str, needle: &str) -> Option<usize> {
+fn line_of(text: &str, needle: &str) -> Option<usize> {
     text.find(needle).map(|at| line_at(text, at))
 }
 
 /// The line of `key = …` in the table whose header is on line `table`.
-pub(super) fn key_line(text: &str, table: Option<usize>, key: &str) -> Option<usize> {
+fn key_line(text: &str, table: Option<usize>, key: &str) -> Option<usize> {
     let table = table?;
     for (i, l) in text.lines().enumerate().skip(table) {
         let l = l.trim_start();
