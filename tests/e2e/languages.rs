@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis_tests::harness::{
-    Gateway, McpClient, PluginDir, TempDir, bin_path, call_tool, client, plugin_wasm, server_toml,
+    Gateway, McpClient, PluginDir, TempDir, bin_path, call_tool, client, plugin_wasm,
     stdio_fixture_toml, toml_str,
 };
 use rmcp::ServiceError;
@@ -137,13 +137,7 @@ async fn run_table(name: &str, wasm: &str) {
     plugins
         .add("authn", "authn", AUTHN)
         .add("authz", "authz", AUTHZ);
-    let config = format!(
-        "{}{}{}",
-        server_toml(),
-        plugins.policy_toml(),
-        stdio_fixture_toml("alpha")
-    );
-    let gateway = Gateway::start(&config).await;
+    let gateway = Gateway::start_with_plugins(&plugins, &stdio_fixture_toml("alpha")).await;
     let client = client(gateway.url()).await;
 
     plugins.add(name, wasm, &sidecar(&table.config));
