@@ -2,11 +2,13 @@
 //! servers and presents them as one. See DESIGN.md at the repository root for the data path:
 //! `front` → `session` → `catalog` → `upstream`.
 
+pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod front;
 pub mod mcp;
+pub mod observe;
 pub mod policy;
 pub mod session;
 pub mod upstream;
@@ -31,6 +33,8 @@ pub struct Gateway {
     sessions: Arc<Sessions>,
     pub policies: Arc<Policies>,
     _watch: Option<policy::WatchGuard>,
+    /// The admin API, when `[admin]` is configured.
+    pub admin: Option<admin::Admin>,
     pub addr: SocketAddr,
     pub path: String,
 }
@@ -76,6 +80,10 @@ impl Gateway {
         } else {
             None
         };
+        let admin = match &config.admin {
+            Some(cfg) => Some(admin::Admin::bind(cfg, sessions.clone(), policies.clone()).await?),
+            None => None,
+        };
         let front = front::Front::new(
             config.server,
             sessions.clone(),
@@ -88,6 +96,7 @@ impl Gateway {
             sessions,
             policies,
             _watch: watch,
+            admin,
             addr,
             path,
         })
@@ -97,8 +106,19 @@ impl Gateway {
         format!("http://{}{}", self.addr, self.path)
     }
 
-    /// Serves until `shutdown` is cancelled, then drains.
+    /// The admin API's URL, when it is on.
+    pub fn admin_url(&self) -> Option<String> {
+        let addr = self.admin.as_ref()?.addr().ok()?;
+        Some(format!("http://{addr}"))
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains. The admin API keeps answering
+    /// during the drain (`/readyz` says 503) and stops last.
     pub async fn serve(self, shutdown: CancellationToken) {
+        let admin_stop = CancellationToken::new();
+        let admin = self
+            .admin
+            .map(|a| tokio::spawn(a.serve(shutdown.clone(), admin_stop.clone())));
         front::serve(self.listener, self.front, shutdown).await;
         // Sessions are closed; their links (and child processes) go as the last references
         // drop. Wait until the children are reaped, so nothing outlives the gateway.
@@ -106,6 +126,10 @@ impl Gateway {
             upstream
                 .wait_children(std::time::Duration::from_secs(5))
                 .await;
+        }
+        admin_stop.cancel();
+        if let Some(task) = admin {
+            let _ = task.await;
         }
     }
 }

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 use anyhow::Context as _;
-use portcullis::config;
+use portcullis::config::{self, Config};
 use portcullis::demo::DemoPlugins;
+use portcullis::observe;
 
 mod cli;
 
@@ -51,6 +51,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::plugin::PluginCommand,
     },
+    /// Ask a running gateway's admin API how it is: exit 0 when ready, 1 when not ready,
+    /// 2 when it cannot be asked.
+    Status(cli::status::StatusArgs),
     /// Run the demo upstream MCP server on stdin/stdout (used by the embedded default).
     #[command(hide = true)]
     DemoUpstream,
@@ -64,13 +67,6 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -78,19 +74,54 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `serve` reads its configuration first: `[log]` and `[tracing]` shape the subscriber.
+    let mut serve_config = match &cli.command {
+        Command::Serve {
+            config: Some(path), ..
+        } => match config::load(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Serve { config: None, .. } => Some(config::embedded_default()),
+        _ => None,
+    };
+    let telemetry = match &serve_config {
+        Some(cfg) => match observe::init(&cfg.log, &cfg.tracing, runtime.handle().clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("portcullis: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            observe::init_default(default_level);
+            None
+        }
+    };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config, listen } => {
-                serve(config, listen).await.map(|()| ExitCode::SUCCESS)
-            }
+            Command::Serve { config, listen } => match serve_config.take() {
+                Some(cfg) => serve(cfg, config.is_none(), listen)
+                    .await
+                    .map(|()| ExitCode::SUCCESS),
+                None => Err(anyhow::anyhow!("no configuration")),
+            },
             Command::Check { config } => check(config).map(|()| ExitCode::SUCCESS),
             Command::Authn { command } => cli::authn::run(command),
             Command::Plugin { command } => cli::plugin::run(command).await,
+            Command::Status(args) => Ok(cli::status::run(args).await),
             Command::DemoUpstream => portcullis_demo_server::serve_stdio()
                 .await
                 .map(|()| ExitCode::SUCCESS),
         }
     });
+    // Flush the last spans while the runtime that sends them is still there.
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -111,12 +142,11 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
-    let embedded = path.is_none();
-    let mut cfg = match path {
-        Some(p) => config::load(&p)?,
-        None => config::embedded_default(),
-    };
+async fn serve(
+    mut cfg: Config,
+    embedded: bool,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     if let Some(addr) = listen {
         cfg.server.listen = addr;
     }
@@ -134,6 +164,9 @@ async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> a
     let gateway = portcullis::Gateway::bind(cfg).await?;
     // Tests and scripts read this line to learn the bound address.
     println!("portcullis listening on {}", gateway.url());
+    if let Some(url) = gateway.admin_url() {
+        println!("portcullis admin listening on {url}");
+    }
     if embedded {
         let url = gateway.url();
         let policies = match &demo_plugins {

@@ -12,6 +12,7 @@ mod harness_selftest;
 mod languages;
 mod legacy_sse;
 mod modern;
+mod observability;
 mod policy;
 mod rate_limit;
 mod redact;

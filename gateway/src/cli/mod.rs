@@ -2,3 +2,4 @@
 
 pub mod authn;
 pub mod plugin;
+pub mod status;

@@ -315,6 +315,7 @@ pub fn parse(
             }
         }
     }
+    super::observe::check(&mut config, text, file, lookup)?;
     if config.namespacing.prefix == PrefixMode::Never {
         tracing::debug!("namespacing.prefix = never: name collisions are checked at start-up");
     }
@@ -322,12 +323,12 @@ pub fn parse(
 }
 
 /// The 1-based line of the first occurrence of `needle`, if any.
-fn line_of(text: &str, needle: &str) -> Option<usize> {
+pub(super) fn line_of(text: &str, needle: &str) -> Option<usize> {
     text.find(needle).map(|at| line_at(text, at))
 }
 
 /// The line of `key = …` in the table whose header is on line `table`.
-fn key_line(text: &str, table: Option<usize>, key: &str) -> Option<usize> {
+pub(super) fn key_line(text: &str, table: Option<usize>, key: &str) -> Option<usize> {
     let table = table?;
     for (i, l) in text.lines().enumerate().skip(table) {
         let l = l.trim_start();

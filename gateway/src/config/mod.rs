@@ -8,6 +8,7 @@
 
 mod env;
 mod load;
+mod observe;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use load::{ConfigError, embedded_default, load, parse};
+pub use observe::{AdminConfig, LogConfig, LogFormat, TracingConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +36,14 @@ pub struct Config {
     /// OAuth protected-resource metadata (RFC 9728), for clients that discover how to get a
     /// token. Absent: not served.
     pub oauth: Option<OAuthConfig>,
+    /// The gateway's own log lines.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// OpenTelemetry traces (off unless `otlp-endpoint` is set).
+    #[serde(default)]
+    pub tracing: TracingConfig,
+    /// The admin API and health probes on a listener of their own. Absent: none.
+    pub admin: Option<AdminConfig>,
     /// The upstream MCP servers, by name. Names become prefixes, so they may contain only
     /// ASCII letters, digits and `-`.
     #[serde(default)]

@@ -290,6 +290,7 @@ impl Front {
             Err(e) => return response::json(StatusCode::BAD_REQUEST, &e.to_response()),
         };
         let session = conn.session.get().cloned();
+        crate::observe::on_message(&msg, session.as_ref().map(|s| &*s.id), None);
         let initialize = msg.kind() == Kind::Request && msg.method() == methods::INITIALIZE;
         if session.is_none() && !initialize {
             return response::status_error(
@@ -378,6 +379,7 @@ impl Connection {
     /// where the client waits for its answer; an HTTP-level one (e.g. 401 from authn) and the
     /// denial of a notification are the POST's answer, as on the Streamable HTTP endpoint.
     fn refuse(&self, denial: &Denial, id: Option<Value>) -> Response<Body> {
+        crate::observe::record_denial(&denial.plugin, denial.code);
         match id {
             Some(id) if denial.http_status.is_none() => {
                 let answer = denial.to_response(id);

@@ -74,6 +74,20 @@ impl Front {
     }
 
     async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() != self.config.path
+            && let Some((status, text)) = crate::admin::probe(
+                req.method(),
+                req.uri().path(),
+                &self.policies,
+                self.closing.is_cancelled(),
+            )
+        {
+            let mut r = Response::new(http_body_util::BodyExt::boxed_unsync(
+                http_body_util::Full::new(bytes::Bytes::from(text)),
+            ));
+            *r.status_mut() = status;
+            return r;
+        }
         if let Some(doc) = &self.oauth_metadata
             && req.method() == Method::GET
             && metadata::is_metadata_path(req.uri().path(), &self.config.path)
@@ -92,12 +106,19 @@ impl Front {
             );
         }
         let origin = req.headers().get(ORIGIN).cloned();
+        // One span per client message (export on): POSTs carry them.
+        let span = match *req.method() {
+            Method::POST => crate::observe::request_span(req.headers()),
+            _ => tracing::Span::none(),
+        };
         let mut resp = match streamable::check_protocol_version(req.headers()) {
-            _ if let Some(endpoint) = legacy => self.legacy(endpoint, req).await,
+            _ if let Some(endpoint) = legacy => {
+                tracing::Instrument::instrument(self.legacy(endpoint, req), span).await
+            }
             // A POST is checked once its body is read, so the error carries the request id.
             Err(bad) if req.method() != Method::OPTIONS && req.method() != Method::POST => bad,
             _ => match *req.method() {
-                Method::POST => self.post(req).await,
+                Method::POST => tracing::Instrument::instrument(self.post(req), span).await,
                 Method::GET => self.get(req).await,
                 Method::DELETE => self.delete(req).await,
                 Method::OPTIONS => response::empty(StatusCode::NO_CONTENT),

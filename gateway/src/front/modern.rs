@@ -491,7 +491,8 @@ impl Front {
         {
             let session = session.clone();
             let internal_id = internal_id.clone();
-            self.tasks.spawn(async move {
+            let span = tracing::Span::current();
+            let task = async move {
                 let route = call.as_ref().filter(|c| c.routed).map(|c| Route {
                     upstream: c.view().upstream.clone(),
                     target: c.view().upstream_target.clone(),
@@ -510,8 +511,12 @@ impl Front {
                         Err(denial) => denial.to_response(internal_id),
                     };
                 }
+                crate::observe::record_response(&tracing::Span::current(), &response);
                 let _ = tx.send(response);
-            });
+            };
+            // The request's span (export on) goes with it into its task.
+            self.tasks
+                .spawn(tracing::Instrument::instrument(task, span));
         }
         self.answer(session, rx, internal_id, shape).await
     }

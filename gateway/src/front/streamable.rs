@@ -39,6 +39,7 @@ pub(super) fn session_not_found() -> Response<Body> {
 /// The answer for a message a policy refused: the plugin's JSON-RPC error, with its HTTP
 /// status and headers when it gave them (e.g. 401 + `WWW-Authenticate` from authn).
 pub(super) fn denied(denial: &Denial, id: Option<Value>) -> Response<Body> {
+    crate::observe::record_denial(&denial.plugin, denial.code);
     let status = denial
         .http_status
         .and_then(|s| StatusCode::from_u16(s).ok())
@@ -207,6 +208,11 @@ impl Front {
             Ok(m) => m,
             Err(e) => return response::json(StatusCode::BAD_REQUEST, &e.to_response()),
         };
+        crate::observe::on_message(
+            &msg,
+            session_id.as_deref().filter(|_| !modern),
+            modern.then_some(version::MODERN),
+        );
         if let Some(v) = &unsupported {
             // Now with the request's id, as the 2026-07-28 error shape has it.
             return modern::unsupported_version(v, msg.id());
@@ -418,7 +424,8 @@ impl Front {
         chain: Arc<Chain>,
     ) -> mpsc::UnboundedReceiver<Message> {
         let (tx, rx) = mpsc::unbounded_channel::<Message>();
-        self.tasks.spawn(async move {
+        let span = tracing::Span::current();
+        let task = async move {
             let id = msg.id().cloned().unwrap_or(Value::Null);
             let route = call.as_ref().filter(|c| c.routed).map(|c| Route {
                 upstream: c.view().upstream.clone(),
@@ -438,8 +445,12 @@ impl Front {
                     Err(denial) => denial.to_response(id),
                 };
             }
+            crate::observe::record_response(&tracing::Span::current(), &response);
             let _ = tx.send(response);
-        });
+        };
+        // The request's span (export on) goes with it into its task.
+        self.tasks
+            .spawn(tracing::Instrument::instrument(task, span));
         rx
     }
 

@@ -45,6 +45,19 @@ pub enum Stage {
     Redaction,
 }
 
+impl Stage {
+    /// The name sidecars and the admin API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Authn => "authn",
+            Stage::Authz => "authz",
+            Stage::Custom => "custom",
+            Stage::Routing => "routing",
+            Stage::Redaction => "redaction",
+        }
+    }
+}
+
 impl From<bindings::types::Stage> for Stage {
     fn from(s: bindings::types::Stage) -> Self {
         use bindings::types::Stage as W;

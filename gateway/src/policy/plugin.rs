@@ -267,8 +267,27 @@ impl Plugin {
     /// Runs `evaluate` on one message. The semaphore bounds live instances: a burst waits for
     /// a free slot rather than failing.
     pub async fn evaluate(&self, rt: &Runtime, msg: MessageRes) -> Result<types::Verdict, Failure> {
+        let span = crate::observe::plugin_span(
+            &self.name,
+            &self.version,
+            self.stage.as_str(),
+            match msg.phase {
+                types::Phase::Request => "request",
+                types::Phase::Response => "response",
+            },
+        );
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let outcome = self.evaluate_counted(rt, msg).await;
+        let outcome =
+            tracing::Instrument::instrument(self.evaluate_counted(rt, msg), span.clone()).await;
+        crate::observe::record_plugin_verdict(
+            &span,
+            match &outcome {
+                Ok(types::Verdict::Allow) => "allow",
+                Ok(types::Verdict::Modify(_)) => "modify",
+                Ok(types::Verdict::Deny(_)) => "deny",
+                Err(_) => "error",
+            },
+        );
         match &outcome {
             Ok(types::Verdict::Deny(_)) => self.counters.denials.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.counters.failures.fetch_add(1, Ordering::Relaxed),

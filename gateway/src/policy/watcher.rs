@@ -65,6 +65,9 @@ pub struct Policies {
     current: ArcSwap<Chain>,
     entries: tokio::sync::Mutex<BTreeMap<PathBuf, Entry>>,
     last: Mutex<Option<ReloadReport>>,
+    /// Plugin files with no version loaded, as of the last reload (for readiness probes,
+    /// which must not wait for a reload in progress).
+    rejected: std::sync::atomic::AtomicUsize,
 }
 
 impl Policies {
@@ -82,6 +85,7 @@ impl Policies {
             current: ArcSwap::from_pointee(Chain::empty()),
             entries: tokio::sync::Mutex::new(BTreeMap::new()),
             last: Mutex::new(None),
+            rejected: Default::default(),
         });
         if let Some(dir) = dir {
             anyhow::ensure!(
@@ -113,6 +117,7 @@ impl Policies {
             current: ArcSwap::from_pointee(chain),
             entries: tokio::sync::Mutex::new(BTreeMap::new()),
             last: Mutex::new(None),
+            rejected: Default::default(),
         }))
     }
 
@@ -141,6 +146,12 @@ impl Policies {
                 s
             })
             .collect()
+    }
+
+    /// How many plugin files have no version serving (`rejected`): the chain is not what
+    /// the folder asks for. Never waits for a reload in progress.
+    pub fn rejected(&self) -> usize {
+        self.rejected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn last_reload(&self) -> Option<ReloadReport> {
@@ -251,6 +262,9 @@ impl Policies {
         }
         let plugins: Vec<Arc<Plugin>> = entries.values().filter_map(|e| e.plugin.clone()).collect();
         report.active = plugins.len();
+        let rejected = entries.values().filter(|e| e.status.state == "rejected");
+        self.rejected
+            .store(rejected.count(), std::sync::atomic::Ordering::Relaxed);
         self.current
             .store(Arc::new(Chain::new(self.runtime.clone(), plugins)));
         report.took_ms = started.elapsed().as_millis();

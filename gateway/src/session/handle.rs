@@ -261,6 +261,7 @@ impl Session {
     /// the request's stream, and the request is retried upstream with the answers; a
     /// 2026-07-28 client gets the result as it is and retries itself.
     async fn forward(&self, idx: usize, mut msg: Message, out: Related) -> Message {
+        crate::observe::record_upstream(&self.slots[idx].upstream.name);
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let link = match self.link(idx).await {
             Ok(l) => l,

@@ -274,6 +274,11 @@ impl HttpLink {
         state: &SessionState,
     ) -> Result<(Posted, HeaderMap), UpstreamError> {
         let mut builder = self.builder(reqwest::Method::POST, state);
+        if crate::observe::enabled() {
+            let mut trace = HeaderMap::new();
+            crate::observe::inject_headers(&mut trace);
+            builder = builder.headers(trace);
+        }
         if self.stateless || msg.method() == methods::SERVER_DISCOVER {
             let params = self.param_annotations(msg);
             builder = builder.headers(super::stateless::request_headers(msg, &params));

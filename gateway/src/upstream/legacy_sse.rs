@@ -274,13 +274,18 @@ impl SseLink {
         let alive = self.is_alive();
         let closed = self.closed();
         let name = self.name.clone();
-        let req = self
+        let mut req = self
             .client
             .http
             .post(self.endpoint.clone())
             .headers(self.client.headers.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(body);
+        if crate::observe::enabled() {
+            let mut trace = http::HeaderMap::new();
+            crate::observe::inject_headers(&mut trace);
+            req = req.headers(trace);
+        }
         async move {
             if !alive {
                 return Err(closed);

@@ -15,6 +15,7 @@
 //! Messages are forwarded as raw JSON ([`Message`]); only the JSON-RPC id is rewritten.
 
 mod error;
+mod health;
 mod http;
 mod legacy_sse;
 mod pending;
@@ -34,6 +35,7 @@ use crate::config::{HttpTransport, TransportKind, UpstreamConfig};
 use crate::mcp::{Kind, Message, methods};
 
 pub use error::UpstreamError;
+pub use health::{Health, UpstreamStatus};
 pub use slot::{Fresh, Slot};
 
 /// Where messages related to one client request go (progress, logs, server→client requests
@@ -60,6 +62,8 @@ pub struct Upstream {
     /// The tasks that wait for this upstream's child processes, so shutdown can see them
     /// reaped.
     children: tokio_util::task::TaskTracker,
+    /// What real traffic says about it, for the admin API.
+    health: Health,
 }
 
 impl Upstream {
@@ -76,6 +80,7 @@ impl Upstream {
             speaks_sse,
             era: AtomicU8::new(Era::Unknown as u8),
             children: Default::default(),
+            health: Health::default(),
         }))
     }
 
@@ -169,12 +174,16 @@ impl Link {
                 Some(client) => legacy_sse::connect(upstream, client, hello, handler).await,
             }
         };
-        let (transport, init) = tokio::time::timeout(deadline, connect)
+        let connected = tokio::time::timeout(deadline, connect)
             .await
             .map_err(|_| UpstreamError::Timeout {
                 upstream: upstream.name.clone(),
                 after: deadline,
-            })??;
+            })
+            .and_then(|r| r);
+        upstream.health.record(&connected);
+        let (transport, init) = connected?;
+        upstream.health.link_opened();
         Ok(Arc::new(Link {
             upstream: upstream.clone(),
             transport,
@@ -212,6 +221,11 @@ impl Link {
         debug_assert_eq!(msg.kind(), Kind::Request);
         let client_id = msg.id().cloned().unwrap_or(Value::Null);
         let timeout = self.upstream.timeout();
+        let span = crate::observe::upstream_span(&self.upstream, &msg);
+        let stdio = matches!(self.transport, Transport::Stdio(_));
+        crate::observe::inject_meta(&span, &mut msg, stdio);
+        // Requests are built inside the span, so an HTTP upstream gets its trace context.
+        let entered = span.enter();
         let (upstream_id, call) = match &self.transport {
             Transport::Stdio(l) => {
                 let (id, fut) = l.request(&mut msg, related);
@@ -235,6 +249,8 @@ impl Link {
                 )
             }
         };
+        drop(entered);
+        let call = tracing::Instrument::instrument(call, span.clone());
         let outcome = tokio::select! {
             r = tokio::time::timeout(timeout, call) => match r {
                 Ok(r) => r,
@@ -248,6 +264,8 @@ impl Link {
                 Err(UpstreamError::Cancelled)
             }
         };
+        self.upstream.health.record(&outcome);
+        crate::observe::record_upstream_outcome(&span, &outcome);
         let mut response = outcome?;
         response.set_id(client_id);
         Ok(response)
@@ -280,6 +298,7 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
+        self.upstream.health.link_closed();
         if let Transport::Http(l) = &self.transport {
             l.close();
         }
