@@ -68,6 +68,8 @@ pub struct Policies {
     /// Plugin files with no version loaded, as of the last reload (for readiness probes,
     /// which must not wait for a reload in progress).
     rejected: std::sync::atomic::AtomicUsize,
+    /// Reloads done, and of those, reloads that rejected a plugin (for the metrics).
+    reloads: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl Policies {
@@ -86,6 +88,7 @@ impl Policies {
             entries: tokio::sync::Mutex::new(BTreeMap::new()),
             last: Mutex::new(None),
             rejected: Default::default(),
+            reloads: Default::default(),
         });
         if let Some(dir) = dir {
             anyhow::ensure!(
@@ -103,10 +106,11 @@ impl Policies {
     pub async fn single(
         wasm: &Path,
         sidecar: &Path,
+        cache: Option<&Path>,
         config: RuntimeConfig,
     ) -> anyhow::Result<Arc<Self>> {
         let runtime = Runtime::new(config)?;
-        let plugin = Plugin::load_with(&runtime, wasm, sidecar, None)
+        let plugin = Plugin::load_with(&runtime, wasm, sidecar, cache)
             .await
             .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
         let chain = Chain::new(runtime.clone(), vec![Arc::new(plugin)]);
@@ -118,6 +122,7 @@ impl Policies {
             entries: tokio::sync::Mutex::new(BTreeMap::new()),
             last: Mutex::new(None),
             rejected: Default::default(),
+            reloads: Default::default(),
         }))
     }
 
@@ -152,6 +157,12 @@ impl Policies {
     /// the folder asks for. Never waits for a reload in progress.
     pub fn rejected(&self) -> usize {
         self.rejected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reloads since start, and how many of them rejected a plugin.
+    pub fn reloads(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.reloads[0].load(Relaxed), self.reloads[1].load(Relaxed))
     }
 
     pub fn last_reload(&self) -> Option<ReloadReport> {
@@ -268,6 +279,10 @@ impl Policies {
         self.current
             .store(Arc::new(Chain::new(self.runtime.clone(), plugins)));
         report.took_ms = started.elapsed().as_millis();
+        self.reloads[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !report.errors.is_empty() {
+            self.reloads[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::info!(
             active = report.active,
             errors = report.errors.len(),
