@@ -3,11 +3,13 @@
 //! `front` → `session` → `catalog` → `upstream`.
 
 pub mod admin;
+pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod front;
 pub mod mcp;
+pub mod metrics;
 pub mod observe;
 pub mod policy;
 pub mod session;
@@ -35,6 +37,10 @@ pub struct Gateway {
     _watch: Option<policy::WatchGuard>,
     /// The admin API, when `[admin]` is configured.
     pub admin: Option<admin::Admin>,
+    /// The Prometheus metrics (served by the admin API at `/metrics`).
+    pub metrics: Arc<metrics::Metrics>,
+    /// The audit trail, when `[audit] enabled`.
+    audit: Option<Arc<audit::Audit>>,
     pub addr: SocketAddr,
     pub path: String,
 }
@@ -80,15 +86,25 @@ impl Gateway {
         } else {
             None
         };
-        let admin = match &config.admin {
+        let audit = match config.audit.enabled {
+            true => Some(Arc::new(audit::Audit::open(&config.audit)?)),
+            false => None,
+        };
+        let metrics = metrics::Metrics::new(sessions.clone(), policies.clone(), audit.clone());
+        let mut admin = match &config.admin {
             Some(cfg) => Some(admin::Admin::bind(cfg, sessions.clone(), policies.clone()).await?),
             None => None,
         };
+        if let Some(admin) = admin.as_mut() {
+            let metrics = metrics.clone();
+            admin.mount_metrics(Arc::new(move || metrics.render()));
+        }
         let front = front::Front::new(
             config.server,
             sessions.clone(),
             policies.clone(),
             config.oauth.as_ref(),
+            front::Recorder::new(metrics.clone(), audit.clone()),
         );
         Ok(Gateway {
             listener,
@@ -97,6 +113,8 @@ impl Gateway {
             policies,
             _watch: watch,
             admin,
+            metrics,
+            audit,
             addr,
             path,
         })
@@ -130,6 +148,10 @@ impl Gateway {
         admin_stop.cancel();
         if let Some(task) = admin {
             let _ = task.await;
+        }
+        // Every request has been answered (and recorded): write the last records out.
+        if let Some(audit) = &self.audit {
+            audit.close().await;
         }
     }
 }

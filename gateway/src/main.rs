@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::plugin::PluginCommand,
     },
+    /// Check the audit trail's hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
     /// Ask a running gateway's admin API how it is: exit 0 when ready, 1 when not ready,
     /// 2 when it cannot be asked.
     Status(cli::status::StatusArgs),
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
             Command::Check { config } => check(config).map(|()| ExitCode::SUCCESS),
             Command::Authn { command } => cli::authn::run(command),
             Command::Plugin { command } => cli::plugin::run(command).await,
+            Command::Audit { command } => cli::audit::run(command),
             Command::Status(args) => Ok(cli::status::run(args).await),
             Command::DemoUpstream => portcullis_demo_server::serve_stdio()
                 .await

@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod conformance;
 mod front;
+mod governance;
 mod harness_selftest;
 mod languages;
 mod legacy_sse;

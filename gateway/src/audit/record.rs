@@ -169,7 +169,7 @@ impl Record {
     }
 
     /// Takes the policies' attributes, and from them the redaction counts
-    /// (`redact.<detector>` = count) and the allowing rule (`authz.rule`).
+    /// (`redact.<detector>` = count).
     pub fn set_attributes(&mut self, attributes: BTreeMap<String, String>) {
         for (k, v) in &attributes {
             if let Some(detector) = k.strip_prefix("redact.")
@@ -178,10 +178,12 @@ impl Record {
                 self.redactions.insert(detector.to_string(), n);
             }
         }
-        if self.rule.is_none() {
-            self.rule = attributes.get("authz.rule").cloned();
-        }
         self.attributes = attributes;
+    }
+
+    /// An allowed request's rule: the `authz.rule` attribute the authz policy sets.
+    pub fn allowed_by_rule(&mut self) {
+        self.rule = self.attributes.get("authz.rule").cloned();
     }
 }
 
@@ -200,6 +202,7 @@ mod tests {
             ("redact.note".to_string(), "x".to_string()),
             ("authz.rule".to_string(), "analysts".to_string()),
         ]));
+        r.allowed_by_rule();
         let line = serde_json::to_string(&r).unwrap();
         assert!(
             line.starts_with(

@@ -1,5 +1,6 @@
 //! Subcommands beyond `serve` and `check`.
 
+pub mod audit;
 pub mod authn;
 pub mod plugin;
 pub mod status;

@@ -50,6 +50,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             *p = base.join(&*p);
         }
     }
+    if !config.audit.to_stdout() && config.audit.path.is_relative() {
+        config.audit.path = base.join(&config.audit.path);
+    }
     Ok(config)
 }
 
@@ -316,6 +319,7 @@ pub fn parse(
         }
     }
     super::observe::check(&mut config, text, file, lookup)?;
+    super::audit::check(&config.audit, text, file)?;
     if config.namespacing.prefix == PrefixMode::Never {
         tracing::debug!("namespacing.prefix = never: name collisions are checked at start-up");
     }

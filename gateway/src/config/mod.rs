@@ -6,6 +6,7 @@
 //! environment variable `NAME` at load time (`$$` is a literal `$`); a missing variable is an
 //! error naming the field.
 
+mod audit;
 mod env;
 mod load;
 mod observe;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use audit::AuditConfig;
 pub use load::{ConfigError, embedded_default, load, parse};
 pub use observe::{AdminConfig, LogConfig, LogFormat, TracingConfig};
 
@@ -44,6 +46,9 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// The admin API and health probes on a listener of their own. Absent: none.
     pub admin: Option<AdminConfig>,
+    /// The tamper-evident audit trail (off unless `enabled`).
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The upstream MCP servers, by name. Names become prefixes, so they may contain only
     /// ASCII letters, digits and `-`.
     #[serde(default)]

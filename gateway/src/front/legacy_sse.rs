@@ -260,6 +260,7 @@ impl Front {
     /// input, unknown connection, a policy's HTTP-level denial) are HTTP errors as on the
     /// Streamable HTTP endpoint.
     async fn legacy_post(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = std::time::Instant::now();
         let Some(conn_id) = connection_id(req.uri().query()) else {
             return response::status_error(
                 StatusCode::BAD_REQUEST,
@@ -303,7 +304,12 @@ impl Front {
         let session_id = session.as_ref().map(|s| s.id.to_string());
         let (msg, call) = match screen(&chain, msg, headers, session.as_deref(), session_id).await {
             Ok(screened) => screened,
-            Err(denial) => return conn.refuse(&denial, id),
+            Err((denial, call)) => {
+                let protocol = session.as_ref().map(|s| s.version);
+                let sid = call.view().session.as_deref();
+                self.recorder.denied(started, protocol, sid, &call, &denial);
+                return conn.refuse(&denial, id);
+            }
         };
         let subject = call
             .as_ref()
@@ -321,7 +327,7 @@ impl Front {
             Kind::Notification => session.handle_notification(msg).await,
             Kind::Response => session.handle_response(msg).await,
             Kind::Request => {
-                let mut rx = self.spawn_request(session.clone(), msg, call, chain);
+                let mut rx = self.spawn_request(session.clone(), msg, call, chain, started);
                 self.tasks.spawn(async move {
                     while let Some(m) = rx.recv().await {
                         session.standalone.push(&m);

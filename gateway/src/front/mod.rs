@@ -9,6 +9,7 @@ mod guard;
 mod legacy_sse;
 mod metadata;
 mod modern;
+mod record;
 mod response;
 mod streamable;
 
@@ -32,6 +33,7 @@ use crate::config::ServerConfig;
 use crate::policy::Policies;
 use crate::session::Sessions;
 pub use guard::Guard;
+pub use record::Recorder;
 use response::Body;
 
 /// Everything a request handler needs.
@@ -50,6 +52,8 @@ pub struct Front {
     parked: modern::Parked,
     /// Fires when the gateway starts draining: long-lived streams end gracefully.
     closing: CancellationToken,
+    /// The audit trail and the metrics.
+    recorder: Arc<Recorder>,
 }
 
 impl Front {
@@ -58,6 +62,7 @@ impl Front {
         sessions: Arc<Sessions>,
         policies: Arc<Policies>,
         oauth: Option<&crate::config::OAuthConfig>,
+        recorder: Recorder,
     ) -> Arc<Self> {
         let oauth_metadata = oauth.map(|o| metadata::document(o, &config.path));
         Arc::new(Front {
@@ -70,6 +75,7 @@ impl Front {
             legacy: Default::default(),
             parked: modern::Parked::default(),
             closing: CancellationToken::new(),
+            recorder: Arc::new(recorder),
         })
     }
 

@@ -102,6 +102,8 @@ struct Shape {
     capabilities: Value,
     /// Policies ran: list results may differ per caller.
     private: bool,
+    /// When the POST arrived (for the audit trail and the metrics).
+    started: Instant,
 }
 
 /// Whether a request speaks 2026-07-28: its `MCP-Protocol-Version` says so.
@@ -346,6 +348,7 @@ impl Front {
         headers: HeaderMap,
         msg: Message,
         chain: Arc<Chain>,
+        started: Instant,
     ) -> Response<Body> {
         match msg.kind() {
             // No client notifications are defined over HTTP in this revision; accept and
@@ -418,6 +421,8 @@ impl Front {
         if let Some(call) = call.as_mut()
             && let Err(d) = chain.authenticate(call).await
         {
+            let protocol = Some(version::MODERN);
+            self.recorder.denied(started, protocol, None, call, &d);
             return denied(&d, Some(client_id));
         }
         let caller = call
@@ -440,6 +445,9 @@ impl Front {
         if let Some(call) = call.as_mut() {
             call.set_destination(session.resolve_named(&msg).await);
             if let Err(d) = chain.after_authn(call).await {
+                let protocol = Some(version::MODERN);
+                self.recorder
+                    .denied(started, protocol, Some(&session.id), call, &d);
                 return denied(&d, Some(client_id));
             }
         }
@@ -451,6 +459,7 @@ impl Front {
             wants_logs,
             capabilities,
             private: !chain.is_empty(),
+            started,
         };
         if shape.method == methods::SERVER_DISCOVER {
             return response::json(
@@ -480,7 +489,7 @@ impl Front {
         self: &Arc<Self>,
         session: Arc<Session>,
         mut msg: Message,
-        call: Option<Call>,
+        mut call: Option<Call>,
         chain: Arc<Chain>,
         shape: Shape,
     ) -> Response<Body> {
@@ -492,6 +501,7 @@ impl Front {
             let session = session.clone();
             let internal_id = internal_id.clone();
             let span = tracing::Span::current();
+            let (recorder, started) = (self.recorder.clone(), shape.started);
             let task = async move {
                 let route = call.as_ref().filter(|c| c.routed).map(|c| Route {
                     upstream: c.view().upstream.clone(),
@@ -500,18 +510,34 @@ impl Front {
                 if let Some(call) = &call {
                     super::streamable::shadow(&session, &msg, call);
                 }
+                let pending = recorder.begin(started, &session, &msg, call.as_ref()).await;
+                let asked = Instant::now();
                 let mut response = session
                     .handle_request(msg, tx.clone(), route.as_ref())
                     .await;
-                if let Some(mut call) = call
+                let upstream_time = asked.elapsed();
+                let mut refused = None;
+                if let Some(call) = call.as_mut()
                     && chain.wants(Phase::Response)
                 {
-                    response = match chain.on_response(&mut call, response).await {
+                    response = match chain.on_response(call, response).await {
                         Ok(r) => r,
-                        Err(denial) => denial.to_response(internal_id),
+                        Err(denial) => {
+                            let answer = denial.to_response(internal_id);
+                            refused = Some(denial);
+                            answer
+                        }
                     };
                 }
                 crate::observe::record_response(&tracing::Span::current(), &response);
+                recorder.finish(
+                    pending,
+                    &session,
+                    call.as_ref(),
+                    &response,
+                    refused.as_deref(),
+                    upstream_time,
+                );
                 let _ = tx.send(response);
             };
             // The request's span (export on) goes with it into its task.

@@ -148,6 +148,7 @@ impl Recorder {
             Some(d) => deny(&mut r, d),
             None => {
                 r.decision = Some(Decision::Allow);
+                r.allowed_by_rule();
                 r.code = error_code(response);
                 if audit.record_results {
                     r.result = response.result_value().cloned();

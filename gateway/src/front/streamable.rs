@@ -6,6 +6,7 @@
 //! for streaming, and streaming calls get it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
@@ -105,14 +106,15 @@ fn modern_has_no_get_or_delete() -> Response<Body> {
 
 /// The request phase of the policy chain for one client message; answers to server→client
 /// requests are the client's own business and skip it. Gives the message as the chain left
-/// it and the call to run the response phase on.
+/// it and the call to run the response phase on; on a denial, the call as far as it got (for
+/// the audit trail).
 pub(super) async fn screen(
     chain: &Chain,
     msg: Message,
     headers: HeaderMap,
     session: Option<&Session>,
     session_id: Option<String>,
-) -> Result<(Message, Option<Call>), Box<Denial>> {
+) -> Result<(Message, Option<Call>), (Box<Denial>, Call)> {
     if chain.is_empty() || msg.kind() == Kind::Response {
         return Ok((msg, None));
     }
@@ -121,7 +123,9 @@ pub(super) async fn screen(
         _ => None,
     };
     let mut call = Call::new(msg, headers, session_id, hint);
-    chain.on_request(&mut call).await?;
+    if let Err(denial) = chain.on_request(&mut call).await {
+        return Err((denial, call));
+    }
     let keep_request = chain.wants(Phase::Response);
     Ok((call.take_request(keep_request), Some(call)))
 }
@@ -161,6 +165,7 @@ fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
 
 impl Front {
     pub(super) async fn post(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
         let headers = req.headers();
         if !(accepts(headers, "application/json") && accepts(headers, "text/event-stream")) {
             return response::status_error(
@@ -219,7 +224,7 @@ impl Front {
         }
         if modern {
             // 2026-07-28: stateless; an Mcp-Session-Id header is ignored.
-            return self.modern(headers, msg, chain).await;
+            return self.modern(headers, msg, chain, started).await;
         }
         if !version_header && session_id.is_none() && modern::has_modern_meta(&msg) {
             return modern::mismatch(msg.id(), "the MCP-Protocol-Version header is required");
@@ -238,7 +243,12 @@ impl Front {
         let id = msg.id().cloned();
         let (msg, call) = match screen(&chain, msg, headers, session.as_deref(), session_id).await {
             Ok(screened) => screened,
-            Err(denial) => return denied(&denial, id),
+            Err((denial, call)) => {
+                let protocol = session.as_ref().map(|s| s.version);
+                let sid = call.view().session.as_deref();
+                self.recorder.denied(started, protocol, sid, &call, &denial);
+                return denied(&denial, id);
+            }
         };
 
         let subject = call
@@ -261,7 +271,7 @@ impl Front {
                 session.handle_response(msg).await;
                 response::empty(StatusCode::ACCEPTED)
             }
-            Kind::Request => self.request(session, msg, call, chain).await,
+            Kind::Request => self.request(session, msg, call, chain, started).await,
         }
     }
 
@@ -386,8 +396,9 @@ impl Front {
         msg: Message,
         call: Option<Call>,
         chain: Arc<Chain>,
+        started: Instant,
     ) -> Response<Body> {
-        let mut rx = self.spawn_request(session.clone(), msg, call, chain);
+        let mut rx = self.spawn_request(session.clone(), msg, call, chain, started);
         let Some(first) = rx.recv().await else {
             return response::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -416,14 +427,17 @@ impl Front {
 
     /// Runs a request in its own task (a client disconnecting does not cancel it). Related
     /// messages, then the answer (after the chain's response phase), arrive on the channel.
+    /// The task ends by telling the audit trail and the metrics how it went.
     pub(super) fn spawn_request(
         &self,
         session: Arc<Session>,
         msg: Message,
-        call: Option<Call>,
+        mut call: Option<Call>,
         chain: Arc<Chain>,
+        started: Instant,
     ) -> mpsc::UnboundedReceiver<Message> {
         let (tx, rx) = mpsc::unbounded_channel::<Message>();
+        let recorder = self.recorder.clone();
         let span = tracing::Span::current();
         let task = async move {
             let id = msg.id().cloned().unwrap_or(Value::Null);
@@ -434,18 +448,34 @@ impl Front {
             if let Some(call) = &call {
                 shadow(&session, &msg, call);
             }
+            let pending = recorder.begin(started, &session, &msg, call.as_ref()).await;
+            let asked = Instant::now();
             let mut response = session
                 .handle_request(msg, tx.clone(), route.as_ref())
                 .await;
-            if let Some(mut call) = call
+            let upstream_time = asked.elapsed();
+            let mut refused = None;
+            if let Some(call) = call.as_mut()
                 && chain.wants(Phase::Response)
             {
-                response = match chain.on_response(&mut call, response).await {
+                response = match chain.on_response(call, response).await {
                     Ok(r) => r,
-                    Err(denial) => denial.to_response(id),
+                    Err(denial) => {
+                        let answer = denial.to_response(id);
+                        refused = Some(denial);
+                        answer
+                    }
                 };
             }
             crate::observe::record_response(&tracing::Span::current(), &response);
+            recorder.finish(
+                pending,
+                &session,
+                call.as_ref(),
+                &response,
+                refused.as_deref(),
+                upstream_time,
+            );
             let _ = tx.send(response);
         };
         // The request's span (export on) goes with it into its task.

@@ -31,7 +31,7 @@ pub use engine::RuntimeConfig;
 pub use inspect::{Inspection, inspect};
 pub use kv::{KvStore, MemoryKv};
 pub use loader::{LoadError, sha256_hex};
-pub use plugin::Failure;
+pub use plugin::{Counters, Failure};
 pub use watcher::{PluginStatus, Policies, ReloadReport, WatchGuard};
 
 /// Where in the chain a plugin runs; the order of the variants is the order of the chain.

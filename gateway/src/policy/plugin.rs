@@ -68,12 +68,39 @@ pub struct Plugin {
     pub counters: Counters,
 }
 
-/// What a plugin has done since it was loaded.
-#[derive(Debug, Default)]
+/// What a plugin has done since it was loaded (read by the status view and the metrics).
+#[derive(Debug)]
 pub struct Counters {
     pub calls: AtomicU64,
     pub denials: AtomicU64,
+    /// Every failure, of which these two kinds are also counted apart:
     pub failures: AtomicU64,
+    pub traps: AtomicU64,
+    pub timeouts: AtomicU64,
+    /// Seconds per evaluation, waiting for an instance slot included.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// Plugin evaluations take microseconds (a fresh Rust guest) to the CPU deadline (1 s at most
+/// by default): 10 µs to 1 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0,
+];
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            calls: AtomicU64::new(0),
+            denials: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                LATENCY_BUCKETS.iter().copied(),
+            ),
+        }
+    }
 }
 
 struct WarmInstance {
@@ -277,8 +304,12 @@ impl Plugin {
             },
         );
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let outcome =
             tracing::Instrument::instrument(self.evaluate_counted(rt, msg), span.clone()).await;
+        self.counters
+            .latency
+            .observe(started.elapsed().as_secs_f64());
         crate::observe::record_plugin_verdict(
             &span,
             match &outcome {
@@ -290,7 +321,14 @@ impl Plugin {
         );
         match &outcome {
             Ok(types::Verdict::Deny(_)) => self.counters.denials.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.counters.failures.fetch_add(1, Ordering::Relaxed),
+            Err(failure) => {
+                match failure {
+                    Failure::Trap(_) => self.counters.traps.fetch_add(1, Ordering::Relaxed),
+                    Failure::Timeout(_) => self.counters.timeouts.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+                self.counters.failures.fetch_add(1, Ordering::Relaxed)
+            }
             Ok(_) => 0,
         };
         outcome

@@ -1,0 +1,506 @@
+//! Governance through the real binary: the audit trail (who did what, which policies decided,
+//! the hash chain, tampering found at the right record, rotation) and the Prometheus metrics
+//! after real traffic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::harness::{
+    Gateway, PluginDir, RawHttp, RawSession, TempDir, bin_path, jsonrpc_request, server_toml,
+    stdio_fixture_toml, toml_str,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const DEV_KEY: &str = "pk_dev_0123456789abcdefghijklmnopqrstuvwxyzABCD";
+const ADMIN_KEY: &str = "pk_admin_0123456789abcdefghijklmnopqrstuvwxyzAB";
+const ADMIN_TOKEN: &str = "e2e-governance-admin-token";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// authn (two API keys: dev-bot of tenant acme, root), authz (devs may use echo and whoami,
+/// admins anything), chaos denying `tools/call` of `add`, and redact on results and arguments.
+fn policies() -> PluginDir {
+    let plugins = PluginDir::new();
+    plugins.add(
+        "authn",
+        "authn",
+        &format!(
+            "[config]\nresource-metadata = \"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\"\n\
+             [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"dev-bot\"\nroles = [\"dev\"]\ntenant = \"acme\"\n\
+             [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"root\"\nroles = [\"admin\"]\n",
+            sha256_hex(DEV_KEY.as_bytes()),
+            sha256_hex(ADMIN_KEY.as_bytes())
+        ),
+    );
+    plugins.add(
+        "authz",
+        "authz",
+        "[config]\n\
+         [[config.rules]]\nname = \"devs-use-echo\"\neffect = \"allow\"\nroles = [\"dev\"]\nupstreams = [\"alpha\"]\ntools = [\"echo\", \"whoami\"]\n\
+         [[config.rules]]\nname = \"admins\"\neffect = \"allow\"\nroles = [\"admin\"]\n",
+    );
+    plugins.add(
+        "chaos",
+        "chaos",
+        "[config]\nmode = \"deny\"\ncode = -32003\nmessage = \"adding is not allowed\"\nmethods = [\"tools/call\"]\ntargets = [\"add\"]\n",
+    );
+    plugins.add(
+        "redact",
+        "redact",
+        "stage = \"redaction\"\n[config]\narguments = true\n",
+    );
+    plugins
+}
+
+fn audit_toml(path: &Path, extra: &str) -> String {
+    format!(
+        "[audit]\nenabled = true\npath = {}\n{extra}\n",
+        toml_str(&path.to_string_lossy())
+    )
+}
+
+fn admin_toml() -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n\n")
+}
+
+async fn session_as(gateway: &Gateway, key: &str) -> RawSession {
+    let auth = format!("Bearer {key}");
+    let (resp, session) = RawHttp::new(gateway.url())
+        .initialize(&[("authorization", &auth)])
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    session
+}
+
+async fn call(session: &RawSession, id: i64, tool: &str, args: Value) -> Value {
+    let resp = session
+        .post(&jsonrpc_request(
+            id,
+            "tools/call",
+            json!({ "name": tool, "arguments": args }),
+        ))
+        .await;
+    resp.response(&json!(id))
+        .unwrap_or_else(|| panic!("no answer: {} {}", resp.status, resp.body))
+}
+
+/// The records in the trail once it has at least `n` lines (the writer is asynchronous).
+async fn records(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // Only complete lines: the writer may be half-way through one.
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let lines: Vec<&str> = complete.lines().collect();
+        if lines.len() >= n {
+            return lines
+                .iter()
+                .map(|l| serde_json::from_str(l).expect("a record is JSON"))
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit trail has {} lines, expected {n}:\n{text}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `portcullis audit verify FILES...`: exit success and stdout.
+fn verify(files: &[PathBuf]) -> (bool, String) {
+    let out = Command::new(bin_path("portcullis"))
+        .arg("audit")
+        .arg("verify")
+        .args(files)
+        .output()
+        .expect("run portcullis audit verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn find(records: &[Value], pred: impl Fn(&Value) -> bool) -> &Value {
+    records
+        .iter()
+        .find(|r| pred(r))
+        .unwrap_or_else(|| panic!("no such record in:\n{records:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_says_who_did_what_and_which_policies_decided() {
+    let dir = TempDir::new();
+    let trail = dir.path().join("audit.jsonl");
+    let plugins = policies();
+    let config = format!(
+        "{}{}{}{}",
+        server_toml(),
+        plugins.policy_toml(),
+        audit_toml(&trail, "record-arguments = true\nrecord-results = true"),
+        stdio_fixture_toml("alpha")
+    );
+    let mut gateway = Gateway::start(&config).await;
+    let dev = session_as(&gateway, DEV_KEY).await;
+    let root = session_as(&gateway, ADMIN_KEY).await;
+
+    let ok = call(
+        &dev,
+        1,
+        "alpha__echo",
+        json!({ "text": "mail ann@example.com" }),
+    )
+    .await;
+    let echoed = ok["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(!echoed.contains("ann@example.com"), "{ok}");
+    let by_authz = call(&dev, 2, "alpha__crash", json!({})).await;
+    assert_eq!(by_authz["error"]["code"], -32602, "{by_authz}");
+    let by_chaos = call(&root, 3, "alpha__add", json!({ "a": 1, "b": 2 })).await;
+    assert_eq!(by_chaos["error"]["code"], -32003, "{by_chaos}");
+    // A 2026-07-28 stateless request is recorded too.
+    let modern = RawHttp::new(gateway.url())
+        .post(
+            &json!({ "jsonrpc": "2.0", "id": 4, "method": "tools/list", "params": { "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {} } } }),
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+                ("authorization", &format!("Bearer {ADMIN_KEY}")),
+            ],
+        )
+        .await;
+    assert_eq!(modern.status, 200, "{}", modern.body);
+
+    // start; 2 × (initialize is answered by the gateway: not a record) ; the four requests.
+    let all = records(&trail, 5).await;
+    assert_eq!(all[0]["event"], "start");
+    let hashes: Vec<String> = ["authn", "authz", "chaos", "redact"]
+        .iter()
+        .map(|p| sha256_hex(&std::fs::read(plugins.path().join(format!("{p}.wasm"))).unwrap()))
+        .collect();
+
+    let allowed = find(&all, |r| r["target"] == "alpha__echo");
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["outcome"], "ok");
+    assert_eq!(allowed["subject"], "dev-bot");
+    assert_eq!(allowed["tenant"], "acme");
+    assert_eq!(allowed["rule"], "devs-use-echo");
+    assert_eq!(allowed["upstream"], "alpha");
+    assert_eq!(allowed["method"], "tools/call");
+    assert_eq!(allowed["protocol"], "2025-11-25");
+    assert_eq!(allowed["session"], dev.session_id.as_deref().unwrap());
+    assert_eq!(allowed["redactions"]["email"], 1, "{allowed}");
+    assert!(allowed["latency_us"].as_u64().unwrap() > 0);
+    assert!(allowed["upstream_us"].as_u64().unwrap() <= allowed["latency_us"].as_u64().unwrap());
+    // Every plugin ran, in chain order in the request phase, then those with a response
+    // phase (redact last).
+    let ran: Vec<String> = allowed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ran[..4], hashes[..], "{allowed}");
+    assert!(ran[4..].iter().all(|h| hashes.contains(h)), "{allowed}");
+    assert_eq!(ran.last(), Some(&hashes[3]), "{allowed}");
+    // Arguments and results are recorded as forwarded and answered: redacted.
+    assert!(allowed["arguments"]["text"].is_string(), "{allowed}");
+    assert!(allowed["result"]["content"].is_array(), "{allowed}");
+
+    let denied = find(&all, |r| r["target"] == "alpha__crash");
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["outcome"], "denied");
+    assert_eq!(denied["plugin"], "authz");
+    assert_eq!(denied["code"], -32602);
+    assert_eq!(denied["subject"], "dev-bot");
+    assert!(
+        denied.get("arguments").is_none(),
+        "a refused request's arguments are not recorded"
+    );
+    assert_eq!(denied["plugins"], json!([hashes[0], hashes[1]]));
+
+    let by_chaos = find(&all, |r| r["target"] == "alpha__add");
+    assert_eq!(by_chaos["plugin"], "chaos");
+    assert_eq!(by_chaos["subject"], "root");
+    assert_eq!(by_chaos["code"], -32003);
+    assert_eq!(by_chaos["message"], "adding is not allowed");
+    assert_eq!(by_chaos["rule"], Value::Null);
+
+    let stateless = find(&all, |r| r["protocol"] == "2026-07-28");
+    assert_eq!(stateless["method"], "tools/list");
+    assert_eq!(stateless["subject"], "root");
+    assert_eq!(stateless["outcome"], "ok");
+
+    gateway.stop().await;
+    let text = std::fs::read_to_string(&trail).unwrap();
+    for secret in [DEV_KEY, ADMIN_KEY, "ann@example.com"] {
+        assert!(!text.contains(secret), "{secret} reached the audit trail");
+    }
+
+    // Intact: verify says so.
+    let (ok, out) = verify(std::slice::from_ref(&trail));
+    assert!(ok, "{out}");
+    assert!(out.contains("intact: 5 records"), "{out}");
+
+    // Tampering is named at the right line.
+    let lines: Vec<&str> = text.lines().collect();
+    let tampered = |name: &str, lines: Vec<String>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        verify(&[p])
+    };
+    let own = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let mut edited = own(&lines);
+    edited[2] = edited[2].replace("dev-bot", "dev-bat");
+    let (ok, out) = tampered("edited.jsonl", edited);
+    assert!(!ok);
+    assert!(out.contains("edited.jsonl:3: altered:"), "{out}");
+
+    let mut removed = own(&lines);
+    removed.remove(2);
+    let (ok, out) = tampered("removed.jsonl", removed);
+    assert!(!ok);
+    assert!(
+        out.contains("removed.jsonl:3: removed: record 3 is missing"),
+        "{out}"
+    );
+
+    let mut swapped = own(&lines);
+    swapped.swap(2, 3);
+    let (ok, out) = tampered("swapped.jsonl", swapped);
+    assert!(!ok);
+    assert!(out.contains("swapped.jsonl:3: reordered:"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_continues_the_chain_across_files() {
+    let dir = TempDir::new();
+    let trail = dir.path().join("audit.jsonl");
+    let config = format!(
+        "{}{}{}",
+        server_toml(),
+        audit_toml(
+            &trail,
+            "max-file-mib = 0.004\nkeep-files = 0\nrecord-results = true"
+        ),
+        stdio_fixture_toml("alpha")
+    );
+    let mut gateway = Gateway::start(&config).await;
+    let (_, session) = RawHttp::new(gateway.url()).initialize(&[]).await;
+    for id in 1..=40 {
+        call(
+            &session,
+            id,
+            "alpha__echo",
+            json!({ "text": "x".repeat(200) }),
+        )
+        .await;
+    }
+    gateway.stop().await;
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("audit.jsonl"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    // Each file starts where the one before ended.
+    let first_of = |p: &Path| -> Value {
+        serde_json::from_str(std::fs::read_to_string(p).unwrap().lines().next().unwrap()).unwrap()
+    };
+    let last_of = |p: &Path| -> Value {
+        serde_json::from_str(std::fs::read_to_string(p).unwrap().lines().last().unwrap()).unwrap()
+    };
+    let rotated_1 = dir.path().join("audit.jsonl.1");
+    let rotated_2 = dir.path().join("audit.jsonl.2");
+    assert_eq!(first_of(&rotated_2)["prev"], last_of(&rotated_1)["hash"]);
+
+    let (ok, out) = verify(&files);
+    assert!(ok, "{out}");
+    assert!(out.contains("intact: 41 records"), "{out}");
+    assert!(
+        out.contains(&format!("across {} files", files.len())),
+        "{out}"
+    );
+
+    // Without a file in the middle, the gap is named at the first record after it.
+    let without: Vec<PathBuf> = files.iter().filter(|p| **p != rotated_2).cloned().collect();
+    let (ok, out) = verify(&without);
+    assert!(!ok);
+    let expected = format!("{}:1: removed:", dir.path().join("audit.jsonl.3").display());
+    assert!(out.contains(&expected), "{out}");
+}
+
+/// The value of one sample line, e.g. `portcullis_requests_total{method="tools/call",…}`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn admin_url(gateway: &Gateway) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(url) = gateway
+            .stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis admin listening on "))
+        {
+            return url.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no admin line: {}",
+            gateway.stdout()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_after_real_traffic_has_the_expected_series() {
+    let plugins = policies();
+    plugins.add(
+        "spin",
+        "chaos",
+        "[limits]\ntimeout = \"50ms\"\n[config]\nmode = \"loop\"\nmethods = [\"tools/call\"]\ntargets = [\"whoami\"]\n",
+    );
+    plugins.add(
+        "boom",
+        "chaos",
+        "[config]\nmode = \"trap\"\nmethods = [\"tools/call\"]\ntargets = [\"crash\"]\n",
+    );
+    let dir = TempDir::new();
+    let config = format!(
+        "{}{}{}{}{}",
+        server_toml(),
+        plugins.policy_toml(),
+        admin_toml(),
+        audit_toml(&dir.path().join("audit.jsonl"), ""),
+        stdio_fixture_toml("alpha")
+    );
+    let gateway = Gateway::start(&config).await;
+    let dev = session_as(&gateway, DEV_KEY).await;
+    let root = session_as(&gateway, ADMIN_KEY).await;
+    for id in 1..=3 {
+        let ok = call(&dev, id, "alpha__echo", json!({ "text": "hi" })).await;
+        assert!(ok.get("result").is_some(), "{ok}");
+    }
+    call(&dev, 4, "alpha__crash", json!({})).await; // authz
+    call(&root, 5, "alpha__add", json!({ "a": 1, "b": 2 })).await; // chaos
+    call(&root, 6, "alpha__whoami", json!({})).await; // spin: CPU deadline
+    call(&root, 7, "alpha__crash", json!({})).await; // boom: trap
+    dev.call(8, "tools/list", json!({})).await;
+
+    // The audit writer is asynchronous: let it catch up before counting its records.
+    records(&dir.path().join("audit.jsonl"), 9).await;
+
+    let admin = admin_url(&gateway).await;
+    let http = reqwest::Client::new();
+    let unauthorized = http.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let resp = http
+        .get(format!("{admin}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let m = resp.text().await.unwrap();
+
+    let requests = |method: &str, upstream: &str, outcome: &str| {
+        sample(
+            &m,
+            &format!(
+                "portcullis_requests_total{{method=\"{method}\",upstream=\"{upstream}\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!(requests("tools/call", "alpha", "ok"), 3.0);
+    assert_eq!(requests("tools/call", "alpha", "denied"), 4.0);
+    assert_eq!(requests("tools/list", "", "ok"), 1.0);
+    assert_eq!(
+        sample(
+            &m,
+            "portcullis_request_duration_seconds_count{method=\"tools/call\"}"
+        ),
+        7.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "portcullis_gateway_overhead_seconds_count{method=\"tools/call\"}"
+        ),
+        7.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "portcullis_upstream_duration_seconds_count{upstream=\"alpha\"}"
+        ),
+        3.0
+    );
+
+    let plugin = |name: &str, plugin: &str| {
+        sample(
+            &m,
+            &format!("portcullis_plugin_{name}{{plugin=\"{plugin}\"}}"),
+        )
+    };
+    assert_eq!(plugin("denials_total", "authz"), 1.0);
+    assert_eq!(plugin("denials_total", "chaos"), 1.0);
+    assert_eq!(plugin("timeouts_total", "spin"), 1.0);
+    assert_eq!(plugin("traps_total", "boom"), 1.0);
+    assert_eq!(plugin("failures_total", "boom"), 1.0);
+    assert_eq!(plugin("traps_total", "spin"), 0.0);
+    // authn ran on every message: 2 × (initialize, initialized) and 8 requests.
+    assert_eq!(plugin("invocations_total", "authn"), 12.0);
+    assert_eq!(
+        plugin("duration_seconds_count", "authn"),
+        plugin("invocations_total", "authn")
+    );
+    assert_eq!(sample(&m, "portcullis_plugins_active"), 6.0);
+
+    assert_eq!(sample(&m, "portcullis_sessions_active"), 2.0);
+    assert_eq!(
+        sample(&m, "portcullis_upstream_up{upstream=\"alpha\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "portcullis_policy_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+    // start + 8 requests (initialize is the gateway's own answer, not a record).
+    assert_eq!(sample(&m, "portcullis_audit_records_total"), 9.0);
+    assert_eq!(sample(&m, "portcullis_audit_dropped_total"), 0.0);
+
+    // Bounded labels: no subject, no session, no argument.
+    for leak in ["dev-bot", "root", dev.session_id.as_deref().unwrap(), "hi"] {
+        assert!(
+            !m.contains(&format!("\"{leak}\"")),
+            "{leak} is a label value:\n{m}"
+        );
+    }
+}
