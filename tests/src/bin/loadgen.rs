@@ -5,7 +5,17 @@
 //! ```sh
 //! cargo build --release -p portcullis -p portcullis-tests --bins
 //! target/release/loadgen [--seconds 10] [--sessions 1000] [--memory-only]
+//! target/release/loadgen --tracing [--seconds 10]
+//! target/release/loadgen --audit [--seconds 10]
 //! ```
+//!
+//! `--audit` measures the audit trail the same way: one allow-all policy, one HTTP upstream,
+//! `[audit]` off and on (records to a file), and the plain gateway without policies for
+//! reference (its request metrics are always on).
+//!
+//! `--tracing` measures the cost of OpenTelemetry export instead: the same gateway (one
+//! allow-all policy, one HTTP upstream) with `[tracing]` off and on, exporting to an
+//! OTLP/HTTP sink in this process (needs `scripts/build-plugins` for the policy).
 //!
 //! Prints a Markdown report (see docs/BENCHMARKS.md). Each virtual client is one MCP session
 //! on its own keep-alive connection, sending its next request as soon as the last answer
@@ -15,7 +25,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use portcullis_tests::harness::{Fixture, Gateway};
+use portcullis_tests::harness::{Fixture, Gateway, PluginDir, TempDir, toml_str};
 use serde_json::json;
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
@@ -226,16 +236,26 @@ async fn main() -> anyhow::Result<()> {
     let mut seconds = 10.0;
     let mut idle_sessions = 1000;
     let mut memory_only = false;
+    let mut tracing = false;
+    let mut audit = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seconds" => seconds = args.next().context("--seconds N")?.parse()?,
             "--sessions" => idle_sessions = args.next().context("--sessions N")?.parse()?,
             "--memory-only" => memory_only = true,
+            "--tracing" => tracing = true,
+            "--audit" => audit = true,
             other => bail!(
-                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only]"
+                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--tracing] [--audit]"
             ),
         }
+    }
+    if audit {
+        return audit_overhead(seconds).await;
+    }
+    if tracing {
+        return tracing_overhead(seconds).await;
     }
     let upstream = Fixture::http("bench").await;
     let config = format!(
@@ -331,5 +351,154 @@ async fn main() -> anyhow::Result<()> {
     for (op, c, t, l) in ratios.iter().map(|(o, c, t, l, _)| (o, c, t, l)) {
         println!("| {op} | {c} | {t:.2} | {l:.2} |");
     }
+    Ok(())
+}
+
+/// An OTLP/HTTP receiver that accepts everything: (its base URL, exports received, bytes).
+async fn otlp_sink() -> anyhow::Result<(String, std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>)>
+{
+    use http_body_util::BodyExt;
+    use std::sync::atomic::Ordering::Relaxed;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let counts = std::sync::Arc::new([
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ]);
+    let seen = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let n = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        seen[0].fetch_add(1, Relaxed);
+                        seen[1].fetch_add(n as u64, Relaxed);
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::new()),
+                        ))
+                    }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((url, counts))
+}
+
+/// `--tracing`: tools/call through the gateway with trace export off and on.
+async fn tracing_overhead(seconds: f64) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let upstream = Fixture::http("bench").await;
+    let plugins = PluginDir::new();
+    plugins.add("gate", "chaos", "[config]\nmode = \"allow\"\n");
+    let (sink, exported) = otlp_sink().await?;
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\n\n{}{}",
+        plugins.policy_toml(),
+        upstream.upstream_toml("bench")
+    );
+    let off = Gateway::start(&base).await;
+    let on = Gateway::start(&format!("{base}[tracing]\notlp-endpoint = \"{sink}\"\n")).await;
+    println!("| clients | tracing | calls/s | p50 ms | p99 ms | gateway CPU µs/call | errors |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    let mut calls_on = 0;
+    for c in CONCURRENCY {
+        for (label, gateway) in [("off", &off), ("on", &on)] {
+            let target = Target {
+                label,
+                url: gateway.url(),
+                echo: "bench__echo",
+                pids: vec![gateway.pid()],
+            };
+            let cell = measure(&target, Op::Call, c, seconds).await?;
+            if label == "on" {
+                calls_on += cell.calls;
+            }
+            println!(
+                "| {c} | {label} | {:.0} | {} | {} | {:.0} | {} |",
+                cell.rps,
+                ms(cell.p50),
+                ms(cell.p99),
+                cell.cpu_per_call.as_secs_f64() * 1e6,
+                cell.errors
+            );
+        }
+    }
+    // Let the batch processor send what it holds (it exports every 5 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    println!(
+        "\nexported: {} OTLP requests, {:.1} MiB, for {} measured calls (plus warm-up)",
+        exported[0].load(Relaxed),
+        exported[1].load(Relaxed) as f64 / (1024.0 * 1024.0),
+        calls_on
+    );
+    Ok(())
+}
+
+/// `--audit`: tools/call through the gateway without policies, with one allow-all policy,
+/// and with that policy and the audit trail writing to a file.
+async fn audit_overhead(seconds: f64) -> anyhow::Result<()> {
+    let upstream = Fixture::http("bench").await;
+    let plugins = PluginDir::new();
+    plugins.add("gate", "chaos", "[config]\nmode = \"allow\"\n");
+    let dir = TempDir::new();
+    let trail = dir.path().join("audit.jsonl");
+    let server = "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\n\n";
+    let bare = format!("{server}{}", upstream.upstream_toml("bench"));
+    let policy = format!(
+        "{server}{}{}",
+        plugins.policy_toml(),
+        upstream.upstream_toml("bench")
+    );
+    let audited = format!(
+        "{policy}[audit]\nenabled = true\npath = {}\n",
+        toml_str(&trail.to_string_lossy())
+    );
+    let gateways = [
+        ("no policy", Gateway::start(&bare).await),
+        ("policy", Gateway::start(&policy).await),
+        ("policy + audit", Gateway::start(&audited).await),
+    ];
+    println!("| clients | gateway | calls/s | p50 ms | p99 ms | gateway CPU µs/call | errors |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    for c in CONCURRENCY {
+        for (label, gateway) in &gateways {
+            let target = Target {
+                label: *label,
+                url: gateway.url(),
+                echo: "bench__echo",
+                pids: vec![gateway.pid()],
+            };
+            let cell = measure(&target, Op::Call, c, seconds).await?;
+            println!(
+                "| {c} | {label} | {:.0} | {} | {} | {:.0} | {} |",
+                cell.rps,
+                ms(cell.p50),
+                ms(cell.p99),
+                cell.cpu_per_call.as_secs_f64() * 1e6,
+                cell.errors
+            );
+        }
+    }
+    let bytes = std::fs::metadata(&trail).map(|m| m.len()).unwrap_or(0);
+    let records = std::fs::read_to_string(&trail)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    println!(
+        "\naudit trail: {records} records, {:.1} MiB ({} bytes per record)",
+        bytes as f64 / (1024.0 * 1024.0),
+        bytes / records.max(1) as u64
+    );
     Ok(())
 }
