@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis_tests::harness::{
-    Gateway, PluginDir, RawHttp, RawSession, TempDir, bin_path, jsonrpc_request, server_toml,
-    stdio_fixture_toml, toml_str,
+    Gateway, PluginDir, RawHttp, RawSession, TempDir, bin_path, initialize_request,
+    jsonrpc_request, server_toml, stdio_fixture_toml, toml_str,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -180,9 +180,41 @@ async fn the_audit_trail_says_who_did_what_and_which_policies_decided() {
         )
         .await;
     assert_eq!(modern.status, 200, "{}", modern.body);
+    // And a request over the legacy HTTP+SSE transport (2024-11-05).
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let headers = [("authorization", auth.as_str())];
+    let mut stream = RawHttp::new(&format!("{}/sse", gateway.base()))
+        .open_stream(reqwest::Method::GET, &headers, None)
+        .await;
+    let endpoint = stream
+        .next_event(Duration::from_secs(10))
+        .await
+        .expect("an endpoint event");
+    let legacy = RawHttp::new(&format!("{}{}", gateway.base(), endpoint.data));
+    let mut post_legacy = async |body: Value| {
+        let resp = legacy.post(&body, &headers).await;
+        assert_eq!(resp.status, 202, "{}", resp.body);
+        loop {
+            let event = stream
+                .next_event(Duration::from_secs(10))
+                .await
+                .expect("an answer");
+            if event.event.as_deref() == Some("message") {
+                return event.json();
+            }
+        }
+    };
+    post_legacy(initialize_request(0, "2024-11-05")).await;
+    let echoed = post_legacy(jsonrpc_request(
+        5,
+        "tools/call",
+        json!({ "name": "alpha__echo", "arguments": { "text": "old" } }),
+    ))
+    .await;
+    assert_eq!(echoed["id"], 5, "{echoed}");
 
-    // start; 2 × (initialize is answered by the gateway: not a record) ; the four requests.
-    let all = records(&trail, 5).await;
+    // start, then the five requests (initialize is the gateway's own answer: not a record).
+    let all = records(&trail, 6).await;
     assert_eq!(all[0]["event"], "start");
     let hashes: Vec<String> = ["authn", "authz", "chaos", "redact"]
         .iter()
@@ -241,6 +273,12 @@ async fn the_audit_trail_says_who_did_what_and_which_policies_decided() {
     assert_eq!(stateless["subject"], "root");
     assert_eq!(stateless["outcome"], "ok");
 
+    let old = find(&all, |r| r["protocol"] == "2024-11-05");
+    assert_eq!(old["target"], "alpha__echo");
+    assert_eq!(old["subject"], "root");
+    assert_eq!(old["rule"], "admins");
+    assert_eq!(old["outcome"], "ok");
+
     gateway.stop().await;
     let text = std::fs::read_to_string(&trail).unwrap();
     for secret in [DEV_KEY, ADMIN_KEY, "ann@example.com"] {
@@ -250,7 +288,7 @@ async fn the_audit_trail_says_who_did_what_and_which_policies_decided() {
     // Intact: verify says so.
     let (ok, out) = verify(std::slice::from_ref(&trail));
     assert!(ok, "{out}");
-    assert!(out.contains("intact: 5 records"), "{out}");
+    assert!(out.contains("intact: 6 records"), "{out}");
 
     // Tampering is named at the right line.
     let lines: Vec<&str> = text.lines().collect();
