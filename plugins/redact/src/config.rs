@@ -110,6 +110,9 @@ pub struct Config {
     pub detectors: Vec<Detector>,
     /// All their patterns; `None` when every detector is off.
     pub regex: Option<Regex>,
+    /// The same patterns with "all matches" semantics and no capture groups: which detectors
+    /// match at a position where the first one's candidate was rejected, in one DFA run.
+    pub starts: Option<Regex>,
     /// Secret key names, matched against whole JSON keys (`json-keys`), and the detector
     /// their values count as.
     pub keys: Option<(Regex, usize)>,
@@ -288,8 +291,8 @@ fn compile(raw: Raw) -> Result<Config, String> {
     }
     let style = Style::new(raw.mask_char, salt.as_bytes(), raw.hash_length)?;
 
-    let regex = if patterns.is_empty() {
-        None
+    let (regex, starts) = if patterns.is_empty() {
+        (None, None)
     } else {
         let regex = builder()
             .build_many(&patterns)
@@ -297,7 +300,19 @@ fn compile(raw: Raw) -> Result<Config, String> {
         for (i, d) in detectors.iter_mut().enumerate() {
             d.value_groups = value_groups(&regex, i);
         }
-        Some(regex)
+        let starts = builder()
+            .configure(
+                Regex::config()
+                    .match_kind(regex_automata::MatchKind::All)
+                    .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
+                    .hybrid_cache_capacity(2 << 20)
+                    .onepass(false)
+                    .backtrack(false)
+                    .auto_prefilter(false),
+            )
+            .build_many(&patterns)
+            .map_err(|e| format!("compiling the detectors: {e}"))?;
+        (Some(regex), Some(starts))
     };
     let keys = match detectors
         .iter()
@@ -314,6 +329,7 @@ fn compile(raw: Raw) -> Result<Config, String> {
     Ok(Config {
         detectors,
         regex,
+        starts,
         keys,
         style,
         arguments: raw.arguments,

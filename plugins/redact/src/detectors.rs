@@ -2,8 +2,12 @@
 //!
 //! Patterns are written for the lazy DFA that scans every string once for all detectors:
 //! ASCII word boundaries (`(?-u:\b)`; a Unicode `\b` makes the DFA give up on non-ASCII
-//! text), no bounded repetitions with large counts (they multiply states; lengths are checked
-//! by the validators instead), and ASCII classes where the data is ASCII. A capture group
+//! text), ASCII classes where the data is ASCII, and no unbounded run of common characters
+//! that a candidate may start with (an e-mail's local part, a key name): the DFA keeps
+//! reading as long as such a run could still become a longer match, so one unbounded
+//! class turns a long run with many candidates into a quadratic scan. For the same reason
+//! the IP address patterns read the character after the address (so a long dotted or colon
+//! run yields no candidate in its middle); their validators leave it out of the finding. A capture group
 //! named `value` (or `value…`) marks the part that is redacted, e.g. the secret after
 //! `password=`; without one the whole match is.
 //!
@@ -47,7 +51,7 @@ pub enum Normalize {
 /// The key names that mark a secret: in `key = value` text and, with `json-keys`, as JSON
 /// object keys. Matched case-insensitively, with any prefix (`db_password`, `GITHUB_TOKEN`,
 /// `clientSecret`) and an optional `key` suffix (`secret_key`).
-pub const SECRET_KEY_NAMES: &str = r"[a-z0-9_.-]*(?:password|passwd|passphrase|pwd|secret|token|api[_.-]?key|apikey|access[_.-]?key|auth[_.-]?key|private[_.-]?key|credentials?)(?:[_.-]?key)?";
+pub const SECRET_KEY_NAMES: &str = r"[a-z0-9_.-]{0,64}(?:password|passwd|passphrase|pwd|secret|token|api[_.-]?key|apikey|access[_.-]?key|auth[_.-]?key|private[_.-]?key|credentials?)(?:[_.-]?key)?";
 
 const fn builtin(
     name: &'static str,
@@ -79,7 +83,7 @@ pub fn secret_assignment_pattern() -> String {
 pub const BUILTINS: &[Builtin] = &[
     builtin(
         "private-key",
-        r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----(?:(?:\r?\n|\\n)[A-Za-z-]+:[^\r\n\\]*)*[A-Za-z0-9+/=\r\n\t \\]*(?:-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----)?",
+        r"-----BEGIN[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----(?:(?:\r?\n|\\n)[A-Za-z-]+:[^\r\n\\]*)*[A-Za-z0-9+/=\r\n\t \\]*(?:-----END[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----)?",
         None,
         (Action::Label, "PRIVATE_KEY"),
         Normalize::None,
@@ -142,7 +146,7 @@ pub const BUILTINS: &[Builtin] = &[
     ),
     builtin(
         "email",
-        r"(?-u:\b)[A-Za-z0-9_%+-][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?-u:\b)",
+        r"(?-u:\b)[A-Za-z0-9_%+-][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,7}\.[A-Za-z]{2,24}(?-u:\b)",
         Some(validate::email),
         (Action::Label, "EMAIL"),
         Normalize::Lowercase,
@@ -170,14 +174,14 @@ pub const BUILTINS: &[Builtin] = &[
     ),
     builtin(
         "ipv6",
-        r"(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){1,6}:(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)|(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){2,7}",
+        r"(?:(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){1,6}:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){2,7})(?:[^0-9A-Za-z:]|$)",
         Some(validate::ipv6),
         (Action::Label, "IPV6"),
         Normalize::Lowercase,
     ),
     builtin(
         "ipv4",
-        r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)",
+        r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?:[^0-9.]|\.[^0-9]|\.?$)",
         Some(validate::ipv4),
         (Action::Label, "IPV4"),
         Normalize::None,

@@ -8,7 +8,7 @@
 //! detector's finding.
 
 use regex_automata::util::captures::Captures;
-use regex_automata::{Anchored, Input, PatternID};
+use regex_automata::{Anchored, Input, PatternID, PatternSet};
 use serde_json::{Map, Value};
 
 use crate::action::{self, Action};
@@ -18,6 +18,8 @@ use crate::config::Config;
 pub struct Scanner<'c> {
     config: &'c Config,
     caps: Option<Captures>,
+    /// The detectors matching where a candidate was rejected.
+    others: PatternSet,
     /// Findings per detector (index as in `config.detectors`).
     pub counts: Vec<u32>,
     /// The first detector whose action is `block` that found something.
@@ -37,6 +39,7 @@ impl<'c> Scanner<'c> {
         Scanner {
             config,
             caps: config.regex.as_ref().map(|r| r.create_captures()),
+            others: PatternSet::new(config.detectors.len()),
             counts: vec![0; config.detectors.len()],
             blocked: None,
         }
@@ -138,14 +141,19 @@ impl<'c> Scanner<'c> {
             if let Some(f) = self.accept(s, m.pattern(), m.start(), m.end()) {
                 return Some(f);
             }
-            // Rejected: another detector may still match here. A cheap anchored DFA run per
-            // detector says which could; only those are validated.
+            // Rejected: another detector may still match here. One anchored DFA run says
+            // which could; only those are searched and validated, in priority order.
             let (start, rejected) = (m.start(), m.pattern());
+            let anchored = Input::new(s).span(start..s.len()).anchored(Anchored::Yes);
+            self.others.clear();
+            if let Some(starts) = &config.starts {
+                starts.which_overlapping_matches(&anchored, &mut self.others);
+            }
             for other in 0..config.detectors.len() {
                 let Ok(pid) = PatternID::new(other) else {
                     break;
                 };
-                if pid == rejected {
+                if pid == rejected || !self.others.contains(pid) {
                     continue;
                 }
                 let input = Input::new(s)

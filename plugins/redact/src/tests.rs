@@ -642,3 +642,28 @@ fn the_guides_complete_example_does_what_it_says() {
         );
     }
 }
+
+#[test]
+#[ignore = "a measurement: cargo test --release -p redact -- --ignored --nocapture"]
+fn measure_hostile_inputs() {
+    let cfg = defaults();
+    let mib: usize = std::env::var("HOSTILE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 20);
+    let cases = [
+        ("dotted numbers", "1.".repeat(mib / 2)),
+        ("digits and spaces", "4111 ".repeat(mib / 5)),
+        ("colons", "ab:".repeat(mib / 3)),
+        ("at signs", "a@b.".repeat(mib / 4)),
+        ("plus digits", "+1 ".repeat(mib / 3)),
+        ("key names", "password_".repeat(mib / 9)),
+        ("one long word", "a".repeat(mib)),
+        ("non-ASCII", "é1.2:".repeat(mib / 6)),
+    ];
+    for (name, text) in cases {
+        let started = std::time::Instant::now();
+        let _ = Redact::evaluate(&cfg, &text_result(&text));
+        eprintln!("{name}: {:?}", started.elapsed());
+    }
+}

@@ -133,7 +133,9 @@ fn iban_ok(s: &str) -> bool {
 /// An IPv4 address in dotted-quad form: four decimal octets 0–255 without leading zeros, and
 /// not part of a longer dotted number (`1.2.3.4.5`, an SNMP OID).
 pub fn ipv4(hay: &str, start: usize, end: usize) -> Option<usize> {
-    let s = &hay[start..end];
+    // The pattern reads one character (or a dot and one) past the address.
+    let s = hay[start..end].trim_end_matches(|c: char| !c.is_ascii_digit());
+    let end = start + s.len();
     let octets_ok = s.split('.').all(|o| {
         !o.is_empty()
             && (o == "0" || !o.starts_with('0'))
@@ -150,7 +152,9 @@ pub fn ipv4(hay: &str, start: usize, end: usize) -> Option<usize> {
 /// `a::b` (a C++ or Rust path) and `12:30:45` (a time) are not addresses — and not glued to
 /// a longer word.
 pub fn ipv6(hay: &str, start: usize, end: usize) -> Option<usize> {
-    let s = &hay[start..end];
+    // The pattern reads the character after the address.
+    let s = hay[start..end].trim_end_matches(|c: char| !(c.is_ascii_hexdigit() || c == ':'));
+    let end = start + s.len();
     let glued = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == ':');
     if glued(before(hay, start)) || glued(after(hay, end)) {
         return None;
@@ -194,6 +198,12 @@ pub fn phone(hay: &str, start: usize, end: usize) -> Option<usize> {
 /// a dot nor hold two in a row, and a domain of at most 253 characters whose labels do not
 /// start or end with a hyphen.
 pub fn email(hay: &str, start: usize, end: usize) -> Option<usize> {
+    let local_char = |c: char| c.is_ascii_alphanumeric() || "._%+-".contains(c);
+    if before(hay, start).is_some_and(local_char) {
+        // The pattern takes at most 64 characters before the `@`: this is the tail of a
+        // longer run, not an address.
+        return None;
+    }
     let (local, domain) = hay[start..end].rsplit_once('@')?;
     let ok = local.len() <= 64
         && !local.starts_with('.')
@@ -248,7 +258,11 @@ mod tests {
 
     #[test]
     fn context_matters() {
-        assert_eq!(ipv4("at 10.0.0.1.", 3, 11), Some(11));
+        assert_eq!(
+            ipv4("at 10.0.0.1.", 3, 12),
+            Some(11),
+            "the dot after it is not part of it"
+        );
         assert_eq!(
             ipv4("v1.10.0.0.1", 3, 11),
             None,
