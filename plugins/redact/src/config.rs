@@ -112,7 +112,10 @@ pub struct Config {
     pub regex: Option<Regex>,
     /// The same patterns with "all matches" semantics and no capture groups: which detectors
     /// match at a position where the first one's candidate was rejected, in one DFA run.
-    pub starts: Option<Regex>,
+    /// Built on the first rejection, so a call that sees none does not pay for it.
+    starts: std::cell::OnceCell<Option<Regex>>,
+    /// The patterns, for `starts`.
+    patterns: Vec<String>,
     /// Secret key names, matched against whole JSON keys (`json-keys`), and the detector
     /// their values count as.
     pub keys: Option<(Regex, usize)>,
@@ -130,6 +133,29 @@ impl<'de> Deserialize<'de> for Config {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Raw::deserialize(d)?;
         compile(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// The all-matches regex (see `starts`), built on first use; `None` if it cannot be
+    /// built (then only the first detector's candidate is considered at a position).
+    pub fn starts(&self) -> Option<&Regex> {
+        self.starts
+            .get_or_init(|| {
+                builder()
+                    .configure(
+                        Regex::config()
+                            .match_kind(regex_automata::MatchKind::All)
+                            .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
+                            .hybrid_cache_capacity(2 << 20)
+                            .onepass(false)
+                            .backtrack(false)
+                            .auto_prefilter(false),
+                    )
+                    .build_many(&self.patterns)
+                    .ok()
+            })
+            .as_ref()
     }
 }
 
@@ -291,8 +317,8 @@ fn compile(raw: Raw) -> Result<Config, String> {
     }
     let style = Style::new(raw.mask_char, salt.as_bytes(), raw.hash_length)?;
 
-    let (regex, starts) = if patterns.is_empty() {
-        (None, None)
+    let regex = if patterns.is_empty() {
+        None
     } else {
         let regex = builder()
             .build_many(&patterns)
@@ -300,19 +326,7 @@ fn compile(raw: Raw) -> Result<Config, String> {
         for (i, d) in detectors.iter_mut().enumerate() {
             d.value_groups = value_groups(&regex, i);
         }
-        let starts = builder()
-            .configure(
-                Regex::config()
-                    .match_kind(regex_automata::MatchKind::All)
-                    .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
-                    .hybrid_cache_capacity(2 << 20)
-                    .onepass(false)
-                    .backtrack(false)
-                    .auto_prefilter(false),
-            )
-            .build_many(&patterns)
-            .map_err(|e| format!("compiling the detectors: {e}"))?;
-        (Some(regex), Some(starts))
+        Some(regex)
     };
     let keys = match detectors
         .iter()
@@ -329,7 +343,8 @@ fn compile(raw: Raw) -> Result<Config, String> {
     Ok(Config {
         detectors,
         regex,
-        starts,
+        starts: std::cell::OnceCell::new(),
+        patterns,
         keys,
         style,
         arguments: raw.arguments,

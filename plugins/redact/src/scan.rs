@@ -146,7 +146,7 @@ impl<'c> Scanner<'c> {
             let (start, rejected) = (m.start(), m.pattern());
             let anchored = Input::new(s).span(start..s.len()).anchored(Anchored::Yes);
             self.others.clear();
-            if let Some(starts) = &config.starts {
+            if let Some(starts) = config.starts() {
                 starts.which_overlapping_matches(&anchored, &mut self.others);
             }
             for other in 0..config.detectors.len() {
