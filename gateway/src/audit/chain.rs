@@ -26,11 +26,13 @@ const HASH_MEMBER: &str = ",\"hash\":\"";
 const SEAL_LEN: usize = HASH_MEMBER.len() + 64 + 2;
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 /// Seals one record: `json` is its JSON object (`{…}`), `prev` the hash of the record before
