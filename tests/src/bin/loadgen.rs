@@ -475,7 +475,7 @@ async fn audit_overhead(seconds: f64) -> anyhow::Result<()> {
     for c in CONCURRENCY {
         for (label, gateway) in &gateways {
             let target = Target {
-                label: *label,
+                label,
                 url: gateway.url(),
                 echo: "bench__echo",
                 pids: vec![gateway.pid()],
