@@ -70,11 +70,16 @@ const fn builtin(
     }
 }
 
-/// The secret-assignment pattern: a secret key name, `=`, `:` or `=>`, and the value (quoted,
-/// or up to the next space or delimiter).
+/// The secret-assignment pattern: a secret key name, `=`, `:` or `=>`, and the value. After
+/// a quoted key (`"password": …`, JSON or a JSON-like dump) only a quoted value counts, so
+/// `"token": 42` inside JSON text stays valid JSON; after a bare key the value may be quoted
+/// or run to the next space or delimiter (`password=hunter2`).
 pub fn secret_assignment_pattern() -> String {
+    let quoted = |a: &str, b: &str| format!(r#""(?P<{a}>[^"\r\n]+)"|'(?P<{b}>[^'\r\n]+)'"#);
     format!(
-        r#"(?i-u:(?-u:\b){SECRET_KEY_NAMES})(?-u:\b)["']?[ \t]*(?:=>|[:=])[ \t]*(?:"(?P<value>[^"\r\n]+)"|'(?P<value2>[^'\r\n]+)'|(?P<value3>[^ \t\r\n"',;&<>)\]}}]+))"#
+        r#"(?i-u:(?-u:\b){SECRET_KEY_NAMES})(?-u:\b)(?:["'][ \t]*(?:=>|[:=])[ \t]*(?:{})|[ \t]*(?:=>|[:=])[ \t]*(?:{}|(?P<value5>[^ \t\r\n"',;&<>)\]}}\\]+)))"#,
+        quoted("value", "value2"),
+        quoted("value3", "value4"),
     )
 }
 

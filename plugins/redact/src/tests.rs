@@ -213,6 +213,35 @@ fn structured_content_keeps_its_shape_and_types() {
 }
 
 #[test]
+fn json_text_stays_json() {
+    // A tool that returns a JSON document as text (like the fixture's `whoami`).
+    let doc = json!({
+        "meta": { "progressToken": 0, "contact": EMAIL, "db": { "password": "hunter2", "port": 5432 } },
+        "token": 42,
+        "secret": null,
+        "card": CARD,
+        "key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----",
+        "cmd": "login --password=s3cr3t --user \"bob\"",
+    });
+    let v = Redact::evaluate(&defaults(), &text_result(&doc.to_string()));
+    let text = changed(&v)["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let back: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(back["meta"]["progressToken"], 0);
+    assert_eq!(back["meta"]["contact"], "[EMAIL]");
+    assert_eq!(
+        back["meta"]["db"],
+        json!({ "password": "[SECRET]", "port": 5432 })
+    );
+    assert_eq!(back["token"], 42);
+    assert_eq!(back["card"], "**** **** **** 1111");
+    assert_eq!(back["key"], "[PRIVATE_KEY]");
+    assert_eq!(back["cmd"], "login --password=[SECRET] --user \"bob\"");
+}
+
+#[test]
 fn a_value_under_a_secret_key_counts_as_what_it_is() {
     let v = Redact::evaluate(
         &defaults(),
