@@ -28,7 +28,7 @@ use super::streamable::{PROTOCOL_VERSION, denied};
 use crate::mcp::methods::{self, meta};
 use crate::mcp::{Kind, Message, codes, headers, version};
 use crate::policy::{Call, Chain, Phase};
-use crate::session::{Route, Session};
+use crate::session::Session;
 use crate::upstream::Hello;
 
 const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
@@ -489,61 +489,15 @@ impl Front {
         self: &Arc<Self>,
         session: Arc<Session>,
         mut msg: Message,
-        mut call: Option<Call>,
+        call: Option<Call>,
         chain: Arc<Chain>,
         shape: Shape,
     ) -> Response<Body> {
         let n = self.parked.next_id.fetch_add(1, Ordering::Relaxed);
         let internal_id = Value::String(format!("m{n}"));
         msg.set_id(internal_id.clone());
-        let (tx, rx) = mpsc::unbounded_channel::<Message>();
-        {
-            let session = session.clone();
-            let internal_id = internal_id.clone();
-            let span = tracing::Span::current();
-            let (recorder, started) = (self.recorder.clone(), shape.started);
-            let task = async move {
-                let route = call.as_ref().filter(|c| c.routed).map(|c| Route {
-                    upstream: c.view().upstream.clone(),
-                    target: c.view().upstream_target.clone(),
-                });
-                if let Some(call) = &call {
-                    super::streamable::shadow(&session, &msg, call);
-                }
-                let pending = recorder.begin(started, &session, &msg, call.as_ref()).await;
-                let asked = Instant::now();
-                let mut response = session
-                    .handle_request(msg, tx.clone(), route.as_ref())
-                    .await;
-                let upstream_time = asked.elapsed();
-                let mut refused = None;
-                if let Some(call) = call.as_mut()
-                    && chain.wants(Phase::Response)
-                {
-                    response = match chain.on_response(call, response).await {
-                        Ok(r) => r,
-                        Err(denial) => {
-                            let answer = denial.to_response(internal_id);
-                            refused = Some(denial);
-                            answer
-                        }
-                    };
-                }
-                crate::observe::record_response(&tracing::Span::current(), &response);
-                recorder.finish(
-                    pending,
-                    &session,
-                    call.as_ref(),
-                    &response,
-                    refused.as_deref(),
-                    upstream_time,
-                );
-                let _ = tx.send(response);
-            };
-            // The request's span (export on) goes with it into its task.
-            self.tasks
-                .spawn(tracing::Instrument::instrument(task, span));
-        }
+        // The same request task as the session era (routing, shadow, response phase, audit).
+        let rx = self.spawn_request(session.clone(), msg, call, chain, shape.started);
         self.answer(session, rx, internal_id, shape).await
     }
 
