@@ -462,3 +462,48 @@ async fn warm_instances_serve_many_calls_and_are_dropped_after_a_trap() {
     assert_eq!(v["chain"], json!(["rewrite", "trapper"]));
     drop(gateway);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_pass_the_response_phase_and_a_denial_drops_them() {
+    let plugins = PluginDir::new();
+    plugins.add(
+        "drop-logs",
+        "chaos",
+        "[config]\nmode = \"deny\"\nphases = [\"response\"]\nmethods = [\"notifications/message\"]\n",
+    );
+    let (gateway, session) = gateway(&plugins).await;
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": "alpha__report",
+            "arguments": { "text": "nightly export" },
+            "_meta": { "progressToken": "p1" },
+        },
+    });
+    let resp = session.post(&body).await;
+    let messages = resp.messages();
+    let methods: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m["method"].as_str())
+        .collect();
+    assert_eq!(
+        methods,
+        ["notifications/progress"],
+        "the log line is dropped, the progress passes: {messages:#?}"
+    );
+    assert_eq!(messages[0]["params"]["message"], "nightly export");
+    assert_eq!(
+        resp.response(&json!(1)).expect("answer")["result"]["content"][0]["text"],
+        "reported",
+        "dropping a notification does not fail the call"
+    );
+    let log = gateway
+        .wait_for_log("notification dropped by policy", WAIT)
+        .await;
+    assert!(log.contains("plugin=drop-logs"), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("dropped") && l.contains("nightly export")),
+        "the dropped content is not logged:\n{log}"
+    );
+}

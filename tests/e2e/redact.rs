@@ -1,15 +1,18 @@
 //! The `redact` plugin through the real binary: what a real MCP client gets back from the
 //! fixture upstream when results carry customer data and secrets.
 
+#![allow(deprecated)] // logging/setLevel is 2025-11-25 API, deprecated by SEP-2577.
+
 use std::time::Duration;
 
 use portcullis_tests::harness::{
-    Gateway, PluginDir, call_tool, client, stdio_fixture_toml, text_of,
+    ClientEvent, Gateway, PluginDir, RawHttp, RecordingClient, call_tool, call_tool_tracked,
+    client, client_with, stdio_fixture_toml, text_of,
 };
 use rmcp::ServiceError;
 use rmcp::model::{
-    CallToolRequestParams, GetPromptRequestParams, ReadResourceRequestParams, RequestMetaObject,
-    ResourceContents,
+    CallToolRequestParams, GetPromptRequestParams, LoggingLevel, ReadResourceRequestParams,
+    RequestMetaObject, ResourceContents, SetLevelRequestParams,
 };
 use serde_json::{Value, json};
 
@@ -144,7 +147,8 @@ async fn structured_content_stays_valid_and_keeps_its_types() {
     );
     assert_eq!(s["server"], "alpha", "the rest of the report is intact");
     // The text block carries the same report as JSON text, redacted the same way.
-    let text: Value = serde_json::from_str(&text_of(&result)).expect("still JSON");
+    let text: Value = serde_json::from_str(&text_of(&result))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text_of(&result)));
     assert_eq!(text["meta"]["contact"], "[EMAIL]");
     assert_eq!(text["meta"]["db"]["password"], "[SECRET]");
     client.cancel().await.ok();
@@ -189,4 +193,127 @@ async fn resource_contents_and_prompt_messages_are_redacted() {
         "{shown}"
     );
     client.cancel().await.ok();
+}
+
+/// What a session-era client hears while and after `alpha__report` runs with an e-mail
+/// address in its text: the progress message, and the log lines during the call (on the
+/// request's stream) and after it (on the GET stream).
+async fn reported(gateway: &Gateway) -> (Option<String>, Vec<String>) {
+    let recorder = RecordingClient::new();
+    let client = client_with(gateway.url(), recorder.clone()).await;
+    client
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Info))
+        .await
+        .expect("setLevel");
+    let (token, result) = call_tool_tracked(
+        &client,
+        "alpha__report",
+        json!({ "text": format!("mailing {EMAIL}") }),
+    )
+    .await
+    .expect("call succeeds");
+    assert_eq!(text_of(&result), "reported");
+    let logs = recorder
+        .wait_for_count(2, Duration::from_secs(10), |e| {
+            matches!(e, ClientEvent::Log(_))
+        })
+        .await;
+    let logs = logs
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Log(l) => l.data.as_str().map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    let progress = recorder
+        .progress_for(&token)
+        .first()
+        .and_then(|p| p.message.clone());
+    client.cancel().await.ok();
+    (progress, logs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_log_notifications_are_redacted_when_configured() {
+    // The shipped default leaves notifications alone: the values reach the client.
+    let (plain, _plain_plugins) = gateway(&shipped_sidecar()).await;
+    let (progress, logs) = reported(&plain).await;
+    assert_eq!(progress.as_deref(), Some("mailing alice@example.com"));
+    assert_eq!(
+        logs,
+        [
+            "mailing alice@example.com",
+            "later: mailing alice@example.com"
+        ]
+    );
+    drop(plain);
+
+    let sidecar = shipped_sidecar().replace("notifications = false", "notifications = true");
+    assert!(sidecar.contains("notifications = true"));
+    let (gateway, _plugins) = gateway(&sidecar).await;
+    let (progress, logs) = reported(&gateway).await;
+    assert_eq!(
+        progress.as_deref(),
+        Some("mailing [EMAIL]"),
+        "progress on the request's stream"
+    );
+    assert_eq!(
+        logs,
+        ["mailing [EMAIL]", "later: mailing [EMAIL]"],
+        "a log line during the call (request stream) and one after it (GET stream)"
+    );
+    let log = gateway.logs();
+    assert!(
+        !log.contains(EMAIL),
+        "a redacted value reached the log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_client_gets_redacted_progress_and_logs_on_its_stream() {
+    let sidecar = shipped_sidecar().replace("notifications = false", "notifications = true");
+    let (gateway, _plugins) = gateway(&sidecar).await;
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": "alpha__report",
+            "arguments": { "text": format!("mailing {EMAIL}") },
+            "_meta": {
+                "progressToken": "p1",
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": { "name": "raw-test", "version": "1" },
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/logLevel": "info",
+            },
+        },
+    });
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "alpha__report"),
+    ];
+    let resp = RawHttp::new(gateway.url()).post(&body, &headers).await;
+    assert!(
+        resp.is_sse(),
+        "notifications came before the answer: {}",
+        resp.body
+    );
+    let messages = resp.messages();
+    let progress = messages
+        .iter()
+        .find(|m| m["method"] == "notifications/progress")
+        .unwrap_or_else(|| panic!("no progress: {messages:#?}"));
+    assert_eq!(progress["params"]["message"], "mailing [EMAIL]");
+    let log = messages
+        .iter()
+        .find(|m| m["method"] == "notifications/message")
+        .unwrap_or_else(|| panic!("no log line: {messages:#?}"));
+    assert_eq!(log["params"]["data"], "mailing [EMAIL]");
+    assert_eq!(
+        log["params"]["level"], "info",
+        "the rest of the notification is intact"
+    );
+    let answer = messages.last().expect("an answer");
+    assert_eq!(answer["result"]["content"][0]["text"], "reported");
+    assert!(!resp.body.contains(EMAIL), "{}", resp.body);
 }

@@ -37,7 +37,9 @@
 //! - `set_dynamic_tool(enabled)` adds or removes `test_dynamic_tool`; every session hears
 //!   `notifications/tools/list_changed` when that changes the list;
 //! - `touch_watched_resource` changes `test://watched-resource`; sessions subscribed to it
-//!   hear `notifications/resources/updated`.
+//!   hear `notifications/resources/updated`;
+//! - `report(text)` sends `text` as progress (given a token) and as a log line while it runs,
+//!   and `later: text` as a log line after it answered (outside any request).
 //!
 //! The tool and prompt lists and the watched resource are shared by every session of a
 //! process; the log level and `resources/subscribe` subscriptions belong to one session.

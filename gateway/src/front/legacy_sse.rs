@@ -34,7 +34,7 @@ use super::Front;
 use super::response::{self, Body};
 use super::streamable::{denied, identify, screen, session_not_found};
 use crate::mcp::{Kind, Message, methods, version};
-use crate::policy::Denial;
+use crate::policy::{Denial, Identity};
 use crate::session::Session;
 use crate::session::stream::Frames;
 
@@ -311,13 +311,11 @@ impl Front {
                 return conn.refuse(&denial, id);
             }
         };
-        let subject = call
-            .as_ref()
-            .and_then(|c| c.identity())
-            .map(|i| i.subject.clone());
+        let caller = call.as_ref().and_then(|c| c.identity());
+        let subject = caller.map(|i| i.subject.clone());
 
         let Some(session) = session else {
-            return self.legacy_initialize(&conn, msg, subject);
+            return self.legacy_initialize(&conn, msg, caller);
         };
         if !session.admits(subject.as_deref()) {
             tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
@@ -347,13 +345,14 @@ impl Front {
         &self,
         conn: &Connection,
         msg: Message,
-        subject: Option<String>,
+        caller: Option<&Identity>,
     ) -> Response<Body> {
+        let subject = caller.map(|i| i.subject.clone());
         if conn.owner.is_some() && subject != conn.owner {
             tracing::warn!(connection = %conn.id, "legacy stream used by a caller other than its owner; refused");
             return session_not_found();
         }
-        let (session, answer) = match self.open_session(msg, subject, negotiate) {
+        let (session, answer) = match self.open_session(msg, caller, negotiate) {
             Ok(opened) => opened,
             Err(r) => return r,
         };

@@ -10,6 +10,7 @@ mod legacy_sse;
 mod metadata;
 mod modern;
 mod record;
+mod relay;
 mod response;
 mod streamable;
 
@@ -65,6 +66,9 @@ impl Front {
         recorder: Recorder,
     ) -> Arc<Self> {
         let oauth_metadata = oauth.map(|o| metadata::document(o, &config.path));
+        sessions.set_screen(Arc::new(relay::PolicyScreen {
+            policies: policies.clone(),
+        }));
         Arc::new(Front {
             guard: Guard::new(&config),
             config,

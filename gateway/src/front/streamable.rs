@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::response::{self, Body};
-use super::{Front, modern};
+use super::{Front, modern, relay};
 use crate::mcp::{Kind, Message, codes, methods, version};
-use crate::policy::{Call, Chain, Denial, Phase};
+use crate::policy::{Call, Chain, Denial, Identity, Phase};
 use crate::session::{Route, STANDALONE_STREAM, Session, stream::parse_event_id};
 use crate::upstream::Hello;
 
@@ -150,6 +150,41 @@ pub(super) async fn identify(
     Ok(call.identity().map(|i| i.subject.clone()))
 }
 
+/// Handles a request whose related messages (progress, log lines) must pass the response
+/// phase: each goes to `tx` as the chain leaves it, in order, and all before the answer.
+async fn relayed(
+    session: &Session,
+    msg: Message,
+    route: Option<&Route>,
+    chain: &Chain,
+    call: &crate::policy::CallView,
+    tx: &mpsc::UnboundedSender<Message>,
+) -> Message {
+    let (related, mut from_upstream) = mpsc::unbounded_channel();
+    let handling = session.handle_request(msg, related, route);
+    tokio::pin!(handling);
+    let response = loop {
+        tokio::select! {
+            biased;
+            Some(m) = from_upstream.recv() => {
+                if let Some(m) = relay::screen_related(chain, call, m).await {
+                    let _ = tx.send(m);
+                }
+            }
+            response = &mut handling => break response,
+        }
+    };
+    // What arrived with the answer still goes first; anything later finds the channel
+    // closed and takes the session's standalone stream (screened there).
+    from_upstream.close();
+    while let Ok(m) = from_upstream.try_recv() {
+        if let Some(m) = relay::screen_related(chain, call, m).await {
+            let _ = tx.send(m);
+        }
+    }
+    response
+}
+
 fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
     headers
         .get_all(ACCEPT)
@@ -251,12 +286,10 @@ impl Front {
             }
         };
 
-        let subject = call
-            .as_ref()
-            .and_then(|c| c.identity())
-            .map(|i| i.subject.clone());
+        let caller = call.as_ref().and_then(|c| c.identity());
+        let subject = caller.map(|i| i.subject.clone());
         let Some(session) = session else {
-            return self.initialize(msg, subject);
+            return self.initialize(msg, caller);
         };
         if !session.admits(subject.as_deref()) {
             tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
@@ -321,8 +354,8 @@ impl Front {
         })
     }
 
-    fn initialize(&self, msg: Message, owner: Option<String>) -> Response<Body> {
-        let (session, answer) = match self.open_session(msg, owner, version::negotiate) {
+    fn initialize(&self, msg: Message, caller: Option<&Identity>) -> Response<Body> {
+        let (session, answer) = match self.open_session(msg, caller, version::negotiate) {
             Ok(opened) => opened,
             Err(r) => return r,
         };
@@ -333,12 +366,12 @@ impl Front {
         r
     }
 
-    /// Creates the session an `initialize` request asks for (owned by `owner`) and the
-    /// answer to send; `negotiate` picks the protocol revision.
+    /// Creates the session an `initialize` request asks for (owned by the caller, when authn
+    /// established one) and the answer to send; `negotiate` picks the protocol revision.
     pub(super) fn open_session(
         &self,
         msg: Message,
-        owner: Option<String>,
+        caller: Option<&Identity>,
         negotiate: fn(Option<&str>) -> &'static str,
     ) -> Result<(Arc<Session>, Message), Response<Body>> {
         let id = msg.id().cloned().unwrap_or(Value::Null);
@@ -364,9 +397,10 @@ impl Front {
                 "Service Unavailable: too many sessions",
             ));
         };
-        if let Some(owner) = owner {
-            let _ = session.owner.set(owner);
+        if let Some(caller) = caller {
+            let _ = session.owner.set(caller.subject.clone());
         }
+        session.remember_caller(caller);
         tracing::info!(session = %session.id, version, client = %params["clientInfo"]["name"], "session started");
         let result = json!({
             "protocolVersion": version,
@@ -450,9 +484,17 @@ impl Front {
             }
             let pending = recorder.begin(started, &session, &msg, call.as_ref()).await;
             let asked = Instant::now();
-            let mut response = session
-                .handle_request(msg, tx.clone(), route.as_ref())
-                .await;
+            let mut response = match call.as_ref() {
+                Some(call) if chain.wants(Phase::Response) => {
+                    session.remember_caller(call.identity());
+                    relayed(&session, msg, route.as_ref(), &chain, call.view(), &tx).await
+                }
+                _ => {
+                    session
+                        .handle_request(msg, tx.clone(), route.as_ref())
+                        .await
+                }
+            };
             let upstream_time = asked.elapsed();
             let mut refused = None;
             if let Some(call) = call.as_mut()

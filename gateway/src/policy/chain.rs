@@ -6,6 +6,11 @@
 //! it, in the same order. A plugin that fails (trap, timeout, memory or output limit) denies
 //! the message with an error naming it — unless its sidecar says `fail-open`, in which case
 //! the failure is logged and the chain goes on.
+//!
+//! Server→client notifications (progress, log messages, resource updates, list changes) pass
+//! the response-phase plugins too, one by one: a plugin sees the notification's method and
+//! params, and a `params` change rewrites it. A denial (or a failure, closed) drops the
+//! notification — there is nobody to send an error to.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +40,52 @@ pub struct CallView {
     pub headers: HeaderMap,
     pub request: Arc<Message>,
     pub response: Option<Arc<Message>>,
+}
+
+impl CallView {
+    /// The view a server→client notification is screened with: the method and params are
+    /// the notification's, everything else (caller, session, upstream, attributes) is the
+    /// request's that caused it. A resource update names its resource as the target.
+    pub fn relayed(&self, notification: Message) -> CallView {
+        CallView {
+            method: notification.method().to_string(),
+            target: notification_target(&notification).or_else(|| self.target.clone()),
+            upstream: self.upstream.clone(),
+            upstream_target: self.upstream_target.clone(),
+            session: self.session.clone(),
+            identity: self.identity.clone(),
+            attributes: self.attributes.clone(),
+            headers: self.headers.clone(),
+            request: Arc::new(notification),
+            response: None,
+        }
+    }
+
+    /// The view for a notification no request caused (it goes to the session's standalone
+    /// stream or to `subscriptions/listen`): `identity` is the session's caller.
+    pub fn unrelated(
+        notification: Message,
+        session: Option<String>,
+        identity: Option<Identity>,
+        upstream: Option<String>,
+    ) -> CallView {
+        CallView {
+            method: notification.method().to_string(),
+            target: notification_target(&notification),
+            upstream,
+            upstream_target: None,
+            session,
+            identity,
+            attributes: BTreeMap::new(),
+            headers: HeaderMap::new(),
+            request: Arc::new(notification),
+            response: None,
+        }
+    }
+}
+
+fn notification_target(notification: &Message) -> Option<String> {
+    notification.param_str("uri").map(str::to_string)
 }
 
 /// A message on its way through the chain, and what the chain decided about it.
@@ -219,7 +270,7 @@ impl Chain {
             };
             call.ran.push(plugin.sha256.as_str().into());
             match plugin.evaluate(rt, msg).await {
-                Ok(verdict) => apply(plugin, call, verdict, Phase::Request)?,
+                Ok(verdict) => apply(plugin, call, verdict, Run::Request)?,
                 Err(failure) => fail(plugin, &failure)?,
             }
         }
@@ -246,7 +297,7 @@ impl Chain {
             };
             call.ran.push(plugin.sha256.as_str().into());
             match plugin.evaluate(rt, msg).await {
-                Ok(verdict) => apply(plugin, call, verdict, Phase::Response)?,
+                Ok(verdict) => apply(plugin, call, verdict, Run::Response)?,
                 Err(failure) => fail(plugin, &failure)?,
             }
         }
@@ -255,6 +306,41 @@ impl Chain {
             Message::error(Value::Null, codes::INTERNAL_ERROR, "response lost", None)
         }))
     }
+}
+
+impl Chain {
+    /// Runs the response-phase plugins over a server→client notification (see
+    /// [`CallView::relayed`] and [`CallView::unrelated`]) and gives it back as they left it.
+    /// `Err` means drop it: a plugin denied it, or failed closed.
+    pub async fn on_notification(&self, view: CallView) -> Result<Message, Box<Denial>> {
+        let mut call = Call {
+            view: Arc::new(view),
+            routed: false,
+            ran: Vec::new(),
+        };
+        if let Some(rt) = &self.runtime {
+            for plugin in self.plugins.iter().filter(|p| p.response) {
+                let msg = MessageRes {
+                    phase: types::Phase::Response,
+                    call: call.view.clone(),
+                };
+                match plugin.evaluate(rt, msg).await {
+                    Ok(verdict) => apply(plugin, &mut call, verdict, Run::Notification)?,
+                    Err(failure) => fail(plugin, &failure)?,
+                }
+            }
+        }
+        Ok(call.take_request(false))
+    }
+}
+
+/// What a verdict is applied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Request,
+    Response,
+    /// A server→client notification: `params` changes rewrite it.
+    Notification,
 }
 
 fn fail(plugin: &Plugin, failure: &Failure) -> Result<(), Box<Denial>> {
@@ -279,7 +365,7 @@ fn apply(
     plugin: &Plugin,
     call: &mut Call,
     verdict: types::Verdict,
-    phase: Phase,
+    run: Run,
 ) -> Result<(), Box<Denial>> {
     match verdict {
         types::Verdict::Allow => Ok(()),
@@ -300,32 +386,36 @@ fn apply(
         }
         types::Verdict::Modify(c) => {
             if let Some(params) = c.params {
-                match (phase, parse_json(plugin, "params", &params)?) {
-                    (Phase::Request, p @ Value::Object(_)) => {
+                match (run, parse_json(plugin, "params", &params)?) {
+                    (Run::Request | Run::Notification, p @ Value::Object(_)) => {
                         let view = call.edit();
                         let mut request = (*view.request).clone();
                         request.set_params(p);
                         view.request = Arc::new(request);
                     }
-                    (Phase::Request, _) => {
+                    (Run::Request | Run::Notification, _) => {
                         return Err(Box::new(Denial::failed(
                             plugin,
                             &Failure::BadVerdict("params must be a JSON object".into()),
                         )));
                     }
-                    (Phase::Response, _) => {
+                    (Run::Response, _) => {
                         tracing::debug!(plugin = %plugin.name, "params changes ignored in the response phase")
                     }
                 }
             }
             if let Some(result) = c.result {
                 let result = parse_json(plugin, "result", &result)?;
-                match (phase, call.edit().response.as_mut()) {
-                    (Phase::Response, Some(resp)) => Arc::make_mut(resp).set_result(result),
+                match (run, call.edit().response.as_mut()) {
+                    (Run::Response, Some(resp)) => Arc::make_mut(resp).set_result(result),
                     _ => {
-                        tracing::debug!(plugin = %plugin.name, "result changes ignored in the request phase")
+                        tracing::debug!(plugin = %plugin.name, "result changes ignored outside the response phase")
                     }
                 }
+            }
+            if run == Run::Notification {
+                // Who is calling and where the request went are settled by now.
+                return Ok(());
             }
             let view = call.edit();
             if let Some(identity) = c.identity {

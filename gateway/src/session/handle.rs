@@ -642,7 +642,7 @@ impl Session {
 
     /// Sends a message to the client: on the related request's stream if it is still open,
     /// otherwise on the standalone (GET) stream.
-    fn to_client(&self, msg: Message, related: Option<&Related>) {
+    fn to_client(&self, upstream: &Upstream, msg: Message, related: Option<&Related>) {
         let msg = match related {
             Some(r) => match r.send(msg) {
                 Ok(()) => return,
@@ -650,7 +650,7 @@ impl Session {
             },
             None => msg,
         };
-        self.standalone.push(&msg);
+        self.send_unrelated(&upstream.name, msg, false);
     }
 }
 
@@ -668,7 +668,7 @@ impl InboundHandler for Session {
                 self.server_requests
                     .insert(gateway_id.clone(), (idx, upstream_id));
                 msg.set_id(Value::String(gateway_id));
-                self.to_client(msg, related);
+                self.to_client(upstream, msg, related);
             }
             Kind::Notification => {
                 let method = msg.method().to_string();
@@ -677,7 +677,7 @@ impl InboundHandler for Session {
                     for kind in changed {
                         self.catalog.invalidate(*kind, idx);
                     }
-                    self.announce(&msg);
+                    self.send_unrelated(&upstream.name, msg, true);
                     return;
                 }
                 match method.as_str() {
@@ -687,7 +687,7 @@ impl InboundHandler for Session {
                             msg.params_mut()
                                 .insert("uri".into(), Value::String(exposed));
                         }
-                        self.announce(&msg);
+                        self.send_unrelated(&upstream.name, msg, true);
                     }
                     methods::CANCELLED => {
                         // The upstream withdrew one of its own requests to the client.
@@ -703,10 +703,10 @@ impl InboundHandler for Session {
                             self.server_requests.remove(&gateway_id);
                             msg.params_mut()
                                 .insert("requestId".into(), Value::String(gateway_id));
-                            self.to_client(msg, related);
+                            self.to_client(upstream, msg, related);
                         }
                     }
-                    _ => self.to_client(msg, related),
+                    _ => self.to_client(upstream, msg, related),
                 }
             }
         }

@@ -8,6 +8,11 @@
 //! - a server→client request gets a gateway id (`s<n>`), and the client's answer is routed
 //!   back to the upstream that asked, under that upstream's own id.
 //!
+//! Messages an upstream sends outside any request (list changes, resource updates, late log
+//! lines) go to the standalone stream and to `subscriptions/listen` streams. When a
+//! [`Screen`] is active (a policy reads the response phase) they pass it first, in order,
+//! through the session's outbox task.
+//!
 //! [`Sessions`] is the store. Session ids are 128-bit random values; state lives in this
 //! process (the seam for stateless replicas is this type).
 
@@ -16,15 +21,18 @@ pub mod stream;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Names, SessionCatalog};
-use crate::mcp::{IdKey, Message};
+use crate::mcp::{IdKey, Kind, Message};
+use crate::policy::Identity;
 use crate::upstream::{Hello, Slot, Upstream};
 use stream::EventStream;
 
@@ -40,6 +48,29 @@ const KEPT_STREAMS: usize = 64;
 
 /// Id of the session's standalone (GET) stream; POST streams count up from 1.
 pub const STANDALONE_STREAM: u64 = 0;
+
+/// Checks server→client notifications that no request caused before any client sees them
+/// (the policy chain's response phase; see `front/relay.rs`).
+pub trait Screen: Send + Sync {
+    /// Whether notifications need screening now. When not, they go out at once.
+    fn active(&self) -> bool;
+    /// The notification as it may go out, or `None` to drop it.
+    fn notification<'a>(
+        &'a self,
+        session: &'a Session,
+        upstream: &'a str,
+        msg: Message,
+    ) -> BoxFuture<'a, Option<Message>>;
+}
+
+/// A message waiting in the session's outbox.
+struct Outgoing {
+    upstream: Arc<str>,
+    msg: Message,
+    /// A change (list changed, resource updated): for the GET stream and listen streams.
+    /// Otherwise for the GET stream only.
+    change: bool,
+}
 
 pub struct Session {
     pub id: Arc<str>,
@@ -69,6 +100,12 @@ pub struct Session {
     /// The subject of the identity that opened the session, when a policy established one:
     /// only that caller may use the session.
     pub owner: std::sync::OnceLock<String>,
+    /// The identity of the caller's latest request, for screening what the session sends
+    /// outside any request.
+    caller: ArcSwapOption<Identity>,
+    screen: Option<Arc<dyn Screen>>,
+    /// Messages outside any request, in order, through the screen (created on first need).
+    outbox: OnceLock<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
     me: Weak<Session>,
 }
 
@@ -80,6 +117,74 @@ impl Session {
             Some(owner) => subject == Some(owner.as_str()),
             None => true,
         }
+    }
+
+    /// Remembers who is calling (the identity authn established for the latest request).
+    pub fn remember_caller(&self, identity: Option<&Identity>) {
+        let known = self.caller.load();
+        if known.as_deref() != identity {
+            self.caller.store(identity.cloned().map(Arc::new));
+        }
+    }
+
+    /// The identity of the caller's latest request, if authn established one.
+    pub fn caller(&self) -> Option<Arc<Identity>> {
+        self.caller.load_full()
+    }
+
+    /// Sends a message no request caused to the client: a `change` to the GET stream and
+    /// listen streams, anything else to the GET stream. Through the screen when it is
+    /// active (and, once the outbox exists, always, to keep the order).
+    pub(crate) fn send_unrelated(&self, upstream: &Arc<str>, msg: Message, change: bool) {
+        let outbox = match (self.outbox.get(), &self.screen) {
+            (Some(tx), _) => Some(tx),
+            (None, Some(screen)) if screen.active() => {
+                Some(self.outbox.get_or_init(|| self.open_outbox(screen.clone())))
+            }
+            _ => None,
+        };
+        let outgoing = Outgoing {
+            upstream: upstream.clone(),
+            msg,
+            change,
+        };
+        let outgoing = match outbox {
+            Some(tx) => match tx.send(outgoing) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => outgoing,
+        };
+        self.deliver(&outgoing);
+    }
+
+    fn deliver(&self, outgoing: &Outgoing) {
+        if outgoing.change {
+            self.announce(&outgoing.msg);
+        } else {
+            self.standalone.push(&outgoing.msg);
+        }
+    }
+
+    /// The task that screens this session's unrelated messages one at a time, in order. It
+    /// ends with the session (the sender lives in it).
+    fn open_outbox(&self, screen: Arc<dyn Screen>) -> tokio::sync::mpsc::UnboundedSender<Outgoing> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            while let Some(mut outgoing) = rx.recv().await {
+                let Some(session) = me.upgrade() else { return };
+                if outgoing.msg.kind() == Kind::Notification && screen.active() {
+                    let msg = std::mem::replace(&mut outgoing.msg, Message::notification("", None));
+                    match screen.notification(&session, &outgoing.upstream, msg).await {
+                        Some(m) => outgoing.msg = m,
+                        None => continue,
+                    }
+                }
+                session.deliver(&outgoing);
+            }
+        });
+        tx
     }
 
     /// Sends a change notification to whoever listens: the GET stream and any
@@ -147,6 +252,7 @@ pub struct Sessions {
     names: Arc<Names>,
     page_size: usize,
     max: usize,
+    screen: OnceLock<Arc<dyn Screen>>,
 }
 
 impl Sessions {
@@ -163,7 +269,13 @@ impl Sessions {
             names,
             page_size,
             max,
+            screen: OnceLock::new(),
         }
+    }
+
+    /// Screens what sessions send outside any request (sessions created from now on).
+    pub fn set_screen(&self, screen: Arc<dyn Screen>) {
+        let _ = self.screen.set(screen);
     }
 
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
@@ -198,6 +310,9 @@ impl Sessions {
             log_level: Mutex::new(None),
             last_seen: Mutex::new(Instant::now()),
             owner: std::sync::OnceLock::new(),
+            caller: ArcSwapOption::empty(),
+            screen: self.screen.get().cloned(),
+            outbox: OnceLock::new(),
             me: me.clone(),
         });
         self.map.insert(id, session.clone());
