@@ -40,6 +40,34 @@ pub fn incr(key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
     imp::incr(key, delta, ttl.map(millis))
 }
 
+/// Stores `value` only if the key holds `expected` (`None`: absent or expired), atomically
+/// across concurrent evaluations; says whether it did. `ttl` sets the new value's expiry.
+///
+/// For updates a counter cannot express: read, compute, swap, and read again on `false`.
+///
+/// ```
+/// use portcullis_sdk::kv;
+///
+/// // Keep the largest value seen, however many evaluations race.
+/// let offer = 42u64;
+/// loop {
+///     let seen = kv::get("max");
+///     let max = seen.as_deref().map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+///     if offer <= max || kv::compare_and_swap("max", seen.as_deref(), &offer.to_le_bytes(), None) {
+///         break;
+///     }
+/// }
+/// assert_eq!(kv::get("max"), Some(42u64.to_le_bytes().to_vec()));
+/// ```
+pub fn compare_and_swap(
+    key: &str,
+    expected: Option<&[u8]>,
+    value: &[u8],
+    ttl: Option<Duration>,
+) -> bool {
+    imp::compare_and_swap(key, expected, value, ttl.map(millis))
+}
+
 /// Removes a value.
 pub fn delete(key: &str) {
     imp::delete(key);
@@ -63,6 +91,15 @@ mod imp {
 
     pub fn incr(key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
         host::kv_incr(key, delta, ttl_ms)
+    }
+
+    pub fn compare_and_swap(
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> bool {
+        host::kv_compare_and_swap(key, expected, value, ttl_ms)
     }
 
     pub fn delete(key: &str) {
@@ -134,6 +171,32 @@ mod imp {
         })
     }
 
+    pub fn compare_and_swap(
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> bool {
+        let now = Instant::now();
+        STORE.with_borrow_mut(|s| {
+            let current = s
+                .get(key)
+                .filter(|e| e.live(now))
+                .map(|e| e.value.as_slice());
+            if current != expected {
+                return false;
+            }
+            s.insert(
+                key.to_string(),
+                Entry {
+                    value: value.to_vec(),
+                    expires: expiry(now, ttl_ms),
+                },
+            );
+            true
+        })
+    }
+
     pub fn delete(key: &str) {
         STORE.with_borrow_mut(|s| s.remove(key));
     }
@@ -159,5 +222,25 @@ mod tests {
         assert_eq!(incr("t", 1, None), 1, "an expired counter restarts");
         delete("c");
         assert_eq!(get_string("c"), None);
+    }
+
+    #[test]
+    fn compare_and_swap_needs_the_value_it_expects() {
+        assert!(compare_and_swap("k", None, b"1", None));
+        assert!(!compare_and_swap("k", None, b"2", None));
+        assert!(!compare_and_swap("k", Some(b"0"), b"2", None));
+        assert!(compare_and_swap("k", Some(b"1"), b"2", None));
+        assert_eq!(get_string("k").as_deref(), Some("2"));
+        assert!(compare_and_swap(
+            "t",
+            None,
+            b"x",
+            Some(Duration::from_millis(1))
+        ));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            compare_and_swap("t", None, b"y", None),
+            "expired counts as absent"
+        );
     }
 }

@@ -142,6 +142,21 @@ impl host_api::Host for HostState {
             .incr(&self.kv_key(&key), delta, ttl_ms.map(Duration::from_millis)))
     }
 
+    fn kv_compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool> {
+        Ok(self.kv.compare_and_swap(
+            &self.kv_key(&key),
+            expected.as_deref(),
+            value,
+            ttl_ms.map(Duration::from_millis),
+        ))
+    }
+
     fn kv_delete(&mut self, key: String) -> Result<()> {
         self.kv.delete(&self.kv_key(&key));
         Ok(())
