@@ -417,6 +417,8 @@ impl Front {
             .collect();
         // Who is calling decides which internal session serves the request: authn first,
         // then the rest of the chain with the destination that session's catalog knows.
+        // The call shares the request (no copy); it is taken back out below.
+        let msg = Arc::new(msg);
         let mut call = (!chain.is_empty()).then(|| Call::new(msg.clone(), headers, None, None));
         if let Some(call) = call.as_mut()
             && let Err(d) = chain.authenticate(call).await
@@ -473,8 +475,11 @@ impl Front {
             return self.resume(&state, &msg, shape).await;
         }
         let mut msg = match call.as_mut() {
-            Some(c) => c.take_request(chain.wants(Phase::Response)),
-            None => msg,
+            Some(c) => {
+                drop(msg);
+                c.take_request(chain.wants(Phase::Response))
+            }
+            None => Arc::unwrap_or_clone(msg),
         };
         strip_modern_meta(&mut msg);
         if shape.method == methods::SUBSCRIPTIONS_LISTEN {
