@@ -317,3 +317,70 @@ async fn a_2026_client_gets_redacted_progress_and_logs_on_its_stream() {
     assert_eq!(answer["result"]["content"][0]["text"], "reported");
     assert!(!resp.body.contains(EMAIL), "{}", resp.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_upstream_asks_the_clients_model_is_redacted() {
+    let (labelling, _labelling_plugins) = gateway(&shipped_sidecar()).await;
+    let recorder = RecordingClient::new();
+    let client = client_with(labelling.url(), recorder.clone()).await;
+    let result = call_tool(
+        &client,
+        "alpha__test_sampling",
+        json!({ "prompt": format!("Summarise the complaint from {EMAIL}") }),
+    )
+    .await
+    .expect("call succeeds");
+    let asked = recorder
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            ClientEvent::Sampling(p) => Some(p),
+            _ => None,
+        })
+        .expect("the client was asked to sample");
+    let shown = serde_json::to_value(&asked.messages).unwrap();
+    assert_eq!(
+        shown[0]["content"]["text"], "Summarise the complaint from [EMAIL]",
+        "{shown}"
+    );
+    assert_eq!(
+        text_of(&result),
+        "LLM response: sampled: Summarise the complaint from [EMAIL]"
+    );
+    client.cancel().await.ok();
+
+    // With `block`, the upstream's request is refused to the upstream; the client never
+    // sees it.
+    let sidecar = shipped_sidecar().replace(
+        "email = { action = \"label\" }",
+        "email = { action = \"block\" }",
+    );
+    assert!(
+        sidecar.contains("email = { action = \"block\" }"),
+        "{sidecar}"
+    );
+    let (blocking, _blocking_plugins) = gateway(&sidecar).await;
+    let recorder = RecordingClient::new();
+    let client = client_with(blocking.url(), recorder.clone()).await;
+    let result = call_tool(
+        &client,
+        "alpha__test_sampling",
+        json!({ "prompt": format!("Summarise the complaint from {EMAIL}") }),
+    )
+    .await
+    .expect("call answers");
+    assert_eq!(result.is_error, Some(true));
+    assert!(
+        text_of(&result).starts_with("sampling failed:"),
+        "{}",
+        text_of(&result)
+    );
+    assert!(
+        !recorder
+            .events()
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Sampling(_))),
+        "the client was asked anyway"
+    );
+    client.cancel().await.ok();
+}

@@ -1,52 +1,63 @@
-//! Server→client notifications through the policy chain.
+//! Server→client messages through the policy chain.
 //!
-//! Whatever an upstream sends the client — progress and log lines while a request runs, late
-//! log lines, list changes and resource updates — passes the response-phase plugins before
-//! any client sees it, so a redaction policy covers notifications as well as results:
-//! - about a request: [`screen_related`], in the request's task, in order, before the final
-//!   answer (the view is the request's: same caller, target, upstream, attributes);
-//! - outside any request: [`PolicyScreen`], the sessions' [`Screen`], with the session's
-//!   latest caller as the identity.
+//! Whatever an upstream sends the client besides answers passes the response-phase plugins
+//! before any client sees it, so a redaction policy covers more than results:
+//! - notifications: progress and log lines while a request runs, late log lines, list changes
+//!   and resource updates;
+//! - requests: sampling (the messages an upstream wants the client's model to read),
+//!   elicitation, roots.
 //!
-//! A plugin that denies a notification (or fails closed) drops it: there is no one to send an
-//! error to. The drop is logged with the plugin's name, never the content.
+//! About a request, they are screened by [`screen_related`], in the request's task, in
+//! order, before its answer (the view is the request's: same caller, target, upstream,
+//! attributes). Outside any request, by [`PolicyScreen`], the sessions' [`Screen`], with the
+//! session's latest caller as the identity.
+//!
+//! A plugin that denies one (or fails closed) stops it: a notification is dropped (there is
+//! no one to send an error to), a request is answered to the upstream with the denial's
+//! error. The stop is logged with the plugin's name, never the content.
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use serde_json::Value;
 
 use crate::mcp::{Kind, Message};
 use crate::policy::{CallView, Chain, Denial, Phase, Policies};
 use crate::session::{Screen, Session};
 
-/// Screens one message an upstream sent about a request: a notification passes the
-/// response-phase plugins; server→client requests pass as they are. `None`: drop it.
+/// Screens one message an upstream sent about a request. `None`: it does not go out.
 pub(super) async fn screen_related(
     chain: &Chain,
+    session: &Session,
     call: &CallView,
     msg: Message,
 ) -> Option<Message> {
-    if msg.kind() != Kind::Notification {
+    if msg.kind() == Kind::Response {
         return Some(msg);
     }
-    let method = msg.method().to_string();
-    match chain.on_notification(call.relayed(msg)).await {
+    let (method, id) = (msg.method().to_string(), msg.id().cloned());
+    match chain.on_server_message(call.relayed(msg)).await {
         Ok(m) => Some(m),
         Err(denial) => {
-            dropped(&denial, &method, call.session.as_deref());
+            stopped(session, &denial, &method, id).await;
             None
         }
     }
 }
 
-fn dropped(denial: &Denial, method: &str, session: Option<&str>) {
+/// A server→client message a policy stopped: logged; a request is answered to the upstream
+/// that asked with the denial's error.
+async fn stopped(session: &Session, denial: &Denial, method: &str, id: Option<Value>) {
     tracing::info!(
         plugin = %denial.plugin,
         code = denial.code,
         method,
-        session,
-        "notification dropped by policy"
+        session = %session.id,
+        "server-to-client message stopped by policy"
     );
+    if let Some(id) = id {
+        session.handle_response(denial.to_response(id)).await;
+    }
 }
 
 /// The sessions' screen for what they send outside any request: the current chain's
@@ -60,7 +71,7 @@ impl Screen for PolicyScreen {
         self.policies.chain().wants(Phase::Response)
     }
 
-    fn notification<'a>(
+    fn message<'a>(
         &'a self,
         session: &'a Session,
         upstream: &'a str,
@@ -68,17 +79,17 @@ impl Screen for PolicyScreen {
     ) -> BoxFuture<'a, Option<Message>> {
         Box::pin(async move {
             let chain = self.policies.chain();
-            let method = msg.method().to_string();
+            let (method, id) = (msg.method().to_string(), msg.id().cloned());
             let view = CallView::unrelated(
                 msg,
                 Some(session.id.to_string()),
                 session.caller().map(|i| (*i).clone()),
                 Some(upstream.to_string()),
             );
-            match chain.on_notification(view).await {
+            match chain.on_server_message(view).await {
                 Ok(m) => Some(m),
                 Err(denial) => {
-                    dropped(&denial, &method, Some(&session.id));
+                    stopped(session, &denial, &method, id).await;
                     None
                 }
             }

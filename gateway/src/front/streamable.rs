@@ -150,8 +150,9 @@ pub(super) async fn identify(
     Ok(call.identity().map(|i| i.subject.clone()))
 }
 
-/// Handles a request whose related messages (progress, log lines) must pass the response
-/// phase: each goes to `tx` as the chain leaves it, in order, and all before the answer.
+/// Handles a request whose related messages (progress, log lines, requests to the client)
+/// must pass the response phase: each goes to `tx` as the chain leaves it, in order, and all
+/// before the answer.
 async fn relayed(
     session: &Session,
     msg: Message,
@@ -167,7 +168,7 @@ async fn relayed(
         tokio::select! {
             biased;
             Some(m) = from_upstream.recv() => {
-                if let Some(m) = relay::screen_related(chain, call, m).await {
+                if let Some(m) = relay::screen_related(chain, session, call, m).await {
                     let _ = tx.send(m);
                 }
             }
@@ -178,7 +179,7 @@ async fn relayed(
     // closed and takes the session's standalone stream (screened there).
     from_upstream.close();
     while let Ok(m) = from_upstream.try_recv() {
-        if let Some(m) = relay::screen_related(chain, call, m).await {
+        if let Some(m) = relay::screen_related(chain, session, call, m).await {
             let _ = tx.send(m);
         }
     }

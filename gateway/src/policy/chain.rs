@@ -7,10 +7,11 @@
 //! the message with an error naming it — unless its sidecar says `fail-open`, in which case
 //! the failure is logged and the chain goes on.
 //!
-//! Server→client notifications (progress, log messages, resource updates, list changes) pass
-//! the response-phase plugins too, one by one: a plugin sees the notification's method and
-//! params, and a `params` change rewrites it. A denial (or a failure, closed) drops the
-//! notification — there is nobody to send an error to.
+//! What an upstream sends the client besides answers — notifications (progress, log lines,
+//! resource updates, list changes) and requests (sampling, elicitation, roots) — passes the
+//! response-phase plugins too, one by one: a plugin sees the message's method and params, and
+//! a `params` change rewrites it. A denial (or a failure, closed) stops it: a notification is
+//! dropped, a request is answered to the upstream with the denial's error.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,9 +44,10 @@ pub struct CallView {
 }
 
 impl CallView {
-    /// The view a server→client notification is screened with: the method and params are
-    /// the notification's, everything else (caller, session, upstream, attributes) is the
-    /// request's that caused it. A resource update names its resource as the target.
+    /// The view a server→client message (notification or request) is screened with: the
+    /// method and params are the message's, everything else (caller, session, upstream,
+    /// attributes) is the request's that caused it. A resource update names its resource as
+    /// the target.
     pub fn relayed(&self, notification: Message) -> CallView {
         CallView {
             method: notification.method().to_string(),
@@ -61,8 +63,8 @@ impl CallView {
         }
     }
 
-    /// The view for a notification no request caused (it goes to the session's standalone
-    /// stream or to `subscriptions/listen`): `identity` is the session's caller.
+    /// The view for a server→client message no request caused (it goes to the session's
+    /// standalone stream or to `subscriptions/listen`): `identity` is the session's caller.
     pub fn unrelated(
         notification: Message,
         session: Option<String>,
@@ -309,10 +311,10 @@ impl Chain {
 }
 
 impl Chain {
-    /// Runs the response-phase plugins over a server→client notification (see
+    /// Runs the response-phase plugins over a server→client notification or request (see
     /// [`CallView::relayed`] and [`CallView::unrelated`]) and gives it back as they left it.
-    /// `Err` means drop it: a plugin denied it, or failed closed.
-    pub async fn on_notification(&self, view: CallView) -> Result<Message, Box<Denial>> {
+    /// `Err`: a plugin denied it, or failed closed.
+    pub async fn on_server_message(&self, view: CallView) -> Result<Message, Box<Denial>> {
         let mut call = Call {
             view: Arc::new(view),
             routed: false,
@@ -325,7 +327,7 @@ impl Chain {
                     call: call.view.clone(),
                 };
                 match plugin.evaluate(rt, msg).await {
-                    Ok(verdict) => apply(plugin, &mut call, verdict, Run::Notification)?,
+                    Ok(verdict) => apply(plugin, &mut call, verdict, Run::ServerMessage)?,
                     Err(failure) => fail(plugin, &failure)?,
                 }
             }
@@ -339,8 +341,8 @@ impl Chain {
 enum Run {
     Request,
     Response,
-    /// A server→client notification: `params` changes rewrite it.
-    Notification,
+    /// A server→client notification or request: `params` changes rewrite it.
+    ServerMessage,
 }
 
 fn fail(plugin: &Plugin, failure: &Failure) -> Result<(), Box<Denial>> {
@@ -387,13 +389,13 @@ fn apply(
         types::Verdict::Modify(c) => {
             if let Some(params) = c.params {
                 match (run, parse_json(plugin, "params", &params)?) {
-                    (Run::Request | Run::Notification, p @ Value::Object(_)) => {
+                    (Run::Request | Run::ServerMessage, p @ Value::Object(_)) => {
                         let view = call.edit();
                         let mut request = (*view.request).clone();
                         request.set_params(p);
                         view.request = Arc::new(request);
                     }
-                    (Run::Request | Run::Notification, _) => {
+                    (Run::Request | Run::ServerMessage, _) => {
                         return Err(Box::new(Denial::failed(
                             plugin,
                             &Failure::BadVerdict("params must be a JSON object".into()),
@@ -413,7 +415,7 @@ fn apply(
                     }
                 }
             }
-            if run == Run::Notification {
+            if run == Run::ServerMessage {
                 // Who is calling and where the request went are settled by now.
                 return Ok(());
             }

@@ -9,7 +9,8 @@
 //!   back to the upstream that asked, under that upstream's own id.
 //!
 //! Messages an upstream sends outside any request (list changes, resource updates, late log
-//! lines) go to the standalone stream and to `subscriptions/listen` streams. When a
+//! lines, requests to the client) go to the standalone stream, changes also to
+//! `subscriptions/listen` streams. When a
 //! [`Screen`] is active (a policy reads the response phase) they pass it first, in order,
 //! through the session's outbox task.
 //!
@@ -49,13 +50,14 @@ const KEPT_STREAMS: usize = 64;
 /// Id of the session's standalone (GET) stream; POST streams count up from 1.
 pub const STANDALONE_STREAM: u64 = 0;
 
-/// Checks server→client notifications that no request caused before any client sees them
-/// (the policy chain's response phase; see `front/relay.rs`).
+/// Checks server→client messages (notifications, requests) that no request caused before
+/// any client sees them (the policy chain's response phase; see `front/relay.rs`).
 pub trait Screen: Send + Sync {
-    /// Whether notifications need screening now. When not, they go out at once.
+    /// Whether messages need screening now. When not, they go out at once.
     fn active(&self) -> bool;
-    /// The notification as it may go out, or `None` to drop it.
-    fn notification<'a>(
+    /// The message as it may go out, or `None` when it must not (the screen answered a
+    /// refused request itself).
+    fn message<'a>(
         &'a self,
         session: &'a Session,
         upstream: &'a str,
@@ -174,9 +176,9 @@ impl Session {
         tokio::spawn(async move {
             while let Some(mut outgoing) = rx.recv().await {
                 let Some(session) = me.upgrade() else { return };
-                if outgoing.msg.kind() == Kind::Notification && screen.active() {
+                if outgoing.msg.kind() != Kind::Response && screen.active() {
                     let msg = std::mem::replace(&mut outgoing.msg, Message::notification("", None));
-                    match screen.notification(&session, &outgoing.upstream, msg).await {
+                    match screen.message(&session, &outgoing.upstream, msg).await {
                         Some(m) => outgoing.msg = m,
                         None => continue,
                     }

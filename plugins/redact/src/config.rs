@@ -36,6 +36,9 @@ struct Raw {
     /// Redact upstream JSON-RPC error messages and data.
     #[serde(default = "yes")]
     errors: bool,
+    /// Redact what upstreams ask the client: sampling messages, elicitation messages.
+    #[serde(default = "yes")]
+    server_requests: bool,
     /// Treat the whole string value of a JSON member with a secret-looking key
     /// (`"password": "…"`) as a `secret-assignment`.
     #[serde(default = "yes")]
@@ -127,6 +130,8 @@ pub struct Config {
     pub notifications: bool,
     /// Redact upstream error responses.
     pub errors: bool,
+    /// Redact sampling and elicitation requests upstreams send the client.
+    pub server_requests: bool,
 }
 
 impl<'de> Deserialize<'de> for Config {
@@ -350,5 +355,6 @@ fn compile(raw: Raw) -> Result<Config, String> {
         arguments: raw.arguments,
         notifications: raw.notifications,
         errors: raw.errors,
+        server_requests: raw.server_requests,
     })
 }

@@ -9,9 +9,12 @@
 //! keys, numbers and the message's shape stay, so the result is still valid MCP and still
 //! matches the tool's output schema's types.
 //!
-//! Request phase (opt-in): `tools/call` arguments (`arguments = true`). Notifications
-//! (opt-in, `notifications = true`): the `message` of `notifications/progress` and the `data`
-//! of `notifications/message`, in whichever phase the gateway hands them over.
+//! Requests upstreams send the client (`server-requests`, on by default): the messages and
+//! system prompt of `sampling/createMessage` and the message of `elicitation/create`; a
+//! `block` finding refuses the request to the upstream. Request phase (opt-in): `tools/call`
+//! arguments (`arguments = true`). Notifications (opt-in, `notifications = true`): the
+//! `message` of `notifications/progress` and the `data` of `notifications/message`, in
+//! whichever phase the gateway hands them over.
 //!
 //! Every change is tagged with `redact.<detector>=<count>` attributes for the audit trail and
 //! logged with the counts — never with the values.
@@ -54,6 +57,13 @@ impl Policy for Redact {
         match msg.phase() {
             Phase::Request if config.arguments && method == "tools/call" => arguments(config, msg),
             Phase::Request => Verdict::allow(),
+            Phase::Response if mcp::is_server_request(method) => {
+                if config.server_requests {
+                    server_request(config, msg)
+                } else {
+                    Verdict::allow()
+                }
+            }
             Phase::Response => response(config, msg),
         }
     }
@@ -161,6 +171,17 @@ fn arguments(config: &Config, msg: &Message) -> Verdict {
     let mut scan = Scanner::new(config);
     let changed = mcp::arguments(&mut params, &mut scan);
     conclude(&scan, msg, changed, "arguments", || {
+        Changes::new().with_params(params)
+    })
+}
+
+fn server_request(config: &Config, msg: &Message) -> Verdict {
+    let Some(mut params) = msg.params().cloned() else {
+        return Verdict::allow();
+    };
+    let mut scan = Scanner::new(config);
+    let changed = mcp::server_request(msg.method(), &mut params, &mut scan);
+    conclude(&scan, msg, changed, "request to the client", || {
         Changes::new().with_params(params)
     })
 }

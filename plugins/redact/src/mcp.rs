@@ -1,6 +1,7 @@
 //! Where content lives in MCP messages, and only there: the text of tool results, their
 //! embedded resources and `structuredContent`; `resources/read` contents; `prompts/get`
-//! messages; tool arguments; progress and log notifications; upstream errors.
+//! messages; tool arguments; progress and log notifications; upstream errors; what upstreams
+//! ask the client (sampling messages and system prompt, elicitation messages).
 //!
 //! Protocol fields (`type`, `uri`, `mimeType`, `isError`, cursors, `_meta`) and binary data
 //! (`blob`, image and audio `data`) are never touched, so a redacted message is still the
@@ -91,6 +92,32 @@ pub fn notification(method: &str, params: &mut Value, scan: &mut Scanner) -> boo
     match method {
         "notifications/progress" => field(params, "message", scan),
         "notifications/message" => params.get_mut("data").is_some_and(|d| scan.value(d)),
+        _ => false,
+    }
+}
+
+/// True for the requests upstreams send the client that [`server_request`] redacts.
+pub fn is_server_request(method: &str) -> bool {
+    matches!(method, "sampling/createMessage" | "elicitation/create")
+}
+
+/// Redacts the params of a request an upstream sends the client, in place: the messages and
+/// system prompt of `sampling/createMessage` (what the client's model will read), the
+/// `message` of `elicitation/create` (what the user will see). Schemas, model preferences and
+/// URLs are protocol, not content.
+pub fn server_request(method: &str, params: &mut Value, scan: &mut Scanner) -> bool {
+    match method {
+        "sampling/createMessage" => {
+            let system = field(params, "systemPrompt", scan);
+            let messages = match params.get_mut("messages") {
+                Some(Value::Array(items)) => items
+                    .iter_mut()
+                    .fold(false, |c, m| blocks(m.get_mut("content"), scan) | c),
+                _ => false,
+            };
+            system | messages
+        }
+        "elicitation/create" => field(params, "message", scan),
         _ => false,
     }
 }

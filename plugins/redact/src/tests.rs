@@ -696,3 +696,43 @@ fn measure_hostile_inputs() {
         eprintln!("{name}: {:?}", started.elapsed());
     }
 }
+
+#[test]
+fn what_upstreams_ask_the_client_is_redacted_by_default() {
+    let sampling = TestMessage::response("sampling/createMessage")
+        .with_params(json!({
+            "systemPrompt": format!("Reply to {EMAIL}"),
+            "messages": [
+                { "role": "user", "content": { "type": "text", "text": format!("Card {CARD} was declined") } },
+                { "role": "user", "content": [{ "type": "image", "data": "aGk=", "mimeType": "image/png" }] },
+            ],
+            "maxTokens": 100,
+        }))
+        .build();
+    let params = Redact::evaluate(&defaults(), &sampling)
+        .changes()
+        .and_then(Changes::params)
+        .expect("params changed");
+    assert_eq!(params["systemPrompt"], "Reply to [EMAIL]");
+    assert_eq!(
+        params["messages"][0]["content"]["text"],
+        "Card **** **** **** 1111 was declined"
+    );
+    assert_eq!(
+        params["messages"][1],
+        sampling.params().unwrap()["messages"][1]
+    );
+    assert_eq!(params["maxTokens"], 100);
+
+    let elicit = TestMessage::response("elicitation/create")
+        .with_params(json!({ "message": format!("Confirm {EMAIL}?"), "requestedSchema": { "type": "object" } }))
+        .build();
+    let params = Redact::evaluate(&defaults(), &elicit)
+        .changes()
+        .and_then(Changes::params)
+        .expect("params changed");
+    assert_eq!(params["message"], "Confirm [EMAIL]?");
+
+    let off = config(json!({ "server-requests": false }));
+    assert!(Redact::evaluate(&off, &elicit).is_allow());
+}
