@@ -498,12 +498,12 @@ async fn notifications_pass_the_response_phase_and_a_denial_drops_them() {
         "dropping a notification does not fail the call"
     );
     let log = gateway
-        .wait_for_log("notification dropped by policy", WAIT)
+        .wait_for_log("server-to-client message stopped by policy", WAIT)
         .await;
     assert!(log.contains("plugin=drop-logs"), "{log}");
     assert!(
         !log.lines()
-            .any(|l| l.contains("dropped") && l.contains("nightly export")),
+            .any(|l| l.contains("stopped") && l.contains("nightly export")),
         "the dropped content is not logged:\n{log}"
     );
 }
