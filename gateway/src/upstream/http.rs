@@ -148,19 +148,12 @@ impl HttpLink {
 
     async fn initialize(&self) -> Result<Value, UpstreamError> {
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = SessionState::default();
-        let init = Message::request(
-            Value::from(0),
-            methods::INITIALIZE,
-            Some(self.hello.initialize_params(version::LATEST)),
-        );
+        let init = self.hello.initialize_request();
         let (posted, headers) = self.post(&init, None, &SessionState::default()).await?;
-        let Posted::Response(mut reply) = posted else {
+        let Posted::Response(reply) = posted else {
             return Err(self.protocol("initialize was answered with 202"));
         };
-        if let Some(err) = reply.error_value() {
-            return Err(self.protocol(&format!("initialize failed: {err}")));
-        }
-        let result = reply.take_result().unwrap_or_default();
+        let result = super::initialize_result(&self.name(), reply)?;
         let negotiated = result["protocolVersion"]
             .as_str()
             .unwrap_or(version::LATEST);

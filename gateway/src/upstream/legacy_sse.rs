@@ -30,7 +30,7 @@ use super::http::{Client, HttpLink};
 use super::pending::Pending;
 use super::{Hello, InboundHandler, Related, Transport, Upstream, UpstreamError};
 use crate::config::HttpTransport;
-use crate::mcp::{Kind, Message, methods, version};
+use crate::mcp::{Kind, Message, methods};
 
 /// Connects an HTTP upstream over the transport it speaks: the pinned one, the one found
 /// out before, or — first time — Streamable HTTP with a fallback to HTTP+SSE.
@@ -208,22 +208,10 @@ impl SseLink {
             alive,
             reader,
         };
-        // The initialize request is id 0; requests count up from 1.
-        let init = Message::request(
-            Value::from(0),
-            methods::INITIALIZE,
-            Some(hello.initialize_params(version::LATEST)),
-        );
         let answer = link.pending.register(0, None, None);
-        link.send(init).await?;
-        let mut reply = answer.await.map_err(|_| link.closed())?;
-        if let Some(err) = reply.error_value() {
-            return Err(UpstreamError::Protocol {
-                upstream: link.name.clone(),
-                detail: format!("initialize failed: {err}"),
-            });
-        }
-        let result = reply.take_result().unwrap_or_default();
+        link.send(hello.initialize_request()).await?;
+        let reply = answer.await.map_err(|_| link.closed())?;
+        let result = super::initialize_result(&link.name, reply)?;
         link.send(Message::notification(methods::INITIALIZED, None))
             .await?;
         Ok((link, result))

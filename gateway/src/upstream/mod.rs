@@ -134,13 +134,30 @@ pub struct Hello {
 }
 
 impl Hello {
-    fn initialize_params(&self, version: &str) -> Value {
-        json!({
-            "protocolVersion": version,
-            "capabilities": self.capabilities,
-            "clientInfo": self.client_info,
-        })
+    /// The `initialize` request a session-era link opens with (id 0; requests count up
+    /// from 1), offering the latest revision.
+    fn initialize_request(&self) -> Message {
+        Message::request(
+            Value::from(0),
+            methods::INITIALIZE,
+            Some(json!({
+                "protocolVersion": crate::mcp::version::LATEST,
+                "capabilities": self.capabilities,
+                "clientInfo": self.client_info,
+            })),
+        )
     }
+}
+
+/// The result of an upstream's answer to `initialize`, or why it refused.
+fn initialize_result(upstream: &Arc<str>, mut reply: Message) -> Result<Value, UpstreamError> {
+    if let Some(err) = reply.error_value() {
+        return Err(UpstreamError::Protocol {
+            upstream: upstream.clone(),
+            detail: format!("initialize failed: {err}"),
+        });
+    }
+    Ok(reply.take_result().unwrap_or_default())
 }
 
 /// An initialized MCP session with one upstream, owned by one client session.

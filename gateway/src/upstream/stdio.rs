@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pending::Pending;
 use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
-use crate::mcp::{Kind, Message, methods, version};
+use crate::mcp::{Kind, Message, methods};
 
 /// Environment variables a child inherits from the gateway; everything else must be set in
 /// the upstream's `env` so that gateway secrets never leak into upstream processes.
@@ -242,22 +242,11 @@ impl StdioLink {
             alive,
             _stop: stop.drop_guard(),
         };
-        let init = Message::request(
-            Value::from(0),
-            methods::INITIALIZE,
-            Some(hello.initialize_params(version::LATEST)),
-        );
-        link.send(init)?;
-        let mut reply = init_rx.await.map_err(|_| UpstreamError::Exited {
+        link.send(hello.initialize_request())?;
+        let reply = init_rx.await.map_err(|_| UpstreamError::Exited {
             upstream: name.clone(),
         })?;
-        if let Some(err) = reply.error_value() {
-            return Err(UpstreamError::Protocol {
-                upstream: name,
-                detail: format!("initialize failed: {err}"),
-            });
-        }
-        let result = reply.take_result().unwrap_or_default();
+        let result = super::initialize_result(&name, reply)?;
         link.send(Message::notification(methods::INITIALIZED, None))?;
         Ok((link, result))
     }
