@@ -231,11 +231,7 @@ impl SseLink {
         u64,
         impl Future<Output = Result<Message, UpstreamError>> + use<>,
     ) {
-        let id = self.pending.next_id();
-        msg.set_id(Value::from(id));
-        let answer = self
-            .pending
-            .register(id, related, msg.progress_token().cloned());
+        let (id, answer) = self.pending.start(msg, related);
         let post = self.post(msg.to_bytes());
         let (pending, closed) = (self.pending.clone(), self.closed());
         let fut = async move {

@@ -1,4 +1,4 @@
-//! Requests sent to a stdio upstream and not yet answered.
+//! Requests sent to a stdio or HTTP+SSE upstream and not yet answered.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -26,8 +26,23 @@ pub struct Pending {
 
 impl Pending {
     /// A fresh upstream-side id (ids start at 1; 0 is the `initialize` request).
-    pub fn next_id(&self) -> u64 {
+    fn next_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Gives `msg` a fresh upstream-side id and waits for its answer: the id, and where the
+    /// answer will arrive.
+    pub fn start(
+        &self,
+        msg: &mut Message,
+        related: Option<Related>,
+    ) -> (u64, oneshot::Receiver<Message>) {
+        let id = self.next_id();
+        msg.set_id(Value::from(id));
+        (
+            id,
+            self.register(id, related, msg.progress_token().cloned()),
+        )
     }
 
     pub fn register(

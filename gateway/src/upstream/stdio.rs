@@ -265,11 +265,7 @@ impl StdioLink {
         u64,
         impl Future<Output = Result<Message, UpstreamError>> + use<>,
     ) {
-        let id = self.pending.next_id();
-        msg.set_id(Value::from(id));
-        let rx = self
-            .pending
-            .register(id, related, msg.progress_token().cloned());
+        let (id, rx) = self.pending.start(msg, related);
         let sent = self.send_bytes(msg.to_bytes());
         let name = self.name.clone();
         let fut = async move {
