@@ -9,10 +9,9 @@
 //!   back to the upstream that asked, under that upstream's own id.
 //!
 //! Messages an upstream sends outside any request (list changes, resource updates, late log
-//! lines, requests to the client) go to the standalone stream, changes also to
-//! `subscriptions/listen` streams. When a
-//! [`Screen`] is active (a policy reads the response phase) they pass it first, in order,
-//! through the session's outbox task.
+//! lines, requests to the client) go to the standalone stream, and changes also to
+//! `subscriptions/listen` streams. When a [`Screen`] is active (a policy reads the response
+//! phase) they pass it first, in order, through the session's outbox task.
 //!
 //! [`Sessions`] is the store. Session ids are 128-bit random values; state lives in this
 //! process (the seam for stateless replicas is this type).
