@@ -7,10 +7,10 @@
 //! - requests: sampling (the messages an upstream wants the client's model to read),
 //!   elicitation, roots.
 //!
-//! About a request, they are screened by [`screen_related`], in the request's task, in
-//! order, before its answer (the view is the request's: same caller, target, upstream,
-//! attributes). Outside any request, by [`PolicyScreen`], the sessions' [`Screen`], with the
-//! session's latest caller as the identity.
+//! About a request, they are screened in the request's task ([`handle_screened`]), in order,
+//! before its answer, with the request's view (same caller, target, upstream, attributes).
+//! Outside any request, by [`PolicyScreen`], the sessions' [`Screen`], with the session's
+//! latest caller as the identity.
 //!
 //! A plugin that denies one (or fails closed) stops it: a notification is dropped (there is
 //! no one to send an error to), a request is answered to the upstream with the denial's
@@ -20,10 +20,47 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::mcp::{Kind, Message};
 use crate::policy::{CallView, Chain, Denial, Phase, Policies};
-use crate::session::{Screen, Session};
+use crate::session::{Route, Screen, Session};
+
+/// Handles a request whose related messages (progress, log lines, requests to the client)
+/// must pass the response phase: each goes to `tx` as the chain leaves it, in order, and all
+/// before the answer.
+pub(super) async fn handle_screened(
+    session: &Session,
+    msg: Message,
+    route: Option<&Route>,
+    chain: &Chain,
+    call: &CallView,
+    tx: &mpsc::UnboundedSender<Message>,
+) -> Message {
+    let (related, mut from_upstream) = mpsc::unbounded_channel();
+    let handling = session.handle_request(msg, related, route);
+    tokio::pin!(handling);
+    let response = loop {
+        tokio::select! {
+            biased;
+            Some(m) = from_upstream.recv() => {
+                if let Some(m) = screen_related(chain, session, call, m).await {
+                    let _ = tx.send(m);
+                }
+            }
+            response = &mut handling => break response,
+        }
+    };
+    // What arrived with the answer still goes first; anything later finds the channel
+    // closed and takes the session's standalone stream (screened there).
+    from_upstream.close();
+    while let Ok(m) = from_upstream.try_recv() {
+        if let Some(m) = screen_related(chain, session, call, m).await {
+            let _ = tx.send(m);
+        }
+    }
+    response
+}
 
 /// Screens one message an upstream sent about a request. `None`: it does not go out.
 pub(super) async fn screen_related(

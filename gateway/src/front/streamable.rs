@@ -150,42 +150,6 @@ pub(super) async fn identify(
     Ok(call.identity().map(|i| i.subject.clone()))
 }
 
-/// Handles a request whose related messages (progress, log lines, requests to the client)
-/// must pass the response phase: each goes to `tx` as the chain leaves it, in order, and all
-/// before the answer.
-async fn relayed(
-    session: &Session,
-    msg: Message,
-    route: Option<&Route>,
-    chain: &Chain,
-    call: &crate::policy::CallView,
-    tx: &mpsc::UnboundedSender<Message>,
-) -> Message {
-    let (related, mut from_upstream) = mpsc::unbounded_channel();
-    let handling = session.handle_request(msg, related, route);
-    tokio::pin!(handling);
-    let response = loop {
-        tokio::select! {
-            biased;
-            Some(m) = from_upstream.recv() => {
-                if let Some(m) = relay::screen_related(chain, session, call, m).await {
-                    let _ = tx.send(m);
-                }
-            }
-            response = &mut handling => break response,
-        }
-    };
-    // What arrived with the answer still goes first; anything later finds the channel
-    // closed and takes the session's standalone stream (screened there).
-    from_upstream.close();
-    while let Ok(m) = from_upstream.try_recv() {
-        if let Some(m) = relay::screen_related(chain, session, call, m).await {
-            let _ = tx.send(m);
-        }
-    }
-    response
-}
-
 fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
     headers
         .get_all(ACCEPT)
@@ -488,7 +452,8 @@ impl Front {
             let mut response = match call.as_ref() {
                 Some(call) if chain.wants(Phase::Response) => {
                     session.remember_caller(call.identity());
-                    relayed(&session, msg, route.as_ref(), &chain, call.view(), &tx).await
+                    relay::handle_screened(&session, msg, route.as_ref(), &chain, call.view(), &tx)
+                        .await
                 }
                 _ => {
                     session
