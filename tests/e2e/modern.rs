@@ -521,6 +521,147 @@ mod toward_2026_upstreams {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(deprecated)] // setLevel, resources/subscribe: session-era API, exercised on purpose
+    async fn a_2026_stdio_upstream_is_spoken_to_without_initialize() {
+        let config = format!(
+            "{}{}protocol = \"2026-07-28\"\n",
+            server_toml(),
+            stdio_fixture_toml("alpha")
+        );
+        let gateway = Gateway::start(&config).await;
+        let handler = RecordingClient::new().accept_elicitation(json!({ "name": "ada" }));
+        let client = client_with(gateway.url(), handler.clone()).await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        assert!(tools.iter().any(|t| t.name == "alpha__echo"), "{tools:?}");
+        let echoed = call_tool(&client, "alpha__echo", json!({ "text": "over stdio" }))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&echoed), "over stdio");
+
+        // Questions come as input_required; the session-era client answers them as requests.
+        let greeted = call_tool(
+            &client,
+            "alpha__test_input_required_result_elicitation",
+            json!({}),
+        )
+        .await
+        .unwrap();
+        assert!(text_of(&greeted).contains("ada"), "{}", text_of(&greeted));
+
+        // The client's log level travels as `_meta` on each request.
+        client
+            .set_level(rmcp::model::SetLevelRequestParams::new(
+                rmcp::model::LoggingLevel::Info,
+            ))
+            .await
+            .expect("setLevel is answered by the gateway");
+        call_tool(&client, "alpha__test_tool_with_logging", json!({}))
+            .await
+            .unwrap();
+        handler
+            .wait_for_count(3, WAIT, |e| {
+                matches!(e, portcullis_tests::harness::ClientEvent::Log(_))
+            })
+            .await;
+
+        // List changes arrive through the link's subscriptions/listen request.
+        call_tool(
+            &client,
+            "alpha__set_dynamic_tool",
+            json!({ "enabled": true }),
+        )
+        .await
+        .unwrap();
+        handler
+            .wait_for(WAIT, |e| {
+                matches!(e, portcullis_tests::harness::ClientEvent::ToolListChanged)
+            })
+            .await;
+        let tools = client.list_all_tools().await.expect("tools/list again");
+        assert!(
+            tools.iter().any(|t| t.name == "alpha__test_dynamic_tool"),
+            "the catalog was refreshed: {tools:?}"
+        );
+
+        let subscribe = client
+            .subscribe(rmcp::model::SubscribeRequestParams::new(
+                "alpha+test://watched-resource",
+            ))
+            .await;
+        let err = format!("{:?}", subscribe.expect_err("no subscribe in 2026-07-28"));
+        assert!(err.contains("2026-07-28"), "{err}");
+        client.cancel().await.unwrap();
+        let logs = gateway.logs();
+        assert!(
+            !logs.contains("upstream discovered"),
+            "pinned: no probe\n{logs}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auto_probes_a_stdio_upstream_once_before_initialize() {
+        let config = format!("{}{}", server_toml(), stdio_fixture_toml("alpha"));
+        let gateway = Gateway::start(&config).await;
+        let a = client_with(gateway.url(), RecordingClient::new()).await;
+        let b = client_with(gateway.url(), RecordingClient::new()).await;
+        for c in [&a, &b] {
+            let r = call_tool(c, "alpha__echo", json!({ "text": "x" }))
+                .await
+                .unwrap();
+            assert_eq!(text_of(&r), "x");
+        }
+        let logs = gateway.logs();
+        assert_eq!(
+            logs.matches("upstream discovered").count(),
+            1,
+            "probed once, remembered for the second child:\n{logs}"
+        );
+        assert!(
+            logs.contains("era=Session"),
+            "a dual-era child keeps initialize: {logs}"
+        );
+        a.cancel().await.unwrap();
+        b.cancel().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stdio_server_that_exits_on_the_probe_is_started_again_with_initialize() {
+        let config = format!(
+            "{}{}",
+            server_toml(),
+            stdio_fixture_toml("alpha").replace(
+                "args = [\"--stdio\",",
+                "args = [\"--stdio\", \"--initialize-first\","
+            )
+        );
+        assert!(config.contains("--initialize-first"), "{config}");
+        let gateway = Gateway::start(&config).await;
+        let client = client_with(gateway.url(), RecordingClient::new()).await;
+        let r = call_tool(&client, "alpha__echo", json!({ "text": "second try" }))
+            .await
+            .expect("the first call already succeeds");
+        assert_eq!(text_of(&r), "second try");
+        let logs = gateway.logs();
+        assert!(
+            logs.contains("the first message must be initialize"),
+            "the probe did end the first child:\n{logs}"
+        );
+        assert!(logs.contains("starting it again with initialize"), "{logs}");
+        // A second client's child gets initialize straight away.
+        let other = client_with(gateway.url(), RecordingClient::new()).await;
+        call_tool(&other, "alpha__echo", json!({ "text": "x" }))
+            .await
+            .unwrap();
+        assert_eq!(
+            gateway.logs().matches("starting it again").count(),
+            1,
+            "the era is remembered"
+        );
+        client.cancel().await.unwrap();
+        other.cancel().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_2026_client_gets_a_2026_upstreams_input_required_as_it_is() {
         let (gateway, _beta) = gateway_with("protocol = \"2026-07-28\"").await;
         let call = request(

@@ -97,6 +97,9 @@ pub struct Options {
     /// Add `test_dynamic_tool` this long after `initialize`, unless `set_dynamic_tool`
     /// was called first. `None`: only `set_dynamic_tool` adds it.
     pub dynamic_tool_after: Option<Duration>,
+    /// Over stdio, behave like a session-era SDK that takes nothing before `initialize`:
+    /// exit at once if the first message is anything else (the `server/discover` probe).
+    pub initialize_first: bool,
 }
 
 impl Default for Options {
@@ -104,6 +107,7 @@ impl Default for Options {
         Self {
             name: "portcullis-fixture".to_owned(),
             dynamic_tool_after: None,
+            initialize_first: false,
         }
     }
 }
@@ -338,8 +342,22 @@ fn is_stateless(context: &RequestContext<RoleServer>) -> bool {
 
 /// Serves one client on stdin/stdout until EOF.
 pub async fn serve_stdio(options: Options) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    let mut first = Vec::new();
+    if options.initialize_first {
+        stdin.read_until(b'\n', &mut first).await?;
+        let method = serde_json::from_slice::<serde_json::Value>(&first)
+            .ok()
+            .and_then(|m| m["method"].as_str().map(str::to_owned));
+        if method.as_deref() != Some("initialize") {
+            anyhow::bail!("the first message must be initialize, not {method:?}");
+        }
+    }
+    // The line read above goes first, then the rest of stdin.
+    let input = std::io::Cursor::new(first).chain(stdin);
     let running = Fixture::new(options)
-        .serve(rmcp::transport::stdio_pipes())
+        .serve((input, tokio::io::stdout()))
         .await?;
     running.waiting().await?;
     Ok(())

@@ -252,13 +252,6 @@ pub fn parse(
                         "applies to HTTP upstreams (`url`) only".into(),
                     ));
                 }
-                if up.protocol != UpstreamProtocol::Auto {
-                    return Err(err(
-                        at("protocol"),
-                        field("protocol"),
-                        "applies to HTTP upstreams (`url`) only; stdio upstreams are spoken to with `initialize`".into(),
-                    ));
-                }
             }
             TransportKind::Http => {
                 if up.transport == HttpTransport::Sse && up.protocol == UpstreamProtocol::Stateless
@@ -427,12 +420,8 @@ mod tests {
         assert!(c.server.legacy_sse);
         assert_eq!(c.server.legacy_sse_path, "/sse");
         assert_eq!(c.server.legacy_message_path, "/message");
-        let e = check("[upstreams.a]\ncommand = \"x\"\nprotocol = \"2026-07-28\"\n").unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("t.toml:3: upstreams.a.protocol: applies to HTTP upstreams"),
-            "{e}"
-        );
+        let c = check("[upstreams.a]\ncommand = \"x\"\nprotocol = \"2026-07-28\"\n").unwrap();
+        assert_eq!(c.upstreams["a"].protocol, UpstreamProtocol::Stateless);
         let c =
             check("[upstreams.a]\nurl = \"http://h/mcp\"\nprotocol = \"2026-07-28\"\n").unwrap();
         assert_eq!(c.upstreams["a"].protocol, UpstreamProtocol::Stateless);

@@ -20,6 +20,7 @@ use serde_json::Value;
 use sse_stream::SseStream;
 use tokio::sync::Mutex;
 
+use super::stateless::{self, Stateless};
 use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::mcp::{Kind, Message, methods, version};
@@ -80,9 +81,7 @@ pub struct HttpLink {
     reinit: Mutex<()>,
     pub(super) listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Spoken to as MCP 2026-07-28 (stateless) rather than with a session.
-    pub(super) stateless: bool,
-    /// 2026-07-28: the log level the client set, sent as `_meta` on every request.
-    pub(super) log_level: std::sync::Mutex<Option<Value>>,
+    pub(super) stateless: Option<Stateless>,
     /// 2026-07-28: tool name → its `x-mcp-header` arguments, from `tools/list` results.
     pub(super) tool_params:
         std::sync::Mutex<std::collections::HashMap<String, crate::mcp::headers::ParamHeaders>>,
@@ -116,13 +115,21 @@ impl HttpLink {
             state: RwLock::new(SessionState::default()),
             reinit: Mutex::new(()),
             listener: std::sync::Mutex::new(None),
-            stateless: false,
-            log_level: std::sync::Mutex::new(None),
+            stateless: None,
             tool_params: Default::default(),
         };
-        if let Some(discovered) = link.choose_era().await? {
-            link.stateless = true;
-            link.listen_for_changes();
+        let stateless = Stateless::new(upstream.name.clone(), hello.clone());
+        let unreachable = |e: &UpstreamError| {
+            matches!(
+                e,
+                UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. }
+            )
+        };
+        if let Some(discovered) =
+            stateless::choose_era(upstream, || link.discover(&stateless), unreachable).await?
+        {
+            link.listen_for_changes(&stateless);
+            link.stateless = Some(stateless);
             return Ok((link, discovered));
         }
         let init = link.initialize().await.inspect_err(|_| {
@@ -177,14 +184,14 @@ impl HttpLink {
         mut msg: Message,
         related: Option<Related>,
     ) -> Result<Message, UpstreamError> {
-        if self.stateless {
-            if let Some(answer) = self.answer_locally(&msg) {
+        if let Some(stateless) = &self.stateless {
+            if let Some(answer) = stateless.answer_locally(&msg) {
                 return Ok(answer);
             }
-            self.add_meta(&mut msg);
+            stateless.add_meta(&mut msg);
         }
         let state = self.session();
-        if self.stateless && msg.method() == methods::TOOLS_LIST {
+        if self.stateless.is_some() && msg.method() == methods::TOOLS_LIST {
             let answer =
                 self.expect_response(self.post(&msg, related.as_ref(), &state).await?.0)?;
             self.learn_tools(&answer);
@@ -201,7 +208,7 @@ impl HttpLink {
     }
 
     pub async fn send(&self, msg: Message) -> Result<(), UpstreamError> {
-        if self.stateless {
+        if self.stateless.is_some() {
             // 2026-07-28 defines no client notifications over HTTP (closing a request's
             // stream cancels it) and its servers ask nothing of the client.
             tracing::debug!(upstream = %self.upstream.name, method = msg.method(), "not sent to a 2026-07-28 upstream");
@@ -272,7 +279,7 @@ impl HttpLink {
             crate::observe::inject_headers(&mut trace);
             builder = builder.headers(trace);
         }
-        if self.stateless || msg.method() == methods::SERVER_DISCOVER {
+        if self.stateless.is_some() || msg.method() == methods::SERVER_DISCOVER {
             let params = self.param_annotations(msg);
             builder = builder.headers(super::stateless::request_headers(msg, &params));
         }

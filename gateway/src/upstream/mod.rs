@@ -185,7 +185,19 @@ impl Link {
         let connect = async {
             match &upstream.http {
                 None => {
-                    let (link, init) = stdio::StdioLink::start(upstream, hello, handler).await?;
+                    let era = upstream.era();
+                    let mut started =
+                        stdio::StdioLink::start(upstream, hello, handler.clone()).await;
+                    if matches!(started, Err(UpstreamError::Exited { .. }))
+                        && era == Era::Unknown
+                        && upstream.era() == Era::Session
+                    {
+                        // The probe ended the child: a session-era server that takes nothing
+                        // before `initialize`. Once more, with `initialize` only.
+                        tracing::info!(upstream = %upstream.name, "stdio upstream exited on server/discover; starting it again with initialize");
+                        started = stdio::StdioLink::start(upstream, hello, handler).await;
+                    }
+                    let (link, init) = started?;
                     Ok::<_, UpstreamError>((Transport::Stdio(link), init))
                 }
                 Some(client) => legacy_sse::connect(upstream, client, hello, handler).await,
@@ -218,7 +230,11 @@ impl Link {
 
     /// Spoken to as MCP 2026-07-28: its questions to the client come as `input_required`.
     pub fn is_stateless(&self) -> bool {
-        matches!(&self.transport, Transport::Http(l) if l.stateless)
+        match &self.transport {
+            Transport::Http(l) => l.stateless.is_some(),
+            Transport::Stdio(l) => l.stateless.is_some(),
+            Transport::Sse(_) => false,
+        }
     }
 
     /// The upstream's declared capabilities.
@@ -236,6 +252,11 @@ impl Link {
         cancel: &CancellationToken,
     ) -> Result<Message, UpstreamError> {
         debug_assert_eq!(msg.kind(), Kind::Request);
+        if let Transport::Stdio(l) = &self.transport
+            && let Some(answer) = l.stateless.as_ref().and_then(|s| s.answer_locally(&msg))
+        {
+            return Ok(answer);
+        }
         let client_id = msg.id().cloned().unwrap_or(Value::Null);
         let timeout = self.upstream.timeout();
         let span = crate::observe::upstream_span(&self.upstream, &msg);

@@ -1,20 +1,23 @@
-//! MCP 2026-07-28 toward an HTTP upstream: which era to speak, and how to speak the stateless
-//! one.
+//! MCP 2026-07-28 toward an upstream: which era to speak, and how to speak the stateless one.
 //!
-//! With `protocol = auto`, the first link to an upstream asks `server/discover`. An upstream
-//! that also speaks the session era is given `initialize`: per-client upstream sessions keep
+//! With `protocol = auto`, the first link to an upstream asks `server/discover` (over stdio
+//! before anything else, as the spec's backward-compatibility probe says). An upstream that
+//! also speaks the session era is given `initialize`: per-client upstream sessions keep
 //! server→client requests, subscriptions and log levels exact for the (mostly session-era)
 //! clients. One that speaks only 2026-07-28 is spoken to statelessly. One that does not know
 //! `server/discover` is a session-era server. The answer is remembered on the [`Upstream`];
 //! a link that later fails to connect forgets it, so a changed upstream is probed again.
 //!
-//! A stateless link puts the 2026 `_meta` (version, the client's identity and capabilities,
-//! the log level) and headers (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) on every
-//! request, answers what 2026-07-28 removed (`ping`, `logging/setLevel`) itself, refuses
-//! `resources/subscribe` with a clear error, and keeps a `subscriptions/listen` stream open
-//! for list changes. `input_required` results pass through to the session, which bridges them
-//! for session-era clients (`session/handle.rs`).
+//! A stateless link ([`Stateless`]) puts the 2026 `_meta` (version, the client's identity and
+//! capabilities, the log level) on every request — over HTTP also the headers
+//! (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) — answers what 2026-07-28 removed
+//! (`ping`, `logging/setLevel`) itself, refuses `resources/subscribe` with a clear error, and
+//! keeps a `subscriptions/listen` request open for list changes. `input_required` results
+//! pass through to the session, which bridges them for session-era clients
+//! (`session/handle.rs`).
 
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -23,7 +26,7 @@ use serde_json::{Value, json};
 use sse_stream::SseStream;
 
 use super::http::{HttpLink, Posted, SessionState};
-use super::{Era, UpstreamError};
+use super::{Era, Hello, Upstream, UpstreamError};
 use crate::config::UpstreamProtocol;
 use crate::mcp::methods::{self, meta};
 use crate::mcp::{Kind, Message, codes, headers, version};
@@ -63,51 +66,167 @@ pub(super) fn request_headers(msg: &Message, params: &headers::ParamHeaders) -> 
     h
 }
 
-impl HttpLink {
-    /// Decides the era for this link: `Some(discover result)` to speak 2026-07-28, `None` for
-    /// `initialize`.
-    pub(super) async fn choose_era(&self) -> Result<Option<Value>, UpstreamError> {
-        let upstream = &self.upstream;
-        match (upstream.config.protocol, upstream.era()) {
-            (UpstreamProtocol::Session, _) | (UpstreamProtocol::Auto, Era::Session) => {
-                return Ok(None);
-            }
-            (UpstreamProtocol::Stateless, _) | (UpstreamProtocol::Auto, Era::Stateless) => {
-                return self.discover().await.map(Some).inspect_err(|_| {
-                    upstream.set_era(Era::Unknown);
-                });
-            }
-            (UpstreamProtocol::Auto, Era::Unknown) => {}
+/// What a link needs to speak 2026-07-28: the client's hello, sent as `_meta` on every
+/// request, and the log level the client set.
+pub(super) struct Stateless {
+    upstream: std::sync::Arc<str>,
+    hello: Hello,
+    log_level: Mutex<Option<Value>>,
+}
+
+impl Stateless {
+    pub(super) fn new(upstream: std::sync::Arc<str>, hello: Hello) -> Self {
+        Stateless {
+            upstream,
+            hello,
+            log_level: Mutex::new(None),
         }
-        let discovered = match self.discover().await {
-            Ok(d) => d,
-            // Not reachable: nothing learnt; the link fails as `initialize` would.
-            Err(e @ (UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. })) => {
-                return Err(e);
-            }
-            Err(e) => {
-                tracing::debug!(upstream = %upstream.name, error = %e, "no server/discover; using initialize");
-                upstream.set_era(Era::Session);
-                return Ok(None);
-            }
-        };
-        let speaks = |v: &str| {
-            discovered["supportedVersions"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(v)))
-        };
-        let era = if version::SUPPORTED.iter().any(|v| speaks(v)) {
-            Era::Session
-        } else if speaks(version::MODERN) {
-            Era::Stateless
-        } else {
-            Era::Session
-        };
-        tracing::info!(upstream = %upstream.name, ?era, versions = %discovered["supportedVersions"], "upstream discovered");
-        upstream.set_era(era);
-        Ok((era == Era::Stateless).then_some(discovered))
     }
 
+    /// `server/discover`, with the `_meta` every 2026-07-28 request carries.
+    pub(super) fn discover_request(&self, id: Value) -> Message {
+        let mut msg = Message::request(id, methods::SERVER_DISCOVER, Some(json!({})));
+        self.add_meta(&mut msg);
+        msg
+    }
+
+    /// `subscriptions/listen` for the list changes (what the GET stream is to a session-era
+    /// upstream).
+    pub(super) fn listen_request(&self, id: Value) -> Message {
+        let mut msg = Message::request(
+            id,
+            methods::SUBSCRIPTIONS_LISTEN,
+            Some(json!({ "notifications": {
+                "toolsListChanged": true,
+                "promptsListChanged": true,
+                "resourcesListChanged": true,
+            } })),
+        );
+        self.add_meta(&mut msg);
+        msg
+    }
+
+    /// Answers what 2026-07-28 removed, or refuses what it has no equivalent for.
+    pub(super) fn answer_locally(&self, msg: &Message) -> Option<Message> {
+        let id = msg.id().cloned().unwrap_or(Value::Null);
+        match msg.method() {
+            methods::PING => Some(Message::result(id, json!({}))),
+            methods::LOGGING_SET_LEVEL => {
+                // Becomes `_meta` logLevel on every later request.
+                let level = msg.params().and_then(|p| p.get("level")).cloned();
+                *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) = level;
+                Some(Message::result(id, json!({})))
+            }
+            methods::RESOURCES_SUBSCRIBE | methods::RESOURCES_UNSUBSCRIBE => Some(Message::error(
+                id,
+                codes::METHOD_NOT_FOUND,
+                &format!(
+                    "upstream '{}' speaks MCP 2026-07-28, which has no {}: its resource updates reach 2026-07-28 clients through subscriptions/listen",
+                    self.upstream,
+                    msg.method()
+                ),
+                None,
+            )),
+            _ => None,
+        }
+    }
+
+    /// The per-request `_meta` of 2026-07-28, from the client's own hello.
+    pub(super) fn add_meta(&self, msg: &mut Message) {
+        let level = self
+            .log_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let params = msg.params_mut();
+        let meta = params
+            .entry("_meta")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(m) = meta.as_object_mut() {
+            // A 2026-07-28 client's own per-request values win over the session's.
+            m.insert(meta::PROTOCOL_VERSION.into(), json!(version::MODERN));
+            m.entry(meta::CLIENT_INFO)
+                .or_insert_with(|| self.hello.client_info.clone());
+            m.entry(meta::CLIENT_CAPABILITIES)
+                .or_insert_with(|| self.hello.capabilities.clone());
+            if let Some(level) = level {
+                m.entry(meta::LOG_LEVEL).or_insert(level);
+            }
+        }
+    }
+}
+
+/// The result of `server/discover`, or why there is none.
+pub(super) fn discover_result(
+    upstream: &std::sync::Arc<str>,
+    mut reply: Message,
+) -> Result<Value, UpstreamError> {
+    let protocol = |detail: String| UpstreamError::Protocol {
+        upstream: upstream.clone(),
+        detail,
+    };
+    if let Some(err) = reply.error_value() {
+        return Err(protocol(format!("server/discover failed: {err}")));
+    }
+    let result = reply.take_result().unwrap_or_default();
+    if !result["capabilities"].is_object() {
+        return Err(protocol(
+            "server/discover result has no capabilities".into(),
+        ));
+    }
+    Ok(result)
+}
+
+/// Decides the era for a new link: `Some(discover result)` to speak 2026-07-28, `None` for
+/// `initialize`. `discover` asks the upstream; an error it gives for which `unreachable` is
+/// true says nothing about the era (the link fails as `initialize` would), any other means
+/// the upstream does not know `server/discover`.
+pub(super) async fn choose_era<F>(
+    upstream: &Upstream,
+    discover: impl FnOnce() -> F,
+    unreachable: fn(&UpstreamError) -> bool,
+) -> Result<Option<Value>, UpstreamError>
+where
+    F: Future<Output = Result<Value, UpstreamError>>,
+{
+    match (upstream.config.protocol, upstream.era()) {
+        (UpstreamProtocol::Session, _) | (UpstreamProtocol::Auto, Era::Session) => {
+            return Ok(None);
+        }
+        (UpstreamProtocol::Stateless, _) | (UpstreamProtocol::Auto, Era::Stateless) => {
+            return discover().await.map(Some).inspect_err(|_| {
+                upstream.set_era(Era::Unknown);
+            });
+        }
+        (UpstreamProtocol::Auto, Era::Unknown) => {}
+    }
+    let discovered = match discover().await {
+        Ok(d) => d,
+        Err(e) if unreachable(&e) => return Err(e),
+        Err(e) => {
+            tracing::debug!(upstream = %upstream.name, error = %e, "no server/discover; using initialize");
+            upstream.set_era(Era::Session);
+            return Ok(None);
+        }
+    };
+    let speaks = |v: &str| {
+        discovered["supportedVersions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(v)))
+    };
+    let era = if version::SUPPORTED.iter().any(|v| speaks(v)) {
+        Era::Session
+    } else if speaks(version::MODERN) {
+        Era::Stateless
+    } else {
+        Era::Session
+    };
+    tracing::info!(upstream = %upstream.name, ?era, versions = %discovered["supportedVersions"], "upstream discovered");
+    upstream.set_era(era);
+    Ok((era == Era::Stateless).then_some(discovered))
+}
+
+impl HttpLink {
     /// The `Mcp-Param-*` annotations of the tool `msg` calls, learnt from the upstream's
     /// `tools/list` results as they pass.
     pub(super) fn param_annotations(&self, msg: &Message) -> headers::ParamHeaders {
@@ -147,85 +266,19 @@ impl HttpLink {
     }
 
     /// `server/discover`: the upstream's versions, capabilities and identity.
-    async fn discover(&self) -> Result<Value, UpstreamError> {
-        let mut msg = Message::request(Value::from(0), methods::SERVER_DISCOVER, Some(json!({})));
-        self.add_meta(&mut msg);
+    pub(super) async fn discover(&self, stateless: &Stateless) -> Result<Value, UpstreamError> {
+        let msg = stateless.discover_request(Value::from(0));
         let (posted, _) = self.post(&msg, None, &SessionState::default()).await?;
-        let Posted::Response(mut reply) = posted else {
+        let Posted::Response(reply) = posted else {
             return Err(self.protocol("server/discover was answered with 202"));
         };
-        if let Some(err) = reply.error_value() {
-            return Err(self.protocol(&format!("server/discover failed: {err}")));
-        }
-        let result = reply.take_result().unwrap_or_default();
-        if !result["capabilities"].is_object() {
-            return Err(self.protocol("server/discover result has no capabilities"));
-        }
-        Ok(result)
-    }
-
-    /// Answers what 2026-07-28 removed, or refuses what it has no equivalent for.
-    pub(super) fn answer_locally(&self, msg: &Message) -> Option<Message> {
-        let id = msg.id().cloned().unwrap_or(Value::Null);
-        match msg.method() {
-            methods::PING => Some(Message::result(id, json!({}))),
-            methods::LOGGING_SET_LEVEL => {
-                // Becomes `_meta` logLevel on every later request.
-                let level = msg.params().and_then(|p| p.get("level")).cloned();
-                *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) = level;
-                Some(Message::result(id, json!({})))
-            }
-            methods::RESOURCES_SUBSCRIBE | methods::RESOURCES_UNSUBSCRIBE => Some(Message::error(
-                id,
-                codes::METHOD_NOT_FOUND,
-                &format!(
-                    "upstream '{}' speaks MCP 2026-07-28, which has no {}: its resource updates reach 2026-07-28 clients through subscriptions/listen",
-                    self.upstream.name,
-                    msg.method()
-                ),
-                None,
-            )),
-            _ => None,
-        }
-    }
-
-    /// The per-request `_meta` of 2026-07-28, from the client's own hello.
-    pub(super) fn add_meta(&self, msg: &mut Message) {
-        let level = self
-            .log_level
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let params = msg.params_mut();
-        let meta = params
-            .entry("_meta")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(m) = meta.as_object_mut() {
-            // A 2026-07-28 client's own per-request values win over the session's.
-            m.insert(meta::PROTOCOL_VERSION.into(), json!(version::MODERN));
-            m.entry(meta::CLIENT_INFO)
-                .or_insert_with(|| self.hello.client_info.clone());
-            m.entry(meta::CLIENT_CAPABILITIES)
-                .or_insert_with(|| self.hello.capabilities.clone());
-            if let Some(level) = level {
-                m.entry(meta::LOG_LEVEL).or_insert(level);
-            }
-        }
+        discover_result(&self.upstream.name, reply)
     }
 
     /// Keeps a `subscriptions/listen` stream open for list changes (what the GET stream is
     /// to a session-era upstream), reconnecting with backoff, until the link closes.
-    pub(super) fn listen_for_changes(&self) {
-        let mut msg = Message::request(
-            Value::from("listen"),
-            methods::SUBSCRIPTIONS_LISTEN,
-            Some(json!({ "notifications": {
-                "toolsListChanged": true,
-                "promptsListChanged": true,
-                "resourcesListChanged": true,
-            } })),
-        );
-        self.add_meta(&mut msg);
+    pub(super) fn listen_for_changes(&self, stateless: &Stateless) {
+        let msg = stateless.listen_request(Value::from("listen"));
         let builder = self
             .builder(reqwest::Method::POST, &SessionState::default())
             .headers(request_headers(&msg, &Vec::new()))

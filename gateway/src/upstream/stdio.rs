@@ -4,6 +4,11 @@
 //! wrappers) is killed as a whole; it is reaped as soon as it exits; it dies with the gateway
 //! (`PR_SET_PDEATHSIG`) even if the gateway is killed with SIGKILL; and its stderr goes to the
 //! gateway's log, tagged with the upstream name.
+//!
+//! Which era a child speaks is decided as for HTTP (`stateless.rs`): with `protocol = auto`
+//! the first child of an upstream is asked `server/discover` before anything else (the spec's
+//! stdio probe); a 2026-07-28-only server is then spoken to statelessly, with `_meta` on every
+//! request and a `subscriptions/listen` request open for list changes.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::pending::Pending;
+use super::stateless::{self, Stateless};
 use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
 use crate::mcp::{Kind, Message, methods};
 
@@ -31,11 +37,17 @@ const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest accepted line from a child (a JSON-RPC message); longer output kills the link.
 const MAX_LINE: usize = 64 * 1024 * 1024;
 
+/// How long the `server/discover` probe waits: a session-era server may ignore a request
+/// before `initialize`, and then gets `initialize` after this.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct StdioLink {
     name: Arc<str>,
     outbox: mpsc::UnboundedSender<Vec<u8>>,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
+    /// Spoken to as MCP 2026-07-28 (stateless) rather than with `initialize`.
+    pub(super) stateless: Option<Stateless>,
     /// Cancelled when the link is dropped: the child is killed and reaped.
     _stop: tokio_util::sync::DropGuard,
 }
@@ -220,8 +232,15 @@ impl StdioLink {
                                 tracing::debug!(upstream = %name, "response to a request nobody waits for");
                             }
                         }
+                        // A 2026-07-28 server confirming the link's listen request.
+                        Kind::Notification
+                            if msg.method() == methods::SUBSCRIPTIONS_ACKNOWLEDGED => {}
                         Kind::Notification | Kind::Request => {
-                            let related = pending.related_for(&msg);
+                            // What a listen subscription carries belongs to no request.
+                            let related = match subscription_id(&msg) {
+                                Some(_) => None,
+                                None => pending.related_for(&msg),
+                            };
                             if let Some(h) = handler.upgrade() {
                                 h.on_message(&upstream, msg, related.as_ref());
                             }
@@ -235,13 +254,25 @@ impl StdioLink {
             });
         }
 
-        let link = StdioLink {
+        let mut link = StdioLink {
             name: name.clone(),
             outbox,
             pending,
             alive,
+            stateless: None,
             _stop: stop.drop_guard(),
         };
+        let stateless = Stateless::new(name.clone(), hello.clone());
+        // Only a child that could not be started says nothing about the era; one that exits
+        // on the probe is a session-era server (`Link::connect` starts it again).
+        let unreachable = |e: &UpstreamError| matches!(e, UpstreamError::Spawn { .. });
+        if let Some(discovered) =
+            stateless::choose_era(upstream, || link.discover(&stateless), unreachable).await?
+        {
+            link.listen_for_changes(&stateless);
+            link.stateless = Some(stateless);
+            return Ok((link, discovered));
+        }
         link.send(hello.initialize_request())?;
         let reply = init_rx.await.map_err(|_| UpstreamError::Exited {
             upstream: name.clone(),
@@ -265,6 +296,9 @@ impl StdioLink {
         u64,
         impl Future<Output = Result<Message, UpstreamError>> + use<>,
     ) {
+        if let Some(stateless) = &self.stateless {
+            stateless.add_meta(msg);
+        }
         let (id, rx) = self.pending.start(msg, related);
         let sent = self.send_bytes(msg.to_bytes());
         let name = self.name.clone();
@@ -282,7 +316,49 @@ impl StdioLink {
     }
 
     pub fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+        if self.stateless.is_some() && msg.method() != methods::CANCELLED {
+            // 2026-07-28 over stdio: the only client notification is cancellation, and its
+            // servers ask nothing of the client (so there are no answers to send either).
+            tracing::debug!(upstream = %self.name, method = msg.method(), "not sent to a 2026-07-28 upstream");
+            return Ok(());
+        }
         self.send_bytes(msg.to_bytes())
+    }
+
+    /// `server/discover`, waiting [`PROBE_TIMEOUT`] at most.
+    async fn discover(&self, stateless: &Stateless) -> Result<Value, UpstreamError> {
+        let mut msg = stateless.discover_request(Value::Null);
+        let (id, answer) = self.pending.start(&mut msg, None);
+        self.send_bytes(msg.to_bytes())?;
+        match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
+            Ok(Ok(reply)) => stateless::discover_result(&self.name, reply),
+            Ok(Err(_)) => Err(UpstreamError::Exited {
+                upstream: self.name.clone(),
+            }),
+            Err(_) => {
+                self.pending.remove(id);
+                Err(UpstreamError::Protocol {
+                    upstream: self.name.clone(),
+                    detail: format!("no answer to server/discover within {PROBE_TIMEOUT:?}"),
+                })
+            }
+        }
+    }
+
+    /// Opens a `subscriptions/listen` request for list changes; it stays open as long as the
+    /// child runs (its notifications reach the session as belonging to no request).
+    fn listen_for_changes(&self, stateless: &Stateless) {
+        let mut msg = stateless.listen_request(Value::Null);
+        let (_, answer) = self.pending.start(&mut msg, None);
+        if self.send_bytes(msg.to_bytes()).is_err() {
+            return;
+        }
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Ok(reply) = answer.await {
+                tracing::debug!(upstream = %name, refused = reply.is_error(), "subscriptions/listen ended");
+            }
+        });
     }
 
     fn send_bytes(&self, bytes: Vec<u8>) -> Result<(), UpstreamError> {
@@ -295,4 +371,12 @@ impl StdioLink {
             upstream: self.name.clone(),
         })
     }
+}
+
+/// The `io.modelcontextprotocol/subscriptionId` a 2026-07-28 server puts on what a listen
+/// subscription carries.
+fn subscription_id(msg: &Message) -> Option<&Value> {
+    msg.params()?
+        .get("_meta")?
+        .get(methods::meta::SUBSCRIPTION_ID)
 }

@@ -1,16 +1,16 @@
-//! `fixture (--stdio | --http ADDR) [--name NAME] [--dynamic-tool-after MS]`: the
+//! `fixture (--stdio [--initialize-first] | --http ADDR) [--name NAME] [--dynamic-tool-after MS]`: the
 //! conformance fixture server (see `portcullis_tests::fixture`) as a program.
 //!
 //! `--http ADDR` binds `ADDR` (for example `127.0.0.1:0`), prints exactly one line,
 //! `listening on http://BOUND/mcp`, and serves MCP Streamable HTTP at `/mcp`. `--stdio`
-//! serves one client on stdin/stdout until EOF. `--name` sets `serverInfo.name`.
+//! serves one client on stdin/stdout until EOF; with `--initialize-first` it exits if the first
+//! message is not `initialize`, as older SDKs do. `--name` sets `serverInfo.name`.
 
 use std::{io::Write as _, time::Duration};
 
 use portcullis_tests::fixture::{self, Options};
 
-const USAGE: &str =
-    "usage: fixture (--stdio | --http ADDR) [--name NAME] [--dynamic-tool-after MS]";
+const USAGE: &str = "usage: fixture (--stdio [--initialize-first] | --http ADDR) [--name NAME] [--dynamic-tool-after MS]";
 
 enum Mode {
     Stdio,
@@ -31,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
             "--stdio" => mode = Some(Mode::Stdio),
             "--http" => mode = Some(Mode::Http(value("--http")?)),
             "--name" => options.name = value("--name")?,
+            "--initialize-first" => options.initialize_first = true,
             "--dynamic-tool-after" => {
                 let ms: u64 = value("--dynamic-tool-after")?.parse()?;
                 options.dynamic_tool_after = Some(Duration::from_millis(ms));
