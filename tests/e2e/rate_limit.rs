@@ -74,7 +74,7 @@ fn passed(r: &(u16, Option<String>, Value)) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_per_caller_and_tool_and_refusals_say_when_to_retry() {
     let (gateway, _plugins) = gateway(
-        "[config]\n[[config.limits]]\nname = \"caller-tool\"\nper = [\"subject\", \"tool\"]\nrate = \"3/2s\"\n",
+        "[config]\n[[config.limits]]\nname = \"caller-tool\"\nper = [\"subject\", \"tool\"]\nrate = \"3/6s\"\n",
     )
     .await;
     let alice = session(&gateway, ALICE).await;
@@ -91,7 +91,7 @@ async fn limits_are_per_caller_and_tool_and_refusals_say_when_to_retry() {
     assert_eq!(refused["error"]["code"], -32029, "{refused}");
     let retry_ms = refused["error"]["data"]["retryAfterMs"].as_u64().unwrap();
     assert_eq!(refused["error"]["data"]["limit"], "caller-tool");
-    // The first call leaves the two-second window two seconds after it was made.
+    // Three at once, then one every two seconds: the next is two seconds after the first.
     assert!(
         retry_ms > 0 && u128::from(retry_ms) <= 2_000 - elapsed.as_millis().min(1_999) + 200,
         "{retry_ms} ms after {elapsed:?}"
@@ -146,7 +146,8 @@ async fn concurrent_calls_never_pass_more_than_the_limit() {
 /// A new sidecar reloads the plugin; its counters are the gateway's and carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_reload_does_not_reset_the_counters() {
-    let limit = "[[config.limits]]\nname = \"caller\"\nper = [\"subject\"]\nrate = \"2/30s\"\n";
+    // One request back every 30 s: time enough for two reloads.
+    let limit = "[[config.limits]]\nname = \"caller\"\nper = [\"subject\"]\nrate = \"2/min\"\n";
     let (gateway, plugins) = gateway(&format!("[config]\n{limit}")).await;
     let alice = session(&gateway, ALICE).await;
     for i in 0..2 {

@@ -1,20 +1,20 @@
 //! The sidecar's `[config]` table, read and checked into [`Config`].
 //!
 //! `init` runs in every fresh instance, so this is on the per-call path: patterns are
-//! compiled and rates turned into windows once per instance, and nothing else is done.
+//! compiled and rates turned into buckets once per instance, and nothing else is done.
 
 use std::collections::BTreeSet;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use crate::bucket::Bucket;
 use crate::glob::Glob;
 use crate::rate::Rate;
-use crate::window::Window;
 
-/// The longest window a limit may have (`burst / rate`): a year, so counters' lifetimes and
-/// slot arithmetic stay far from overflow.
-const MAX_WINDOW_MS: u64 = 366 * 86_400_000;
+/// The longest a bucket may take to fill from empty (`burst / rate`): a year, so times in
+/// nanoseconds stay far from overflow.
+const MAX_FILL_NS: u128 = 366 * 86_400 * 1_000_000_000;
 
 /// What a bucket is keyed by; a limit's `per` is any combination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -61,7 +61,7 @@ pub struct Config {
 #[derive(Debug)]
 pub struct Limit {
     pub name: Box<str>,
-    pub window: Window,
+    pub bucket: Bucket,
     /// What the rate was written as, for messages.
     pub rate: Box<str>,
     pub per: Vec<Key>,
@@ -71,8 +71,10 @@ pub struct Limit {
     pub subjects: Option<Vec<Glob>>,
     pub roles: Option<Vec<Glob>>,
     pub tenants: Option<Vec<Glob>>,
-    /// The prefix of this limit's bucket keys: its name and window length, so a limit whose
-    /// rate changes on reload starts afresh instead of misreading old counters.
+    /// The prefix of this limit's bucket keys: its name and the time an empty bucket takes to
+    /// fill (`burst * T`, in nanoseconds). A bucket's value, the time it is full again, reads
+    /// as equally full under any limit with that fill time, so a reload keeps buckets unless
+    /// the fill time changes.
     pub key_prefix: Box<str>,
 }
 
@@ -162,21 +164,28 @@ impl Config {
             if burst == 0 {
                 return Err(format!("limit {name:?}: `burst` must be at least 1"));
             }
-            // W = burst / rate = burst * period / count.
-            let ms = u128::from(burst) * u128::from(rate.period_ms) / u128::from(rate.count);
-            let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-            if ms > MAX_WINDOW_MS {
+            let period_ns = u128::from(rate.period_ms) * 1_000_000;
+            let count = u128::from(rate.count);
+            if count > period_ns {
                 return Err(format!(
-                    "limit {name:?}: burst {burst} at {} spans more than a year; use a shorter period or a smaller `burst`",
+                    "limit {name:?}: {} is more than one request a nanosecond, the limiter's resolution",
                     l.rate
                 ));
             }
-            if ms == 0 {
+            // T = period / count, rounded up so the limit never lets more through.
+            let interval = period_ns.div_ceil(count);
+            let fill = u128::from(burst).saturating_mul(interval);
+            if fill > MAX_FILL_NS {
                 return Err(format!(
-                    "limit {name:?}: burst {burst} at {} refills in under a millisecond; raise `burst`",
+                    "limit {name:?}: burst {burst} at {} takes more than a year to refill; use a shorter period or a smaller `burst`",
                     l.rate
                 ));
             }
+            // Both at most `fill`, so they fit.
+            let bucket = Bucket {
+                interval_ns: interval as u64,
+                tolerance_ns: (fill - interval) as u64,
+            };
             let mut per = l.per;
             let given = per.len();
             per.sort();
@@ -190,9 +199,9 @@ impl Config {
             };
             limits.push(Limit {
                 name: name.into(),
-                window: Window { ms, burst },
+                bucket,
                 rate: l.rate.trim().into(),
-                key_prefix: format!("{name}\u{1f}{ms}").into(),
+                key_prefix: format!("{name}\u{1f}{fill}").into(),
                 per,
                 methods,
                 tools: patterns(name, "tools", l.tools)?,

@@ -5,7 +5,8 @@
 //! caller; see [`Limit`]) takes one request from the request's bucket; the bucket is named
 //! by the limit and the values of its `per` keys. The first limit with an empty bucket
 //! refuses the request, and what earlier limits took is given back, so a refused request
-//! consumes nothing. The limiter and its exactness are described in [`window`].
+//! consumes nothing. The limiter (an exact token bucket) and its exactness are described in
+//! [`bucket`].
 //!
 //! A refusal is the JSON-RPC error [`RATE_LIMITED`] (-32029) with `data.retryAfterMs` (and
 //! `data.limit`, `data.rate`), at HTTP 429 with a `Retry-After` header (whole seconds,
@@ -14,14 +15,14 @@
 //! Notifications are never limited (refusing one cannot tell the client anything), and
 //! neither is anything when no limit applies.
 //!
-//! Counters live in the gateway's key-value store under this plugin's name, so they survive
+//! Buckets live in the gateway's key-value store under this plugin's name, so they survive
 //! a reload of the plugin (and of its sidecar); they are per gateway process.
 
+pub mod bucket;
 mod config;
 #[path = "../../authz/src/glob.rs"]
 pub mod glob;
 mod rate;
-pub mod window;
 
 use std::cell::OnceCell;
 use std::fmt::Write as _;
@@ -29,13 +30,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_sdk::prelude::*;
 
+use bucket::Outcome;
 pub use config::{Config, Key, Limit};
 use glob::any_match;
-use window::Outcome;
 
 /// The JSON-RPC error code of a refusal: in the server range (-32000 to -32099), and ending
 /// in 29 after HTTP 429 so it is easy to recognise.
 pub const RATE_LIMITED: i32 = -32029;
+
+/// The retry a request is told when its bucket was too contended to decide (see
+/// [`Outcome::Contended`]): such a crowd is gone within microseconds, so soon.
+const CONTENDED_RETRY_MS: u64 = 10;
 
 /// The policy.
 pub struct RateLimit;
@@ -49,21 +54,19 @@ impl Policy for RateLimit {
     }
 
     fn evaluate(config: &Config, msg: &Message) -> Verdict {
-        check(config, msg, now_ms())
+        // The host's wall clock (WASI), the same in every instance.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        check(config, msg, now)
     }
 }
 
 export_policy!(RateLimit);
 
-/// The host's wall clock, in milliseconds since 1970 (0 if it is before, which no host is).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// [`RateLimit::evaluate`] at a given time: what the native tests drive.
-pub fn check(config: &Config, msg: &Message, now_ms: u64) -> Verdict {
+/// [`RateLimit::evaluate`] at a given time since 1970: what the native tests drive.
+pub fn check(config: &Config, msg: &Message, now: Duration) -> Verdict {
+    let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
     let method = msg.method();
     if !msg.is_request() || method.starts_with("notifications/") {
         return Verdict::allow();
@@ -74,26 +77,54 @@ pub fn check(config: &Config, msg: &Message, now_ms: u64) -> Verdict {
         upstream_target: OnceCell::new(),
         session: OnceCell::new(),
     };
-    let mut taken: Vec<(String, Duration)> = Vec::new();
+    let mut taken: Vec<(String, &Limit, u64)> = Vec::new();
     for limit in config.limits.iter().filter(|l| facts.applies(l)) {
-        let bucket = facts.bucket(limit);
-        match window::acquire(&bucket, limit.window, now_ms) {
-            Outcome::Granted { key, ttl } => taken.push((key, ttl)),
-            Outcome::Denied { retry_ms } => {
-                for (key, ttl) in &taken {
-                    window::release(key, *ttl);
-                }
+        let key = facts.bucket(limit);
+        let retry_ms = match bucket::acquire(&key, limit.bucket, now) {
+            Outcome::Granted { tat } => {
+                taken.push((key, limit, tat));
+                continue;
+            }
+            Outcome::Refused { retry_ms } => {
                 log::info(&format!(
                     "refused {method} {}: limit {:?} ({}) reached; retry in {retry_ms} ms",
                     msg.target().unwrap_or("-"),
                     limit.name,
                     limit.rate
                 ));
-                return refusal(config, limit, retry_ms);
+                retry_ms
             }
-        }
+            // Fail safe: a limit that cannot tell whether a request fits does not let it
+            // through.
+            Outcome::Contended => {
+                log::warn(&format!(
+                    "refused {method} {}: limit {:?} ({}) too contended to decide after {} tries",
+                    msg.target().unwrap_or("-"),
+                    limit.name,
+                    limit.rate,
+                    bucket::MAX_ATTEMPTS
+                ));
+                CONTENDED_RETRY_MS
+            }
+        };
+        give_back(&taken, now);
+        return refusal(config, limit, retry_ms);
     }
     Verdict::allow()
+}
+
+/// Gives back what earlier limits took from a request a later limit refused.
+fn give_back(taken: &[(String, &Limit, u64)], now: u64) {
+    for (key, limit, tat) in taken {
+        if !bucket::release(key, limit.bucket, *tat, now) {
+            log::warn(&format!(
+                "limit {:?} ({}): could not give back a refused request's share after {} tries; the bucket is one request short",
+                limit.name,
+                limit.rate,
+                bucket::MAX_ATTEMPTS
+            ));
+        }
+    }
 }
 
 /// The refusal: JSON-RPC error with the retry time, and HTTP 429 + `Retry-After`.
