@@ -17,7 +17,8 @@
 //! that read the clock at `t1 ≤ … ≤ tn`, all pass only if `tn - t1 ≥ (n - burst) * T`. That
 //! is, at most `burst + L / T` pass in any interval of length `L`, however many instances
 //! run at once, and steady traffic at exactly `rate` always passes. `T` is counted in
-//! nanoseconds, rounded up, which never lets more through. A refused request writes nothing.
+//! nanoseconds, rounded up, which never lets more through. A refused request writes nothing,
+//! and one that a later limit refuses gives back no more than it took ([`release`]).
 //!
 //! The value is the `TAT` in nanoseconds since 1970, as 8 little-endian bytes, and expires
 //! when the bucket is full again (the time-to-live is rounded up to the store's
@@ -89,11 +90,19 @@ pub fn acquire(key: &str, b: Bucket, now: u64) -> Outcome {
     Outcome::Contended
 }
 
-/// Gives back the request an [`Outcome::Granted`] took, which stored `granted`: moves the
-/// bucket's `TAT` back by `T`, but not before `now` (a bucket holds at most `burst`).
-/// Requests are alike, so what others took since does not matter. Returns `false` if it
-/// lost [`MAX_ATTEMPTS`] swaps, leaving the bucket one request short.
+/// Gives back, at `now` (read afresh: the request may have taken a while), the request an
+/// [`Outcome::Granted`] took, which stored `granted`: moves the bucket's `TAT` back by the
+/// part of that request's `T` that has not refilled yet (`granted - now`, at most `T`), and
+/// not before `now` (a bucket holds at most `burst`). What others took since stays taken:
+/// requests are alike, so any `T` of the `TAT` can be the one given back. Returns `false`
+/// if it lost [`MAX_ATTEMPTS`] swaps, leaving the bucket that much short.
 pub fn release(key: &str, b: Bucket, granted: u64, now: u64) -> bool {
+    // Once `granted` is past, the bucket has refilled this request's share by itself; taking
+    // `T` off a later request's time then would give back that request's share instead.
+    let share = b.interval_ns.min(granted.saturating_sub(now));
+    if share == 0 {
+        return true;
+    }
     // Usually nobody has taken from the bucket since, so the first swap needs no read.
     let mut seen = Some(granted.to_le_bytes().to_vec());
     for _ in 0..MAX_ATTEMPTS {
@@ -101,7 +110,7 @@ pub fn release(key: &str, b: Bucket, granted: u64, now: u64) -> bool {
             // Absent, expired or not ours: the bucket is full already.
             return true;
         };
-        let back = tat.saturating_sub(b.interval_ns).max(now);
+        let back = tat.saturating_sub(share).max(now);
         if kv::compare_and_swap(key, seen.as_deref(), &back.to_le_bytes(), ttl(back - now)) {
             return true;
         }
@@ -176,6 +185,33 @@ mod tests {
             take("a", FIVE, T0 + 2_000 * MS).unwrap();
         }
         assert!(take("a", FIVE, T0 + 2_000 * MS).is_err());
+    }
+
+    #[test]
+    fn a_late_release_gives_back_only_what_has_not_refilled() {
+        // Granted at 0 from a full bucket; another request at 100 ms; the release at 150 ms.
+        // Had the released request never come, the bucket would hold 4 at 150 ms, and the
+        // 5th would wait until the other request's share refills, at 300 ms.
+        let a = take("h", FIVE, T0).unwrap();
+        take("h", FIVE, T0 + 100 * MS).unwrap();
+        assert!(release("h", FIVE, a, T0 + 150 * MS));
+        for _ in 0..4 {
+            take("h", FIVE, T0 + 150 * MS).unwrap();
+        }
+        let retry = take("h", FIVE, T0 + 150 * MS).unwrap_err();
+        assert!(
+            retry >= 150,
+            "gave back more than was taken: retry in {retry} ms"
+        );
+        // Once the released request's share has refilled by itself, nothing is given back:
+        // not the share of a request that came after.
+        let b = take("l", FIVE, T0 + 10_000 * MS).unwrap();
+        take("l", FIVE, T0 + 11_000 * MS).unwrap();
+        assert!(release("l", FIVE, b, T0 + 11_000 * MS));
+        for _ in 0..4 {
+            take("l", FIVE, T0 + 11_000 * MS).unwrap();
+        }
+        assert!(take("l", FIVE, T0 + 11_000 * MS).is_err());
     }
 
     #[test]

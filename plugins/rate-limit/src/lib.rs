@@ -54,19 +54,26 @@ impl Policy for RateLimit {
     }
 
     fn evaluate(config: &Config, msg: &Message) -> Verdict {
-        // The host's wall clock (WASI), the same in every instance.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        check(config, msg, now)
+        check(config, msg, wall_clock)
     }
 }
 
 export_policy!(RateLimit);
 
-/// [`RateLimit::evaluate`] at a given time since 1970: what the native tests drive.
-pub fn check(config: &Config, msg: &Message, now: Duration) -> Verdict {
-    let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+/// The host's wall clock (WASI), the same in every instance: time since 1970.
+fn wall_clock() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+fn nanos(time: Duration) -> u64 {
+    u64::try_from(time.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// [`RateLimit::evaluate`] with a given clock (time since 1970): what the native tests
+/// drive. It is read before the first limit and again if a later limit refuses.
+pub fn check(config: &Config, msg: &Message, clock: impl Fn() -> Duration) -> Verdict {
     let method = msg.method();
     if !msg.is_request() || method.starts_with("notifications/") {
         return Verdict::allow();
@@ -77,6 +84,7 @@ pub fn check(config: &Config, msg: &Message, now: Duration) -> Verdict {
         upstream_target: OnceCell::new(),
         session: OnceCell::new(),
     };
+    let now = nanos(clock());
     let mut taken: Vec<(String, &Limit, u64)> = Vec::new();
     for limit in config.limits.iter().filter(|l| facts.applies(l)) {
         let key = facts.bucket(limit);
@@ -107,7 +115,10 @@ pub fn check(config: &Config, msg: &Message, now: Duration) -> Verdict {
                 CONTENDED_RETRY_MS
             }
         };
-        give_back(&taken, now);
+        if !taken.is_empty() {
+            // Afresh: what earlier limits took may have partly refilled meanwhile.
+            give_back(&taken, nanos(clock()));
+        }
         return refusal(config, limit, retry_ms);
     }
     Verdict::allow()

@@ -35,13 +35,13 @@ fn at(ms: u64) -> Duration {
 /// Passes `n` requests at time `t`, asserting each passes.
 fn pass(config: &Config, msg: &TestMessage, t: Duration, n: usize) {
     for i in 0..n {
-        let v = check(config, &msg.clone().build(), t);
+        let v = check(config, &msg.clone().build(), || t);
         assert!(v.is_allow(), "request {i} at {t:?}: {v:?}");
     }
 }
 
 fn refused(config: &Config, msg: &TestMessage, t: Duration) -> Denial {
-    match check(config, &msg.clone().build(), t) {
+    match check(config, &msg.clone().build(), || t) {
         Verdict::Deny(d) => d,
         v => panic!("not refused at {t:?}: {v:?}"),
     }
