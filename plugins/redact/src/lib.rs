@@ -49,17 +49,23 @@ impl Policy for Redact {
         let method = msg.method();
         if method.starts_with("notifications/") {
             return if config.notifications {
-                notification(config, msg)
+                params(config, msg, "notification", |p, scan| {
+                    mcp::notification(method, p, scan)
+                })
             } else {
                 Verdict::allow()
             };
         }
         match msg.phase() {
-            Phase::Request if config.arguments && method == "tools/call" => arguments(config, msg),
+            Phase::Request if config.arguments && method == "tools/call" => {
+                params(config, msg, "arguments", mcp::arguments)
+            }
             Phase::Request => Verdict::allow(),
             Phase::Response if mcp::is_server_request(method) => {
                 if config.server_requests {
-                    server_request(config, msg)
+                    params(config, msg, "request to the client", |p, scan| {
+                        mcp::server_request(method, p, scan)
+                    })
                 } else {
                     Verdict::allow()
                 }
@@ -164,35 +170,20 @@ fn response(config: &Config, msg: &Message) -> Verdict {
     }
 }
 
-fn arguments(config: &Config, msg: &Message) -> Verdict {
+/// Redacts a message's params with `redact` (which says whether anything changed); `what`
+/// names the part in log lines.
+fn params(
+    config: &Config,
+    msg: &Message,
+    what: &str,
+    redact: impl FnOnce(&mut Value, &mut Scanner) -> bool,
+) -> Verdict {
     let Some(mut params) = msg.params().cloned() else {
         return Verdict::allow();
     };
     let mut scan = Scanner::new(config);
-    let changed = mcp::arguments(&mut params, &mut scan);
-    conclude(&scan, msg, changed, "arguments", || {
-        Changes::new().with_params(params)
-    })
-}
-
-fn server_request(config: &Config, msg: &Message) -> Verdict {
-    let Some(mut params) = msg.params().cloned() else {
-        return Verdict::allow();
-    };
-    let mut scan = Scanner::new(config);
-    let changed = mcp::server_request(msg.method(), &mut params, &mut scan);
-    conclude(&scan, msg, changed, "request to the client", || {
-        Changes::new().with_params(params)
-    })
-}
-
-fn notification(config: &Config, msg: &Message) -> Verdict {
-    let Some(mut params) = msg.params().cloned() else {
-        return Verdict::allow();
-    };
-    let mut scan = Scanner::new(config);
-    let changed = mcp::notification(msg.method(), &mut params, &mut scan);
-    conclude(&scan, msg, changed, "notification", || {
+    let changed = redact(&mut params, &mut scan);
+    conclude(&scan, msg, changed, what, || {
         Changes::new().with_params(params)
     })
 }

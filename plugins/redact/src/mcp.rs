@@ -45,6 +45,16 @@ fn blocks(v: Option<&mut Value>, scan: &mut Scanner) -> bool {
     }
 }
 
+/// The `content` of each of `obj.messages` (prompt messages, sampling messages).
+fn messages(obj: &mut Value, scan: &mut Scanner) -> bool {
+    match obj.get_mut("messages") {
+        Some(Value::Array(items)) => items
+            .iter_mut()
+            .fold(false, |c, m| blocks(m.get_mut("content"), scan) | c),
+        _ => false,
+    }
+}
+
 /// Redacts a result of `method` in place; true when anything changed. Methods that carry no
 /// content (lists, completions, `initialize`) are left alone.
 pub fn result(method: &str, r: &mut Value, scan: &mut Scanner) -> bool {
@@ -64,13 +74,7 @@ pub fn result(method: &str, r: &mut Value, scan: &mut Scanner) -> bool {
         },
         "prompts/get" => {
             let description = field(r, "description", scan);
-            let messages = match r.get_mut("messages") {
-                Some(Value::Array(items)) => items
-                    .iter_mut()
-                    .fold(false, |c, m| blocks(m.get_mut("content"), scan) | c),
-                _ => false,
-            };
-            description | messages
+            description | messages(r, scan)
         }
         _ => false,
     }
@@ -109,13 +113,7 @@ pub fn server_request(method: &str, params: &mut Value, scan: &mut Scanner) -> b
     match method {
         "sampling/createMessage" => {
             let system = field(params, "systemPrompt", scan);
-            let messages = match params.get_mut("messages") {
-                Some(Value::Array(items)) => items
-                    .iter_mut()
-                    .fold(false, |c, m| blocks(m.get_mut("content"), scan) | c),
-                _ => false,
-            };
-            system | messages
+            system | messages(params, scan)
         }
         "elicitation/create" => field(params, "message", scan),
         _ => false,
