@@ -507,3 +507,45 @@ async fn notifications_pass_the_response_phase_and_a_denial_drops_them() {
         "the dropped content is not logged:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reloads_once_and_reading_the_folder_is_not_a_change() {
+    let plugins = PluginDir::new();
+    plugins.add("gate", "chaos", "[config]\nmode = \"allow\"\n");
+    let (gateway, s) = gateway(&plugins).await;
+    let reloads = || gateway.logs().matches("policy chain ready").count();
+    assert_eq!(reloads(), 1, "the initial load");
+    plugins.set_sidecar(
+        "gate",
+        &chaos("deny", "echo", "code = -32077\nmessage = \"closed\""),
+    );
+    gateway.wait_for_log("plugin loaded", WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while call(&s, 1, "alpha__echo", json!({ "text": "x" })).await["error"]["code"] != -32077 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A reload reads the folder's files, and inotify reports every open; those reads must not
+    // count as changes (they did: the gateway reloaded itself five times a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        reloads(),
+        2,
+        "one reload for one change:\n{}",
+        gateway.logs()
+    );
+    // A second gateway on the same folder reads it too: neither reloads for that.
+    let other = Gateway::start(&format!(
+        "{}{}{}",
+        server_toml(),
+        plugins.policy_toml(),
+        stdio_fixture_toml("alpha")
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reloads(), 2, "{}", gateway.logs());
+    assert_eq!(other.logs().matches("policy chain ready").count(), 1);
+}

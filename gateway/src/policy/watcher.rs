@@ -70,6 +70,31 @@ pub struct Policies {
     rejected: std::sync::atomic::AtomicUsize,
     /// Reloads done, and of those, reloads that rejected a plugin (for the metrics).
     reloads: [std::sync::atomic::AtomicU64; 2],
+    /// The plugin files as the last reload found them (see [`FolderState`]).
+    seen: Mutex<FolderState>,
+}
+
+/// The plugin files of a folder as `stat` sees them: name, size, modification time, inode.
+/// Reading a file changes none of these, so the events the gateway's own reads cause (inotify
+/// reports every open) are told apart from changes.
+type FolderState = Vec<(PathBuf, u64, Option<SystemTime>, u64)>;
+
+fn folder_state(dir: &Path) -> FolderState {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut state: FolderState = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| is_plugin_file(p))
+        .filter_map(|p| {
+            let m = std::fs::metadata(&p).ok()?;
+            Some((p, m.len(), m.modified().ok(), m.ino()))
+        })
+        .collect();
+    state.sort();
+    state
 }
 
 impl Policies {
@@ -89,6 +114,7 @@ impl Policies {
             last: Mutex::new(None),
             rejected: Default::default(),
             reloads: Default::default(),
+            seen: Mutex::new(Vec::new()),
         });
         if let Some(dir) = dir {
             anyhow::ensure!(
@@ -123,6 +149,7 @@ impl Policies {
             last: Mutex::new(None),
             rejected: Default::default(),
             reloads: Default::default(),
+            seen: Mutex::new(Vec::new()),
         }))
     }
 
@@ -180,6 +207,10 @@ impl Policies {
             loaded: Vec::new(),
             errors: Vec::new(),
         };
+        if let Some(dir) = &self.dir {
+            // Before reading: a change made while the files are read is seen next time.
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = folder_state(dir);
+        }
         let files = self.dir.as_deref().map(scan).unwrap_or_default();
         entries.retain(|path, e| {
             let keep = files.contains(path);
@@ -319,6 +350,13 @@ impl Policies {
             while rx.recv().await.is_some() {
                 while rx.try_recv().is_ok() {}
                 let Some(p) = policies.upgrade() else { return };
+                let unchanged =
+                    *p.seen.lock().unwrap_or_else(|p| p.into_inner()) == folder_state(&dir);
+                if unchanged {
+                    // Only opened (by this gateway's reload, or another one sharing the
+                    // folder): reloading would read them again, and so on forever.
+                    continue;
+                }
                 p.reload().await;
             }
         });
