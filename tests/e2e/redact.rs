@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use portcullis_tests::harness::{
-    ClientEvent, Gateway, PluginDir, RawHttp, RecordingClient, call_tool, call_tool_tracked,
-    client, client_with, stdio_fixture_toml, text_of,
+    ClientEvent, Gateway, PluginDir, RawHttp, RecordingClient, TempDir, call_tool,
+    call_tool_tracked, client, client_with, stdio_fixture_toml, text_of, toml_str,
 };
 use rmcp::ServiceError;
 use rmcp::model::{
@@ -250,7 +250,16 @@ async fn progress_and_log_notifications_are_redacted_when_configured() {
 
     let sidecar = shipped_sidecar().replace("notifications = false", "notifications = true");
     assert!(sidecar.contains("notifications = true"));
-    let (gateway, _plugins) = gateway(&sidecar).await;
+    let plugins = PluginDir::new();
+    plugins.add("redact", "redact", &sidecar);
+    let dir = TempDir::new();
+    let trail = dir.path().join("audit.jsonl");
+    let config = format!(
+        "{}[audit]\nenabled = true\npath = {}\n",
+        stdio_fixture_toml("alpha"),
+        toml_str(&trail.to_string_lossy())
+    );
+    let gateway = Gateway::start_with_plugins(&plugins, &config).await;
     let (progress, logs) = reported(&gateway).await;
     assert_eq!(
         progress.as_deref(),
@@ -267,6 +276,23 @@ async fn progress_and_log_notifications_are_redacted_when_configured() {
         !log.contains(EMAIL),
         "a redacted value reached the log:\n{log}"
     );
+
+    // The call's audit record counts what was redacted in its progress and log line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let text = std::fs::read_to_string(&trail).unwrap_or_default();
+        if let Some(r) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["target"] == "alpha__report")
+        {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no record:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(record["redactions"], json!({ "email": 2 }), "{record}");
+    assert!(!record.to_string().contains(EMAIL), "{record}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

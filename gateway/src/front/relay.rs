@@ -14,7 +14,8 @@
 //!
 //! A plugin that denies one (or fails closed) stops it: a notification is dropped (there is
 //! no one to send an error to), a request is answered to the upstream with the denial's
-//! error. The stop is logged with the plugin's name, never the content.
+//! error. The stop is logged with the plugin's name, never the content. Attributes plugins set
+//! on a request's messages go to that request's audit record (counts add up).
 
 use std::sync::Arc;
 
@@ -23,12 +24,16 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::mcp::{Kind, Message};
-use crate::policy::{CallView, Chain, Denial, Phase, Policies};
+use crate::policy::{CallView, Chain, Denial, Phase, Policies, add_attributes};
 use crate::session::{Route, Screen, Session};
+
+/// Attributes policies set, by name.
+type Attributes = std::collections::BTreeMap<String, String>;
 
 /// Handles a request whose related messages (progress, log lines, requests to the client)
 /// must pass the response phase: each goes to `tx` as the chain leaves it, in order, and all
-/// before the answer.
+/// before the answer. Gives the answer and the attributes the plugins set on those messages
+/// (for the request's audit record: [`crate::policy::Call::merge_relayed`]).
 pub(super) async fn handle_screened(
     session: &Session,
     msg: Message,
@@ -36,7 +41,8 @@ pub(super) async fn handle_screened(
     chain: &Chain,
     call: &CallView,
     tx: &mpsc::UnboundedSender<Message>,
-) -> Message {
+) -> (Message, Attributes) {
+    let mut relayed = Attributes::new();
     let (related, mut from_upstream) = mpsc::unbounded_channel();
     let handling = session.handle_request(msg, related, route);
     tokio::pin!(handling);
@@ -44,7 +50,7 @@ pub(super) async fn handle_screened(
         tokio::select! {
             biased;
             Some(m) = from_upstream.recv() => {
-                if let Some(m) = screen_related(chain, session, call, m).await {
+                if let Some(m) = screen_related(chain, session, call, m, &mut relayed).await {
                     let _ = tx.send(m);
                 }
             }
@@ -55,26 +61,31 @@ pub(super) async fn handle_screened(
     // closed and takes the session's standalone stream (screened there).
     from_upstream.close();
     while let Ok(m) = from_upstream.try_recv() {
-        if let Some(m) = screen_related(chain, session, call, m).await {
+        if let Some(m) = screen_related(chain, session, call, m, &mut relayed).await {
             let _ = tx.send(m);
         }
     }
-    response
+    (response, relayed)
 }
 
-/// Screens one message an upstream sent about a request. `None`: it does not go out.
-pub(super) async fn screen_related(
+/// Screens one message an upstream sent about a request, adding what the plugins set on it
+/// to `relayed` (see [`add_attributes`]). `None`: it does not go out.
+async fn screen_related(
     chain: &Chain,
     session: &Session,
     call: &CallView,
     msg: Message,
+    relayed: &mut Attributes,
 ) -> Option<Message> {
     if msg.kind() == Kind::Response {
         return Some(msg);
     }
     let (method, id) = (msg.method().to_string(), msg.id().cloned());
     match chain.on_server_message(call.relayed(msg)).await {
-        Ok(m) => Some(m),
+        Ok((m, set)) => {
+            add_attributes(relayed, set);
+            Some(m)
+        }
         Err(denial) => {
             stopped(session, &denial, &method, id).await;
             None
@@ -123,8 +134,9 @@ impl Screen for PolicyScreen {
                 session.caller().map(|i| (*i).clone()),
                 Some(upstream.to_string()),
             );
+            // No request to account them to: attributes set here are not kept.
             match chain.on_server_message(view).await {
-                Ok(m) => Some(m),
+                Ok((m, _)) => Some(m),
                 Err(denial) => {
                     stopped(session, &denial, &method, id).await;
                     None

@@ -449,16 +449,17 @@ impl Front {
             }
             let pending = recorder.begin(started, &session, &msg, call.as_ref()).await;
             let asked = Instant::now();
-            let mut response = match call.as_ref() {
+            let (mut response, relayed) = match call.as_ref() {
                 Some(call) if chain.wants(Phase::Response) => {
                     session.remember_caller(call.identity());
                     relay::handle_screened(&session, msg, route.as_ref(), &chain, call.view(), &tx)
                         .await
                 }
                 _ => {
-                    session
+                    let response = session
                         .handle_request(msg, tx.clone(), route.as_ref())
-                        .await
+                        .await;
+                    (response, Default::default())
                 }
             };
             let upstream_time = asked.elapsed();
@@ -474,6 +475,7 @@ impl Front {
                         answer
                     }
                 };
+                call.merge_relayed(relayed);
             }
             crate::observe::record_response(&tracing::Span::current(), &response);
             recorder.finish(

@@ -169,8 +169,33 @@ impl Call {
         Arc::unwrap_or_clone(request)
     }
 
+    /// Takes in the attributes policies set on the server→client messages of this request
+    /// (progress, log lines, questions), by [`add_attributes`].
+    pub fn merge_relayed(&mut self, relayed: BTreeMap<String, String>) {
+        if !relayed.is_empty() {
+            add_attributes(&mut self.edit().attributes, relayed);
+        }
+    }
+
     fn edit(&mut self) -> &mut CallView {
         Arc::make_mut(&mut self.view)
+    }
+}
+
+/// Adds attributes set on several messages of one request: numbers add up (`redact.email`
+/// counts every redaction), anything else is kept where `into` has no value of its own.
+pub fn add_attributes(into: &mut BTreeMap<String, String>, from: BTreeMap<String, String>) {
+    for (k, v) in from {
+        match into.get_mut(&k) {
+            Some(own) => {
+                if let (Ok(a), Ok(b)) = (own.parse::<i64>(), v.parse::<i64>()) {
+                    *own = a.saturating_add(b).to_string();
+                }
+            }
+            None => {
+                into.insert(k, v);
+            }
+        }
     }
 }
 
@@ -312,9 +337,13 @@ impl Chain {
 
 impl Chain {
     /// Runs the response-phase plugins over a server→client notification or request (see
-    /// [`CallView::relayed`] and [`CallView::unrelated`]) and gives it back as they left it.
-    /// `Err`: a plugin denied it, or failed closed.
-    pub async fn on_server_message(&self, view: CallView) -> Result<Message, Box<Denial>> {
+    /// [`CallView::relayed`] and [`CallView::unrelated`]) and gives it back as they left it,
+    /// with the attributes they set on it. `Err`: a plugin denied it, or failed closed.
+    pub async fn on_server_message(
+        &self,
+        view: CallView,
+    ) -> Result<(Message, BTreeMap<String, String>), Box<Denial>> {
+        let before = view.attributes.clone();
         let mut call = Call {
             view: Arc::new(view),
             routed: false,
@@ -332,7 +361,9 @@ impl Chain {
                 }
             }
         }
-        Ok(call.take_request(false))
+        let mut set = call.edit().attributes.clone();
+        set.retain(|k, v| before.get(k) != Some(v));
+        Ok((call.take_request(false), set))
     }
 }
 
@@ -415,15 +446,13 @@ fn apply(
                     }
                 }
             }
+            let view = call.edit();
             if run == Run::ServerMessage {
                 // Who is calling and where the request went are settled by now.
-                return Ok(());
-            }
-            let view = call.edit();
-            if let Some(identity) = c.identity {
+            } else if let Some(identity) = c.identity {
                 view.identity = Some(Identity::from_wit(identity));
             }
-            if c.upstream.is_some() || c.target.is_some() {
+            if run != Run::ServerMessage && (c.upstream.is_some() || c.target.is_some()) {
                 if let Some(u) = c.upstream {
                     view.upstream = Some(u);
                 }

@@ -26,7 +26,7 @@ mod watcher;
 
 use serde::{Deserialize, Serialize};
 
-pub use chain::{Call, CallView, Chain, Denial};
+pub use chain::{Call, CallView, Chain, Denial, add_attributes};
 pub use engine::RuntimeConfig;
 pub use inspect::{Inspection, inspect};
 pub use kv::{KvStore, MemoryKv};
