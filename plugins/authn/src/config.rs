@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 
 use portcullis_sdk::Identity;
-use portcullis_sdk::serde_json::Value;
+use portcullis_sdk::serde_json::{self, Value, value::RawValue};
 use serde::Deserialize;
+use serde::de::{self, Deserializer};
 
 use crate::apikey;
+use crate::cache::TokenCache;
 use crate::jwk::{self, Alg, Key, Verifier};
 use crate::time;
 
@@ -67,6 +69,8 @@ struct RawJwt {
     audience: OneOrMany,
     #[serde(default = "default_leeway")]
     leeway: u32,
+    #[serde(default = "default_cache_seconds")]
+    cache_seconds: u32,
     #[serde(default)]
     algorithms: Option<Vec<String>>,
     #[serde(default)]
@@ -88,6 +92,12 @@ struct RawJwt {
 }
 
 fn default_leeway() -> u32 {
+    60
+}
+
+/// A minute: an agent's token is verified about once a minute instead of on every call, and
+/// a key removed from `jwks-file` stops working for cached tokens within a minute.
+fn default_cache_seconds() -> u32 {
     60
 }
 
@@ -137,8 +147,7 @@ impl OneOrMany {
 }
 
 /// The configuration, ready to use.
-#[derive(Debug, Deserialize)]
-#[serde(try_from = "RawConfig")]
+#[derive(Debug)]
 pub struct Config {
     /// The `resource_metadata` parameter of `WWW-Authenticate`.
     pub(crate) resource_metadata: Option<String>,
@@ -182,6 +191,8 @@ pub struct JwtConfig {
     pub jwks_file: Option<String>,
     /// Where the identity comes from in the claims.
     pub claims: ClaimMap,
+    /// The verified-token cache, unless `cache-seconds = 0`.
+    pub cache: Option<TokenCache>,
 }
 
 /// Claim paths (dotted: `realm_access.roles`) for each part of the identity.
@@ -199,10 +210,19 @@ pub struct ClaimMap {
     pub attributes: Vec<(String, String)>,
 }
 
-impl TryFrom<RawConfig> for Config {
-    type Error = String;
+impl<'de> Deserialize<'de> for Config {
+    /// Reads the table as text first: the verified-token cache keys its entries on the whole
+    /// text, so that no change to it can serve an identity computed under the old one.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Box::<RawValue>::deserialize(deserializer)?;
+        let raw: RawConfig = serde_json::from_str(text.get()).map_err(de::Error::custom)?;
+        Config::build(raw, text).map_err(de::Error::custom)
+    }
+}
 
-    fn try_from(raw: RawConfig) -> Result<Self, String> {
+impl Config {
+    /// Checks `raw`; `text` is what it was read from.
+    fn build(raw: RawConfig, text: Box<RawValue>) -> Result<Self, String> {
         if let Some(url) = &raw.resource_metadata {
             let absolute = url.starts_with("https://") || url.starts_with("http://");
             let quotable = !url
@@ -256,7 +276,7 @@ impl TryFrom<RawConfig> for Config {
             });
         }
 
-        let jwt = raw.jwt.map(jwt_config).transpose()?;
+        let jwt = raw.jwt.map(|j| jwt_config(j, text)).transpose()?;
         let anonymous = match raw.anonymous {
             Some(a) if a.subject.trim().is_empty() => {
                 return Err("anonymous.subject must not be empty".into());
@@ -298,7 +318,7 @@ fn identity(
     }
 }
 
-fn jwt_config(raw: RawJwt) -> Result<JwtConfig, String> {
+fn jwt_config(raw: RawJwt, config_text: Box<RawValue>) -> Result<JwtConfig, String> {
     let issuers = raw.issuer.into_vec();
     if issuers.is_empty() || issuers.iter().any(|i| i.is_empty()) {
         return Err("jwt.issuer: name the issuer(s) whose tokens are accepted (`iss`)".into());
@@ -404,6 +424,7 @@ fn jwt_config(raw: RawJwt) -> Result<JwtConfig, String> {
             tenant: raw.tenant_claim,
             attributes: raw.attributes.into_iter().collect(),
         },
+        cache: TokenCache::new(raw.cache_seconds, config_text),
     })
 }
 

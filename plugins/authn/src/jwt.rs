@@ -30,17 +30,22 @@ fn invalid<T>(reason: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection::Invalid(reason.into()))
 }
 
+/// A token whose signature and registered claims checked out.
+#[derive(Debug)]
+pub struct Verified {
+    /// Its claims.
+    pub claims: Map<String, Value>,
+    /// Its `exp` (seconds since the epoch): every accepted token has one.
+    pub expires: i64,
+}
+
 /// True if `token` has the shape of a JWS compact serialization (three dot-separated parts).
 pub fn looks_like_jwt(token: &str) -> bool {
     token.bytes().filter(|&b| b == b'.').count() == 2
 }
 
-/// Checks `token` and returns its claims. `now` is seconds since the epoch.
-pub fn validate(
-    config: &JwtConfig,
-    token: &str,
-    now: i64,
-) -> Result<Map<String, Value>, Rejection> {
+/// Checks `token`; returns its claims and `exp`. `now` is seconds since the epoch.
+pub fn validate(config: &JwtConfig, token: &str, now: i64) -> Result<Verified, Rejection> {
     if token.len() > MAX_TOKEN_LEN {
         return invalid(format!("token longer than {MAX_TOKEN_LEN} bytes"));
     }
@@ -105,7 +110,7 @@ pub fn validate(
 
     let claims =
         decode_json(payload_b64).map_err(|e| Rejection::Invalid(format!("claims: {e}")))?;
-    check_times(config, &claims, now)?;
+    let expires = check_times(config, &claims, now)?;
     match claims.get("iss") {
         Some(Value::String(iss)) if config.issuers.iter().any(|i| i == iss) => {}
         Some(Value::String(iss)) => {
@@ -132,7 +137,7 @@ pub fn validate(
                 .unwrap_or_default()
         ));
     }
-    Ok(claims)
+    Ok(Verified { claims, expires })
 }
 
 /// Tries the keys of `alg` that `kid` allows (a token without `kid`, or a key without one,
@@ -172,7 +177,12 @@ fn load_jwks_file(path: &str) -> Result<Vec<Key>, String> {
     Ok(parsed.keys)
 }
 
-fn check_times(config: &JwtConfig, claims: &Map<String, Value>, now: i64) -> Result<(), Rejection> {
+/// Checks `exp` and `nbf`; returns `exp`.
+fn check_times(
+    config: &JwtConfig,
+    claims: &Map<String, Value>,
+    now: i64,
+) -> Result<i64, Rejection> {
     let numeric = |name: &str| -> Result<Option<i64>, Rejection> {
         match claims.get(name) {
             None => Ok(None),
@@ -205,7 +215,7 @@ fn check_times(config: &JwtConfig, claims: &Map<String, Value>, now: i64) -> Res
             config.leeway
         ));
     }
-    Ok(())
+    Ok(exp)
 }
 
 fn decode_json(part: &str) -> Result<Map<String, Value>, String> {

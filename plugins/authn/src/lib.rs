@@ -8,6 +8,9 @@
 //! - bad credentials: the same 401 with `error="invalid_token"` added;
 //! - a valid JWT without the `required-scopes`: 403 with `error="insufficient_scope"`.
 //!
+//! A JWT's identity, once verified, is kept in the gateway's key-value store for the next
+//! request with the same token (at most `cache-seconds`, never past `exp`): see `cache.rs`.
+//!
 //! Clients get a generic message; the precise reason goes to the gateway's log. The
 //! operator's guide is `docs/authn.md`; the settings are described on [`Config`].
 //!
@@ -16,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod apikey;
+mod cache;
 mod config;
 mod jwk;
 mod jwt;
@@ -25,6 +29,8 @@ use portcullis_sdk::prelude::*;
 
 pub use apikey::{KEY_PREFIX, hash_key};
 pub use config::Config;
+
+use config::JwtConfig;
 
 /// The attribute naming how the caller authenticated: `api-key`, `jwt` or `anonymous`.
 pub const METHOD: &str = "authn.method";
@@ -152,9 +158,7 @@ fn check_token(config: &Config, msg: &Message, token: &str, now: i64) -> Verdict
     let Some(jwt_config) = &config.jwt else {
         return unauthorized(config, true);
     };
-    let identity = jwt::validate(jwt_config, token, now)
-        .and_then(|claims| jwt::identity(&jwt_config.claims, &claims));
-    match identity {
+    match token_identity(jwt_config, token, now) {
         Ok(identity) => {
             let missing: Vec<&str> = config
                 .required_scopes
@@ -185,6 +189,28 @@ fn check_token(config: &Config, msg: &Message, token: &str, now: i64) -> Verdict
                 .into()
         }
     }
+}
+
+/// The identity of a valid token: from the verified-token cache, or verified and mapped (and
+/// then cached).
+fn token_identity(config: &JwtConfig, token: &str, now: i64) -> Result<Identity, jwt::Rejection> {
+    let verify = || -> Result<(Identity, i64), jwt::Rejection> {
+        let verified = jwt::validate(config, token, now)?;
+        Ok((
+            jwt::identity(&config.claims, &verified.claims)?,
+            verified.expires,
+        ))
+    };
+    let Some(cache) = &config.cache else {
+        return verify().map(|(identity, _)| identity);
+    };
+    let key = cache.key(token);
+    if let Some(identity) = cache.lookup(&key, now) {
+        return Ok(identity);
+    }
+    let (identity, expires) = verify()?;
+    cache.store(&key, &identity, expires, now);
+    Ok(identity)
 }
 
 fn success(identity: Identity, method: &str) -> Verdict {

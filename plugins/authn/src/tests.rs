@@ -9,7 +9,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256};
 
-use portcullis_sdk::serde_json;
+use portcullis_sdk::{kv, serde_json};
 
 use super::*;
 use crate::jwt::Rejection;
@@ -238,7 +238,7 @@ const INVALID_TOKEN: &str = "Bearer resource_metadata=\"https://mcp.example.com/
 /// The reason `jwt::validate` gives (what the log says).
 fn reason(cfg: &Config, token: &str) -> String {
     let jwt = cfg.jwt.as_ref().unwrap();
-    match jwt::validate(jwt, token, NOW).and_then(|claims| jwt::identity(&jwt.claims, &claims)) {
+    match jwt::validate(jwt, token, NOW).and_then(|t| jwt::identity(&jwt.claims, &t.claims)) {
         Err(Rejection::Invalid(reason)) => reason,
         other => panic!("expected a rejection, got {other:?}"),
     }
@@ -750,14 +750,22 @@ fn anonymous_access_only_when_configured() {
     );
 }
 
+/// A fresh directory for a test's JWKS file.
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("authn-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn reads_the_jwks_file_at_each_call() {
-    let dir = std::env::temp_dir().join(format!("authn-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("file");
     let path = dir.join("jwks.json");
-    let cfg = config(
-        json!({ "jwt": { "jwks": null, "hs256-secret": null, "jwks-file": path.to_str().unwrap() } }),
-    );
+    // Without the verified-token cache, which would keep accepting `t` after the rotation
+    // below (see the next test).
+    let extra = json!({ "jwt": { "jwks": null, "hs256-secret": null,
+                                 "jwks-file": path.to_str().unwrap(), "cache-seconds": 0 } });
+    let cfg = config(extra.clone());
     let t = token("ES256", Some("ec-1"), &claims());
 
     // Missing: not the caller's fault.
@@ -776,6 +784,7 @@ fn reads_the_jwks_file_at_each_call() {
     ]);
     std::fs::write(&path, set.to_string()).unwrap();
     assert!(bearer(&cfg, &t).changes().is_some());
+    assert_eq!(kv::get(&cache_key(extra, &t)), None, "cache-seconds = 0");
 
     // Rotated: the old key is gone, the new one works at once.
     let rotated = p256::ecdsa::SigningKey::from_slice(&random32()).unwrap();
@@ -911,6 +920,10 @@ fn rejects_bad_configurations_with_clear_errors() {
         ),
         (json!({ "jwt": { "leeway": -1 } }), "invalid config"),
         (
+            json!({ "jwt": { "cache-seconds": "60s" } }),
+            "invalid type: string \"60s\", expected u32",
+        ),
+        (
             json!({ "jwt": { "issuer": ISS, "audience": AUD, "jwks-url": "https://x" } }),
             "unknown field `jwks-url`",
         ),
@@ -953,4 +966,142 @@ fn describes_itself_as_a_request_phase_authn_policy() {
         (info.name.as_str(), info.stage, info.phases.as_slice()),
         ("authn", Stage::Authn, [Phase::Request].as_slice())
     );
+}
+
+/// The store key the verified-token cache uses for `token` under the configuration `extra`:
+/// the hash of the whole `[config]` text, hashed again with the token.
+fn cache_key(extra: Value, token: &str) -> String {
+    let fingerprint = Sha256::new()
+        .chain_update(cache::FORMAT)
+        .chain_update(config_json(extra).to_string())
+        .finalize();
+    let digest = Sha256::new()
+        .chain_update(fingerprint)
+        .chain_update(token)
+        .finalize();
+    format!("jwt:{}", apikey::hex(&digest))
+}
+
+#[test]
+fn a_verified_token_is_cached_under_the_hash_of_config_and_token() {
+    let cfg = config(json!({}));
+    let t = token("RS256", Some("rsa-1"), &claims());
+    let key = cache_key(json!({}), &t);
+    let first = accepted(&bearer(&cfg, &t));
+    let stored = String::from_utf8(kv::get(&key).expect("an entry")).unwrap();
+    let (_, signature) = t.rsplit_once('.').unwrap();
+    assert!(
+        !stored.contains(signature),
+        "the token is not stored: {stored}"
+    );
+    assert_eq!(
+        accepted(&bearer(&cfg, &t)),
+        first,
+        "the whole identity, again"
+    );
+}
+
+#[test]
+fn a_cached_token_outlives_its_key_in_the_jwks_file_for_at_most_cache_seconds() {
+    let dir = temp_dir("cached");
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, jwks().to_string()).unwrap();
+    let cfg = config(json!({ "jwt": { "jwks": null, "hs256-secret": null,
+                                      "jwks-file": path.to_str().unwrap(), "cache-seconds": 1 } }));
+    let t = token("ES256", Some("ec-1"), &claims());
+    assert!(bearer(&cfg, &t).changes().is_some());
+
+    // The key is rotated out: a token it signed that was not cached is refused at once…
+    let rotated = p256::ecdsa::SigningKey::from_slice(&random32()).unwrap();
+    std::fs::write(
+        &path,
+        json!({ "keys": [ec_jwk(&rotated, "ec-2")] }).to_string(),
+    )
+    .unwrap();
+    let uncached = token("ES256", Some("ec-1"), &claims_with(json!({ "sub": "bob" })));
+    assert_eq!(refused(&bearer(&cfg, &uncached)).0, 401);
+    // …the cached one is accepted from the cache, until cache-seconds have passed.
+    assert!(bearer(&cfg, &t).changes().is_some());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(refused(&bearer(&cfg, &t)).0, 401);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_cached_token_is_never_served_at_or_after_its_exp() {
+    let strict = json!({ "jwt": { "leeway": 0 } });
+    let cfg = config(strict.clone());
+    let t = token("ES256", Some("ec-1"), &claims()); // exp: NOW + 300
+    let at = |now: i64| {
+        authenticate(
+            &cfg,
+            &request(&[("Authorization", &format!("Bearer {t}"))]),
+            now,
+        )
+    };
+    assert!(at(NOW).changes().is_some());
+    assert!(kv::get(&cache_key(strict.clone(), &t)).is_some());
+    assert!(at(NOW + 299).changes().is_some());
+    assert_eq!(refused(&at(NOW + 300)).0, 401, "cached, but expired");
+
+    // An entry lives no longer than its token: this one expires a second from now.
+    let short = token(
+        "ES256",
+        Some("ec-1"),
+        &claims_with(json!({ "exp": NOW + 1 })),
+    );
+    assert!(bearer(&cfg, &short).changes().is_some());
+    assert!(kv::get(&cache_key(strict.clone(), &short)).is_some());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(kv::get(&cache_key(strict, &short)), None);
+
+    // Accepted only thanks to the leeway, so already past `exp`: not cached at all.
+    let late = token(
+        "ES256",
+        Some("ec-1"),
+        &claims_with(json!({ "exp": NOW - 10 })),
+    );
+    assert!(bearer(&config(json!({})), &late).changes().is_some());
+    assert_eq!(kv::get(&cache_key(json!({}), &late)), None);
+}
+
+#[test]
+fn a_changed_configuration_never_sees_identities_cached_under_the_old_one() {
+    let t = token("RS256", Some("rsa-1"), &claims());
+    assert_eq!(
+        accepted(&bearer(&config(json!({})), &t)).0.roles,
+        ["dev", "ops"]
+    );
+    let remapped = config(json!({ "jwt": { "roles-claim": "org" } }));
+    assert_eq!(accepted(&bearer(&remapped, &t)).0.roles, ["acme"]);
+    let without_the_key =
+        config(json!({ "jwt": { "jwks": { "keys": [ec_jwk(&keys().ec, "ec-1")] } } }));
+    assert_rejected(&without_the_key, &t, "unknown key id \"rsa-1\"");
+}
+
+#[test]
+fn only_accepted_tokens_are_cached_and_scopes_are_checked_on_every_call() {
+    let cfg = config(json!({}));
+    let good = token("EdDSA", Some("ed-1"), &claims());
+    let (input, _) = good.rsplit_once('.').unwrap();
+    let forged = format!("{input}.{}", b64(&[7; 64]));
+    let expired = token(
+        "EdDSA",
+        Some("ed-1"),
+        &claims_with(json!({ "exp": NOW - 3600 })),
+    );
+    for bad in [&forged, &expired] {
+        for _ in 0..2 {
+            assert_eq!(refused(&bearer(&cfg, bad)).0, 401);
+        }
+        assert_eq!(kv::get(&cache_key(json!({}), bad)), None);
+    }
+
+    // A valid token without a required scope: its identity is cached, and refused each time.
+    let extra = json!({ "required-scopes": ["mcp:admin"] });
+    let strict = config(extra.clone());
+    for _ in 0..2 {
+        assert_eq!(refused(&bearer(&strict, &good)).0, 403);
+    }
+    assert!(kv::get(&cache_key(extra, &good)).is_some());
 }
