@@ -385,7 +385,8 @@ mod signed_tokens {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use ed25519_dalek::Signer as _;
     use portcullis_tests::harness::{
-        Gateway, PluginDir, RawHttp, bin_path, initialize_request, stdio_fixture_toml,
+        Gateway, PluginDir, RawHttp, TempDir, bin_path, initialize_request, stdio_fixture_toml,
+        toml_str,
     };
     use rsa::traits::PublicKeyParts as _;
     use serde_json::{Value, json};
@@ -464,8 +465,13 @@ mod signed_tokens {
     }
 
     fn token(header: Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+        token_until(now() + 600, header, sign)
+    }
+
+    /// A token of alice's that expires at `exp`.
+    fn token_until(exp: i64, header: Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
         let claims = json!({ "iss": ISS, "aud": AUD, "sub": "alice", "roles": ["dev"],
-                             "exp": now() + 600, "nbf": now() - 10 });
+                             "exp": exp, "nbf": now() - 10 });
         let input = format!(
             "{}.{}",
             b64(header.to_string().as_bytes()),
@@ -564,6 +570,83 @@ mod signed_tokens {
         assert_eq!(status_of(&gateway, &wrong_alg).await, 401);
         let logs = gateway.logs();
         assert!(!logs.contains(&rs[20..]), "a token reached the log");
+    }
+
+    /// The verified-token cache, through the real gateway, whose key-value store outlives
+    /// instances and reloads. Keys come from a JWKS file, read whenever a token is verified,
+    /// so a key rotated out of it shows which tokens are answered from the cache: a cached
+    /// RS256 token keeps being accepted, one never seen is refused. A cached token is refused
+    /// as soon as its `exp` passes, and once any setting changes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_tokens_outlive_a_rotated_key_but_not_exp_or_a_configuration_change() {
+        let k = keys();
+        let data = TempDir::new();
+        data.write("jwks.json", &jwks(&k).to_string());
+        let sidecar = |extra: &str| {
+            format!(
+                "[config.jwt]\nissuer = \"{ISS}\"\naudience = \"{AUD}\"\nroles-claim = \"roles\"\n\
+                 leeway = 0\njwks-file = \"/data/jwks.json\"\n{extra}\
+                 [grants]\ndir = {}\n",
+                toml_str(&data.path().to_string_lossy())
+            )
+        };
+        let (gateway, plugins) = gateway(&sidecar("")).await;
+        let rs256 = |exp: i64| {
+            token_until(exp, json!({ "alg": "RS256", "kid": "rsa-1" }), |input| {
+                k.rsa
+                    .sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input))
+                    .unwrap()
+            })
+        };
+
+        let cached = rs256(now() + 600);
+        for call in 0..3 {
+            assert_eq!(status_of(&gateway, &cached).await, 200, "call {call}");
+        }
+        let exp = now() + 3;
+        let short = rs256(exp);
+        assert_eq!(status_of(&gateway, &short).await, 200);
+        while now() < exp {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            status_of(&gateway, &short).await,
+            401,
+            "expired while cached"
+        );
+
+        // The RSA key is rotated out of the file.
+        let mut without_rsa = jwks(&k);
+        without_rsa["keys"].as_array_mut().unwrap().remove(0);
+        data.write("jwks.json", &without_rsa.to_string());
+        assert_eq!(
+            status_of(&gateway, &rs256(now() + 500)).await,
+            401,
+            "not cached"
+        );
+        assert_eq!(status_of(&gateway, &cached).await, 200, "cached");
+
+        // Any change to the configuration: the cached token is verified again, and refused.
+        let loads = gateway.logs().matches("plugin loaded").count();
+        plugins.set_sidecar(
+            "authn",
+            &format!("[config]\n{}", sidecar("cache-seconds = 30\n")),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while gateway.logs().matches("plugin loaded").count() <= loads {
+            assert!(std::time::Instant::now() < deadline, "no reload");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(status_of(&gateway, &cached).await, 401, "after the reload");
+        let es = token(json!({ "alg": "ES256", "kid": "ec-1" }), |input| {
+            let sig: p256::ecdsa::Signature = k.ec.sign(input);
+            sig.to_bytes().to_vec()
+        });
+        assert_eq!(
+            status_of(&gateway, &es).await,
+            200,
+            "the new configuration serves"
+        );
     }
 
     /// `portcullis authn new-key` prints a key and the hash the plugin accepts; `hash-key`
