@@ -146,6 +146,26 @@ mod callers {
         )
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_authenticated_client_answers_the_upstreams_questions() {
+        use portcullis_tests::harness::{
+            ConnectOptions, RecordingClient, call_tool, connect, text_of,
+        };
+        let (gateway, _plugins) = gateway().await;
+        let options =
+            ConnectOptions::default().header("authorization", &format!("Bearer {ADMIN_KEY}"));
+        let client = connect(gateway.url(), RecordingClient::new(), &options)
+            .await
+            .expect("connects");
+        // The answer to the sampling request is a POST of its own: it must reach the session
+        // its owner opened, like any other message of that owner.
+        let sampled = call_tool(&client, "alpha__test_sampling", json!({ "prompt": "hi" }))
+            .await
+            .expect("call answers");
+        assert_eq!(text_of(&sampled), "LLM response: sampled: hi");
+        client.cancel().await.ok();
+    }
+
     /// Initializes with `token` and lists the tools it may see.
     async fn tools_as(gateway: &Gateway, token: &str) -> Vec<String> {
         let auth = format!("Bearer {token}");

@@ -104,10 +104,12 @@ fn modern_has_no_get_or_delete() -> Response<Body> {
     r
 }
 
-/// The request phase of the policy chain for one client message; answers to server→client
-/// requests are the client's own business and skip it. Gives the message as the chain left
-/// it and the call to run the response phase on; on a denial, the call as far as it got (for
-/// the audit trail).
+/// The request phase of the policy chain for one client message. Gives the message as the
+/// chain left it and the call to run the response phase on; on a denial, the call as far as
+/// it got (for the audit trail).
+///
+/// An answer to a server→client request passes the `authn` stage only, as the pseudo-message
+/// `session/answer`: who sends it decides whether it may reach the session (its owner's).
 pub(super) async fn screen(
     chain: &Chain,
     msg: Message,
@@ -115,8 +117,16 @@ pub(super) async fn screen(
     session: Option<&Session>,
     session_id: Option<String>,
 ) -> Result<(Message, Option<Call>), (Box<Denial>, Call)> {
-    if chain.is_empty() || msg.kind() == Kind::Response {
+    if chain.is_empty() {
         return Ok((msg, None));
+    }
+    if msg.kind() == Kind::Response {
+        let answer = Message::notification("session/answer", None);
+        let mut call = Call::new(answer, headers, session_id, None);
+        if let Err(denial) = chain.authenticate(&mut call).await {
+            return Err((denial, call));
+        }
+        return Ok((msg, Some(call)));
     }
     let hint = match session {
         Some(s) if msg.kind() == Kind::Request => s.resolve_named(&msg).await,
