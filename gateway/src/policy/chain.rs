@@ -446,20 +446,22 @@ fn apply(
                     }
                 }
             }
-            let view = call.edit();
-            if run == Run::ServerMessage {
-                // Who is calling and where the request went are settled by now.
-            } else if let Some(identity) = c.identity {
-                view.identity = Some(Identity::from_wit(identity));
-            }
-            if run != Run::ServerMessage && (c.upstream.is_some() || c.target.is_some()) {
-                if let Some(u) = c.upstream {
-                    view.upstream = Some(u);
+            // Who is calling and where the request went are settled by the time an upstream
+            // sends anything of its own.
+            if run != Run::ServerMessage {
+                let view = call.edit();
+                if let Some(identity) = c.identity {
+                    view.identity = Some(Identity::from_wit(identity));
                 }
-                if let Some(t) = c.target {
-                    view.upstream_target = Some(t);
+                if c.upstream.is_some() || c.target.is_some() {
+                    if let Some(u) = c.upstream {
+                        view.upstream = Some(u);
+                    }
+                    if let Some(t) = c.target {
+                        view.upstream_target = Some(t);
+                    }
+                    call.routed = true;
                 }
-                call.routed = true;
             }
             let view = call.edit();
             for (k, v) in c.attributes {
