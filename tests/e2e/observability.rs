@@ -153,6 +153,22 @@ fn allow_all(plugins: &PluginDir) {
     plugins.add("gatekeeper", "chaos", "[config]\nmode = \"allow\"\n");
 }
 
+/// The gateway with one allow-all policy in `plugins`, the stdio fixture and the admin API
+/// (token [`TOKEN`]), and the admin API's URL.
+async fn with_admin_api(plugins: &PluginDir) -> (Gateway, String) {
+    allow_all(plugins);
+    let config = format!(
+        "{}{}{}{}",
+        server_toml(),
+        plugins.policy_toml(),
+        admin_toml(),
+        stdio_fixture_toml("alpha"),
+    );
+    let gateway = Gateway::start_with_env(&config, &[("E2E_ADMIN_TOKEN", TOKEN)]).await;
+    let admin = admin_url(&gateway).await;
+    (gateway, admin)
+}
+
 /// Calls a tool over raw HTTP in `session` with extra headers and params, returning the
 /// JSON-RPC response.
 async fn call_tool(
@@ -392,16 +408,7 @@ async fn a_client_trace_runs_through_plugin_and_upstream_spans_to_the_collector(
 async fn the_admin_api_wants_its_token_and_portcullis_status_reads_it() {
     init_tls();
     let plugins = PluginDir::new();
-    allow_all(&plugins);
-    let config = format!(
-        "{}{}{}{}",
-        server_toml(),
-        plugins.policy_toml(),
-        admin_toml(),
-        stdio_fixture_toml("alpha"),
-    );
-    let gateway = Gateway::start_with_env(&config, &[("E2E_ADMIN_TOKEN", TOKEN)]).await;
-    let admin = admin_url(&gateway).await;
+    let (gateway, admin) = with_admin_api(&plugins).await;
     let client = reqwest::Client::new();
     let status_url = format!("{admin}/v1/status");
 
@@ -561,16 +568,7 @@ async fn status_cli_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, St
 async fn probes_answer_on_both_listeners_and_a_broken_plugin_is_not_ready() {
     init_tls();
     let plugins = PluginDir::new();
-    allow_all(&plugins);
-    let config = format!(
-        "{}{}{}{}",
-        server_toml(),
-        plugins.policy_toml(),
-        admin_toml(),
-        stdio_fixture_toml("alpha"),
-    );
-    let gateway = Gateway::start_with_env(&config, &[("E2E_ADMIN_TOKEN", TOKEN)]).await;
-    let admin = admin_url(&gateway).await;
+    let (gateway, admin) = with_admin_api(&plugins).await;
     let main: SocketAddr = gateway.addr();
     let client = reqwest::Client::new();
     // Kubernetes probes the pod's IP: a Host the MCP endpoint would refuse (403).

@@ -396,6 +396,32 @@ async fn otlp_sink() -> anyhow::Result<(String, std::sync::Arc<[std::sync::atomi
     Ok((url, counts))
 }
 
+/// Measures `bench__echo` calls through `gateway` alone (its CPU only) from `clients`
+/// clients and prints the row; gives the calls answered.
+async fn gateway_row(
+    label: &'static str,
+    gateway: &Gateway,
+    clients: usize,
+    seconds: f64,
+) -> anyhow::Result<usize> {
+    let target = Target {
+        label,
+        url: gateway.url(),
+        echo: "bench__echo",
+        pids: vec![gateway.pid()],
+    };
+    let cell = measure(&target, Op::Call, clients, seconds).await?;
+    println!(
+        "| {clients} | {label} | {:.0} | {} | {} | {:.0} | {} |",
+        cell.rps,
+        ms(cell.p50),
+        ms(cell.p99),
+        cell.cpu_per_call.as_secs_f64() * 1e6,
+        cell.errors
+    );
+    Ok(cell.calls)
+}
+
 /// `--tracing`: tools/call through the gateway with trace export off and on.
 async fn tracing_overhead(seconds: f64) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
@@ -415,24 +441,10 @@ async fn tracing_overhead(seconds: f64) -> anyhow::Result<()> {
     let mut calls_on = 0;
     for c in CONCURRENCY {
         for (label, gateway) in [("off", &off), ("on", &on)] {
-            let target = Target {
-                label,
-                url: gateway.url(),
-                echo: "bench__echo",
-                pids: vec![gateway.pid()],
-            };
-            let cell = measure(&target, Op::Call, c, seconds).await?;
+            let calls = gateway_row(label, gateway, c, seconds).await?;
             if label == "on" {
-                calls_on += cell.calls;
+                calls_on += calls;
             }
-            println!(
-                "| {c} | {label} | {:.0} | {} | {} | {:.0} | {} |",
-                cell.rps,
-                ms(cell.p50),
-                ms(cell.p99),
-                cell.cpu_per_call.as_secs_f64() * 1e6,
-                cell.errors
-            );
         }
     }
     // Let the batch processor send what it holds (it exports every 5 s).
@@ -474,21 +486,7 @@ async fn audit_overhead(seconds: f64) -> anyhow::Result<()> {
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     for c in CONCURRENCY {
         for (label, gateway) in &gateways {
-            let target = Target {
-                label,
-                url: gateway.url(),
-                echo: "bench__echo",
-                pids: vec![gateway.pid()],
-            };
-            let cell = measure(&target, Op::Call, c, seconds).await?;
-            println!(
-                "| {c} | {label} | {:.0} | {} | {} | {:.0} | {} |",
-                cell.rps,
-                ms(cell.p50),
-                ms(cell.p99),
-                cell.cpu_per_call.as_secs_f64() * 1e6,
-                cell.errors
-            );
+            gateway_row(label, gateway, c, seconds).await?;
         }
     }
     let bytes = std::fs::metadata(&trail).map(|m| m.len()).unwrap_or(0);
