@@ -31,7 +31,7 @@ struct Raw {
     #[serde(default)]
     arguments: bool,
     /// Redact `notifications/progress` messages and `notifications/message` data.
-    #[serde(default)]
+    #[serde(default = "yes")]
     notifications: bool,
     /// Redact upstream JSON-RPC error messages and data.
     #[serde(default = "yes")]
@@ -43,6 +43,19 @@ struct Raw {
     /// (`"password": "…"`) as a `secret-assignment`.
     #[serde(default = "yes")]
     json_keys: bool,
+    /// Scan a normalized view too (Unicode forms, invisible characters, look-alikes,
+    /// escapes, base64 and hex).
+    #[serde(default = "yes")]
+    normalize: bool,
+    /// Layers of encoding undone, one inside another (`%2541`, base64 of hex).
+    #[serde(default = "default_decode_depth")]
+    decode_depth: u8,
+    /// The shortest base64 or hex run decoded.
+    #[serde(default = "default_encoded_min_length")]
+    encoded_min_length: usize,
+    /// Scan adjacent content items as one text too, for secrets cut in two.
+    #[serde(default = "yes")]
+    join_items: bool,
     /// Per built-in detector settings.
     #[serde(default)]
     detectors: BTreeMap<String, Settings>,
@@ -54,6 +67,26 @@ struct Raw {
 fn default_hash_length() -> usize {
     8
 }
+
+fn default_decode_depth() -> u8 {
+    DEFAULT_DECODE_DEPTH
+}
+
+fn default_encoded_min_length() -> usize {
+    DEFAULT_ENCODED_MIN_LENGTH
+}
+
+/// `decode-depth` unless configured: escapes in escapes (`%2541`) and base64 of URL-escaped
+/// text are seen; every layer shrinks the text, so even the deepest costs less than one more
+/// scan of the original.
+pub const DEFAULT_DECODE_DEPTH: u8 = 3;
+
+/// The largest `decode-depth`.
+pub const MAX_DECODE_DEPTH: u8 = 4;
+
+/// `encoded-min-length` unless configured: 16 base64 characters hold 12 bytes (an SSN, a
+/// short e-mail address); shorter runs are mostly words and identifiers.
+pub const DEFAULT_ENCODED_MIN_LENGTH: usize = 16;
 
 fn default_mask_char() -> char {
     '*'
@@ -132,6 +165,14 @@ pub struct Config {
     pub errors: bool,
     /// Redact sampling and elicitation requests upstreams send the client.
     pub server_requests: bool,
+    /// Scan the normalized view of each string too.
+    pub normalize: bool,
+    /// Layers of encoding undone.
+    pub decode_depth: u8,
+    /// The shortest base64 or hex run decoded.
+    pub encoded_min_length: usize,
+    /// Scan adjacent content items as one text too.
+    pub join_items: bool,
 }
 
 impl<'de> Deserialize<'de> for Config {
@@ -245,6 +286,18 @@ fn compile(raw: Raw) -> Result<Config, String> {
             known.join(", ")
         ));
     }
+    if raw.decode_depth > MAX_DECODE_DEPTH {
+        return Err(format!(
+            "decode-depth: {} is over {MAX_DECODE_DEPTH}",
+            raw.decode_depth
+        ));
+    }
+    if !(8..=4096).contains(&raw.encoded_min_length) {
+        return Err(format!(
+            "encoded-min-length: {} is outside 8–4096",
+            raw.encoded_min_length
+        ));
+    }
     if !(4..=64).contains(&raw.hash_length) {
         return Err(format!("hash-length: {} is outside 4–64", raw.hash_length));
     }
@@ -356,5 +409,9 @@ fn compile(raw: Raw) -> Result<Config, String> {
         notifications: raw.notifications,
         errors: raw.errors,
         server_requests: raw.server_requests,
+        normalize: raw.normalize,
+        decode_depth: raw.decode_depth,
+        encoded_min_length: raw.encoded_min_length,
+        join_items: raw.join_items,
     })
 }

@@ -158,7 +158,7 @@ pub const BUILTINS: &[Builtin] = &[
     ),
     builtin(
         "iban",
-        r"(?-u:\b)[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)(?-u:\b)",
+        r"(?i-u:(?-u:\b)[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)(?-u:\b))",
         Some(validate::iban),
         (Action::Mask { keep: 4 }, "IBAN"),
         Normalize::Alphanumeric,
@@ -203,4 +203,23 @@ pub const BUILTINS: &[Builtin] = &[
 /// The built-in detector named `name`.
 pub fn find(name: &str) -> Option<(usize, &'static Builtin)> {
     BUILTINS.iter().enumerate().find(|(_, b)| b.name == name)
+}
+
+/// True when a value of detector `name` has no fixed end, so a finding that reaches the end
+/// of a content item may go on in the next (a PEM key cut before its `END` line, a token, an
+/// unquoted secret): e-mail addresses, numbers, addresses and fixed-length keys end where
+/// they end. Custom detectors count as open-ended.
+pub fn open_ended(name: &str) -> bool {
+    !matches!(
+        name,
+        "email"
+            | "iban"
+            | "card"
+            | "ssn"
+            | "ipv6"
+            | "ipv4"
+            | "phone"
+            | "aws-access-key"
+            | "aws-secret-key"
+    )
 }

@@ -12,7 +12,7 @@
 //! Requests upstreams send the client (`server-requests`, on by default): the messages and
 //! system prompt of `sampling/createMessage` and the message of `elicitation/create`; a
 //! `block` finding refuses the request to the upstream. Request phase (opt-in): `tools/call`
-//! arguments (`arguments = true`). Notifications (opt-in, `notifications = true`): the
+//! arguments (`arguments = true`). Notifications (`notifications`, on by default): the
 //! `message` of `notifications/progress` and the `data` of `notifications/message`, in
 //! whichever phase the gateway hands them over.
 //!
@@ -22,14 +22,16 @@
 mod action;
 mod config;
 pub mod detectors;
+mod encoded;
 mod mcp;
+mod normalize;
 mod scan;
 pub mod validate;
 
 use portcullis_sdk::prelude::*;
 
 pub use action::{Action, ActionKind};
-pub use config::{Config, MIN_SALT_LEN};
+pub use config::{Config, DEFAULT_DECODE_DEPTH, DEFAULT_ENCODED_MIN_LENGTH, MIN_SALT_LEN};
 pub use scan::Scanner;
 
 /// The prefix of the audit attributes, `redact.<detector>`.

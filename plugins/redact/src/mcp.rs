@@ -25,22 +25,59 @@ fn field(obj: &mut Value, key: &str, scan: &mut Scanner) -> bool {
     }
 }
 
-/// A content block: the text of `text` blocks and of embedded `resource` blocks.
-fn block(b: &mut Value, scan: &mut Scanner) -> bool {
-    match b.get("type").and_then(Value::as_str) {
-        Some("text") => field(b, "text", scan),
-        Some("resource") => b
-            .get_mut("resource")
-            .is_some_and(|r| field(r, "text", scan)),
-        _ => false,
+/// The text a content block carries: `text` blocks' `text`, embedded `resource` blocks'
+/// `resource.text`.
+fn block_text(b: &mut Value) -> Option<&mut String> {
+    let embedded = match b.get("type").and_then(Value::as_str) {
+        Some("text") => false,
+        Some("resource") => true,
+        _ => return None,
+    };
+    let holder = if embedded { b.get_mut("resource")? } else { b };
+    match holder.get_mut("text") {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
     }
+}
+
+/// The text of a `resources/read` contents item (not its `blob`).
+fn contents_text(item: &mut Value) -> Option<&mut String> {
+    match item.get_mut("text") {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Redacts a list's texts, each run of adjacent ones together (a block without text, an
+/// image, breaks the run).
+fn adjacent<'v>(
+    items: impl Iterator<Item = &'v mut Value>,
+    text: fn(&mut Value) -> Option<&mut String>,
+    scan: &mut Scanner,
+) -> bool {
+    let mut changed = false;
+    let mut group: Vec<&mut String> = Vec::new();
+    for item in items {
+        match text(item) {
+            Some(s) => group.push(s),
+            None if !group.is_empty() => {
+                changed |= scan.strings(&mut group);
+                group.clear();
+            }
+            None => {}
+        }
+    }
+    if !group.is_empty() {
+        changed |= scan.strings(&mut group);
+    }
+    changed
 }
 
 /// A block or a list of blocks (prompt messages carry one; newer revisions allow a list).
 fn blocks(v: Option<&mut Value>, scan: &mut Scanner) -> bool {
     match v {
-        Some(Value::Array(items)) => items.iter_mut().fold(false, |c, b| block(b, scan) | c),
-        Some(b @ Value::Object(_)) => block(b, scan),
+        Some(Value::Array(items)) => adjacent(items.iter_mut(), block_text, scan),
+        Some(b @ Value::Object(_)) => adjacent(std::iter::once(b), block_text, scan),
         _ => false,
     }
 }
@@ -67,9 +104,7 @@ pub fn result(method: &str, r: &mut Value, scan: &mut Scanner) -> bool {
             content | structured
         }
         "resources/read" => match r.get_mut("contents") {
-            Some(Value::Array(items)) => items
-                .iter_mut()
-                .fold(false, |c, item| field(item, "text", scan) | c),
+            Some(Value::Array(items)) => adjacent(items.iter_mut(), contents_text, scan),
             _ => false,
         },
         "prompts/get" => {

@@ -13,6 +13,9 @@ use serde_json::{Map, Value};
 
 use crate::action::{self, Action};
 use crate::config::Config;
+use crate::detectors;
+use crate::encoded;
+use crate::normalize::{self, View};
 
 /// Scans strings and JSON values against one configuration, counting findings per detector.
 pub struct Scanner<'c> {
@@ -24,6 +27,20 @@ pub struct Scanner<'c> {
     pub counts: Vec<u32>,
     /// The first detector whose action is `block` that found something.
     pub blocked: Option<usize>,
+}
+
+/// A finding to replace, in the coordinates of the string it is in.
+struct Hit {
+    start: usize,
+    end: usize,
+    detector: usize,
+    /// The value as the detector read it, when that is not the text replaced (found in the
+    /// normalized view, in decoded text, or across items): a mask or hash is made from it.
+    seen: Option<String>,
+    /// A later part of a finding that crosses items: counted with its first part.
+    part: bool,
+    /// The replacement, when made already (a mask cut to one part of a crossing finding).
+    text: Option<String>,
 }
 
 /// A finding: detector, match span, and the span to replace.
@@ -74,38 +91,301 @@ impl<'c> Scanner<'c> {
         if self.blocked.is_some() {
             return None;
         }
-        let mut out: Option<String> = None;
-        let mut copied = 0;
+        let mut hits = Vec::new();
+        self.collect(s, 0, &mut hits);
+        let hits = self.settle(hits)?;
+        self.render(s, &hits)
+    }
+
+    /// Redacts adjacent content items of one message as one text, so a secret cut in two
+    /// (a PEM key whose `BEGIN` line ends one item, a token split across two) is found:
+    /// each item is scanned alone, and their concatenation once more for findings that
+    /// cross from one item into the next; each item gets its part replaced. Returns true
+    /// when anything changed.
+    pub fn strings(&mut self, items: &mut [&mut String]) -> bool {
+        if self.blocked.is_some() {
+            return false;
+        }
+        let mut per_item: Vec<Vec<Hit>> = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            let mut hits = Vec::new();
+            self.collect(item, 0, &mut hits);
+            per_item.push(hits);
+        }
+        if items.len() > 1 && self.config.join_items {
+            self.across(items, &mut per_item);
+        }
+        let mut changed = false;
+        for (item, hits) in items.iter_mut().zip(per_item) {
+            if self.blocked.is_some() {
+                return false;
+            }
+            let Some(hits) = self.settle(hits) else {
+                continue;
+            };
+            if let Some(new) = self.render(item, &hits) {
+                **item = new;
+                changed = true;
+            }
+        }
+        changed && self.blocked.is_none()
+    }
+
+    /// Findings of the concatenation of `items` that cross from one into the next, added
+    /// to each item's findings as parts.
+    fn across(&mut self, items: &[&mut String], per_item: &mut [Vec<Hit>]) {
+        let mut joined = String::with_capacity(items.iter().map(|s| s.len()).sum());
+        let mut offsets = Vec::with_capacity(items.len() + 1);
+        for item in items {
+            offsets.push(joined.len());
+            joined.push_str(item);
+        }
+        offsets.push(joined.len());
+        let mut hits = Vec::new();
+        self.collect(&joined, 0, &mut hits);
+        for hit in hits {
+            // The items the finding touches.
+            let first = offsets
+                .partition_point(|o| *o <= hit.start)
+                .saturating_sub(1);
+            let last = offsets.partition_point(|o| *o < hit.end).saturating_sub(1);
+            if first == last || self.glued(&hit, first, last, &offsets, per_item) {
+                continue;
+            }
+            // A mask of text as written is cut where the items meet, so together the parts
+            // show what the mask of the whole shows.
+            let d = &self.config.detectors[hit.detector];
+            let mask: Option<Vec<char>> = match (d.action, &hit.seen) {
+                (Action::Mask { .. }, None) => {
+                    let mut full = String::new();
+                    let value = &joined[hit.start..hit.end];
+                    let style = &self.config.style;
+                    action::render(
+                        d.action,
+                        value,
+                        &d.name,
+                        &d.label,
+                        d.normalize,
+                        style,
+                        &mut full,
+                    );
+                    Some(full.chars().collect())
+                }
+                _ => None,
+            };
+            for (k, hits) in per_item.iter_mut().enumerate().take(last + 1).skip(first) {
+                let (a, b) = (offsets[k], offsets[k + 1]);
+                let (start, end) = (hit.start.max(a) - a, hit.end.min(b) - a);
+                if start >= end {
+                    continue;
+                }
+                let text = mask.as_ref().map(|chars| {
+                    let from = joined[hit.start..a.max(hit.start)].chars().count();
+                    let to = from + joined[a + start..a + end].chars().count();
+                    chars.get(from..to).unwrap_or_default().iter().collect()
+                });
+                hits.push(Hit {
+                    start,
+                    end,
+                    detector: hit.detector,
+                    seen: if k == first {
+                        Some(
+                            hit.seen
+                                .clone()
+                                .unwrap_or_else(|| joined[hit.start..hit.end].to_string()),
+                        )
+                    } else {
+                        None
+                    },
+                    part: k != first,
+                    text,
+                });
+            }
+        }
+    }
+
+    /// True when a finding across items is only a finding of one item with the edge of its
+    /// neighbours glued on (`to` + `alice@example.com` + `Thanks`): that item's own scan found
+    /// it already. For a detector whose values have no fixed end (a key cut before its `END`
+    /// line, a token) only a finding at the very start of the last item counts: anything
+    /// else is a real continuation.
+    fn glued(
+        &self,
+        hit: &Hit,
+        first: usize,
+        last: usize,
+        offsets: &[usize],
+        per_item: &[Vec<Hit>],
+    ) -> bool {
+        let same = |h: &&Hit| h.detector == hit.detector;
+        let tail = hit.end - offsets[last];
+        let found_in_last = per_item[last]
+            .iter()
+            .filter(same)
+            .any(|h| h.start == 0 && h.end >= tail);
+        if found_in_last {
+            return true;
+        }
+        let name = &*self.config.detectors[hit.detector].name;
+        if detectors::open_ended(name) {
+            return false;
+        }
+        (first..=last).any(|k| {
+            let (a, b) = (offsets[k], offsets[k + 1]);
+            let (start, end) = (hit.start.max(a) - a, hit.end.min(b) - a);
+            per_item[k]
+                .iter()
+                .filter(same)
+                .any(|h| h.start < end && h.end > start)
+        })
+    }
+
+    /// Every finding in `s`: the plain scan, then (with `normalize`) the normalized view and
+    /// the encoded runs, up to `decode-depth` encodings deep.
+    fn collect(&mut self, s: &str, depth: u8, out: &mut Vec<Hit>) {
+        self.plain(s, out);
+        if !self.config.normalize {
+            return;
+        }
+        let decode_depth = self.config.decode_depth.saturating_sub(depth);
+        let view = if normalize::needed(s) {
+            View::build(s, decode_depth)
+        } else {
+            None
+        };
+        let text = view.as_ref().map_or(s, |v| v.text.as_str());
+        let source = |a: usize, b: usize| view.as_ref().map_or((a, b), |v| v.source(a, b));
+        if let Some(view) = &view {
+            let mut inner = Vec::new();
+            self.plain(&view.text, &mut inner);
+            for h in inner {
+                let (start, end) = view.source(h.start, h.end);
+                out.push(Hit {
+                    start,
+                    end,
+                    detector: h.detector,
+                    seen: Some(view.text[h.start..h.end].to_string()),
+                    part: false,
+                    text: None,
+                });
+            }
+        }
+        if decode_depth == 0 {
+            return;
+        }
+        out.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
+        let found = out.len();
+        for run in encoded::runs(text, self.config.encoded_min_length) {
+            let (start, end) = source(run.start, run.end());
+            // A run inside a finding (a JWT, a token, a key's body) is already replaced.
+            let i = out[..found].partition_point(|h| h.start <= start);
+            if i > 0 && out[i - 1].end >= end {
+                continue;
+            }
+            let mut inner = Vec::new();
+            self.collect(&run.text, depth + 1, &mut inner);
+            for h in inner {
+                let (a, b) = run.source(h.start, h.end);
+                let (start, end) = source(a, b);
+                out.push(Hit {
+                    start,
+                    end,
+                    detector: h.detector,
+                    seen: Some(
+                        h.seen
+                            .unwrap_or_else(|| run.text[h.start..h.end].to_string()),
+                    ),
+                    part: false,
+                    text: None,
+                });
+            }
+        }
+    }
+
+    /// The findings of one pass of the detectors over `s`.
+    fn plain(&mut self, s: &str, out: &mut Vec<Hit>) {
         let mut pos = 0;
         while pos < s.len() {
             let Some(found) = self.next(s, pos) else {
                 break;
             };
             let (start, end) = found.value;
-            let d = &self.config.detectors[found.detector];
-            self.counts[found.detector] += 1;
-            if d.action == Action::Block {
-                self.blocked.get_or_insert(found.detector);
-                return None;
+            out.push(Hit {
+                start,
+                end,
+                detector: found.detector,
+                seen: None,
+                part: false,
+                text: None,
+            });
+            pos = found.end.max(next_char(s, pos));
+        }
+    }
+
+    /// Orders `hits`, folds overlapping ones into the first, counts them and notes a
+    /// `block`; `None` when there is nothing to replace (or the message is blocked).
+    fn settle(&mut self, mut hits: Vec<Hit>) -> Option<Vec<Hit>> {
+        if hits.is_empty() {
+            return None;
+        }
+        hits.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
+        let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
+        for hit in hits {
+            if self.config.detectors[hit.detector].action == Action::Block {
+                self.blocked.get_or_insert(hit.detector);
             }
-            let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-            o.push_str(&s[copied..start]);
+            match kept.last_mut() {
+                Some(last) if hit.start < last.end => last.end = last.end.max(hit.end),
+                _ => {
+                    if !hit.part {
+                        self.counts[hit.detector] += 1;
+                    }
+                    kept.push(hit);
+                }
+            }
+        }
+        if self.blocked.is_some() {
+            return None;
+        }
+        Some(kept)
+    }
+
+    /// `s` with `hits` (ordered, not overlapping) replaced.
+    fn render(&self, s: &str, hits: &[Hit]) -> Option<String> {
+        let mut out = String::with_capacity(s.len());
+        let mut copied = 0;
+        for hit in hits {
+            let d = &self.config.detectors[hit.detector];
+            let (start, end) = (hit.start.min(s.len()), hit.end.min(s.len()));
+            if start < copied || !s.is_char_boundary(start) || !s.is_char_boundary(end) {
+                continue;
+            }
+            out.push_str(&s[copied..start]);
+            let action = match (hit.part, d.action) {
+                // The rest of a value whose first part shows what a mask keeps.
+                (true, Action::Mask { .. }) => Action::Mask { keep: 0 },
+                (_, action) => action,
+            };
+            if let Some(text) = &hit.text {
+                out.push_str(text);
+                copied = end;
+                continue;
+            }
+            let value = hit.seen.as_deref().unwrap_or(&s[start..end]);
+            let style = &self.config.style;
             action::render(
-                d.action,
-                &s[start..end],
+                action,
+                value,
                 &d.name,
                 &d.label,
                 d.normalize,
-                &self.config.style,
-                o,
+                style,
+                &mut out,
             );
             copied = end;
-            pos = found.end.max(next_char(s, pos));
         }
-        out.map(|mut o| {
-            o.push_str(&s[copied..]);
-            o
-        })
+        out.push_str(&s[copied..]);
+        Some(out)
     }
 
     /// Redacts the whole of `s` as a finding of `detector` (a value under a secret key),
@@ -247,12 +527,14 @@ impl<'c> Scanner<'c> {
             if self.blocked.is_some() {
                 break;
             }
-            let secret = self
-                .config
-                .keys
-                .as_ref()
-                .filter(|(re, _)| re.is_match(key.as_str()))
-                .map(|(_, d)| *d);
+            let secret = self.config.keys.as_ref().and_then(|(re, d)| {
+                let named = re.is_match(key.as_str())
+                    || (self.config.normalize
+                        && normalize::needed(key)
+                        && View::build(key, self.config.decode_depth)
+                            .is_some_and(|v| re.is_match(v.text.as_str())));
+                named.then_some(*d)
+            });
             match (secret, item) {
                 (Some(d), Value::String(s)) => {
                     if let Some(new) = self.whole(s, d) {

@@ -373,7 +373,7 @@ fn tool_arguments_when_configured() {
 }
 
 #[test]
-fn notifications_when_configured() {
+fn notifications_by_default() {
     let progress = |phase_response: bool| {
         let msg = if phase_response {
             TestMessage::response("notifications/progress")
@@ -385,8 +385,9 @@ fn notifications_when_configured() {
         )
         .build()
     };
-    assert!(Redact::evaluate(&defaults(), &progress(true)).is_allow());
-    let cfg = config(json!({ "notifications": true }));
+    let off = config(json!({ "notifications": false }));
+    assert!(Redact::evaluate(&off, &progress(true)).is_allow());
+    let cfg = defaults();
     for phase_response in [false, true] {
         let v = Redact::evaluate(&cfg, &progress(phase_response));
         let params = v
@@ -494,6 +495,10 @@ fn bad_configurations_are_refused_at_load_with_the_setting_named() {
     assert!(e.contains("already taken"), "{e}");
     let e = config_error(json!({ "custom": [{ "name": "Bad Name", "pattern": "x" }] }));
     assert!(e.contains("lower-case"), "{e}");
+    let e = config_error(json!({ "decode-depth": 9 }));
+    assert!(e.contains("decode-depth: 9 is over 4"), "{e}");
+    let e = config_error(json!({ "encoded-min-length": 2 }));
+    assert!(e.contains("encoded-min-length: 2 is outside"), "{e}");
     let e = config_error(json!({ "hash-length": 2 }));
     assert!(e.contains("hash-length"), "{e}");
     let e = config_error(json!({ "colour": "blue" }));
@@ -672,6 +677,20 @@ fn the_guides_complete_example_does_what_it_says() {
     }
 }
 
+/// About `bytes` of base64 whose decoding is text full of candidates (digit groups and
+/// e-mail addresses), in 76-character lines.
+fn base64_text(bytes: usize) -> String {
+    use base64::Engine as _;
+    let plain = "4111 1111 1111 1112 a@b.co ".repeat(bytes * 3 / 4 / 27);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(plain);
+    encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|line| String::from_utf8_lossy(line).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[test]
 #[ignore = "a measurement: cargo test --release -p redact -- --ignored --nocapture"]
 fn measure_hostile_inputs() {
@@ -689,6 +708,15 @@ fn measure_hostile_inputs() {
         ("key names", "password_".repeat(mib / 9)),
         ("one long word", "a".repeat(mib)),
         ("non-ASCII", "é1.2:".repeat(mib / 6)),
+        ("zero-width spaces", "\u{200B}".repeat(mib / 3)),
+        ("zero-width between digits", "4\u{200B}".repeat(mib / 4)),
+        ("URL escapes", "%41".repeat(mib / 3)),
+        ("HTML entities", "&#52;&#49;&#49;&#49; ".repeat(mib / 21)),
+        ("JSON escapes", "\\u0034".repeat(mib / 6)),
+        ("base64 of text", base64_text(mib)),
+        ("base64 in one run", base64_text(mib).replace(' ', "")),
+        ("hex", "41".repeat(mib / 2)),
+        ("fullwidth digits", "４１１１ ".repeat(mib / 13)),
     ];
     for (name, text) in cases {
         let started = std::time::Instant::now();
@@ -735,4 +763,122 @@ fn what_upstreams_ask_the_client_is_redacted_by_default() {
 
     let off = config(json!({ "server-requests": false }));
     assert!(Redact::evaluate(&off, &elicit).is_allow());
+}
+
+#[test]
+fn disguised_values_are_replaced_whole_and_masked_as_read() {
+    // Fullwidth digits with zero-width spaces: the mask is drawn from the digits as read,
+    // and no invisible character survives.
+    let text = "card ４１１１\u{200B} １１１１ １１１１ １１１１.";
+    let v = Redact::evaluate(&defaults(), &text_result(text));
+    assert_eq!(
+        changed(&v)["content"][0]["text"],
+        "card **** **** **** 1111."
+    );
+    assert_eq!(attribute(&v, "redact.card"), Some("1"));
+
+    // The same key plain and disguised hashes alike: one value, one token.
+    let cfg = config(json!({ "salt": SALT, "detectors": { "email": { "action": "hash" } } }));
+    let token = |text: &str| {
+        changed(&Redact::evaluate(&cfg, &text_result(text)))["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(token(EMAIL), token("alice&#64;example.com"));
+    assert_eq!(token(EMAIL), token("ａｌｉｃｅ@example.com"));
+
+    // A disguised key under `block` is refused like a plain one.
+    let blocking = config(json!({ "detectors": { "stripe-key": { "action": "block" } } }));
+    let v = Redact::evaluate(
+        &blocking,
+        &text_result("key ѕk_lіve_4eC39HqLyjWDarjtT1zdp7dc"),
+    );
+    assert!(v.denial().is_some_and(|d| d.message.contains("stripe-key")));
+
+    // A JSON member named like a secret in look-alike letters is a secret too.
+    let v = Redact::evaluate(
+        &defaults(),
+        &tool_result(json!({ "structuredContent": { "pаsswоrd": "hunter2" } })),
+    );
+    assert_eq!(changed(&v)["structuredContent"]["pаsswоrd"], "[SECRET]");
+
+    // `normalize = false` scans the text as written only.
+    let plain = config(json!({ "normalize": false }));
+    assert!(Redact::evaluate(&plain, &text_result("mailto:alice%40example.com")).is_allow());
+    let shallow = config(json!({ "decode-depth": 0 }));
+    assert!(Redact::evaluate(&shallow, &text_result("alice%40example.com")).is_allow());
+    assert!(!Redact::evaluate(&shallow, &text_result("alice\u{200B}@example.com")).is_allow());
+}
+
+fn items(texts: &[&str]) -> Message<'static> {
+    let content: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({ "type": "text", "text": t }))
+        .collect();
+    tool_result(json!({ "content": content }))
+}
+
+fn texts(v: &Verdict) -> Vec<String> {
+    changed(v)["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_secret_split_across_content_items_is_found_in_both() {
+    // A PEM key whose BEGIN line ends one item and whose body and END line start the next.
+    let v = Redact::evaluate(
+        &defaults(),
+        &items(&[
+            "Here is the key:\n-----BEGIN RSA PRIVATE KEY-----\n",
+            "MIIEpAIBAAKCAQEA7bq9\nQm9vbXNoYWthbGFrYQ==\n-----END RSA PRIVATE KEY-----\nDone.",
+        ]),
+    );
+    assert_eq!(
+        texts(&v),
+        ["Here is the key:\n[PRIVATE_KEY]", "[PRIVATE_KEY]\nDone."]
+    );
+    assert_eq!(attribute(&v, "redact.private-key"), Some("1"), "one key");
+
+    // A token cut in two, and a card split over three items.
+    let v = Redact::evaluate(
+        &defaults(),
+        &items(&["token ghp_0123456789abcdefghij", "klmnopqrstuvwxyzAB ok"]),
+    );
+    assert_eq!(texts(&v), ["token [GITHUB_TOKEN]", "[GITHUB_TOKEN] ok"]);
+    let v = Redact::evaluate(
+        &defaults(),
+        &items(&["card 4111 1111", " 1111 ", "1111 paid"]),
+    );
+    assert_eq!(texts(&v), ["card **** ****", " **** ", "1111 paid"]);
+
+    // Items that merely touch keep their own findings and nothing more.
+    let v = Redact::evaluate(
+        &defaults(),
+        &items(&["Write to", "alice@example.com", "Thanks"]),
+    );
+    assert_eq!(texts(&v), ["Write to", "[EMAIL]", "Thanks"]);
+
+    // An image between two items separates them.
+    let v = Redact::evaluate(
+        &defaults(),
+        &tool_result(json!({ "content": [
+            { "type": "text", "text": "ghp_0123456789abcdefghij" },
+            { "type": "image", "data": "aGk=", "mimeType": "image/png" },
+            { "type": "text", "text": "klmnopqrstuvwxyzAB" },
+        ] })),
+    );
+    assert!(v.is_allow());
+
+    // `join-items = false`: each item alone.
+    let apart = config(json!({ "join-items": false }));
+    let v = Redact::evaluate(
+        &apart,
+        &items(&["token ghp_0123456789abcdefghij", "klmnopqrstuvwxyzAB"]),
+    );
+    assert!(v.is_allow());
 }

@@ -86,7 +86,7 @@ const IBAN_LENGTHS: &str = "\
     RS22 RU33 SA24 SC31 SD18 SE24 SI19 SK24 SM27 SO23 ST25 SV28 TL23 TN24 TR26 UA29 VA22 \
     VG24 XK20 YE30";
 
-/// An IBAN: a registered country with its exact length, and the ISO 7064 mod-97 check
+/// An IBAN, in any case: a registered country with its exact length, and the ISO 7064 mod-97 check
 /// (the number, rearranged and with letters as 10–35, leaves remainder 1). Spaced IBANs must
 /// be grouped in fours, as printed. A short last group that makes the number invalid is
 /// taken for the next word (`… 0130 00 EUR`) and left out.
@@ -103,7 +103,12 @@ fn iban_ok(s: &str) -> bool {
     if s.contains(' ') && s.split(' ').rev().skip(1).any(|g| g.len() != 4) {
         return false;
     }
-    let compact: Vec<u8> = s.bytes().filter(|b| *b != b' ').collect();
+    // Case does not matter: `de89 3704 …` is the same account as `DE89 3704 …`.
+    let compact: Vec<u8> = s
+        .bytes()
+        .filter(|b| *b != b' ')
+        .map(|b| b.to_ascii_uppercase())
+        .collect();
     let Some(country) = compact.get(..2).and_then(|c| std::str::from_utf8(c).ok()) else {
         return false;
     };
@@ -254,6 +259,8 @@ mod tests {
         assert!(whole(iban, "GB82 WEST 1234 5698 7654 32"));
         assert!(!whole(iban, "GB82 WEST 1234 5698 7654 33"));
         assert!(!whole(iban, "DE8937040044053201300"), "wrong length for DE");
+        assert!(whole(iban, "de89 3704 0044 0532 0130 00"), "lower case");
+        assert!(!whole(iban, "de89 3704 0044 0532 0130 01"));
     }
 
     #[test]
