@@ -234,9 +234,11 @@ async fn reported(gateway: &Gateway) -> (Option<String>, Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_and_log_notifications_are_redacted_when_configured() {
-    // The shipped default leaves notifications alone: the values reach the client.
-    let (plain, _plain_plugins) = gateway(&shipped_sidecar()).await;
+async fn progress_and_log_notifications_are_redacted_by_the_shipped_sidecar() {
+    // Opting out lets the values reach the client as sent.
+    let opted_out = shipped_sidecar().replace("notifications = true ", "notifications = false");
+    assert!(opted_out.contains("notifications = false"), "{opted_out}");
+    let (plain, _plain_plugins) = gateway(&opted_out).await;
     let (progress, logs) = reported(&plain).await;
     assert_eq!(progress.as_deref(), Some("mailing alice@example.com"));
     assert_eq!(
@@ -248,8 +250,7 @@ async fn progress_and_log_notifications_are_redacted_when_configured() {
     );
     drop(plain);
 
-    let sidecar = shipped_sidecar().replace("notifications = false", "notifications = true");
-    assert!(sidecar.contains("notifications = true"));
+    let sidecar = shipped_sidecar();
     let plugins = PluginDir::new();
     plugins.add("redact", "redact", &sidecar);
     let dir = TempDir::new();
@@ -297,8 +298,7 @@ async fn progress_and_log_notifications_are_redacted_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2026_client_gets_redacted_progress_and_logs_on_its_stream() {
-    let sidecar = shipped_sidecar().replace("notifications = false", "notifications = true");
-    let (gateway, _plugins) = gateway(&sidecar).await;
+    let (gateway, _plugins) = gateway(&shipped_sidecar()).await;
     let body = json!({
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {
@@ -408,5 +408,99 @@ async fn what_an_upstream_asks_the_clients_model_is_redacted() {
             .any(|e| matches!(e, ClientEvent::Sampling(_))),
         "the client was asked anyway"
     );
+    client.cancel().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disguised_values_come_back_masked() {
+    let (gateway, _plugins) = gateway(&shipped_sidecar()).await;
+    let client = client(gateway.url()).await;
+    // What an attacker tried: look-alike letters, fullwidth digits, zero-width characters,
+    // NBSP, URL and HTML escapes, JSON escapes, base64, hex, a lower-case IBAN.
+    let cases = [
+        ("key ѕk_lіve_4eC39HqLyjWDarjtT1zdp7dc.", "key [STRIPE_KEY]."),
+        ("id АКІАIOSFODNN7EXAMPLE", "id [AWS_ACCESS_KEY]"),
+        (
+            "card ４１１１ １１１１ １１１１ １１１１",
+            "card **** **** **** 1111",
+        ),
+        (
+            "card 4111\u{A0}1111\u{A0}1111\u{A0}1111",
+            "card **** **** **** 1111",
+        ),
+        ("mail alice\u{200B}@example\u{200D}.com", "mail [EMAIL]"),
+        ("mailto:alice%40example.com", "mailto:[EMAIL]"),
+        ("alice&#64;example&#x2E;com", "[EMAIL]"),
+        (r"\u0073k_live_4eC39HqLyjWDarjtT1zdp7dc", "[STRIPE_KEY]"),
+        ("b64 QUtJQUlPU0ZPRE5ON0VYQU1QTEU=", "b64 [AWS_ACCESS_KEY]"),
+        (
+            "hex 414b4941494f53464f444e4e374558414d504c45",
+            "hex [AWS_ACCESS_KEY]",
+        ),
+        (
+            "iban de89 3704 0044 0532 0130 00",
+            "iban **** **** **** **** **30 00",
+        ),
+        (
+            "all at once ѕk\u{200B}_ｌｉｖｅ_4eC39Hq&#76;yjWDarjtT1zdp7dc",
+            "all at once [STRIPE_KEY]",
+        ),
+    ];
+    for (sent, expected) in cases {
+        let result = call_tool(&client, "alpha__echo", json!({ "text": sent }))
+            .await
+            .expect("call succeeds");
+        assert_eq!(text_of(&result), expected, "sent {sent:?}");
+    }
+    // Text with nothing disguised in it passes as it was.
+    let clean = "AT&amp;T: 50% off, café, Привет, 7f3c9a2e-1b4d-4c8e-9f2a-6d5e4c3b2a10";
+    let result = call_tool(&client, "alpha__echo", json!({ "text": clean }))
+        .await
+        .expect("call succeeds");
+    assert_eq!(text_of(&result), clean);
+    let logs = gateway.logs();
+    assert!(
+        !logs.contains("4eC39HqLyjWDarjtT1zdp7dc") && !logs.contains("IOSFODNN7EXAMPLE"),
+        "a value reached the log:\n{logs}"
+    );
+    client.cancel().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_key_split_across_two_content_items_is_masked_in_both() {
+    let (gateway, _plugins) = gateway(&shipped_sidecar()).await;
+    let client = client(gateway.url()).await;
+    let parts = [
+        "Deploy key:\n-----BEGIN RSA PRIVATE KEY-----\n",
+        "MIIEpAIBAAKCAQEA7bq9\nQm9vbXNoYWthbGFrYQ==\n-----END RSA PRIVATE KEY-----\nDone.",
+    ];
+    let result = call_tool(&client, "alpha__echo", json!({ "parts": parts }))
+        .await
+        .expect("call succeeds");
+    let texts: Vec<&str> = result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect();
+    assert_eq!(
+        texts,
+        ["Deploy key:\n[PRIVATE_KEY]", "[PRIVATE_KEY]\nDone."],
+        "{result:?}"
+    );
+    // A token cut in two.
+    let parts = ["token ghp_0123456789abcdefghij", "klmnopqrstuvwxyzAB, ok"];
+    let result = call_tool(&client, "alpha__echo", json!({ "parts": parts }))
+        .await
+        .expect("call succeeds");
+    let texts: Vec<&str> = result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect();
+    assert_eq!(texts, ["token [GITHUB_TOKEN]", "[GITHUB_TOKEN], ok"]);
+    let logs = gateway
+        .wait_for_log("private-key=1", Duration::from_secs(10))
+        .await;
+    assert!(!logs.contains("MIIEpAIBAAKCAQEA7bq9"), "{logs}");
     client.cancel().await.ok();
 }
