@@ -6,6 +6,13 @@
 //! (a 16-digit number failing Luhn), the other detectors are tried anchored at the same
 //! position before the scan moves on by one character, so a rejection never hides another
 //! detector's finding.
+//!
+//! With `normalize`, a string that holds something to normalize is scanned a second time as
+//! it reads (`normalize.rs`), and base64 and hex runs in it are decoded and scanned
+//! (`encoded.rs`), up to `decode-depth` layers deep. Every finding is mapped back to the span
+//! of the original it came from; findings that overlap are folded into the first, so the
+//! extra scans only ever add to what the plain scan replaces. Adjacent content items are
+//! scanned once more as one text for findings that cross from one into the next.
 
 use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input, PatternID, PatternSet};
@@ -94,7 +101,7 @@ impl<'c> Scanner<'c> {
         let mut hits = Vec::new();
         self.collect(s, 0, &mut hits);
         let hits = self.settle(hits)?;
-        self.render(s, &hits)
+        Some(self.render(s, &hits))
     }
 
     /// Redacts adjacent content items of one message as one text, so a secret cut in two
@@ -123,10 +130,8 @@ impl<'c> Scanner<'c> {
             let Some(hits) = self.settle(hits) else {
                 continue;
             };
-            if let Some(new) = self.render(item, &hits) {
-                **item = new;
-                changed = true;
-            }
+            **item = self.render(item, &hits);
+            changed = true;
         }
         changed && self.blocked.is_none()
     }
@@ -351,7 +356,7 @@ impl<'c> Scanner<'c> {
     }
 
     /// `s` with `hits` (ordered, not overlapping) replaced.
-    fn render(&self, s: &str, hits: &[Hit]) -> Option<String> {
+    fn render(&self, s: &str, hits: &[Hit]) -> String {
         let mut out = String::with_capacity(s.len());
         let mut copied = 0;
         for hit in hits {
@@ -385,7 +390,7 @@ impl<'c> Scanner<'c> {
             copied = end;
         }
         out.push_str(&s[copied..]);
-        Some(out)
+        out
     }
 
     /// Redacts the whole of `s` as a finding of `detector` (a value under a secret key),
