@@ -590,6 +590,7 @@ mod tests {
             r#"\u0022 \" %zz &bogus; 100%"#
         );
         assert_eq!(norm("café"), "cafe");
+        assert_eq!(norm("s\u{308}k glpat\u{2010}x ①②"), "sk glpat-x 12");
         assert!(!needed("plain ASCII with \\n and 50% off & more"));
         assert!(needed("a%41"));
         assert!(needed("é"));
