@@ -433,7 +433,10 @@ async fn verify_reports_forged_appends_resealed_files_renumbering_and_a_cut_tail
     let (ok, out) = verify(std::slice::from_ref(&trail));
     assert!(ok, "{out}");
     assert!(out.contains("intact: 4 records"), "{out}");
-    assert!(out.contains("every record checked with the chain key"), "{out}");
+    assert!(
+        out.contains("every record checked with the chain key"),
+        "{out}"
+    );
     assert!(out.contains("the last signs record 4"), "{out}");
 
     let text = std::fs::read_to_string(&trail).unwrap();
@@ -449,11 +452,7 @@ async fn verify_reports_forged_appends_resealed_files_renumbering_and_a_cut_tail
 
     // A forged append: a record sealed without the key after the real last one.
     let forged = unsealed(&lines[3]).replace("\"seq\":4", "\"seq\":5");
-    let appended = [
-        lines.clone(),
-        plain_chain(&[forged], &hash_of(&lines[3])),
-    ]
-    .concat();
+    let appended = [lines.clone(), plain_chain(&[forged], &hash_of(&lines[3]))].concat();
     let (ok, out) = verify(&[tampered("appended.jsonl", &appended)]);
     assert!(!ok, "{out}");
     assert!(out.contains("appended.jsonl:5: altered:"), "{out}");
@@ -493,12 +492,18 @@ async fn verify_reports_forged_appends_resealed_files_renumbering_and_a_cut_tail
         &renumbered.to_string_lossy(),
     ]);
     assert!(!ok, "{out}");
-    assert!(out.contains("renumbered.jsonl:4: truncated: record 4 is missing at the end"), "{out}");
+    assert!(
+        out.contains("renumbered.jsonl:4: truncated: record 4 is missing at the end"),
+        "{out}"
+    );
 
     // The last record cut off: a valid chain, but short of the last checkpoint.
     let (ok, out) = verify(&[tampered("cut.jsonl", &lines[..3])]);
     assert!(!ok, "{out}");
-    assert!(out.contains("cut.jsonl:4: truncated: record 4 is missing at the end"), "{out}");
+    assert!(
+        out.contains("cut.jsonl:4: truncated: record 4 is missing at the end"),
+        "{out}"
+    );
     assert!(out.contains("audit.jsonl.checkpoints:"), "{out}");
 
     // Verifying with the wrong key names the first record; with no key at all, verify refuses.
@@ -517,6 +522,14 @@ async fn verify_reports_forged_appends_resealed_files_renumbering_and_a_cut_tail
     assert!(out.contains("PORTCULLIS_AUDIT_KEY"), "{out}");
 }
 
+/// Why the gateway refused to start on `config`.
+async fn refusal(config: &str) -> String {
+    match Gateway::try_start_with_env(config, &[]).await {
+        Ok(_) => panic!("the gateway continued a trail it cannot verify"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_refuses_a_forged_or_cut_tail_and_starts_after_a_new_segment() {
     let dir = TempDir::new();
@@ -527,26 +540,15 @@ async fn the_gateway_refuses_a_forged_or_cut_tail_and_starts_after_a_new_segment
 
     // The tail cut off.
     std::fs::write(&trail, lines[..2].join("\n") + "\n").unwrap();
-    let e = Gateway::try_start_with_env(&config, &[])
-        .await
-        .err()
-        .expect("the gateway refuses a cut tail");
-    let e = format!("{e:#}");
+    let e = refusal(&config).await;
     assert!(e.contains("cannot be continued"), "{e}");
     assert!(e.contains("truncated: records 3 to 4 are missing"), "{e}");
 
     // A forged append.
     let forged = unsealed(&lines[3]).replace("\"seq\":4", "\"seq\":5");
-    let forged = format!(
-        "{good}{}\n",
-        plain_chain(&[forged], &hash_of(&lines[3]))[0]
-    );
+    let forged = format!("{good}{}\n", plain_chain(&[forged], &hash_of(&lines[3]))[0]);
     std::fs::write(&trail, &forged).unwrap();
-    let e = Gateway::try_start_with_env(&config, &[])
-        .await
-        .err()
-        .expect("the gateway refuses a forged tail");
-    let e = format!("{e:#}");
+    let e = refusal(&config).await;
     assert!(e.contains("audit.jsonl:5: altered"), "{e}");
     assert!(e.contains("portcullis audit new-segment"), "{e}");
     // Nothing was written to the trail it refused.

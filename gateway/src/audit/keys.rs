@@ -74,9 +74,10 @@ impl ChainKey {
 
 /// Reads a checkpoint signing key: a file holding the 32-byte Ed25519 seed in hex.
 pub fn signing_key(path: &Path) -> Result<SigningKey, KeyError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| KeyError::Read(path.display().to_string(), e))?;
-    let seed = unhex32(text.trim()).ok_or_else(|| KeyError::NotEd25519(path.display().to_string()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
+    let seed =
+        unhex32(text.trim()).ok_or_else(|| KeyError::NotEd25519(path.display().to_string()))?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -167,7 +168,10 @@ mod tests {
         let e = ChainKey::new(short.as_bytes()).unwrap_err().to_string();
         assert!(!e.contains(short), "{e}");
         assert!(ChainKey::new(&[7u8; 32]).is_ok());
-        assert_eq!(format!("{:?}", ChainKey::new(&[7u8; 32]).unwrap()), "ChainKey(…)");
+        assert_eq!(
+            format!("{:?}", ChainKey::new(&[7u8; 32]).unwrap()),
+            "ChainKey(…)"
+        );
     }
 
     #[test]

@@ -321,8 +321,7 @@ mod tests {
         let r = check(&dir).unwrap();
         assert_eq!((r.first_seq, r.last_seq), (1, 3));
         let first = std::fs::read_to_string(&path).unwrap();
-        let first: serde_json::Value =
-            serde_json::from_str(first.lines().next().unwrap()).unwrap();
+        let first: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
         assert_eq!(first["event"], "segment");
         assert_eq!(first["previous"]["checkpoint_seq"], 5);
         // The old segment still shows its forgery.

@@ -110,10 +110,15 @@ const REST: Duration = Duration::from_millis(2);
 /// The chain key `[audit]` names (`key` or `key-file`).
 fn chain_key(cfg: &AuditConfig) -> anyhow::Result<ChainKey> {
     match (&cfg.key, &cfg.key_file) {
-        (Some(key), _) => ChainKey::new(key.as_bytes()).map_err(|e| anyhow::anyhow!("audit.key {e}")),
+        (Some(key), _) => {
+            ChainKey::new(key.as_bytes()).map_err(|e| anyhow::anyhow!("audit.key {e}"))
+        }
         (None, Some(file)) => ChainKey::from_file(file).map_err(|e| match e {
             keys::KeyError::TooShort => {
-                anyhow::anyhow!("audit.key-file: {} is shorter than 32 bytes", file.display())
+                anyhow::anyhow!(
+                    "audit.key-file: {} is shorter than 32 bytes",
+                    file.display()
+                )
             }
             e => anyhow::anyhow!("audit.key-file: {e}"),
         }),
@@ -161,7 +166,10 @@ pub struct NewSegment {
 /// record, names the previous segment's head: as found, and as last signed. Run it with the
 /// gateway stopped, when the gateway refuses to continue a trail it cannot verify.
 pub fn new_segment(cfg: &AuditConfig) -> anyhow::Result<NewSegment> {
-    anyhow::ensure!(!cfg.to_stdout(), "a trail on standard output has no segments");
+    anyhow::ensure!(
+        !cfg.to_stdout(),
+        "a trail on standard output has no segments"
+    );
     let key = chain_key(cfg)?;
     let signer = signing_key(cfg)?;
     let path = &cfg.path;
@@ -566,10 +574,11 @@ fn open_file(
                 }
                 files.insert(0, numbered(path, *n));
             }
-            let report = match super::verify::verify(&files, Some(key), std::slice::from_ref(&found))? {
-                Ok(report) => report,
-                Err(problem) => return Err(refuse(problem.to_string())),
-            };
+            let report =
+                match super::verify::verify(&files, Some(key), std::slice::from_ref(&found))? {
+                    Ok(report) => report,
+                    Err(problem) => return Err(refuse(problem.to_string())),
+                };
             if report.last_checkpoint.is_none() {
                 tracing::warn!(checkpoint = %found.place(), "the last audit checkpoint names a record in a file no longer kept; continuing from the verified files");
             }
@@ -647,7 +656,9 @@ fn last_record(path: &Path, cut: bool) -> anyhow::Result<Option<String>> {
         let body = &tail[..complete];
         match body.iter().rposition(|b| *b == b'\n') {
             Some(start) => {
-                return Ok(Some(String::from_utf8_lossy(&body[start + 1..]).into_owned()));
+                return Ok(Some(
+                    String::from_utf8_lossy(&body[start + 1..]).into_owned(),
+                ));
             }
             None if from == 0 => return Ok(Some(String::from_utf8_lossy(body).into_owned())),
             None => chunk *= 4,

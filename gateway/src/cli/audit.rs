@@ -93,9 +93,9 @@ fn verify(
         files.into_iter().partition(|f| is_checkpoints(f));
     anyhow::ensure!(!trail.is_empty(), "no audit file given");
     let key = match key_file {
-        Some(file) => Some(
-            ChainKey::from_file(&file).map_err(|e| anyhow::anyhow!("--key-file: {e}"))?,
-        ),
+        Some(file) => {
+            Some(ChainKey::from_file(&file).map_err(|e| anyhow::anyhow!("--key-file: {e}"))?)
+        }
         None => match std::env::var_os(KEY_ENV) {
             Some(k) => Some(
                 ChainKey::new(k.as_encoded_bytes())

@@ -267,12 +267,17 @@ mod tests {
         assert!(!e.contains("short-secret"), "{e}");
         let e = parse_audit("[audit]\nenabled = true\nkey = \"${NOPE}\"\n").unwrap_err();
         assert!(e.contains("NOPE is not set"), "{e}");
-        let e = parse_audit(&format!("[audit]\nenabled = true\nkey-file = \"k\"\n{KEYS}"))
-            .unwrap_err();
+        let e = parse_audit(&format!(
+            "[audit]\nenabled = true\nkey-file = \"k\"\n{KEYS}"
+        ))
+        .unwrap_err();
         assert!(e.contains("not both"), "{e}");
 
         let a = parse_audit(&format!("[audit]\nenabled = true\n{KEYS}")).unwrap();
-        assert_eq!(a.key.as_ref().unwrap().as_bytes(), "k".repeat(32).as_bytes());
+        assert_eq!(
+            a.key.as_ref().unwrap().as_bytes(),
+            "k".repeat(32).as_bytes()
+        );
         assert!(!format!("{a:?}").contains(&"k".repeat(32)));
         assert_eq!(
             a.checkpoint_file(),
