@@ -62,7 +62,10 @@ impl Audit {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let weak = tx.downgrade();
-            let every = cfg.checkpoint_interval;
+            // Validated positive at load; `interval` panics on zero, so never hand it one.
+            let every = cfg
+                .checkpoint_interval
+                .max(std::time::Duration::from_millis(1));
             runtime.spawn(async move {
                 let mut ticks = tokio::time::interval(every);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
