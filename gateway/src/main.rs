@@ -51,7 +51,7 @@ enum Command {
         #[command(subcommand)]
         command: cli::plugin::PluginCommand,
     },
-    /// Check the audit trail's hash chain.
+    /// The audit trail: verify its keyed chain and checkpoints, make its keys, start a new segment.
     Audit {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,

@@ -1,6 +1,7 @@
 //! Governance through the real binary: the audit trail (who did what, which policies decided,
-//! the hash chain, tampering found at the right record, rotation) and the Prometheus metrics
-//! after real traffic.
+//! the keyed chain and its signed checkpoints, tampering and forgery found at the right
+//! record, the gateway refusing to continue a forged tail, new segments, rotation) and the
+//! Prometheus metrics after real traffic.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +17,8 @@ use sha2::{Digest, Sha256};
 const DEV_KEY: &str = "pk_dev_0123456789abcdefghijklmnopqrstuvwxyzABCD";
 const ADMIN_KEY: &str = "pk_admin_0123456789abcdefghijklmnopqrstuvwxyzAB";
 const ADMIN_TOKEN: &str = "e2e-governance-admin-token";
+/// `prev` of a segment's first record.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -59,10 +62,42 @@ fn policies() -> PluginDir {
     plugins
 }
 
+/// The trail's keys, made with `portcullis audit keygen` beside it (once per folder).
+struct Keys {
+    chain: PathBuf,
+    checkpoint: PathBuf,
+    public: String,
+}
+
+fn keys(dir: &Path) -> Keys {
+    let chain = dir.join("chain.key");
+    let checkpoint = dir.join("checkpoint.key");
+    let public_file = dir.join("checkpoint.pub");
+    if !chain.exists() {
+        let out = portcullis(&["audit", "keygen", "--chain", &chain.to_string_lossy()]);
+        assert!(out.0, "{}", out.1);
+        let (ok, text) = portcullis(&["audit", "keygen", &checkpoint.to_string_lossy()]);
+        assert!(ok, "{text}");
+        let public = text
+            .lines()
+            .find_map(|l| l.strip_prefix("public key: "))
+            .unwrap_or_else(|| panic!("no public key in:\n{text}"));
+        std::fs::write(&public_file, public).unwrap();
+    }
+    Keys {
+        chain,
+        checkpoint,
+        public: std::fs::read_to_string(&public_file).unwrap(),
+    }
+}
+
 fn audit_toml(path: &Path, extra: &str) -> String {
+    let keys = keys(path.parent().unwrap());
     format!(
-        "[audit]\nenabled = true\npath = {}\n{extra}\n",
-        toml_str(&path.to_string_lossy())
+        "[audit]\nenabled = true\npath = {}\nkey-file = {}\ncheckpoint-key-file = {}\n{extra}\n",
+        toml_str(&path.to_string_lossy()),
+        toml_str(&keys.chain.to_string_lossy()),
+        toml_str(&keys.checkpoint.to_string_lossy())
     )
 }
 
@@ -114,20 +149,42 @@ async fn records(path: &Path, n: usize) -> Vec<Value> {
     }
 }
 
-/// `portcullis audit verify FILES...`: exit success and stdout.
-fn verify(files: &[PathBuf]) -> (bool, String) {
+/// `portcullis ARGS...`: exit success and output.
+fn portcullis(args: &[&str]) -> (bool, String) {
     let out = Command::new(bin_path("portcullis"))
-        .arg("audit")
-        .arg("verify")
-        .args(files)
+        .args(args)
+        .env_remove("PORTCULLIS_AUDIT_KEY")
         .output()
-        .expect("run portcullis audit verify");
+        .expect("run portcullis");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// `portcullis audit verify` with both keys of the first file's folder and the checkpoints
+/// of its `audit.jsonl`.
+fn verify(files: &[PathBuf]) -> (bool, String) {
+    let dir = files[0].parent().unwrap();
+    let keys = keys(dir);
+    let checkpoints = dir.join("audit.jsonl.checkpoints");
+    let mut args: Vec<String> = [
+        "audit",
+        "verify",
+        "--key-file",
+        &keys.chain.to_string_lossy(),
+        "--public-key",
+        &keys.public,
+        "--checkpoints",
+        &checkpoints.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
+    portcullis(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn find(records: &[Value], pred: impl Fn(&Value) -> bool) -> &Value {
@@ -321,6 +378,230 @@ async fn the_audit_trail_says_who_did_what_and_which_policies_decided() {
     assert!(out.contains("swapped.jsonl:3: reordered:"), "{out}");
 }
 
+/// A record's line without its seal (`,"prev":…,"hash":…`), closed again: what an attacker
+/// edits before re-sealing.
+fn unsealed(line: &str) -> String {
+    let at = line.find(",\"prev\":\"").expect("a sealed record");
+    format!("{}}}", &line[..at])
+}
+
+/// Seals `records` (unsealed JSON objects) after `prev` the way the trail was sealed before
+/// it was keyed: plain SHA-256, which anyone who can write the file can compute.
+fn plain_chain(records: &[String], prev: &str) -> Vec<String> {
+    let mut prev = prev.to_string();
+    records
+        .iter()
+        .map(|r| {
+            let body = format!("{},\"prev\":\"{prev}\"}}", &r[..r.len() - 1]);
+            let hash = sha256_hex(body.as_bytes());
+            prev = hash.clone();
+            format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1])
+        })
+        .collect()
+}
+
+fn hash_of(line: &str) -> String {
+    serde_json::from_str::<Value>(line).unwrap()["hash"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A gateway run of three calls: start and three request records, checkpoints after the
+/// start record and at shutdown. Returns the gateway's configuration.
+async fn a_short_trail(trail: &Path) -> String {
+    let config = format!(
+        "{}{}{}",
+        server_toml(),
+        audit_toml(trail, ""),
+        stdio_fixture_toml("alpha")
+    );
+    let mut gateway = Gateway::start(&config).await;
+    let (_, session) = RawHttp::new(gateway.url()).initialize(&[]).await;
+    for id in 1..=3 {
+        call(&session, id, "alpha__echo", json!({ "text": "hi" })).await;
+    }
+    gateway.stop().await;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_forged_appends_resealed_files_renumbering_and_a_cut_tail() {
+    let dir = TempDir::new();
+    let trail = dir.path().join("audit.jsonl");
+    a_short_trail(&trail).await;
+    let (ok, out) = verify(std::slice::from_ref(&trail));
+    assert!(ok, "{out}");
+    assert!(out.contains("intact: 4 records"), "{out}");
+    assert!(
+        out.contains("every record checked with the chain key"),
+        "{out}"
+    );
+    assert!(out.contains("the last signs record 4"), "{out}");
+
+    let text = std::fs::read_to_string(&trail).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let keys = keys(dir.path());
+    assert!(!text.contains(std::fs::read_to_string(&keys.chain).unwrap().trim()));
+    let tampered = |name: &str, lines: &[String]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        p
+    };
+
+    // A forged append: a record sealed without the key after the real last one.
+    let forged = unsealed(&lines[3]).replace("\"seq\":4", "\"seq\":5");
+    let appended = [lines.clone(), plain_chain(&[forged], &hash_of(&lines[3]))].concat();
+    let (ok, out) = verify(&[tampered("appended.jsonl", &appended)]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("appended.jsonl:5: altered:"), "{out}");
+    assert!(out.contains("without the chain key"), "{out}");
+
+    // The whole file edited and re-sealed with plain SHA-256: every link holds, the keyed
+    // hashes do not.
+    let edited: Vec<String> = lines
+        .iter()
+        .map(|l| unsealed(l).replace("alpha__echo", "alpha__other"))
+        .collect();
+    let (ok, out) = verify(&[tampered("resealed.jsonl", &plain_chain(&edited, GENESIS))]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("resealed.jsonl:1: altered:"), "{out}");
+
+    // Record 3 deleted, the later ones renumbered and re-sealed.
+    let renumbered_tail = [unsealed(&lines[3]).replace("\"seq\":4", "\"seq\":3")];
+    let renumbered = [
+        lines[..2].to_vec(),
+        plain_chain(&renumbered_tail, &hash_of(&lines[1])),
+    ]
+    .concat();
+    let renumbered = tampered("renumbered.jsonl", &renumbered);
+    let (ok, out) = verify(std::slice::from_ref(&renumbered));
+    assert!(!ok, "{out}");
+    assert!(out.contains("renumbered.jsonl:3: altered:"), "{out}");
+    // An auditor with only the public key still sees it: the trail no longer reaches the
+    // record the last checkpoint signs.
+    let checkpoints = dir.path().join("audit.jsonl.checkpoints");
+    let (ok, out) = portcullis(&[
+        "audit",
+        "verify",
+        "--public-key",
+        &keys.public,
+        "--checkpoints",
+        &checkpoints.to_string_lossy(),
+        &renumbered.to_string_lossy(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("renumbered.jsonl:4: truncated: record 4 is missing at the end"),
+        "{out}"
+    );
+
+    // The last record cut off: a valid chain, but short of the last checkpoint.
+    let (ok, out) = verify(&[tampered("cut.jsonl", &lines[..3])]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("cut.jsonl:4: truncated: record 4 is missing at the end"),
+        "{out}"
+    );
+    assert!(out.contains("audit.jsonl.checkpoints:"), "{out}");
+
+    // Verifying with the wrong key names the first record; with no key at all, verify refuses.
+    let wrong = dir.write("wrong.key", &"w".repeat(40));
+    let (ok, out) = portcullis(&[
+        "audit",
+        "verify",
+        "--key-file",
+        &wrong.to_string_lossy(),
+        &trail.to_string_lossy(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("audit.jsonl:1: altered:"), "{out}");
+    let (ok, out) = portcullis(&["audit", "verify", &trail.to_string_lossy()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("PORTCULLIS_AUDIT_KEY"), "{out}");
+}
+
+/// Why the gateway refused to start on `config`.
+async fn refusal(config: &str) -> String {
+    match Gateway::try_start_with_env(config, &[]).await {
+        Ok(_) => panic!("the gateway continued a trail it cannot verify"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_refuses_a_forged_or_cut_tail_and_starts_after_a_new_segment() {
+    let dir = TempDir::new();
+    let trail = dir.path().join("audit.jsonl");
+    let config = a_short_trail(&trail).await;
+    let good = std::fs::read_to_string(&trail).unwrap();
+    let lines: Vec<String> = good.lines().map(str::to_string).collect();
+
+    // The tail cut off.
+    std::fs::write(&trail, lines[..2].join("\n") + "\n").unwrap();
+    let e = refusal(&config).await;
+    assert!(e.contains("cannot be continued"), "{e}");
+    assert!(e.contains("truncated: records 3 to 4 are missing"), "{e}");
+
+    // A forged append.
+    let forged = unsealed(&lines[3]).replace("\"seq\":4", "\"seq\":5");
+    let forged = format!("{good}{}\n", plain_chain(&[forged], &hash_of(&lines[3]))[0]);
+    std::fs::write(&trail, &forged).unwrap();
+    let e = refusal(&config).await;
+    assert!(e.contains("audit.jsonl:5: altered"), "{e}");
+    assert!(e.contains("portcullis audit new-segment"), "{e}");
+    // Nothing was written to the trail it refused.
+    assert_eq!(std::fs::read_to_string(&trail).unwrap(), forged);
+
+    // The documented way on: a new segment.
+    let config_file = dir.write("portcullis.toml", &config);
+    let (ok, out) = portcullis(&[
+        "audit",
+        "new-segment",
+        "--config",
+        &config_file.to_string_lossy(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("moved 2 files to"), "{out}");
+    let moved_to = out
+        .lines()
+        .find_map(|l| l.strip_prefix("moved 2 files to "))
+        .map(PathBuf::from)
+        .unwrap();
+
+    let mut gateway = Gateway::start(&config).await;
+    let (_, session) = RawHttp::new(gateway.url()).initialize(&[]).await;
+    call(&session, 1, "alpha__echo", json!({ "text": "after" })).await;
+    gateway.stop().await;
+    let (ok, out) = verify(std::slice::from_ref(&trail));
+    assert!(ok, "{out}");
+    assert!(out.contains("intact: 3 records"), "{out}");
+    let all = records(&trail, 3).await;
+    assert_eq!(all[0]["event"], "segment");
+    assert_eq!(all[0]["previous"]["seq"], 5, "{}", all[0]);
+    assert_eq!(all[0]["previous"]["intact"], false, "{}", all[0]);
+    assert_eq!(all[0]["previous"]["checkpoint_seq"], 4, "{}", all[0]);
+    assert_eq!(all[0]["previous"]["checkpoint_hash"], hash_of(&lines[3]));
+    assert_eq!(all[1]["event"], "start");
+
+    // The old segment, moved aside, still shows the forgery.
+    let old = moved_to.join("audit.jsonl");
+    let keys = keys(dir.path());
+    let (ok, out) = portcullis(&[
+        "audit",
+        "verify",
+        "--key-file",
+        &keys.chain.to_string_lossy(),
+        "--public-key",
+        &keys.public,
+        &old.to_string_lossy(),
+        &moved_to.join("audit.jsonl.checkpoints").to_string_lossy(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("audit.jsonl:5: altered:"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_continues_the_chain_across_files() {
     let dir = TempDir::new();
@@ -350,7 +631,10 @@ async fn rotation_continues_the_chain_across_files() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains("audit.jsonl"))
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            name.contains("audit.jsonl") && !name.ends_with(".checkpoints")
+        })
         .collect();
     files.sort();
     assert!(files.len() >= 3, "{files:?}");

@@ -255,10 +255,13 @@ async fn progress_and_log_notifications_are_redacted_by_the_shipped_sidecar() {
     plugins.add("redact", "redact", &sidecar);
     let dir = TempDir::new();
     let trail = dir.path().join("audit.jsonl");
+    // The trail is keyed: a chain key and a checkpoint signing key (an Ed25519 seed).
+    let checkpoint_key = dir.write("checkpoint.key", &"5a".repeat(32));
     let config = format!(
-        "{}[audit]\nenabled = true\npath = {}\n",
+        "{}[audit]\nenabled = true\npath = {}\nkey = \"an e2e chain key of 32 bytes or more\"\ncheckpoint-key-file = {}\n",
         stdio_fixture_toml("alpha"),
-        toml_str(&trail.to_string_lossy())
+        toml_str(&trail.to_string_lossy()),
+        toml_str(&checkpoint_key.to_string_lossy())
     );
     let gateway = Gateway::start_with_plugins(&plugins, &config).await;
     let (progress, logs) = reported(&gateway).await;

@@ -1,43 +1,36 @@
-//! The hash chain: how a record becomes a sealed line, and how a line is checked.
+//! The keyed chain: how a record becomes a sealed line, and how a line is checked.
 //!
 //! A sealed line is the record's JSON object with two members appended, `prev` (the hash of
-//! the record before it, 64 zeros for the first record of a trail) and then `hash`:
+//! the record before it, 64 zeros for the first record of a segment) and then `hash`:
 //!
 //! ```text
 //! {"seq":1,…,"prev":"000…000","hash":"9f2c…"}
 //! ```
 //!
-//! `hash` is the SHA-256 (lower-case hex) of the line's bytes without the `,"hash":"…"`
-//! member, i.e. of `{"seq":1,…,"prev":"000…000"}` exactly as written. Hashing the bytes as
-//! written (no re-serialization) makes the check independent of JSON formatting: any change
-//! to a byte of a record changes its hash, and since the next record carries that hash as
-//! its `prev`, a record cannot be changed, removed or moved without breaking the chain at
-//! that point — unless every later record is rewritten too, which is why the last hash is
-//! worth keeping elsewhere (see docs/governance.md).
+//! `hash` is the HMAC-SHA256 under the chain key (lower-case hex) of the line's bytes without
+//! the `,"hash":"…"` member, i.e. of `{"seq":1,…,"prev":"000…000"}` exactly as written.
+//! Hashing the bytes as written (no re-serialization) makes the check independent of JSON
+//! formatting: any change to a byte of a record changes its hash, and since the next record
+//! carries that hash as its `prev`, a record cannot be changed, removed or moved without
+//! breaking the chain at that point. Because the hash is keyed, nobody without the key can
+//! compute a valid one: not for an appended record, not for a file re-sealed from some point
+//! on (a plain SHA-256 chain could be recomputed by anyone who can write the file). Cutting
+//! records off the end leaves a valid chain: the signed checkpoints (`checkpoint.rs`) catch it.
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-/// `prev` of the first record of a trail.
+use super::keys::ChainKey;
+
+/// `prev` of the first record of a segment.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What closes every sealed line: `,"hash":"` + 64 hex digits + `"}`.
 const HASH_MEMBER: &str = ",\"hash\":\"";
 const SEAL_LEN: usize = HASH_MEMBER.len() + 64 + 2;
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
-}
-
 /// Seals one record: `json` is its JSON object (`{…}`), `prev` the hash of the record before
 /// it. Returns the line (with its newline) and the record's hash.
-pub fn seal(json: &[u8], prev: &str) -> (Vec<u8>, String) {
+pub fn seal(json: &[u8], prev: &str, key: &ChainKey) -> (Vec<u8>, String) {
     debug_assert!(json.len() >= 2 && json.last() == Some(&b'}'));
     let open = &json[..json.len() - 1];
     let mut line = Vec::with_capacity(json.len() + 16 + 64 + SEAL_LEN + 1);
@@ -48,7 +41,7 @@ pub fn seal(json: &[u8], prev: &str) -> (Vec<u8>, String) {
     line.extend_from_slice(b"\"prev\":\"");
     line.extend_from_slice(prev.as_bytes());
     line.extend_from_slice(b"\"}");
-    let hash = hex(&Sha256::digest(&line));
+    let hash = key.mac(&[&line]);
     line.pop();
     line.extend_from_slice(HASH_MEMBER.as_bytes());
     line.extend_from_slice(hash.as_bytes());
@@ -63,8 +56,9 @@ pub struct Link {
     pub prev: String,
     /// The hash the line states.
     pub hash: String,
-    /// Whether the stated hash is the hash of the line's content.
-    pub intact: bool,
+    /// Whether the stated hash is the keyed hash of the line's content; `None` when read
+    /// without the key (the content cannot be checked then, only the links).
+    pub intact: Option<bool>,
 }
 
 /// Why a line is not a sealed record at all.
@@ -85,8 +79,8 @@ struct Members {
     hash: Option<String>,
 }
 
-/// Reads one line (without its newline) as a sealed record.
-pub fn open(line: &str) -> Result<Link, Unreadable> {
+/// Reads one line (without its newline) as a sealed record, checking its hash with `key`.
+pub fn open(line: &str, key: Option<&ChainKey>) -> Result<Link, Unreadable> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     if line.len() < SEAL_LEN + 2 || !line.ends_with("\"}") {
         return Err(Unreadable::NoSeal);
@@ -100,10 +94,10 @@ pub fn open(line: &str) -> Result<Link, Unreadable> {
     let seq = members.seq.ok_or(Unreadable::Missing("seq"))?;
     let prev = members.prev.ok_or(Unreadable::Missing("prev"))?;
     let hash = members.hash.ok_or(Unreadable::Missing("hash"))?;
-    let mut hasher = Sha256::new();
-    hasher.update(&line.as_bytes()[..body_end]);
-    hasher.update(b"}");
-    let intact = hex(&hasher.finalize()) == hash;
+    let intact = key.map(|k| {
+        let expected = k.mac(&[&line.as_bytes()[..body_end], b"}"]);
+        subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), hash.as_bytes()).into()
+    });
     Ok(Link {
         seq,
         prev,
@@ -116,37 +110,61 @@ pub fn open(line: &str) -> Result<Link, Unreadable> {
 mod tests {
     use super::*;
 
+    fn key() -> ChainKey {
+        ChainKey::new(b"0123456789abcdef0123456789abcdef").unwrap()
+    }
+
     #[test]
     fn a_sealed_line_opens_intact_and_any_edit_shows() {
-        let (line, hash) = seal(br#"{"seq":1,"event":"start"}"#, GENESIS);
+        let key = key();
+        let (line, hash) = seal(br#"{"seq":1,"event":"start"}"#, GENESIS, &key);
         let text = std::str::from_utf8(&line).unwrap();
         assert!(text.ends_with("\"}\n"));
         assert!(
             text.starts_with(r#"{"seq":1,"event":"start","prev":"0000"#),
             "{text}"
         );
-        let link = open(text.trim_end()).unwrap();
+        let link = open(text.trim_end(), Some(&key)).unwrap();
         assert_eq!(
             link,
             Link {
                 seq: 1,
                 prev: GENESIS.into(),
                 hash: hash.clone(),
-                intact: true
+                intact: Some(true)
             }
         );
         let edited = text.trim_end().replace("start", "stArt");
-        assert!(!open(&edited).unwrap().intact);
+        assert_eq!(open(&edited, Some(&key)).unwrap().intact, Some(false));
+        // Without the key the links are readable, the content is not checked.
+        assert_eq!(open(&edited, None).unwrap().intact, None);
 
         // The next record links to this one.
-        let (next, _) = seal(br#"{"seq":2}"#, &hash);
-        let next = open(std::str::from_utf8(&next).unwrap().trim_end()).unwrap();
+        let (next, _) = seal(br#"{"seq":2}"#, &hash, &key);
+        let next = open(std::str::from_utf8(&next).unwrap().trim_end(), Some(&key)).unwrap();
         assert_eq!(next.prev, hash);
-        assert!(next.intact);
+        assert_eq!(next.intact, Some(true));
+    }
+
+    #[test]
+    fn a_line_sealed_with_plain_sha256_or_another_key_is_not_intact() {
+        use sha2_11::{Digest as _, Sha256};
+        let key = key();
+        let body = format!(r#"{{"seq":1,"event":"start","prev":"{GENESIS}"}}"#);
+        let plain = super::super::keys::hex(&Sha256::digest(body.as_bytes()));
+        let resealed = format!("{}{HASH_MEMBER}{plain}\"}}", &body[..body.len() - 1]);
+        assert_eq!(open(&resealed, Some(&key)).unwrap().intact, Some(false));
+
+        let other = ChainKey::new(b"another key, also thirty-two bytes long").unwrap();
+        let (line, _) = seal(br#"{"seq":1}"#, GENESIS, &other);
+        let line = std::str::from_utf8(&line).unwrap().trim_end();
+        assert_eq!(open(line, Some(&key)).unwrap().intact, Some(false));
+        assert_eq!(open(line, Some(&other)).unwrap().intact, Some(true));
     }
 
     #[test]
     fn lines_that_are_not_records_are_unreadable() {
+        let open = |l: &str| open(l, None);
         assert_eq!(open("hello"), Err(Unreadable::NoSeal));
         assert_eq!(open(""), Err(Unreadable::NoSeal));
         let fake = format!("{{\"seq\":1{HASH_MEMBER}{}\"}}", "a".repeat(64));

@@ -1,11 +1,15 @@
-//! The audit trail: one JSON line per decision-relevant event, hash-chained so that an edit,
-//! a deletion or a reordering is detected (`portcullis audit verify`).
+//! The audit trail: one JSON line per decision-relevant event, in a chain keyed with
+//! HMAC-SHA256 so that an edit, a deletion, a reordering or a record written without the key
+//! is detected, with Ed25519-signed checkpoints beside it so that records cut off the end are
+//! detected too (`portcullis audit verify`).
 //!
 //! | file | job |
 //! | --- | --- |
 //! | `record.rs` | the record: who, what, where, which policies, the outcome |
-//! | `chain.rs` | sealing a record into the chain; reading a sealed line back |
-//! | `writer.rs` | the writer thread: the file, its rotation, continuing the chain |
+//! | `keys.rs` | the chain key and the checkpoint signing key: loading, generating |
+//! | `chain.rs` | sealing a record into the keyed chain; reading a sealed line back |
+//! | `checkpoint.rs` | signing and reading checkpoints |
+//! | `writer.rs` | the writer thread: the file, its rotation, checkpoints, checking and continuing the chain, new segments |
 //! | `verify.rs` | checking a file or a rotated set, naming the first bad record |
 //!
 //! The request path only builds a [`Record`] and hands it over a bounded queue
@@ -15,6 +19,8 @@
 //! loss is itself in the (intact) chain.
 
 mod chain;
+mod checkpoint;
+mod keys;
 mod record;
 mod verify;
 mod writer;
@@ -26,9 +32,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditConfig;
 pub use chain::GENESIS;
-pub use record::{Decision, Event, Outcome, Record, Timestamp};
+pub use checkpoint::{BadCheckpoint, Found as FoundCheckpoint, read_all as read_checkpoints};
+pub use keys::{ChainKey, KeyKind, generate as generate_key, verifying_key};
+pub use record::{Decision, Event, Outcome, Previous, Record, Timestamp};
 pub use verify::{Kind, Problem, Report, verify};
-pub use writer::Stats;
+pub use writer::{NewSegment, Stats, new_segment};
 
 /// The open trail.
 pub struct Audit {
@@ -42,11 +50,34 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Opens the trail `cfg` names (continuing its chain) and starts the writer. The first
-    /// record written is a `start` record.
+    /// Opens the trail `cfg` names (checking the tail it continues: an error when it does not
+    /// verify) and starts the writer. The first record written is a `start` record.
     pub fn open(cfg: &AuditConfig) -> anyhow::Result<Self> {
         let stats = Arc::new(Stats::default());
         let (tx, thread) = writer::start(cfg, stats.clone())?;
+        // Time-based checkpoints: a tick the writer turns into a checkpoint when records
+        // were written since the last one. The tick holds only a weak sender, so a dropped
+        // `Audit` still ends the writer.
+        if cfg.checkpoint_file().is_some()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let weak = tx.downgrade();
+            // Validated positive at load; `interval` panics on zero, so never hand it one.
+            let every = cfg
+                .checkpoint_interval
+                .max(std::time::Duration::from_millis(1));
+            runtime.spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    let Some(tx) = weak.upgrade() else { break };
+                    // A full queue means a batch checkpoint is near anyway.
+                    let _ = tx.try_send(writer::Msg::Tick);
+                }
+            });
+        }
         Ok(Audit {
             tx,
             stats,
@@ -89,18 +120,27 @@ impl Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
 
-    fn config(dir: &std::path::Path, max_file_mib: f64) -> AuditConfig {
+    const KEY: &str = "a chain key of at least thirty-two bytes";
+
+    fn config(dir: &Path, max_file_mib: f64) -> AuditConfig {
+        let seed = dir.join("checkpoint.key");
+        if !seed.exists() {
+            std::fs::write(&seed, format!("{}\n", "5a".repeat(32))).unwrap();
+        }
         AuditConfig {
             enabled: true,
             path: dir.join("audit.jsonl"),
             max_file_mib,
             keep_files: 0,
+            key: Some(crate::config::Secret::from(KEY.to_string())),
+            checkpoint_key_file: Some(seed),
             ..AuditConfig::default()
         }
     }
 
-    fn tmp(name: &str) -> std::path::PathBuf {
+    fn tmp(name: &str) -> PathBuf {
         let d =
             std::env::temp_dir().join(format!("portcullis-audit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -115,11 +155,43 @@ mod tests {
         r
     }
 
-    fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir)
+    /// The trail's files (not its checkpoints), and the checkpoints.
+    fn trail(dir: &Path) -> (Vec<PathBuf>, Vec<FoundCheckpoint>) {
+        let files = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .collect()
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with("audit.jsonl") && !name.ends_with(".checkpoints")
+            })
+            .collect();
+        let public = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]).verifying_key();
+        let checkpoints = read_checkpoints(&dir.join("audit.jsonl.checkpoints"), &public)
+            .unwrap()
+            .unwrap_or(Ok(Vec::new()))
+            .unwrap();
+        (files, checkpoints)
+    }
+
+    fn check(dir: &Path) -> Result<Report, Problem> {
+        let (files, checkpoints) = trail(dir);
+        let key = ChainKey::new(KEY.as_bytes()).unwrap();
+        verify(&files, Some(&key), &checkpoints).unwrap()
+    }
+
+    async fn write(cfg: &AuditConfig, n: usize) {
+        let audit = Audit::open(cfg).unwrap();
+        for _ in 0..n {
+            audit.record(request("tools/call"));
+        }
+        audit.close().await;
+    }
+
+    fn refusal(cfg: &AuditConfig) -> String {
+        match Audit::open(cfg) {
+            Ok(_) => panic!("the gateway continued a trail it cannot verify"),
+            Err(e) => format!("{e:#}"),
+        }
     }
 
     #[tokio::test]
@@ -132,9 +204,32 @@ mod tests {
             }
             audit.close().await;
             assert_eq!(audit.stats().written.load(Relaxed), 4);
+            // One after the start record, one at shutdown.
+            assert_eq!(audit.stats().checkpoints.load(Relaxed), 2);
         }
-        let r = verify(&[dir.join("audit.jsonl")]).unwrap().unwrap();
+        let r = check(&dir).unwrap();
         assert_eq!((r.records, r.first_seq, r.last_seq), (8, 1, 8));
+        assert_eq!((r.checkpoints, r.last_checkpoint), (4, Some(8)));
+        let text = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+        assert!(!text.contains(KEY));
+    }
+
+    #[tokio::test]
+    async fn checkpoints_come_every_n_records() {
+        let dir = tmp("every");
+        let mut cfg = config(&dir, 100.0);
+        cfg.checkpoint_records = 10;
+        let audit = Audit::open(&cfg).unwrap();
+        for _ in 0..50 {
+            audit.record(request("tools/call"));
+            // Let the writer take them in small batches, as under a light load.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        audit.close().await;
+        // The start record's, then one per 10 records (not only the one at shutdown).
+        let signed = audit.stats().checkpoints.load(Relaxed);
+        assert!(signed >= 4, "{signed} checkpoints");
+        assert_eq!(check(&dir).unwrap().last_checkpoint, Some(51));
     }
 
     #[tokio::test]
@@ -142,23 +237,17 @@ mod tests {
         let dir = tmp("rotate");
         let mut cfg = config(&dir, 0.004);
         cfg.keep_files = 2;
-        let audit = Audit::open(&cfg).unwrap();
-        for _ in 0..200 {
-            audit.record(request("tools/list"));
-        }
-        audit.close().await;
-        let files = all_files(&dir);
+        write(&cfg, 200).await;
+        let (files, _) = trail(&dir);
         // Three rotated files at most are ever there: two kept and the current one.
         assert_eq!(files.len(), 3, "{files:?}");
-        let r = verify(&files).unwrap().unwrap();
+        let r = check(&dir).unwrap();
         assert!(r.continues, "the oldest files were deleted");
         assert_eq!(r.last_seq, 201);
 
         // Restarting picks the chain up from the current file.
-        let audit = Audit::open(&cfg).unwrap();
-        audit.record(request("ping"));
-        audit.close().await;
-        let r = verify(&all_files(&dir)).unwrap().unwrap();
+        write(&cfg, 1).await;
+        let r = check(&dir).unwrap();
         assert_eq!(r.last_seq, 203);
     }
 
@@ -166,9 +255,7 @@ mod tests {
     async fn a_partial_last_line_is_cut_off_and_the_chain_goes_on() {
         let dir = tmp("partial");
         let cfg = config(&dir, 100.0);
-        let audit = Audit::open(&cfg).unwrap();
-        audit.record(request("tools/call"));
-        audit.close().await;
+        write(&cfg, 1).await;
         let path = dir.join("audit.jsonl");
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -176,9 +263,79 @@ mod tests {
             .unwrap();
         std::io::Write::write_all(&mut f, b"{\"seq\":3,\"event\":\"req").unwrap();
         drop(f);
-        let audit = Audit::open(&cfg).unwrap();
-        audit.close().await;
-        let r = verify(&[path]).unwrap().unwrap();
+        write(&cfg, 0).await;
+        let r = check(&dir).unwrap();
         assert_eq!(r.last_seq, 3);
+    }
+
+    #[tokio::test]
+    async fn the_gateway_refuses_a_forged_or_cut_tail_and_a_new_segment_goes_on() {
+        let dir = tmp("refuse");
+        let cfg = config(&dir, 100.0);
+        write(&cfg, 3).await;
+        let path = dir.join("audit.jsonl");
+        let good = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = good.lines().collect();
+
+        // start and three requests.
+        assert_eq!(lines.len(), 4);
+
+        // A forged append: the last record as an attacker without the key would write it.
+        let forged = |seq: u64| lines[3].replace("\"seq\":4", &format!("\"seq\":{seq}"));
+        std::fs::write(&path, format!("{good}{}\n", forged(5))).unwrap();
+        let e = refusal(&cfg);
+        assert!(e.contains("cannot be continued"), "{e}");
+        assert!(e.contains("audit.jsonl:5: altered"), "{e}");
+        assert!(e.contains("audit new-segment"), "{e}");
+        assert!(!e.contains(KEY), "{e}");
+
+        // The tail cut off: the last checkpoint names record 5.
+        std::fs::write(&path, format!("{}\n", lines[..2].join("\n"))).unwrap();
+        let e = refusal(&cfg);
+        assert!(e.contains("truncated: records 3 to 4 are missing"), "{e}");
+
+        // The checkpoint file deleted.
+        std::fs::write(&path, &good).unwrap();
+        let checkpoints = dir.join("audit.jsonl.checkpoints");
+        let signed = std::fs::read(&checkpoints).unwrap();
+        std::fs::remove_file(&checkpoints).unwrap();
+        let e = refusal(&cfg);
+        assert!(e.contains("holds no checkpoint"), "{e}");
+
+        // Another chain key.
+        std::fs::write(&checkpoints, &signed).unwrap();
+        let mut other = cfg.clone();
+        other.key = Some(crate::config::Secret::from("x".repeat(32)));
+        let e = refusal(&other);
+        assert!(e.contains("altered"), "{e}");
+        // The intact trail is continued.
+        write(&cfg, 0).await;
+
+        // A new segment: the old files moved aside, the new trail names their head.
+        let continued = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{continued}{}\n", forged(6))).unwrap();
+        refusal(&cfg);
+        let segment = new_segment(&cfg).unwrap();
+        assert_eq!(segment.moved.len(), 2, "{segment:?}");
+        assert_eq!(segment.previous.seq, Some(6));
+        assert!(!segment.previous.intact);
+        assert_eq!(segment.previous.checkpoint_seq, Some(5));
+        write(&cfg, 1).await;
+        let r = check(&dir).unwrap();
+        assert_eq!((r.first_seq, r.last_seq), (1, 3));
+        let first = std::fs::read_to_string(&path).unwrap();
+        let first: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+        assert_eq!(first["event"], "segment");
+        assert_eq!(first["previous"]["checkpoint_seq"], 5);
+        // The old segment still shows its forgery.
+        let old: Vec<PathBuf> = segment
+            .moved
+            .iter()
+            .filter(|p| !p.to_string_lossy().ends_with(".checkpoints"))
+            .cloned()
+            .collect();
+        let key = ChainKey::new(KEY.as_bytes()).unwrap();
+        let p = verify(&old, Some(&key), &[]).unwrap().unwrap_err();
+        assert_eq!((p.line, p.kind), (6, Kind::Altered), "{p}");
     }
 }

@@ -22,6 +22,28 @@ pub enum Event {
     Start,
     /// The queue to the writer was full: this many records were lost before this one.
     Dropped,
+    /// The first record of a new segment (`portcullis audit new-segment`): `previous` names
+    /// the segment before it.
+    Segment,
+}
+
+/// For `segment`: the segment before, moved aside.
+#[derive(Debug, Clone, Serialize)]
+pub struct Previous {
+    /// Where its files were moved.
+    pub moved_to: String,
+    /// Its last record as found (not vouched for: it may be what was forged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Whether that record's keyed hash checked out.
+    pub intact: bool,
+    /// Its last valid signed checkpoint: the head the gateway vouched for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_hash: Option<String>,
 }
 
 /// The policy chain's decision.
@@ -134,6 +156,9 @@ pub struct Record {
     /// For `start`: the gateway's version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<&'static str>,
+    /// For `segment`: the segment before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Previous>,
 }
 
 impl Record {
@@ -165,6 +190,7 @@ impl Record {
             result: None,
             count: None,
             version: None,
+            previous: None,
         }
     }
 

@@ -50,9 +50,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             *p = base.join(&*p);
         }
     }
-    if !config.audit.to_stdout() && config.audit.path.is_relative() {
-        config.audit.path = base.join(&config.audit.path);
-    }
+    config.audit.resolve(base);
     Ok(config)
 }
 
@@ -312,7 +310,7 @@ pub fn parse(
         }
     }
     super::observe::check(&mut config, text, file, lookup)?;
-    super::audit::check(&config.audit, text, file)?;
+    super::audit::check(&mut config.audit, text, file, lookup)?;
     if config.namespacing.prefix == PrefixMode::Never {
         tracing::debug!("namespacing.prefix = never: name collisions are checked at start-up");
     }

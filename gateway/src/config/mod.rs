@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use audit::AuditConfig;
+pub use audit::{AuditConfig, Secret};
 pub use load::{ConfigError, embedded_default, load, parse};
 pub use observe::{AdminConfig, LogConfig, LogFormat, TracingConfig};
 

@@ -473,9 +473,12 @@ async fn audit_overhead(seconds: f64) -> anyhow::Result<()> {
         plugins.policy_toml(),
         upstream.upstream_toml("bench")
     );
+    // The keyed chain and its checkpoints, with the default checkpoint cadence.
+    let checkpoint_key = dir.write("checkpoint.key", &"5a".repeat(32));
     let audited = format!(
-        "{policy}[audit]\nenabled = true\npath = {}\n",
-        toml_str(&trail.to_string_lossy())
+        "{policy}[audit]\nenabled = true\npath = {}\nkey = \"a loadgen chain key of 32 bytes or more\"\ncheckpoint-key-file = {}\n",
+        toml_str(&trail.to_string_lossy()),
+        toml_str(&checkpoint_key.to_string_lossy())
     );
     let gateways = [
         ("no policy", Gateway::start(&bare).await),
