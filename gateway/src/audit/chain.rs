@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn a_line_sealed_with_plain_sha256_or_another_key_is_not_intact() {
-        use sha2_11::{Digest as _, Sha256};
+        use sha2::{Digest as _, Sha256};
         let key = key();
         let body = format!(r#"{{"seq":1,"event":"start","prev":"{GENESIS}"}}"#);
         let plain = super::super::keys::hex(&Sha256::digest(body.as_bytes()));

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use sha2_11::Sha256;
+use sha2::Sha256;
 
 /// The shortest chain key accepted: 32 bytes, the HMAC-SHA256 block's worth of entropy that
 /// `openssl rand -hex 32` or `portcullis audit keygen --chain` gives (as 64 characters).

@@ -380,7 +380,7 @@ mod tests {
 
     /// What an attacker without the key can do: seal with plain SHA-256, as before keys.
     fn plain_seal(json: &[u8], prev: &str) -> (Vec<u8>, String) {
-        use sha2_11::{Digest as _, Sha256};
+        use sha2::{Digest as _, Sha256};
         let body = format!(
             "{},\"prev\":\"{prev}\"}}",
             std::str::from_utf8(&json[..json.len() - 1]).unwrap()
