@@ -347,7 +347,16 @@ impl HttpLink {
         }
         let mut events = bounds::sse_events(&self.upstream, resp);
         while let Some(event) = events.next().await {
-            let event = event.map_err(|e| bounds::sse_failure(&self.upstream, &e))?;
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    let failure = bounds::sse_failure(&self.upstream, &e);
+                    if bounds::is_breach(&e) {
+                        bounds::give_back(events);
+                    }
+                    return Err(failure);
+                }
+            };
             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
                 continue;
             };
@@ -400,6 +409,7 @@ impl HttpLink {
                                         // Logged; a stream that does it again waits longest.
                                         let _ = bounds::sse_failure(&upstream, &e);
                                         backoff = MAX_LISTEN_BACKOFF;
+                                        bounds::give_back(events);
                                     }
                                     break;
                                 }

@@ -134,7 +134,11 @@ impl SseLink {
                         "the SSE stream ended before the endpoint event".into(),
                     ));
                 }
-                Some(Err(e)) => return Err(bounds::sse_failure(upstream, &e)),
+                Some(Err(e)) => {
+                    let failure = bounds::sse_failure(upstream, &e);
+                    bounds::give_back(events);
+                    return Err(failure);
+                }
                 Some(Ok(ev)) if ev.event.as_deref() == Some("endpoint") => {
                     break ev.data.unwrap_or_default();
                 }
@@ -167,7 +171,10 @@ impl SseLink {
                         Err(e) if bounds::is_breach(&e) => {
                             // The dropped event may be any waiting request's answer.
                             let _ = bounds::sse_failure(&upstream, &e);
-                            pending.fail_all_with(|| bounds::breach(&upstream, Bound::SseEvent, "an SSE event"));
+                            pending.fail_all_with(|| {
+                                bounds::breach(&upstream, Bound::SseEvent, "an SSE event")
+                            });
+                            bounds::give_back(events);
                             break;
                         }
                         Err(e) => {
