@@ -234,6 +234,49 @@ pub fn parse(
                 "timeouts must be positive".into(),
             ));
         }
+        for (key, value) in [
+            ("max-response-mib", up.max_response_mib),
+            ("max-sse-event-mib", up.max_sse_event_mib),
+            ("max-line-mib", up.max_line_mib),
+        ] {
+            if value.is_some_and(|v| !(1..=super::MAX_MESSAGE_MIB).contains(&v)) {
+                return Err(err(
+                    at(key),
+                    field(key),
+                    format!("must be between 1 and {} (MiB)", super::MAX_MESSAGE_MIB),
+                ));
+            }
+        }
+        if up.max_children == Some(0) {
+            return Err(err(
+                at("max-children"),
+                field("max-children"),
+                "must be at least 1".into(),
+            ));
+        }
+        let (stdio_only, http_only) = (
+            [
+                ("max-line-mib", up.max_line_mib),
+                ("max-children", up.max_children),
+            ],
+            [
+                ("max-response-mib", up.max_response_mib),
+                ("max-sse-event-mib", up.max_sse_event_mib),
+            ],
+        );
+        let misplaced = match up.transport() {
+            TransportKind::Stdio => http_only
+                .iter()
+                .find(|(_, v)| v.is_some())
+                .map(|(k, _)| (*k, "applies to HTTP upstreams (`url`) only")),
+            TransportKind::Http => stdio_only
+                .iter()
+                .find(|(_, v)| v.is_some())
+                .map(|(k, _)| (*k, "applies to stdio upstreams (`command`) only")),
+        };
+        if let Some((key, why)) = misplaced {
+            return Err(err(at(key), field(key), why.into()));
+        }
         match up.transport() {
             TransportKind::Stdio => {
                 if !up.headers.is_empty() || up.bearer_token.is_some() {
@@ -445,6 +488,46 @@ mod tests {
         );
         let off = "[server]\nlegacy-sse = false\nlegacy-sse-path = \"/mcp\"\n[upstreams.a]\ncommand = \"x\"\n";
         assert!(!check(off).unwrap().server.legacy_sse);
+    }
+
+    #[test]
+    fn upstream_bounds_have_defaults_and_precise_errors() {
+        let c =
+            check("[upstreams.a]\ncommand = \"x\"\n[upstreams.b]\nurl = \"http://h\"\n").unwrap();
+        assert_eq!(c.upstreams["a"].max_line_bytes(), 16 << 20);
+        assert_eq!(c.upstreams["a"].max_children(), 64);
+        assert_eq!(c.upstreams["b"].max_response_bytes(), 16 << 20);
+        assert_eq!(c.upstreams["b"].max_sse_event_bytes(), 16 << 20);
+        let c = check(
+            "[upstreams.a]\ncommand = \"x\"\nmax-line-mib = 2\nmax-children = 3\n[upstreams.b]\nurl = \"http://h\"\nmax-response-mib = 4\nmax-sse-event-mib = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.upstreams["a"].max_line_bytes(), 2 << 20);
+        assert_eq!(c.upstreams["a"].max_children(), 3);
+        assert_eq!(c.upstreams["b"].max_response_bytes(), 4 << 20);
+        assert_eq!(c.upstreams["b"].max_sse_event_bytes(), 5 << 20);
+        let e = check("[upstreams.b]\nurl = \"http://h\"\n\nmax-response-mib = 0\n").unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:4: upstreams.b.max-response-mib: must be between 1 and 1024 (MiB)"
+        );
+        let e = check("[upstreams.a]\ncommand = \"x\"\nmax-line-mib = 4096\n").unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:3: upstreams.a.max-line-mib: must be between 1 and 1024 (MiB)"
+        );
+        let e = check("[upstreams.a]\ncommand = \"x\"\nmax-children = 0\n").unwrap_err();
+        assert_eq!(e, "t.toml:3: upstreams.a.max-children: must be at least 1");
+        let e = check("[upstreams.a]\ncommand = \"x\"\nmax-sse-event-mib = 1\n").unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:3: upstreams.a.max-sse-event-mib: applies to HTTP upstreams (`url`) only"
+        );
+        let e = check("[upstreams.b]\nurl = \"http://h\"\nmax-children = 2\n").unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:3: upstreams.b.max-children: applies to stdio upstreams (`command`) only"
+        );
     }
 
     #[test]

@@ -247,7 +247,31 @@ pub struct UpstreamConfig {
     /// Longest wait for the upstream to start and answer `initialize`. Default 10s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// HTTP: largest response body read from the upstream (a JSON answer or an error body),
+    /// MiB. A declared `Content-Length` over it is refused before reading; a body without one
+    /// is cut off as soon as it passes. Default 16 ([`DEFAULT_MAX_MESSAGE_MIB`]).
+    pub max_response_mib: Option<u32>,
+    /// HTTP: largest SSE event (the bytes between two blank lines) on any stream from the
+    /// upstream, MiB; also what one stream may hold buffered. Default 16.
+    pub max_sse_event_mib: Option<u32>,
+    /// stdio: longest line (one JSON-RPC message) the child may write to stdout, MiB.
+    /// Default 16.
+    pub max_line_mib: Option<u32>,
+    /// stdio: most child processes running at once (one per client session that uses the
+    /// upstream). Default 64 ([`DEFAULT_MAX_CHILDREN`]).
+    pub max_children: Option<u32>,
 }
+
+/// Default bound on one message from an upstream, MiB: HTTP body, SSE event, stdio line.
+/// Real MCP messages stay far below it (a tool result with a few images is a few MiB), and
+/// it caps what one hostile stream makes the gateway hold.
+pub const DEFAULT_MAX_MESSAGE_MIB: u32 = 16;
+/// Largest value accepted for the `max-*-mib` keys of an upstream (1 GiB).
+pub const MAX_MESSAGE_MIB: u32 = 1024;
+/// Default cap on the child processes of one stdio upstream. Each is a whole server process
+/// (~9 MB for a small Rust server, 30-80 MB for Node or Python ones), so 64 bounds a stdio
+/// upstream at roughly 0.5-5 GB while leaving room for dozens of concurrent agents.
+pub const DEFAULT_MAX_CHILDREN: u32 = 64;
 
 fn default_timeout() -> Duration {
     Duration::from_secs(60)
@@ -300,4 +324,28 @@ impl UpstreamConfig {
             TransportKind::Http
         }
     }
+
+    /// `max-response-mib` in bytes.
+    pub fn max_response_bytes(&self) -> usize {
+        mib(self.max_response_mib)
+    }
+
+    /// `max-sse-event-mib` in bytes.
+    pub fn max_sse_event_bytes(&self) -> usize {
+        mib(self.max_sse_event_mib)
+    }
+
+    /// `max-line-mib` in bytes.
+    pub fn max_line_bytes(&self) -> usize {
+        mib(self.max_line_mib)
+    }
+
+    /// `max-children`.
+    pub fn max_children(&self) -> usize {
+        self.max_children.unwrap_or(DEFAULT_MAX_CHILDREN) as usize
+    }
+}
+
+fn mib(value: Option<u32>) -> usize {
+    value.unwrap_or(DEFAULT_MAX_MESSAGE_MIB) as usize * 1024 * 1024
 }

@@ -300,6 +300,8 @@ fn error_type(e: &UpstreamError) -> &'static str {
         UpstreamError::Protocol { .. } => "protocol_error",
         UpstreamError::SessionExpired { .. } => "session_expired",
         UpstreamError::NotStreamable { .. } => "not_streamable",
+        UpstreamError::TooLarge { .. } => "too_large",
+        UpstreamError::TooManyChildren { .. } => "too_many_children",
         UpstreamError::Cancelled => "cancelled",
     }
 }

@@ -28,6 +28,23 @@ pub enum UpstreamError {
         "upstream '{upstream}' refused the Streamable HTTP POST with HTTP {status} and no JSON-RPC error"
     )]
     NotStreamable { upstream: Arc<str>, status: u16 },
+    /// The upstream sent more than a configured bound allows; what it sent was dropped.
+    #[error(
+        "upstream '{upstream}' sent {what} over the limit of {limit_mib} MiB (upstreams.{upstream}.{key})"
+    )]
+    TooLarge {
+        upstream: Arc<str>,
+        /// What was too large: "a response body", "an SSE event", "a line".
+        what: String,
+        limit_mib: usize,
+        /// The config key that sets the bound.
+        key: &'static str,
+    },
+    /// A stdio upstream already runs `max-children` child processes (one per client session).
+    #[error(
+        "upstream '{upstream}' already runs {limit} child processes, its limit (upstreams.{upstream}.max-children); try again when another client session ends"
+    )]
+    TooManyChildren { upstream: Arc<str>, limit: usize },
     #[error("request cancelled")]
     Cancelled,
 }
@@ -42,7 +59,9 @@ impl UpstreamError {
             | UpstreamError::Http { upstream, .. }
             | UpstreamError::Protocol { upstream, .. }
             | UpstreamError::SessionExpired { upstream }
-            | UpstreamError::NotStreamable { upstream, .. } => Some(upstream),
+            | UpstreamError::NotStreamable { upstream, .. }
+            | UpstreamError::TooLarge { upstream, .. }
+            | UpstreamError::TooManyChildren { upstream, .. } => Some(upstream),
             UpstreamError::Cancelled => None,
         }
     }

@@ -35,8 +35,11 @@ impl Health {
     }
 
     pub(super) fn failed(&self, e: &UpstreamError) {
-        // The client's own doing, not the upstream's.
-        if matches!(e, UpstreamError::Cancelled) {
+        // The client's own doing, or the gateway's own cap: not the upstream's.
+        if matches!(
+            e,
+            UpstreamError::Cancelled | UpstreamError::TooManyChildren { .. }
+        ) {
             return;
         }
         self.failures.fetch_add(1, Relaxed);

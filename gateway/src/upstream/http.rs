@@ -17,9 +17,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
-use sse_stream::SseStream;
 use tokio::sync::Mutex;
 
+use super::bounds;
 use super::stateless::{self, Stateless};
 use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
 use crate::config::UpstreamConfig;
@@ -28,6 +28,10 @@ use crate::mcp::{Kind, Message, methods, version};
 const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// Longest wait before a listening stream (GET, `subscriptions/listen`) is opened again; also
+/// the wait after a stream broke a bound, so a hostile stream costs little.
+pub(super) const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The per-upstream HTTP client: pool, URL and static headers.
 #[derive(Clone, Debug)]
@@ -300,7 +304,10 @@ impl HttpLink {
             return Ok((Posted::Accepted, resp.headers().clone()));
         }
         if !status.is_success() {
-            let body = resp.bytes().await.unwrap_or_default();
+            // An error body too large to read is no answer: the HTTP status is.
+            let body = bounds::read_body(&self.upstream, resp)
+                .await
+                .unwrap_or_default();
             let answer = Message::parse(&body)
                 .ok()
                 .filter(|m| m.kind() == Kind::Response);
@@ -334,13 +341,22 @@ impl HttpLink {
             return Ok((Posted::Accepted, headers));
         }
         if !is_sse {
-            let bytes = resp.bytes().await.map_err(|e| self.unavailable(e))?;
+            let bytes = bounds::read_body(&self.upstream, resp).await?;
             let m = Message::parse(&bytes).map_err(|e| self.protocol(&e.to_string()))?;
             return Ok((Posted::Response(m), headers));
         }
-        let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
+        let mut events = bounds::sse_events(&self.upstream, resp);
         while let Some(event) = events.next().await {
-            let event = event.map_err(|e| self.protocol(&format!("SSE: {e}")))?;
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    let failure = bounds::sse_failure(&self.upstream, &e);
+                    if bounds::is_breach(&e) {
+                        bounds::give_back(events);
+                    }
+                    return Err(failure);
+                }
+            };
             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
                 continue;
             };
@@ -384,8 +400,20 @@ impl HttpLink {
                 match req.send().await {
                     Ok(resp) if resp.status().is_success() => {
                         backoff = Duration::from_millis(250);
-                        let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
-                        while let Some(Ok(event)) = events.next().await {
+                        let mut events = bounds::sse_events(&upstream, resp);
+                        while let Some(event) = events.next().await {
+                            let event = match event {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    if bounds::is_breach(&e) {
+                                        // Logged; a stream that does it again waits longest.
+                                        let _ = bounds::sse_failure(&upstream, &e);
+                                        backoff = MAX_LISTEN_BACKOFF;
+                                        bounds::give_back(events);
+                                    }
+                                    break;
+                                }
+                            };
                             if event.id.is_some() {
                                 last_event = event.id.clone();
                             }
@@ -414,7 +442,7 @@ impl HttpLink {
                     }
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
             }
         });
         let old = self

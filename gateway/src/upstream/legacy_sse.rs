@@ -24,8 +24,8 @@ use std::sync::{Arc, Weak};
 use futures_util::StreamExt;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::Value;
-use sse_stream::SseStream;
 
+use super::bounds::{self, Bound};
 use super::http::{Client, HttpLink};
 use super::pending::Pending;
 use super::{Hello, InboundHandler, Related, Transport, Upstream, UpstreamError};
@@ -84,6 +84,7 @@ pub struct SseLink {
     client: Client,
     /// Where messages are posted: the `endpoint` event's URL.
     endpoint: reqwest::Url,
+    upstream: Arc<Upstream>,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
     reader: tokio::task::AbortHandle,
@@ -123,7 +124,7 @@ impl SseLink {
         if !is_sse {
             return Err(protocol("GET did not open an SSE stream".into()));
         }
-        let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
+        let mut events = bounds::sse_events(upstream, resp);
 
         // The first event says where to post.
         let endpoint = loop {
@@ -133,7 +134,11 @@ impl SseLink {
                         "the SSE stream ended before the endpoint event".into(),
                     ));
                 }
-                Some(Err(e)) => return Err(protocol(format!("SSE: {e}"))),
+                Some(Err(e)) => {
+                    let failure = bounds::sse_failure(upstream, &e);
+                    bounds::give_back(events);
+                    return Err(failure);
+                }
                 Some(Ok(ev)) if ev.event.as_deref() == Some("endpoint") => {
                     break ev.data.unwrap_or_default();
                 }
@@ -163,6 +168,15 @@ impl SseLink {
                 while let Some(event) = events.next().await {
                     let event = match event {
                         Ok(e) => e,
+                        Err(e) if bounds::is_breach(&e) => {
+                            // The dropped event may be any waiting request's answer.
+                            let _ = bounds::sse_failure(&upstream, &e);
+                            pending.fail_all_with(|| {
+                                bounds::breach(&upstream, Bound::SseEvent, "an SSE event")
+                            });
+                            bounds::give_back(events);
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(upstream = %upstream.name, error = %e, "SSE stream broken");
                             break;
@@ -204,13 +218,14 @@ impl SseLink {
             name,
             client,
             endpoint,
+            upstream: upstream.clone(),
             pending,
             alive,
             reader,
         };
         let answer = link.pending.register(0, None, None);
         link.send(hello.initialize_request()).await?;
-        let reply = answer.await.map_err(|_| link.closed())?;
+        let reply = answer.await.map_err(|_| link.closed())??;
         let result = super::initialize_result(&link.name, reply)?;
         link.send(Message::notification(methods::INITIALIZED, None))
             .await?;
@@ -239,7 +254,7 @@ impl SseLink {
                 pending.remove(id);
                 return Err(e);
             }
-            answer.await.map_err(|_| closed)
+            answer.await.map_err(|_| closed)?
         };
         (id, fut)
     }
@@ -258,6 +273,7 @@ impl SseLink {
         let alive = self.is_alive();
         let closed = self.closed();
         let name = self.name.clone();
+        let upstream = self.upstream.clone();
         let mut req = self
             .client
             .http
@@ -276,8 +292,9 @@ impl SseLink {
             }
             let resp = req.send().await.map_err(|e| unavailable(&name, e))?;
             let status = resp.status();
-            // Read the (short) body so the connection goes back to the pool.
-            let _ = resp.bytes().await;
+            // Read the (short) body so the connection goes back to the pool; a long one is
+            // cut off at `max-response-mib` (the connection is then dropped).
+            let _ = bounds::read_body(&upstream, resp).await;
             if status.is_success() {
                 Ok(())
             } else {

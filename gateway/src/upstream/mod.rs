@@ -14,6 +14,7 @@
 //!
 //! Messages are forwarded as raw JSON ([`Message`]); only the JSON-RPC id is rewritten.
 
+mod bounds;
 mod error;
 mod health;
 mod http;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{HttpTransport, TransportKind, UpstreamConfig};
 use crate::mcp::{Kind, Message, methods};
 
+pub use bounds::tune_allocator;
 pub use error::UpstreamError;
 pub use health::{Health, UpstreamStatus};
 pub use slot::{Fresh, Slot};
@@ -62,6 +64,9 @@ pub struct Upstream {
     /// The tasks that wait for this upstream's child processes, so shutdown can see them
     /// reaped.
     children: tokio_util::task::TaskTracker,
+    /// One permit per running child process (`max-children`); a child holds its permit
+    /// until it has been reaped.
+    child_slots: Arc<tokio::sync::Semaphore>,
     /// What real traffic says about it, for the admin API.
     health: Health,
 }
@@ -73,6 +78,7 @@ impl Upstream {
             TransportKind::Stdio => None,
         };
         let speaks_sse = AtomicBool::new(config.transport == HttpTransport::Sse);
+        let child_slots = Arc::new(tokio::sync::Semaphore::new(config.max_children()));
         Ok(Arc::new(Upstream {
             name: name.into(),
             config,
@@ -80,6 +86,7 @@ impl Upstream {
             speaks_sse,
             era: AtomicU8::new(Era::Unknown as u8),
             children: Default::default(),
+            child_slots,
             health: Health::default(),
         }))
     }

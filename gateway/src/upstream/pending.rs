@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::Related;
+use super::{Related, UpstreamError};
 use crate::mcp::{Message, methods};
 
+/// Where a request's answer arrives: the response, or why the link failed it.
+pub type Answer = oneshot::Receiver<Result<Message, UpstreamError>>;
+
 struct Entry {
-    reply: oneshot::Sender<Message>,
+    reply: oneshot::Sender<Result<Message, UpstreamError>>,
     related: Option<Related>,
     progress_token: Option<Value>,
 }
@@ -32,11 +35,7 @@ impl Pending {
 
     /// Gives `msg` a fresh upstream-side id and waits for its answer: the id, and where the
     /// answer will arrive.
-    pub fn start(
-        &self,
-        msg: &mut Message,
-        related: Option<Related>,
-    ) -> (u64, oneshot::Receiver<Message>) {
+    pub fn start(&self, msg: &mut Message, related: Option<Related>) -> (u64, Answer) {
         let id = self.next_id();
         msg.set_id(Value::from(id));
         (
@@ -50,7 +49,7 @@ impl Pending {
         id: u64,
         related: Option<Related>,
         progress_token: Option<Value>,
-    ) -> oneshot::Receiver<Message> {
+    ) -> Answer {
         let (reply, rx) = oneshot::channel();
         self.lock().insert(
             id,
@@ -69,7 +68,7 @@ impl Pending {
             return false;
         };
         match self.lock().remove(&id) {
-            Some(entry) => entry.reply.send(msg).is_ok(),
+            Some(entry) => entry.reply.send(Ok(msg)).is_ok(),
             None => false,
         }
     }
@@ -113,6 +112,14 @@ impl Pending {
     /// Fails every waiting request (the process or connection is gone).
     pub fn fail_all(&self) {
         self.lock().clear();
+    }
+
+    /// Fails every waiting request with the error `why` makes: the link broke a bound and
+    /// the answer they wait for may be what was dropped.
+    pub fn fail_all_with(&self, why: impl Fn() -> UpstreamError) {
+        for (_, entry) in std::mem::take(&mut *self.lock()) {
+            let _ = entry.reply.send(Err(why()));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {

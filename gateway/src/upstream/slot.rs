@@ -105,6 +105,9 @@ impl Slot {
                 st.connected_before = true;
                 Ok((link, fresh))
             }
+            // The gateway's own cap, not a failure of the upstream: no backoff, so the
+            // session gets a child as soon as another session lets one go.
+            Err(e @ UpstreamError::TooManyChildren { .. }) => Err(e),
             Err(e) => {
                 st.failures += 1;
                 st.retry_at = Some(Instant::now() + backoff(st.failures));

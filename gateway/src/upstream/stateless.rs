@@ -23,9 +23,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
-use sse_stream::SseStream;
 
-use super::http::{HttpLink, Posted, SessionState};
+use super::bounds;
+use super::http::{HttpLink, MAX_LISTEN_BACKOFF, Posted, SessionState};
 use super::{Era, Hello, Upstream, UpstreamError};
 use crate::config::UpstreamProtocol;
 use crate::mcp::methods::{self, meta};
@@ -302,8 +302,20 @@ impl HttpLink {
                                 .is_some_and(|v| v.starts_with("text/event-stream")) =>
                     {
                         backoff = Duration::from_millis(250);
-                        let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
-                        while let Some(Ok(event)) = events.next().await {
+                        let mut events = bounds::sse_events(&upstream, resp);
+                        while let Some(event) = events.next().await {
+                            let event = match event {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    if bounds::is_breach(&e) {
+                                        // Logged; a stream that does it again waits longest.
+                                        let _ = bounds::sse_failure(&upstream, &e);
+                                        backoff = MAX_LISTEN_BACKOFF;
+                                        bounds::give_back(events);
+                                    }
+                                    break;
+                                }
+                            };
                             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
                                 continue;
                             };
@@ -331,7 +343,7 @@ impl HttpLink {
                     }
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
             }
         });
         let old = self

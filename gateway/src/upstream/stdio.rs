@@ -16,10 +16,11 @@ use std::sync::{Arc, Weak};
 
 use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::bounds::{self, Bound, Line};
 use super::pending::Pending;
 use super::stateless::{self, Stateless};
 use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
@@ -34,8 +35,13 @@ const INHERITED_ENV: &[&str] = &[
 /// How long a child that closed its stdout may take to exit before it is killed.
 const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Longest accepted line from a child (a JSON-RPC message); longer output kills the link.
-const MAX_LINE: usize = 64 * 1024 * 1024;
+/// Longest stderr line logged; the rest of a longer one is skipped, never held. Stderr is
+/// only ever logged, so this is a log-line bound, not a message bound (`max-line-mib`).
+const MAX_STDERR_LINE: usize = 8 * 1024;
+
+/// A line buffer that grew past this for one big message is let go, so a link does not keep
+/// the memory of its largest message for as long as it lives.
+const KEPT_LINE_CAPACITY: usize = 64 * 1024;
 
 /// How long the `server/discover` probe waits: a session-era server may ignore a request
 /// before `initialize`, and then gets `initialize` after this.
@@ -64,6 +70,16 @@ impl StdioLink {
         let spawn_err = |reason: String| UpstreamError::Spawn {
             upstream: name.clone(),
             reason,
+        };
+        // Held by the reaper until the child is gone: `max-children` counts processes, not
+        // links.
+        let Ok(child_slot) = upstream.child_slots.clone().try_acquire_owned() else {
+            let limit = cfg.max_children();
+            tracing::warn!(upstream = %name, limit, "stdio upstream at max-children; refused a new child process");
+            return Err(UpstreamError::TooManyChildren {
+                upstream: name,
+                limit,
+            });
         };
 
         let mut cmd = CommandWrap::with_new(program, |c| {
@@ -125,6 +141,7 @@ impl StdioLink {
                 closed.clone(),
             );
             upstream.children.spawn(async move {
+                let _child_slot = child_slot;
                 let status = tokio::select! {
                     s = child.wait() => s,
                     _ = stop.cancelled() => {
@@ -173,9 +190,24 @@ impl StdioLink {
         {
             let name = name.clone();
             tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "portcullis::upstream::stderr", upstream = %name, "{line}");
+                let mut reader = BufReader::new(stderr);
+                let mut line = Vec::new();
+                loop {
+                    let cut = match bounds::read_line(&mut reader, &mut line, MAX_STDERR_LINE).await
+                    {
+                        Ok(Line::Complete) => false,
+                        Ok(Line::TooLong) => true,
+                        Ok(Line::Eof) | Err(_) => break,
+                    };
+                    let text = String::from_utf8_lossy(line.trim_ascii_end());
+                    if cut {
+                        tracing::info!(target: "portcullis::upstream::stderr", upstream = %name, "{text} [line cut at {MAX_STDERR_LINE} bytes]");
+                        if bounds::skip_line(&mut reader).await.is_err() {
+                            break;
+                        }
+                    } else {
+                        tracing::info!(target: "portcullis::upstream::stderr", upstream = %name, "{text}");
+                    }
                 }
             });
         }
@@ -183,30 +215,39 @@ impl StdioLink {
         // Reader: responses to their waiters, everything else to the session.
         let (init_tx, init_rx) = tokio::sync::oneshot::channel::<Message>();
         {
-            let (name, pending, upstream, alive, closed) = (
+            let (name, pending, upstream, alive, closed, kill) = (
                 name.clone(),
                 pending.clone(),
                 upstream.clone(),
                 alive.clone(),
                 closed.clone(),
+                stop.clone(),
             );
             tokio::spawn(async move {
                 let mut init_tx = Some(init_tx);
                 let mut reader = BufReader::new(stdout);
                 let mut line = Vec::new();
+                let max_line = upstream.config.max_line_bytes();
                 loop {
-                    line.clear();
-                    match (&mut reader)
-                        .take(MAX_LINE as u64)
-                        .read_until(b'\n', &mut line)
-                        .await
-                    {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) if line.last() != Some(&b'\n') && line.len() >= MAX_LINE => {
-                            tracing::warn!(upstream = %name, "message over {MAX_LINE} bytes; closing");
+                    if line.capacity() > KEPT_LINE_CAPACITY {
+                        line = Vec::new();
+                    }
+                    match bounds::read_line(&mut reader, &mut line, max_line).await {
+                        Ok(Line::Complete) => {}
+                        Ok(Line::Eof) | Err(_) => break,
+                        Ok(Line::TooLong) => {
+                            // The line may be the answer to any request in flight, and nothing
+                            // of it can be trusted to say which: the waiters get the breach
+                            // instead of a timeout, and the child is stopped (the slot starts a
+                            // fresh one on the next call), since a child that wrote it is
+                            // broken or hostile.
+                            let _ = bounds::too_large(&upstream, Bound::Line, "a line".into());
+                            pending
+                                .fail_all_with(|| bounds::breach(&upstream, Bound::Line, "a line"));
+                            kill.cancel();
+                            bounds::give_back(std::mem::take(&mut line));
                             break;
                         }
-                        Ok(_) => {}
                     }
                     let text = line.trim_ascii();
                     if text.is_empty() {
@@ -305,7 +346,7 @@ impl StdioLink {
         let fut = async move {
             sent?;
             rx.await
-                .map_err(|_| UpstreamError::Exited { upstream: name })
+                .map_err(|_| UpstreamError::Exited { upstream: name })?
         };
         (id, fut)
     }
@@ -331,7 +372,8 @@ impl StdioLink {
         let (id, answer) = self.pending.start(&mut msg, None);
         self.send_bytes(msg.to_bytes())?;
         match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
-            Ok(Ok(reply)) => stateless::discover_result(&self.name, reply),
+            Ok(Ok(Ok(reply))) => stateless::discover_result(&self.name, reply),
+            Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(UpstreamError::Exited {
                 upstream: self.name.clone(),
             }),
@@ -355,7 +397,7 @@ impl StdioLink {
         }
         let name = self.name.clone();
         tokio::spawn(async move {
-            if let Ok(reply) = answer.await {
+            if let Ok(Ok(reply)) = answer.await {
                 tracing::debug!(upstream = %name, refused = reply.is_error(), "subscriptions/listen ended");
             }
         });
