@@ -394,6 +394,242 @@ mod callers {
         assert!(mine["tools"].is_array());
         assert_eq!(dev.delete().await.status, 200);
     }
+
+    /// An HS256 JWT with this header and these claims as JSON text (to write what `json!`
+    /// cannot: repeated members, odd numbers), signed with the gateway's secret.
+    fn signed(header: &str, claims: &str) -> String {
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let signing = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+        let sig = b64(&hmac_sha256(SECRET.as_bytes(), signing.as_bytes()));
+        format!("{signing}.{sig}")
+    }
+
+    /// Tokens the hand-written verifier used to accept: an HS256 token naming a key that does
+    /// not exist, times no clock reaches (1e300, beyond i64, days away, issued in the future),
+    /// and a header or claims naming a member twice. Each gets the 401 of a bad token, and
+    /// the log says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_kids_absurd_times_and_repeated_members_are_refused() {
+        let (gateway, _plugins) = gateway().await;
+        let http = RawHttp::new(gateway.url());
+        let init = initialize_request(1, "2025-11-25");
+        let text = claims(&["dev"]).to_string();
+        let with = |extra: &str| format!("{},{extra}}}", &text[..text.len() - 1]);
+        let replaced = |name: &str, value: &str| {
+            let mut c = claims(&["dev"]);
+            c.as_object_mut().unwrap().remove(name);
+            let t = c.to_string();
+            format!("{},\"{name}\":{value}}}", &t[..t.len() - 1])
+        };
+        let plain = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let ok = http
+            .post(
+                &init,
+                &[("authorization", &format!("Bearer {}", signed(plain, &text)))],
+            )
+            .await;
+        assert_eq!(
+            ok.status, 200,
+            "the same construction, untampered: {}",
+            ok.body
+        );
+
+        for (case, token, logged) in [
+            (
+                "unknown kid",
+                signed(r#"{"alg":"HS256","kid":"attacker"}"#, &text),
+                "unknown key id \"attacker\" for alg HS256",
+            ),
+            (
+                "exp 1e300",
+                signed(plain, &replaced("exp", "1e300")),
+                "`exp` is 1e+300, not a whole number of seconds",
+            ),
+            (
+                "exp beyond i64",
+                signed(plain, &replaced("exp", "99999999999999999999")),
+                "not a whole number of seconds",
+            ),
+            (
+                "exp two days away",
+                signed(plain, &replaced("exp", &(now() + 2 * 86_400).to_string())),
+                "beyond jwt.max-lifetime (86400s)",
+            ),
+            (
+                "iat in an hour",
+                signed(plain, &with(&format!("\"iat\":{}", now() + 3600))),
+                "issued in the future",
+            ),
+            (
+                "nbf negative",
+                signed(plain, &replaced("nbf", "-1")),
+                "`nbf` is -1",
+            ),
+            (
+                "repeated sub",
+                signed(plain, &with(r#""sub":"root""#)),
+                "member \"sub\" appears more than once",
+            ),
+            (
+                "repeated roles",
+                signed(plain, &with(r#""roles":["admin"]"#)),
+                "member \"roles\" appears more than once",
+            ),
+            (
+                "repeated header member",
+                signed(r#"{"alg":"HS256","alg":"HS256"}"#, &text),
+                "header: not a JSON object (member \"alg\" appears more than once",
+            ),
+        ] {
+            let auth = format!("Bearer {token}");
+            let resp = http.post(&init, &[("authorization", &auth)]).await;
+            assert_eq!(resp.status, 401, "{case}: {}", resp.body);
+            let challenge = resp.header("www-authenticate").unwrap_or_default();
+            assert!(
+                challenge.contains("error=\"invalid_token\""),
+                "{case}: {challenge}"
+            );
+            let logs = gateway
+                .wait_for_log(logged, std::time::Duration::from_secs(10))
+                .await;
+            assert!(logs.contains(logged), "{case}: the log says why:\n{logs}");
+            assert!(!logs.contains(&token), "{case}: the token reached the log");
+        }
+    }
+
+    /// Two `Authorization` headers on one request: which one counts would be a guess, so the
+    /// front refuses the request with 400 before any transport or policy reads it, on every
+    /// endpoint: session-era POST, GET and DELETE, 2026-07-28, and the legacy HTTP+SSE stream
+    /// and message endpoints. The same requests with one header are served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_authorization_headers_are_refused_with_400_on_every_transport() {
+        use portcullis_tests::harness::RawResponse;
+        use reqwest::Method;
+        let (gateway, _plugins) = gateway().await;
+        let dev = format!("Bearer {DEV_KEY}");
+        let admin = format!("Bearer {ADMIN_KEY}");
+        let one = [("authorization", dev.as_str())];
+        let two = [
+            ("authorization", dev.as_str()),
+            ("authorization", admin.as_str()),
+        ];
+        let same_twice = [
+            ("authorization", dev.as_str()),
+            ("authorization", dev.as_str()),
+        ];
+        let refused = |case: &str, resp: &RawResponse| {
+            assert_eq!(resp.status, 400, "{case}: {}", resp.body);
+            let body = resp.json();
+            assert_eq!(body["error"]["code"], -32600, "{case}: {body}");
+            assert_eq!(
+                body["error"]["message"], "Bad Request: more than one Authorization header",
+                "{case}"
+            );
+        };
+
+        // 2025-11-25, session era.
+        let http = RawHttp::new(gateway.url());
+        let init = initialize_request(1, "2025-11-25");
+        refused("initialize", &http.post(&init, &two).await);
+        refused(
+            "initialize, the same value twice",
+            &http.post(&init, &same_twice).await,
+        );
+        let (_, session) = http.initialize(&one).await;
+        let sid = session.session_id.clone().expect("a session id");
+        let base = [
+            ("mcp-session-id", sid.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+        ];
+        let list = jsonrpc_request(2, "tools/list", json!({}));
+        refused(
+            "POST in a session",
+            &http.post(&list, &[&base[..], &two].concat()).await,
+        );
+        let stream = [("accept", "text/event-stream")];
+        refused(
+            "GET stream",
+            &http
+                .request(Method::GET, &[&base[..], &stream, &two].concat(), None)
+                .await,
+        );
+        refused(
+            "DELETE",
+            &http
+                .request(Method::DELETE, &[&base[..], &two].concat(), None)
+                .await,
+        );
+        let served = http.post(&list, &[&base[..], &one].concat()).await;
+        assert_eq!(
+            served.status, 200,
+            "one header, same session: {}",
+            served.body
+        );
+
+        // 2026-07-28, stateless.
+        let modern = json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": { "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": { "name": "raw-test", "version": "1" },
+            "io.modelcontextprotocol/clientCapabilities": {},
+        } } });
+        let modern_base = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ];
+        refused(
+            "2026-07-28",
+            &http.post(&modern, &[&modern_base[..], &two].concat()).await,
+        );
+        let served = http.post(&modern, &[&modern_base[..], &one].concat()).await;
+        assert_eq!(
+            served.status, 200,
+            "2026-07-28, one header: {}",
+            served.body
+        );
+
+        // Legacy HTTP+SSE (2024-11-05): the stream and the message endpoint.
+        let sse = RawHttp::new(&format!("{}/sse", gateway.base()));
+        refused(
+            "legacy GET /sse",
+            &sse.request(Method::GET, &two, None).await,
+        );
+        let mut events = sse.open_stream(Method::GET, &one, None).await;
+        assert_eq!(events.status, 200);
+        let endpoint = events
+            .next_event(std::time::Duration::from_secs(10))
+            .await
+            .expect("an endpoint event");
+        let message = RawHttp::new(&format!("{}{}", gateway.base(), endpoint.data));
+        let body = initialize_request(4, "2025-11-25").to_string();
+        let json_type = [("content-type", "application/json")];
+        refused(
+            "legacy POST /message",
+            &message
+                .request(
+                    Method::POST,
+                    &[&json_type[..], &two].concat(),
+                    Some(body.clone()),
+                )
+                .await,
+        );
+        let served = message
+            .request(Method::POST, &[&json_type[..], &one].concat(), Some(body))
+            .await;
+        assert_eq!(
+            served.status, 202,
+            "legacy POST, one header: {}",
+            served.body
+        );
+        let logs = gateway.logs();
+        assert!(
+            logs.contains("more than one Authorization header"),
+            "{logs}"
+        );
+        assert!(
+            !logs.contains(DEV_KEY) && !logs.contains(ADMIN_KEY),
+            "a key reached the log"
+        );
+    }
 }
 
 mod signed_tokens {
@@ -718,5 +954,93 @@ mod signed_tokens {
             .trim();
         assert_ne!(other_key, key, "keys are random");
         assert_eq!(status_of(&gateway, other_key).await, 401);
+    }
+
+    /// Every algorithm: a `kid` no configured key of that algorithm carries is refused, even
+    /// when the signature is good; a token without `kid` is refused when two keys of its
+    /// algorithm could have signed it; `max-lifetime` set in the sidecar bounds `exp`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_kids_ambiguous_keys_and_max_lifetime_in_the_sidecar() {
+        let k = keys();
+        let second = loop {
+            if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&random32()) {
+                break key;
+            }
+        };
+        let mut set = jwks(&k);
+        let point = second.verifying_key().to_sec1_point(false);
+        set["keys"].as_array_mut().unwrap().push(json!({
+            "kty": "EC", "crv": "P-256", "kid": "ec-2",
+            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()) }));
+        let (gateway, _plugins) = gateway(&format!(
+            "[config.jwt]\nissuer = \"{ISS}\"\naudience = \"{AUD}\"\nroles-claim = \"roles\"\n\
+             max-lifetime = 900\njwks = {}\n",
+            toml_inline(&set)
+        ))
+        .await;
+        let rs = |header: Value, exp: i64| {
+            token_until(exp, header, |input| {
+                k.rsa
+                    .sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input))
+                    .unwrap()
+            })
+        };
+        let es = |header: Value| {
+            token(header, |input| {
+                let sig: p256::ecdsa::Signature = k.ec.sign(input);
+                sig.to_bytes().to_vec()
+            })
+        };
+        let ed = |header: Value| token(header, |input| k.ed.sign(input).to_bytes().to_vec());
+
+        // Good signatures under kids that name no key of their algorithm.
+        for (case, t) in [
+            (
+                "RS256",
+                rs(json!({ "alg": "RS256", "kid": "rsa-2" }), now() + 600),
+            ),
+            ("ES256", es(json!({ "alg": "ES256", "kid": "ec-9" }))),
+            ("EdDSA", ed(json!({ "alg": "EdDSA", "kid": "rsa-1" }))),
+        ] {
+            assert_eq!(status_of(&gateway, &t).await, 401, "{case}");
+        }
+        // Without a kid: the lone RSA and Ed25519 keys are the ones; two EC keys are a guess.
+        assert_eq!(
+            status_of(&gateway, &rs(json!({ "alg": "RS256" }), now() + 600)).await,
+            200
+        );
+        assert_eq!(
+            status_of(&gateway, &ed(json!({ "alg": "EdDSA" }))).await,
+            200
+        );
+        assert_eq!(
+            status_of(&gateway, &es(json!({ "alg": "ES256" }))).await,
+            401
+        );
+        assert_eq!(
+            status_of(&gateway, &es(json!({ "alg": "ES256", "kid": "ec-1" }))).await,
+            200
+        );
+
+        // max-lifetime = 900 (leeway 60): 600 s from now is fine, 1200 s is not.
+        let header = json!({ "alg": "RS256", "kid": "rsa-1" });
+        assert_eq!(
+            status_of(&gateway, &rs(header.clone(), now() + 600)).await,
+            200
+        );
+        assert_eq!(status_of(&gateway, &rs(header, now() + 1200)).await, 401);
+
+        for reason in [
+            "unknown key id \"rsa-2\" for alg RS256",
+            "unknown key id \"ec-9\" for alg ES256",
+            "unknown key id \"rsa-1\" for alg EdDSA",
+            "more than one configured key verifies alg ES256",
+            "beyond jwt.max-lifetime (900s)",
+        ] {
+            let logs = gateway
+                .wait_for_log(reason, std::time::Duration::from_secs(10))
+                .await;
+            assert!(logs.contains(reason), "{reason}:\n{logs}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 // request, so boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
 
+mod authorization;
 mod guard;
 mod legacy_sse;
 mod metadata;
@@ -114,6 +115,9 @@ impl Front {
                 StatusCode::FORBIDDEN,
                 "Forbidden: Host or Origin not allowed",
             );
+        }
+        if let Err(refused) = authorization::check(req.headers()) {
+            return refused;
         }
         let origin = req.headers().get(ORIGIN).cloned();
         // One span per client message (export on): POSTs carry them.

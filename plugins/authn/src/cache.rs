@@ -32,9 +32,11 @@ use sha2::{Digest, Sha256};
 
 use crate::apikey;
 
-/// Bump it when the entry's format or the meaning of the claim mapping changes, so that a new
-/// version of the plugin never serves an entry an old one wrote.
-pub(crate) const FORMAT: &[u8] = b"authn verified-token cache v1\0";
+/// Bump it when the entry's format, the meaning of the claim mapping or what verification
+/// accepts changes, so that a new version of the plugin never serves an entry an old one
+/// wrote. v2: unknown `kid`s, duplicate members and out-of-range times are refused; a token
+/// the v1 plugin accepted for them must not outlive the upgrade in the store.
+pub(crate) const FORMAT: &[u8] = b"authn verified-token cache v2\0";
 
 /// The cache of one configuration: `[config.jwt] cache-seconds` above 0.
 pub struct TokenCache {

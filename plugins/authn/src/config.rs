@@ -71,6 +71,8 @@ struct RawJwt {
     leeway: u32,
     #[serde(default = "default_cache_seconds")]
     cache_seconds: u32,
+    #[serde(default = "default_max_lifetime")]
+    max_lifetime: u32,
     #[serde(default)]
     algorithms: Option<Vec<String>>,
     #[serde(default)]
@@ -99,6 +101,13 @@ fn default_leeway() -> u32 {
 /// a key removed from `jwks-file` stops working for cached tokens within a minute.
 fn default_cache_seconds() -> u32 {
     60
+}
+
+/// A day: longer than the access tokens of the common identity providers (minutes to an
+/// hour; Auth0's default is a day), short enough that a token signed to last for ever is not
+/// accepted as one that does.
+fn default_max_lifetime() -> u32 {
+    86_400
 }
 
 fn default_subject_claim() -> String {
@@ -181,8 +190,11 @@ pub struct JwtConfig {
     pub issuers: Vec<String>,
     /// Accepted audiences: a token's `aud` must contain one of them.
     pub audiences: Vec<String>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
     pub leeway: i64,
+    /// The longest a token may claim to be valid, in seconds: `exp` at most this far after
+    /// now (plus the leeway) and after `iat`.
+    pub max_lifetime: i64,
     /// The algorithms accepted.
     pub algorithms: Vec<Alg>,
     /// Keys from `jwks` and `hs256-secret`.
@@ -391,6 +403,13 @@ fn jwt_config(raw: RawJwt, config_text: Box<RawValue>) -> Result<JwtConfig, Stri
                 alg.name()
             ));
         }
+        check_selectable(&keys, key)?;
+    }
+    if raw.max_lifetime == 0 {
+        return Err(
+            "jwt.max-lifetime: give the longest a token may be valid, in seconds (default 86400)"
+                .into(),
+        );
     }
 
     for (what, path) in [
@@ -414,6 +433,7 @@ fn jwt_config(raw: RawJwt, config_text: Box<RawValue>) -> Result<JwtConfig, Stri
         issuers,
         audiences,
         leeway: i64::from(raw.leeway),
+        max_lifetime: i64::from(raw.max_lifetime),
         algorithms,
         keys,
         jwks_file: raw.jwks_file,
@@ -426,6 +446,31 @@ fn jwt_config(raw: RawJwt, config_text: Box<RawValue>) -> Result<JwtConfig, Stri
         },
         cache: TokenCache::new(raw.cache_seconds, config_text),
     })
+}
+
+/// Checks that a token can name `key` unambiguously: its `kid` is not shared with another key
+/// of its algorithm, and a key without a `kid` is the only one of its algorithm (a token
+/// without `kid` is checked only against a lone key; one with a `kid` never matches a key
+/// without one). Otherwise the key could never verify anything, which is a mistake to report
+/// now rather than a mystery 401 later.
+fn check_selectable(keys: &[Key], key: &Key) -> Result<(), String> {
+    let alg = key.verifier.alg();
+    let same_alg = || keys.iter().filter(|k| k.verifier.alg() == alg);
+    match &key.kid {
+        Some(kid) if same_alg().filter(|k| k.kid.as_ref() == Some(kid)).count() > 1 => {
+            Err(format!(
+                "jwt.jwks: two {} keys have the kid {kid:?}; a token's kid must name one key",
+                alg.name()
+            ))
+        }
+        None if same_alg().count() > 1 => Err(format!(
+            "jwt: several {} keys are configured (jwks, hs256-secret) and one has no `kid`, so no \
+             token could name it; give each a distinct kid (for HS256, a jwks key \
+             {{ kty = \"oct\", kid = \"…\", k = \"<base64url secret>\" }} instead of hs256-secret)",
+            alg.name()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A scope token as RFC 6749 §3.3 defines it (printable ASCII, no space, `"` or `\`).

@@ -1,9 +1,12 @@
-//! JWT bearer tokens (RFC 7519) in JWS compact form: signature, then `exp`, `nbf`, `iss`,
-//! `aud`; then the claims mapped to an identity.
+//! JWT bearer tokens (RFC 7519) in JWS compact form: signature, then `exp`, `nbf`, `iat`,
+//! `iss`, `aud`; then the claims mapped to an identity.
 //!
 //! The order matters: nothing in a token is believed before its signature checks out, and a
 //! token's header can only pick among the configured keys of the algorithm it names (see
-//! [`crate::jwk`]), so `alg: none` and algorithm confusion have nothing to work with.
+//! [`crate::jwk`]), so `alg: none` and algorithm confusion have nothing to work with. The
+//! header names its key by `kid`, which must name one exactly (see [`check_signature`]).
+//! Header and claims are read with [`crate::json`], which refuses a member named twice, so
+//! what is checked is what every other reader of the token sees too.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,7 +15,7 @@ use portcullis_sdk::serde_json::{self, Map, Value};
 
 use crate::config::{ClaimMap, JwtConfig};
 use crate::jwk::{self, Alg, Key};
-use crate::time;
+use crate::{json, time};
 
 /// The longest token read (bytes): bounds the work an unauthenticated caller can cause.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -92,21 +95,7 @@ pub fn validate(config: &JwtConfig, token: &str, now: i64) -> Result<Verified, R
         return invalid("signature is not unpadded base64url");
     };
     let input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-
-    let mut candidates = 0;
-    let mut verified = try_keys(&config.keys, alg, kid, input, &signature, &mut candidates);
-    if !verified && let Some(path) = &config.jwks_file {
-        let keys = load_jwks_file(path).map_err(Rejection::Unavailable)?;
-        verified = try_keys(&keys, alg, kid, input, &signature, &mut candidates);
-    }
-    if !verified {
-        return invalid(match (candidates, kid) {
-            (0, Some(kid)) => format!("unknown key id {:?} for alg {}", clip(kid), alg.name()),
-            (0, None) => format!("no configured key verifies alg {}", alg.name()),
-            (_, Some(kid)) => format!("bad signature (alg {}, kid {:?})", alg.name(), clip(kid)),
-            (_, None) => format!("bad signature (alg {}, no kid)", alg.name()),
-        });
-    }
+    check_signature(config, alg, kid, input, &signature)?;
 
     let claims =
         decode_json(payload_b64).map_err(|e| Rejection::Invalid(format!("claims: {e}")))?;
@@ -140,26 +129,84 @@ pub fn validate(config: &JwtConfig, token: &str, now: i64) -> Result<Verified, R
     Ok(Verified { claims, expires })
 }
 
-/// Tries the keys of `alg` that `kid` allows (a token without `kid`, or a key without one,
-/// matches any); counts the keys tried.
-fn try_keys(
-    keys: &[Key],
+/// Checks the signature with the one key the header selects:
+///
+/// - with a `kid`: the keys of `alg` that carry exactly that `kid`, inline first, then the
+///   `jwks-file`. A `kid` no key of `alg` carries is refused, whatever the algorithm (a key
+///   configured without a `kid` never stands in for one);
+/// - without a `kid`: the key of `alg`, if exactly one is configured (inline and in the
+///   `jwks-file` together). With several, the token is refused rather than tried against each:
+///   which key signed it must never be a guess, and a token cannot make the gateway run
+///   several signature checks.
+fn check_signature(
+    config: &JwtConfig,
     alg: Alg,
     kid: Option<&str>,
     input: &[u8],
     signature: &[u8],
-    tried: &mut usize,
-) -> bool {
+) -> Result<(), Rejection> {
+    let Some(kid) = kid else {
+        let inline = selected(&config.keys, alg, None);
+        let file = match &config.jwks_file {
+            // With two inline keys the answer is known without the file.
+            Some(path) if inline.len() < 2 => {
+                load_jwks_file(path).map_err(Rejection::Unavailable)?
+            }
+            _ => Vec::new(),
+        };
+        return match inline
+            .iter()
+            .copied()
+            .chain(selected(&file, alg, None))
+            .collect::<Vec<_>>()[..]
+        {
+            [] => invalid(format!("no configured key verifies alg {}", alg.name())),
+            [key] if key.verifier.verify(input, signature) => Ok(()),
+            [_] => invalid(format!("bad signature (alg {}, no kid)", alg.name())),
+            _ => invalid(format!(
+                "no `kid` in the header, and more than one configured key verifies alg {}: \
+                 the token must name its key",
+                alg.name()
+            )),
+        };
+    };
+    let inline = selected(&config.keys, alg, Some(kid));
+    let mut tried = inline.len();
+    if inline
+        .iter()
+        .any(|key| key.verifier.verify(input, signature))
+    {
+        return Ok(());
+    }
+    if let Some(path) = &config.jwks_file {
+        let file = load_jwks_file(path).map_err(Rejection::Unavailable)?;
+        let keys = selected(&file, alg, Some(kid));
+        tried += keys.len();
+        if keys.iter().any(|key| key.verifier.verify(input, signature)) {
+            return Ok(());
+        }
+    }
+    if tried == 0 {
+        invalid(format!(
+            "unknown key id {:?} for alg {}",
+            clip(kid),
+            alg.name()
+        ))
+    } else {
+        invalid(format!(
+            "bad signature (alg {}, kid {:?})",
+            alg.name(),
+            clip(kid)
+        ))
+    }
+}
+
+/// The keys of `alg` with exactly this `kid` (any `kid`, or none, when `kid` is `None`).
+fn selected<'k>(keys: &'k [Key], alg: Alg, kid: Option<&str>) -> Vec<&'k Key> {
     keys.iter()
         .filter(|key| key.verifier.alg() == alg)
-        .filter(|key| match (kid, key.kid.as_deref()) {
-            (Some(wanted), Some(have)) => wanted == have,
-            _ => true,
-        })
-        .any(|key| {
-            *tried += 1;
-            key.verifier.verify(input, signature)
-        })
+        .filter(|key| kid.is_none() || key.kid.as_deref() == kid)
+        .collect()
 }
 
 /// Reads the JWKS file (it may have changed since the last call: it is read every time).
@@ -177,43 +224,84 @@ fn load_jwks_file(path: &str) -> Result<Vec<Key>, String> {
     Ok(parsed.keys)
 }
 
-/// Checks `exp` and `nbf`; returns `exp`.
+/// A NumericDate claim (RFC 7519 §2): whole seconds since 1970, never negative. RFC 7519
+/// allows a fraction, which no identity provider sends; refusing anything but an integer
+/// means `1e300`, `1.7e9` or `-1` can never be rounded, saturated or wrapped into a time.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, Rejection> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(t) if t >= 0 => Ok(Some(t)),
+            _ => invalid(format!(
+                "`{name}` is {}, not a whole number of seconds from 0 to {}",
+                clip(&n.to_string()),
+                i64::MAX
+            )),
+        },
+        Some(_) => invalid(format!("`{name}` is not a number")),
+    }
+}
+
+/// Checks `exp`, `nbf` and `iat`; returns `exp`.
+///
+/// Besides expiry and `nbf`, a token may not claim more than `max-lifetime`: its `exp` must
+/// be at most that far from now (plus the leeway), and from its `iat` when it has one. A
+/// stolen token that never expires is what a signed `exp` of 1e300 would be, and a
+/// future `iat` is a token minted ahead of time.
 fn check_times(
     config: &JwtConfig,
     claims: &Map<String, Value>,
     now: i64,
 ) -> Result<i64, Rejection> {
-    let numeric = |name: &str| -> Result<Option<i64>, Rejection> {
-        match claims.get(name) {
-            None => Ok(None),
-            // NumericDate may have a fraction; whole seconds are precise enough.
-            Some(Value::Number(n)) => match n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)) {
-                Some(t) => Ok(Some(t)),
-                None => invalid(format!("`{name}` is not a number")),
-            },
-            Some(_) => invalid(format!("`{name}` is not a number")),
-        }
-    };
-    let Some(exp) = numeric("exp")? else {
+    let Some(exp) = numeric_date(claims, "exp")? else {
         return invalid("no `exp` claim (tokens without an expiry are not accepted)");
     };
-    if now >= exp.saturating_add(config.leeway) {
+    let nbf = numeric_date(claims, "nbf")?;
+    let iat = numeric_date(claims, "iat")?;
+    let leeway = config.leeway;
+    if now >= exp.saturating_add(leeway) {
         return invalid(format!(
-            "expired at {} (now {}, leeway {}s)",
+            "expired at {} (now {}, leeway {leeway}s)",
             time::format(exp),
             time::format(now),
-            config.leeway
         ));
     }
-    if let Some(nbf) = numeric("nbf")?
-        && now.saturating_add(config.leeway) < nbf
+    if exp
+        > now
+            .saturating_add(leeway)
+            .saturating_add(config.max_lifetime)
     {
         return invalid(format!(
-            "not valid before {} (now {}, leeway {}s)",
+            "expires at {}, beyond jwt.max-lifetime ({}s) from now {} (leeway {leeway}s)",
+            time::format(exp),
+            config.max_lifetime,
+            time::format(now),
+        ));
+    }
+    if let Some(nbf) = nbf
+        && now.saturating_add(leeway) < nbf
+    {
+        return invalid(format!(
+            "not valid before {} (now {}, leeway {leeway}s)",
             time::format(nbf),
             time::format(now),
-            config.leeway
         ));
+    }
+    if let Some(iat) = iat {
+        if now.saturating_add(leeway) < iat {
+            return invalid(format!(
+                "issued in the future, at {} (now {}, leeway {leeway}s)",
+                time::format(iat),
+                time::format(now),
+            ));
+        }
+        if exp.saturating_sub(iat) > config.max_lifetime {
+            return invalid(format!(
+                "lifetime from `iat` to `exp` is {}s, beyond jwt.max-lifetime ({}s)",
+                exp.saturating_sub(iat),
+                config.max_lifetime
+            ));
+        }
     }
     Ok(exp)
 }
@@ -222,14 +310,11 @@ fn decode_json(part: &str) -> Result<Map<String, Value>, String> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| "not unpadded base64url".to_string())?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err("not a JSON object".into()),
-    }
+    json::object(&bytes)
 }
 
 /// At most 80 characters of a value from a token, for log lines.
-fn clip(text: &str) -> &str {
+pub(crate) fn clip(text: &str) -> &str {
     match text.char_indices().nth(80) {
         Some((i, _)) => &text[..i],
         None => text,

@@ -21,6 +21,7 @@
 mod apikey;
 mod cache;
 mod config;
+mod json;
 mod jwk;
 mod jwt;
 mod time;

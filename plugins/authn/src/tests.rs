@@ -467,7 +467,13 @@ fn rejects_hs256_tokens_signed_with_a_public_key() {
             }
             let t = token_with(header, &claims(), |input| hmac(secret, input));
             assert_rejected(&rsa_only, &t, "alg HS256");
-            assert_rejected(&both, &t, "bad signature");
+            // Naming the RSA key finds no HS256 key of that kid; without a kid, the one
+            // HS256 key is tried, and fails.
+            let why = match kid {
+                Some(_) => "unknown key id \"rsa-1\" for alg HS256",
+                None => "bad signature",
+            };
+            assert_rejected(&both, &t, why);
         }
     }
     // An RS256 token cannot pick the HMAC secret either.
@@ -1104,4 +1110,334 @@ fn only_accepted_tokens_are_cached_and_scopes_are_checked_on_every_call() {
         assert_eq!(refused(&bearer(&strict, &good)).0, 403);
     }
     assert!(kv::get(&cache_key(extra, &good)).is_some());
+}
+
+/// A token from raw JSON texts (to write what `json!` cannot: repeated members, odd
+/// numbers), signed with the HS256 secret.
+fn raw_hs256(header: &str, claims: &str) -> String {
+    let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+    let signature = hmac(HS_SECRET.as_bytes(), input.as_bytes());
+    format!("{input}.{}", b64(&signature))
+}
+
+/// The claims of [`claims`] as JSON text, with `extra` members appended verbatim.
+fn claims_text_with(extra: &str) -> String {
+    let text = claims().to_string();
+    format!("{},{extra}}}", &text[..text.len() - 1])
+}
+
+#[test]
+fn refuses_unknown_key_ids_for_every_algorithm() {
+    let cfg = config(json!({}));
+    // The attack: an HS256 token signed with the configured secret, naming a key that does
+    // not exist. The secret has no kid, so it does not stand in for one.
+    assert_rejected(
+        &cfg,
+        &token("HS256", Some("attacker-kid"), &claims()),
+        "unknown key id \"attacker-kid\" for alg HS256",
+    );
+    for (alg, good, other) in [
+        ("RS256", "rsa-1", "ec-1"),
+        ("ES256", "ec-1", "ed-1"),
+        ("EdDSA", "ed-1", "rsa-1"),
+    ] {
+        assert!(
+            bearer(&cfg, &token(alg, Some(good), &claims()))
+                .changes()
+                .is_some()
+        );
+        assert_rejected(
+            &cfg,
+            &token(alg, Some("nope"), &claims()),
+            &format!("unknown key id \"nope\" for alg {alg}"),
+        );
+        // The kid of another algorithm's key is unknown too.
+        assert_rejected(
+            &cfg,
+            &token(alg, Some(other), &claims()),
+            &format!("unknown key id {other:?} for alg {alg}"),
+        );
+    }
+    // A kid-less key inline does not stand in for the kid of a jwks-file either.
+    let dir = temp_dir("kid");
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, json!({ "keys": [] }).to_string()).unwrap();
+    let mut lone = rsa_jwk(&keys().rsa, "x");
+    lone.as_object_mut().unwrap().remove("kid");
+    let with_file = config(json!({ "jwt": { "jwks": { "keys": [lone] },
+        "jwks-file": path.to_str().unwrap(), "cache-seconds": 0 } }));
+    assert_rejected(
+        &with_file,
+        &token("RS256", Some("rsa-1"), &claims()),
+        "unknown key id \"rsa-1\" for alg RS256",
+    );
+    assert!(
+        bearer(&with_file, &token("RS256", None, &claims()))
+            .changes()
+            .is_some()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_token_without_kid_is_checked_only_against_a_lone_key_of_its_algorithm() {
+    let k = keys();
+    let second = p256::ecdsa::SigningKey::from_slice(&random32()).unwrap();
+    let two = config(json!({ "jwt": { "jwks": { "keys": [
+        ec_jwk(&k.ec, "ec-1"), ec_jwk(&second, "ec-2"), rsa_jwk(&k.rsa, "rsa-1"),
+    ] } } }));
+    assert_rejected(
+        &two,
+        &token("ES256", None, &claims()),
+        "no `kid` in the header, and more than one configured key verifies alg ES256",
+    );
+    assert!(
+        bearer(&two, &token("ES256", Some("ec-1"), &claims()))
+            .changes()
+            .is_some()
+    );
+    // One key of that algorithm: it is the one.
+    assert!(
+        bearer(&two, &token("RS256", None, &claims()))
+            .changes()
+            .is_some()
+    );
+    assert!(
+        bearer(&two, &token("HS256", None, &claims()))
+            .changes()
+            .is_some()
+    );
+
+    // One key inline and one in the jwks-file are two keys.
+    let dir = temp_dir("nokid");
+    let path = dir.join("jwks.json");
+    std::fs::write(
+        &path,
+        json!({ "keys": [ec_jwk(&second, "ec-2")] }).to_string(),
+    )
+    .unwrap();
+    let split =
+        config(json!({ "jwt": { "jwks-file": path.to_str().unwrap(), "cache-seconds": 0 } }));
+    assert_rejected(
+        &split,
+        &token("ES256", None, &claims()),
+        "more than one configured key verifies alg ES256",
+    );
+    std::fs::write(&path, json!({ "keys": [] }).to_string()).unwrap();
+    assert!(
+        bearer(&split, &token("ES256", None, &claims()))
+            .changes()
+            .is_some()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn refuses_key_sets_a_token_could_not_name_a_key_in() {
+    let k = keys();
+    let second = p256::ecdsa::SigningKey::from_slice(&random32()).unwrap();
+    let mut no_kid = ec_jwk(&second, "x");
+    no_kid.as_object_mut().unwrap().remove("kid");
+    let oct = json!({ "kty": "oct", "kid": "hs-1", "k": b64(&[7; 32]) });
+    for (extra, expected) in [
+        (
+            json!({ "jwt": { "jwks": { "keys": [ec_jwk(&k.ec, "same"), ec_jwk(&second, "same")] } } }),
+            "two ES256 keys have the kid \"same\"",
+        ),
+        (
+            json!({ "jwt": { "jwks": { "keys": [ec_jwk(&k.ec, "ec-1"), no_kid] } } }),
+            "several ES256 keys are configured (jwks, hs256-secret) and one has no `kid`",
+        ),
+        (
+            json!({ "jwt": { "jwks": { "keys": [oct.clone()] } } }),
+            "several HS256 keys",
+        ),
+        (json!({ "jwt": { "max-lifetime": 0 } }), "jwt.max-lifetime"),
+        (json!({ "jwt": { "max-lifetime": -1 } }), "expected u32"),
+    ] {
+        let err = config_error(extra.clone());
+        assert!(
+            err.contains(expected),
+            "{extra}:\n  got {err:?}\n  expected {expected:?}"
+        );
+    }
+    // An HS256 secret with a kid, as a jwks key instead of hs256-secret.
+    let cfg = config(json!({ "jwt": { "hs256-secret": null, "jwks": { "keys": [oct] } } }));
+    let t = token_with(json!({ "alg": "HS256", "kid": "hs-1" }), &claims(), |i| {
+        hmac(&[7; 32], i)
+    });
+    assert!(bearer(&cfg, &t).changes().is_some());
+}
+
+#[test]
+fn refuses_times_that_are_not_whole_seconds_in_range() {
+    let cfg = config(json!({}));
+    for (claim, value, why) in [
+        (
+            "exp",
+            "1e300",
+            "`exp` is 1e+300, not a whole number of seconds",
+        ),
+        (
+            "exp",
+            "1800000300.5",
+            "`exp` is 1800000300.5, not a whole number",
+        ),
+        ("exp", "18000003e2", "not a whole number"),
+        ("exp", "-1", "`exp` is -1, not a whole number"),
+        (
+            "exp",
+            "18446744073709551615",
+            "not a whole number of seconds from 0 to",
+        ),
+        ("exp", "\"1800000300\"", "`exp` is not a number"),
+        ("nbf", "-5", "`nbf` is -5"),
+        ("nbf", "1e19", "`nbf` is 1e+19"),
+        ("iat", "1799999940.0", "`iat` is 1799999940.0"),
+        ("iat", "null", "`iat` is not a number"),
+    ] {
+        let mut claims = claims();
+        claims.as_object_mut().unwrap().remove(claim);
+        let text = claims.to_string();
+        let t = raw_hs256(
+            r#"{"alg":"HS256"}"#,
+            &format!("{},\"{claim}\":{value}}}", &text[..text.len() - 1]),
+        );
+        assert_rejected(&cfg, &t, why);
+    }
+    // Not JSON at all (JSON has no NaN, and 1e400 overflows a double).
+    for value in ["NaN", "1e400", "Infinity"] {
+        let t = raw_hs256(r#"{"alg":"HS256"}"#, &format!("{{\"exp\":{value}}}"));
+        assert_rejected(&cfg, &t, "claims: not a JSON object");
+    }
+}
+
+#[test]
+fn refuses_tokens_valid_beyond_max_lifetime_or_issued_in_the_future() {
+    let cfg = config(json!({}));
+    let accepts = |cfg: &Config, changes: Value| {
+        bearer(cfg, &token("ES256", Some("ec-1"), &claims_with(changes)))
+            .changes()
+            .is_some()
+    };
+    // Default max-lifetime: a day, from now plus the 30 s leeway, and from iat.
+    assert!(accepts(&cfg, json!({ "exp": NOW + 86_400, "iat": null })));
+    assert!(accepts(
+        &cfg,
+        json!({ "exp": NOW + 86_400 + 30, "iat": null })
+    ));
+    assert_rejected(
+        &cfg,
+        &token(
+            "ES256",
+            Some("ec-1"),
+            &claims_with(json!({ "exp": NOW + 86_400 + 31, "iat": null })),
+        ),
+        "beyond jwt.max-lifetime (86400s) from now",
+    );
+    assert_rejected(
+        &cfg,
+        &token(
+            "ES256",
+            Some("ec-1"),
+            &claims_with(json!({ "exp": i64::MAX })),
+        ),
+        "beyond jwt.max-lifetime",
+    );
+    assert_rejected(
+        &cfg,
+        &token(
+            "ES256",
+            Some("ec-1"),
+            &claims_with(json!({ "iat": NOW - 86_400 })),
+        ),
+        "lifetime from `iat` to `exp` is 86700s, beyond jwt.max-lifetime (86400s)",
+    );
+    // iat: in the future within the leeway is clock skew; beyond it, a token minted ahead.
+    assert!(accepts(&cfg, json!({ "iat": NOW + 30 })));
+    assert_rejected(
+        &cfg,
+        &token(
+            "ES256",
+            Some("ec-1"),
+            &claims_with(json!({ "iat": NOW + 31 })),
+        ),
+        "issued in the future, at 2027-01-15T08:00:31Z",
+    );
+
+    // Configurable.
+    let hour = config(json!({ "jwt": { "max-lifetime": 3600 } }));
+    assert!(accepts(&hour, json!({ "exp": NOW + 3000 })));
+    assert!(!accepts(
+        &hour,
+        json!({ "exp": NOW + 3600, "iat": NOW - 60 })
+    ));
+    assert!(!accepts(&hour, json!({ "exp": NOW + 3700, "iat": null })));
+    let year = config(json!({ "jwt": { "max-lifetime": 31_536_000 } }));
+    assert!(accepts(&year, json!({ "exp": NOW + 30 * 86_400 })));
+}
+
+#[test]
+fn refuses_repeated_members_in_the_header_and_the_claims() {
+    let cfg = config(json!({}));
+    let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+    // The same text without the repetition is accepted.
+    assert!(
+        bearer(&cfg, &raw_hs256(header, &claims().to_string()))
+            .changes()
+            .is_some()
+    );
+    for (part, t) in [
+        (
+            "header",
+            raw_hs256(r#"{"alg":"HS256","alg":"none"}"#, &claims().to_string()),
+        ),
+        (
+            "header",
+            raw_hs256(
+                r#"{"alg":"HS256","kid":"a","kid":"b"}"#,
+                &claims().to_string(),
+            ),
+        ),
+        (
+            "claims",
+            raw_hs256(header, &claims_text_with(r#""sub":"admin""#)),
+        ),
+        (
+            "claims",
+            raw_hs256(
+                header,
+                &claims_text_with(r#""aud":"https://mcp.example.com/mcp""#),
+            ),
+        ),
+        (
+            "claims",
+            raw_hs256(header, &claims_text_with(r#""exp":9999999999"#)),
+        ),
+        // The same name spelt with an escape is the same name.
+        (
+            "claims",
+            raw_hs256(header, &claims_text_with(r#""s\u0075b":"admin""#)),
+        ),
+        // Nested: the roles a claim path reads.
+        (
+            "claims",
+            raw_hs256(
+                header,
+                &claims_text_with(r#""x":{"roles":["dev"],"roles":["admin"]}"#),
+            ),
+        ),
+        (
+            "claims",
+            raw_hs256(header, &claims_text_with(r#""x":[{"a":1,"a":2}]"#)),
+        ),
+    ] {
+        let reason = reason(&cfg, &t);
+        assert!(
+            reason.starts_with(&format!("{part}: not a JSON object (member "))
+                && reason.contains("appears more than once"),
+            "{reason}"
+        );
+        assert_eq!(refused(&bearer(&cfg, &t)), (401, INVALID_TOKEN.into()));
+    }
 }
