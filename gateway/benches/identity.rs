@@ -129,9 +129,16 @@ fn identity(c: &mut Criterion) {
         ] {
             let dir = folder(files);
             let policies = rt.block_on(async {
-                Policies::open(Some(&dir), None, RuntimeConfig::default())
-                    .await
-                    .unwrap()
+                Policies::open(
+                    Some(&dir),
+                    RuntimeConfig {
+                        cache: None,
+                        ..RuntimeConfig::default()
+                    },
+                    Vec::new(),
+                )
+                .await
+                .unwrap()
             });
             let chain = policies.chain();
             group.bench_function(format!("{label}, {mode}"), |b| {

@@ -57,7 +57,11 @@ fn call_with_payload(bytes: usize) -> Arc<Message> {
 }
 
 async fn open(dir: &Path, cache: Option<PathBuf>) -> Arc<Policies> {
-    Policies::open(Some(dir), cache, RuntimeConfig::default())
+    let runtime = RuntimeConfig {
+        cache,
+        ..RuntimeConfig::default()
+    };
+    Policies::open(Some(dir), runtime, Vec::new())
         .await
         .unwrap()
 }
@@ -143,7 +147,7 @@ fn chains(c: &mut Criterion) {
     let mut group = c.benchmark_group("load");
     group.sample_size(10);
     let dir = folder(&[("a", "[config]\nmode = \"allow\"\n")]);
-    let cache = dir.join(".cache");
+    let cache = dir.with_extension("cache");
     group.bench_function("cold compile", |b| {
         b.to_async(&rt).iter(|| open(&dir, None))
     });
@@ -153,12 +157,13 @@ fn chains(c: &mut Criterion) {
     });
     group.finish();
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(cache);
 
     // Hot reload: from writing a sidecar to the new verdict being enforced.
     let mut group = c.benchmark_group("reload");
     group.sample_size(10);
     let dir = folder(&[("gate", "[config]\nmode = \"allow\"\n")]);
-    let policies = rt.block_on(open(&dir, Some(dir.join(".cache"))));
+    let policies = rt.block_on(open(&dir, None));
     let _watch = rt.block_on(async { policies.watch().unwrap() });
     group.bench_function("file write to enforcement", |b| {
         b.to_async(&rt).iter_custom(|iters| {

@@ -106,9 +106,16 @@ fn shaping(c: &mut Criterion) {
         let open = |name: &str, config: &str| {
             let dir = folder(name, &format!("warm = {warm}\n[config]\n{config}"));
             let policies = rt.block_on(async {
-                Policies::open(Some(&dir), None, RuntimeConfig::default())
-                    .await
-                    .unwrap()
+                Policies::open(
+                    Some(&dir),
+                    RuntimeConfig {
+                        cache: None,
+                        ..RuntimeConfig::default()
+                    },
+                    Vec::new(),
+                )
+                .await
+                .unwrap()
             });
             let _ = std::fs::remove_dir_all(dir);
             policies

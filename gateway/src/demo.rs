@@ -55,11 +55,6 @@ impl DemoPlugins {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-
-    /// A compile cache shared by demo runs, so a restart skips compiling the components.
-    pub fn cache_dir() -> PathBuf {
-        std::env::temp_dir().join("portcullis-demo-cache")
-    }
 }
 
 impl Drop for DemoPlugins {

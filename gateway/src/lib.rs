@@ -156,17 +156,42 @@ impl Gateway {
     }
 }
 
-/// The policy runtime with the configured plugins folder loaded.
+/// The policy runtime with the configured plugins folder loaded, exactly as `serve` and
+/// `check` use it. Fails closed: a plugin that does not load (unless `on-error = "skip"`)
+/// or a required plugin missing from the chain is an error naming the file and the reason.
 pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Policies>> {
-    let cache = cfg
-        .cache
-        .clone()
-        .or_else(|| cfg.plugins.as_ref().map(|p| p.join(".cache")));
+    let cache = cfg.cache_dir();
+    if let (Some(cache), Some(plugins)) = (&cache, &cfg.plugins)
+        && cache.starts_with(plugins)
+    {
+        tracing::warn!(
+            cache = %cache.display(),
+            "policy.cache is inside the plugins folder: whoever may drop plugins there can also reach the compiled code (it is authenticated, but keep it apart)"
+        );
+    }
     let runtime = policy::RuntimeConfig {
         max_instances: cfg.max_instances.max(1),
         max_memory: (cfg.max_memory_mib.max(1) as usize) << 20,
+        cache,
     };
-    Policies::open(cfg.plugins.as_deref(), cache, runtime).await
+    let policies = Policies::open(cfg.plugins.as_deref(), runtime, cfg.required.clone()).await?;
+    let (rejected, missing) = policies.problems().await;
+    let mut fatal = Vec::new();
+    match cfg.on_error {
+        config::OnError::Refuse => fatal.extend(rejected),
+        config::OnError::Skip => {
+            for r in &rejected {
+                tracing::warn!(problem = %r, "starting without a plugin that did not load ([policy] on-error = \"skip\")");
+            }
+        }
+    }
+    fatal.extend(missing);
+    anyhow::ensure!(
+        fatal.is_empty(),
+        "the policy chain is not what the configuration asks for, refusing to start (fail closed):\n  {}",
+        fatal.join("\n  ")
+    );
+    Ok(policies)
 }
 
 /// Connects to every upstream once and fails if two expose the same tool or prompt name,

@@ -116,7 +116,7 @@ fn main() -> ExitCode {
                     .map(|()| ExitCode::SUCCESS),
                 None => Err(anyhow::anyhow!("no configuration")),
             },
-            Command::Check { config } => check(config).map(|()| ExitCode::SUCCESS),
+            Command::Check { config } => check(config).await.map(|()| ExitCode::SUCCESS),
             Command::Authn { command } => cli::authn::run(command),
             Command::Plugin { command } => cli::plugin::run(command).await,
             Command::Audit { command } => cli::audit::run(command),
@@ -139,8 +139,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+/// Validates the file, then loads its plugins folder exactly as `serve` would (each
+/// plugin's own configuration validation included) and fails on the same errors.
+async fn check(path: PathBuf) -> anyhow::Result<()> {
     let cfg = config::load(&path)?;
+    for (name, upstream) in &cfg.upstreams {
+        if let Some(command) = &upstream.command
+            && !on_path(command)
+        {
+            eprintln!(
+                "warning: upstreams.{name}: command {command:?} is not found (not a file, not on PATH); the upstream will fail to start"
+            );
+        }
+    }
+    if cfg.policy.plugins.is_some() || !cfg.policy.required.is_empty() {
+        let policies = portcullis::open_policies(&cfg.policy).await?;
+        let chain = policies.chain();
+        let names: Vec<&str> = chain.plugins().iter().map(|p| &*p.name).collect();
+        println!(
+            "policy chain: {}",
+            if names.is_empty() {
+                "(empty)".to_string()
+            } else {
+                names.join(" → ")
+            }
+        );
+    }
     println!(
         "{}: ok ({} upstreams: {})",
         path.display(),
@@ -148,6 +172,19 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         cfg.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
     );
     Ok(())
+}
+
+/// Whether `command` names an executable: a path to a file, or a name found on `PATH`.
+fn on_path(command: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if command.contains('/') {
+        return executable(std::path::Path::new(command));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(command))))
 }
 
 async fn serve(
@@ -163,7 +200,8 @@ async fn serve(
         let plugins = DemoPlugins::write().context("cannot write the demo's plugins folder")?;
         if let Some(p) = &plugins {
             cfg.policy.plugins = Some(p.dir().to_path_buf());
-            cfg.policy.cache = Some(DemoPlugins::cache_dir());
+            // The demo's chain is its point: without either plugin it does not serve.
+            cfg.policy.required = vec!["authn".into(), "authz".into()];
         }
         plugins
     } else {

@@ -6,6 +6,7 @@
 mod aggregation;
 mod auth;
 mod cli;
+mod compile_cache;
 mod conformance;
 mod front;
 mod governance;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use portcullis_tests::harness::{
-    Fixture, Gateway, PluginDir, RawHttp, RawSession, initialize_request, server_toml,
-    stdio_fixture_toml,
+    Fixture, Gateway, PluginDir, RawHttp, RawSession, check_config, initialize_request,
+    server_toml, stdio_fixture_toml,
 };
 use serde_json::{Value, json};
 
@@ -214,17 +214,18 @@ async fn fail_open_lets_a_failing_plugin_pass() {
     gateway.wait_for_log("fail-open", WAIT).await;
 }
 
+/// Fail closed at start-up: a plugin that does not load stops `serve` (non-zero, naming the
+/// file and the reason) and `check` says the same. Only an explicit `on-error = "skip"`
+/// starts without the broken plugins, and then the rest serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_plugins_are_rejected_at_load_and_the_rest_serve() {
+async fn broken_plugins_refuse_the_start_unless_skipping_is_asked_for() {
     let plugins = PluginDir::new();
     plugins.add("good", "chaos", &chaos("deny", "crash", ""));
     plugins.add("wrong", "wrong-world", "");
     plugins.write_wasm("core", b"\0asm\x01\0\0\0");
     plugins.write_wasm("garbage", b"this is not webassembly at all");
     plugins.add("picky", "chaos", "[config]\nmode = \"reject-config\"\n");
-    let (gateway, s) = gateway(&plugins).await;
-    let logs = gateway.wait_for_log("policy chain ready", WAIT).await;
-    for (name, why) in [
+    let reasons = [
         (
             "wrong",
             "does not implement the portcullis:policy plugin world",
@@ -232,7 +233,41 @@ async fn broken_plugins_are_rejected_at_load_and_the_rest_serve() {
         ("core", "a core WebAssembly module, not a component"),
         ("garbage", "not a WebAssembly file"),
         ("picky", "configuration rejected"),
-    ] {
+    ];
+    let config = format!(
+        "{}{}{}",
+        server_toml(),
+        plugins.policy_toml(),
+        stdio_fixture_toml("alpha")
+    );
+    let refused = Gateway::try_start_with_env(&config, &[])
+        .await
+        .expect_err("a gateway with broken plugins must not serve");
+    let check = check_config(&config).await;
+    assert!(!check.status.success(), "check passed: {}", check.stdout);
+    for (name, why) in reasons {
+        let line = format!("{name}.wasm: ");
+        for (what, text) in [
+            ("serve", format!("{refused:#}")),
+            ("check", check.stderr.clone()),
+        ] {
+            assert!(
+                text.lines().any(|l| l.contains(&line) && l.contains(why)),
+                "{what} does not name {name}: {why}\n{text}"
+            );
+        }
+    }
+
+    let skipping = format!(
+        "{}{}on-error = \"skip\"\n{}",
+        server_toml(),
+        plugins.policy_toml(),
+        stdio_fixture_toml("alpha")
+    );
+    let gateway = Gateway::start(&skipping).await;
+    let (_, s) = RawHttp::new(gateway.url()).initialize(&[]).await;
+    let logs = gateway.wait_for_log("policy chain ready", WAIT).await;
+    for (name, why) in reasons {
         assert!(
             logs.lines().any(|l| l.contains("plugin rejected")
                 && l.contains(&format!("plugin={name}"))
@@ -248,6 +283,73 @@ async fn broken_plugins_are_rejected_at_load_and_the_rest_serve() {
     assert_eq!(
         echo_text(&call(&s, 2, "alpha__echo", json!({ "text": "ok" })).await),
         "ok"
+    );
+}
+
+/// `[policy] required`: a required plugin (by stage or by name) missing at start-up stops
+/// `serve` and fails `check`; removed while serving, the MCP endpoint answers 503 with a
+/// JSON-RPC error until it is back, and never serves without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_plugin_missing_means_no_traffic() {
+    let plugins = PluginDir::new();
+    let guard = format!("stage = \"authz\"\n{}", chaos("deny", "crash", ""));
+    plugins.add("guard", "chaos", &guard);
+    let config = |required: &str| {
+        format!(
+            "{}{}required = {required}\n{}",
+            server_toml(),
+            plugins.policy_toml(),
+            stdio_fixture_toml("alpha")
+        )
+    };
+    let missing = config(r#"["authz", "audit-tagger"]"#);
+    let refused = Gateway::try_start_with_env(&missing, &[])
+        .await
+        .expect_err("a required plugin is missing");
+    assert!(
+        format!("{refused:#}")
+            .contains(r#"required plugin or stage "audit-tagger" is not in the chain"#),
+        "{refused:#}"
+    );
+    let check = check_config(&missing).await;
+    assert!(
+        !check.status.success() && check.stderr.contains(r#""audit-tagger""#),
+        "{check:?}"
+    );
+    let check = check_config(&config(r#"["authz", "guard"]"#)).await;
+    assert!(check.status.success(), "{check:?}");
+    assert!(check.stdout.contains("policy chain: guard"), "{check:?}");
+
+    let gateway = Gateway::start(&config(r#"["authz"]"#)).await;
+    let http = RawHttp::new(gateway.url());
+    let (_, s) = http.initialize(&[]).await;
+    assert!(call(&s, 1, "alpha__crash", json!({})).await["error"].is_object());
+
+    plugins.remove("guard");
+    gateway
+        .wait_for_log("required plugins are not in the chain", WAIT)
+        .await;
+    let body = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": { "name": "alpha__crash", "arguments": {} } });
+    let refused = s.post(&body).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let error: Value = serde_json::from_str(&refused.body).expect("a JSON-RPC error body");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("authz")),
+        "{error}"
+    );
+    let init = http.post(&initialize_request(9, "2025-11-25"), &[]).await;
+    assert_eq!(init.status, 503, "no new session either: {}", init.body);
+
+    plugins.add("guard", "chaos", &guard);
+    gateway
+        .wait_for_log("every required plugin is in the chain again", WAIT)
+        .await;
+    assert!(call(&s, 3, "alpha__crash", json!({})).await["error"]["code"].is_i64());
+    assert_eq!(
+        echo_text(&call(&s, 4, "alpha__echo", json!({ "text": "back" })).await),
+        "back"
     );
 }
 

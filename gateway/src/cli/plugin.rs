@@ -65,24 +65,17 @@ pub struct TestArgs {
     pub json: bool,
 }
 
-/// The compile cache the gateway uses for a plugins folder by default (`<folder>/.cache`):
-/// testing or listing plugins where they will be deployed warms it, so the gateway starts
-/// without compiling them again (seconds for Python and JavaScript components).
-fn default_cache(folder: &Path) -> PathBuf {
-    folder.join(".cache")
-}
-
 pub async fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginCommand::Test(args) => test(args).await,
         PluginCommand::List { folder, json } => {
             let policies = Policies::open(
                 Some(&folder),
-                Some(default_cache(&folder)),
                 RuntimeConfig {
                     max_instances: 8,
                     ..RuntimeConfig::default()
                 },
+                Vec::new(),
             )
             .await?;
             let status = policies.status().await;
@@ -212,12 +205,7 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
         ..RuntimeConfig::default()
     };
     let policies = if args.plugin.is_dir() {
-        let p = Policies::open(
-            Some(&args.plugin),
-            Some(default_cache(&args.plugin)),
-            runtime,
-        )
-        .await?;
+        let p = Policies::open(Some(&args.plugin), runtime, Vec::new()).await?;
         let rejected: Vec<String> = p
             .status()
             .await
@@ -235,14 +223,7 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
             .config
             .clone()
             .unwrap_or_else(|| args.plugin.with_extension("toml"));
-        let folder = args.plugin.parent().unwrap_or(Path::new("."));
-        Policies::single(
-            &args.plugin,
-            &sidecar,
-            Some(&default_cache(folder)),
-            runtime,
-        )
-        .await?
+        Policies::single(&args.plugin, &sidecar, runtime).await?
     };
     let chain = policies.chain();
     let request = read_message(&args.message)?;

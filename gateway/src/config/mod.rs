@@ -130,9 +130,26 @@ pub struct PolicyConfig {
     /// Folder of plugins: every `*.wasm` in it is a plugin, `<name>.toml` beside it its
     /// sidecar. Relative to the configuration file. Default: none (no policies).
     pub plugins: Option<PathBuf>,
-    /// Where compiled plugins are cached (keyed by content hash and engine version).
-    /// Default: `<plugins>/.cache`.
+    /// Where compiled plugins are cached (keyed by content hash and engine version), so a
+    /// restart does not compile them again. The directory holds native code the gateway
+    /// runs, so it must be private to the gateway's user: it is created `0700`, every
+    /// artifact in it is authenticated (HMAC under a key kept there, `0600`) before use, and
+    /// a directory or key owned by another user or open to others is not used (compiling
+    /// at every start instead, with an error in the log). Never put it inside the plugins
+    /// folder. Default: `$XDG_CACHE_HOME/portcullis/plugins`, else
+    /// `~/.cache/portcullis/plugins`; without either variable, no cache.
     pub cache: Option<PathBuf>,
+    /// A plugin that cannot load at start-up (bad `.wasm`, bad sidecar, configuration its
+    /// `init` rejects): `refuse` (default) makes `serve` and `check` fail naming the file and
+    /// the reason, so a broken policy never means no policy; `skip` starts without it (and
+    /// `/readyz` says 503 until it loads). On hot reload a broken new version never replaces
+    /// the last good one, whatever this says.
+    pub on_error: OnError,
+    /// Plugins the chain must hold, by plugin name or by stage (`authn`, `authz`, `custom`,
+    /// `routing`, `redaction`): `serve` and `check` refuse to start without each, and while
+    /// one is missing (removed from the folder, disabled by its sidecar) the MCP endpoint
+    /// answers 503 with a JSON-RPC error instead of serving without it. Default: none.
+    pub required: Vec<String>,
     /// Reload when files in the folder change. Default true.
     pub watch: bool,
     /// Most plugin instances running at once; more requests wait for a slot. Default 256.
@@ -146,10 +163,31 @@ impl Default for PolicyConfig {
         PolicyConfig {
             plugins: None,
             cache: None,
+            on_error: OnError::Refuse,
+            required: Vec::new(),
             watch: true,
             max_instances: 256,
             max_memory_mib: 64,
         }
+    }
+}
+
+/// `[policy] on-error`: what a plugin that cannot load at start-up does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Refuse to start (fail closed).
+    Refuse,
+    /// Start without the plugin.
+    Skip,
+}
+
+impl PolicyConfig {
+    /// The compile cache's directory: `cache`, else the per-user default.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.cache
+            .clone()
+            .or_else(crate::policy::CompileCache::default_dir)
     }
 }
 

@@ -119,6 +119,20 @@ impl Front {
         if let Err(refused) = authorization::check(req.headers()) {
             return refused;
         }
+        // Fail closed: a required plugin that is not in the chain (removed, disabled) means
+        // no MCP traffic at all, never traffic without that policy.
+        let missing = self.policies.missing();
+        if !missing.is_empty() && req.method() != Method::OPTIONS {
+            tracing::warn!(missing = %missing.join(", "), "refused: required plugins are not in the chain");
+            return response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::mcp::codes::INTERNAL_ERROR,
+                &format!(
+                    "Service unavailable: required policy plugin(s) not loaded: {}",
+                    missing.join(", ")
+                ),
+            );
+        }
         let origin = req.headers().get(ORIGIN).cloned();
         // One span per client message (export on): POSTs carry them.
         let span = match *req.method() {

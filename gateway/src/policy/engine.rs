@@ -12,6 +12,7 @@
 //! - **A semaphore of `max-instances` permits**: a burst of requests waits for an instance
 //!   slot (backpressure) instead of failing when the pool is exhausted.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Plugin as PluginWorld;
+use super::cache::CompileCache;
 use super::host::HostState;
 use super::kv::{KvStore, MemoryKv};
 
@@ -33,6 +35,8 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest linear memory any plugin may be granted, in bytes (pool slot size).
     pub max_memory: usize,
+    /// The compile cache's directory (see `cache.rs`); `None` compiles every time.
+    pub cache: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -40,6 +44,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             max_instances: 256,
             max_memory: 64 << 20,
+            cache: CompileCache::default_dir(),
         }
     }
 }
@@ -49,6 +54,8 @@ pub struct Runtime {
     pub linker: Linker<HostState>,
     pub kv: Arc<dyn KvStore>,
     pub instances: Semaphore,
+    /// Where compilations are kept between runs, when the configured directory is usable.
+    pub cache: Option<CompileCache>,
     pub config: RuntimeConfig,
     _ticker: EpochTicker,
 }
@@ -90,11 +97,23 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let ticker = EpochTicker::start(engine.clone());
+        // A cache that cannot be used only costs compile time: say so and go on without it.
+        let cache = config
+            .cache
+            .as_deref()
+            .and_then(|dir| match CompileCache::open(dir) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    tracing::error!(error = %e, "compile cache not used; plugins are compiled at every start");
+                    None
+                }
+            });
         Ok(Arc::new(Runtime {
             engine,
             linker,
             kv: Arc::new(MemoryKv::default()),
             instances: Semaphore::new(config.max_instances as usize),
+            cache,
             config,
             _ticker: ticker,
         }))

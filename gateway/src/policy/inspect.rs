@@ -67,7 +67,7 @@ pub async fn inspect(path: &Path) -> anyhow::Result<Inspection> {
     report.imports = ty.imports(&rt.engine).map(|(n, _)| n.to_string()).collect();
     report.exports = ty.exports(&rt.engine).map(|(n, _)| n.to_string()).collect();
     report.implements_policy_world = report.exports.iter().any(|e| e == POLICY_EXPORT);
-    match Plugin::load(&rt, path, None).await {
+    match Plugin::load(&rt, path).await {
         Ok(p) => {
             report.name = Some(p.name.to_string());
             report.version = Some(p.version.clone());

@@ -1,17 +1,18 @@
-//! From `.wasm` bytes to a compiled [`Component`], through a disk cache.
+//! From `.wasm` bytes to a compiled [`Component`], through the compile cache.
 //!
 //! Compiling a component with Cranelift takes 30 ms (small Rust policy) to 6 s (a JavaScript or
-//! Python engine); deserializing a cached compilation takes 0.1–20 ms. The cache key is the
+//! Python engine); loading a cached compilation takes 0.1–20 ms. The cache key is the
 //! SHA-256 of the `.wasm` plus the engine fingerprint (wasmtime version and every setting
 //! that affects code generation), so a changed file or a different gateway build never
-//! loads stale code.
+//! loads stale code; `cache.rs` says why a cached artifact can be trusted.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
+use super::cache::CompileCache;
 use super::engine::Runtime;
 
 /// Why bytes could not become a component.
@@ -66,41 +67,29 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-/// Compiles `bytes`, or loads the compilation from `cache_dir` when it is there.
+/// Compiles `bytes`, or loads the compilation from `cache` when it holds an authentic one.
 pub fn compile(
     rt: &Runtime,
     bytes: &[u8],
-    cache_dir: Option<&Path>,
+    cache: Option<&CompileCache>,
 ) -> Result<Compiled, LoadError> {
     check_header(bytes)?;
     let started = Instant::now();
     let sha256 = sha256_hex(bytes);
-    let cache_file =
-        cache_dir.map(|d| d.join(format!("{sha256}-{}.cwasm", rt.engine_fingerprint())));
-    if let Some(path) = &cache_file
-        && path.is_file()
-    {
-        // SAFETY: the file is one this gateway wrote (below) into its own cache directory,
-        // keyed by the engine fingerprint, so it is a valid compilation for this engine.
-        match unsafe { Component::deserialize_file(&rt.engine, path) } {
-            Ok(component) => {
-                return Ok(Compiled {
-                    component,
-                    sha256,
-                    size: bytes.len(),
-                    cached: true,
-                    took: started.elapsed(),
-                });
-            }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "unusable cache entry; recompiling")
-            }
-        }
+    let fingerprint = rt.engine_fingerprint();
+    if let Some(component) = cache.and_then(|c| c.load(&rt.engine, &sha256, &fingerprint)) {
+        return Ok(Compiled {
+            component,
+            sha256,
+            size: bytes.len(),
+            cached: true,
+            took: started.elapsed(),
+        });
     }
     let component =
         Component::new(&rt.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-    if let Some(path) = &cache_file {
-        store_in_cache(&component, path);
+    if let Some(cache) = cache {
+        cache.store(&component, &sha256, &fingerprint);
     }
     Ok(Compiled {
         component,
@@ -109,24 +98,6 @@ pub fn compile(
         cached: false,
         took: started.elapsed(),
     })
-}
-
-fn store_in_cache(component: &Component, path: &Path) {
-    let written = component
-        .serialize()
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-            }
-            // Write then rename, so a concurrent reader never sees half a file.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, path).map_err(|e| e.to_string())
-        });
-    if let Err(e) = written {
-        tracing::warn!(file = %path.display(), error = %e, "could not write the compilation cache");
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! | file | job |
 //! | --- | --- |
 //! | `engine.rs` | the one `Engine` (pooling allocator, epochs), linker, instance bound |
-//! | `loader.rs` | `.wasm` → compiled component, through a disk cache |
+//! | `loader.rs` | `.wasm` → compiled component, through the compile cache |
+//! | `cache.rs` | the compile cache: private, every artifact authenticated before use |
 //! | `plugin.rs` | one plugin: link, describe, validate config, evaluate in a fresh instance |
 //! | `host.rs` | what a plugin can reach: its message, log, key-value, an empty WASI |
 //! | `chain.rs` | plugins in order over one message; verdicts applied |
@@ -13,6 +14,7 @@
 //! | `sidecar.rs`, `limits.rs`, `kv.rs` | per-plugin settings, limits, storage |
 
 mod bindings;
+mod cache;
 mod chain;
 mod engine;
 mod host;
@@ -26,6 +28,7 @@ mod watcher;
 
 use serde::{Deserialize, Serialize};
 
+pub use cache::CompileCache;
 pub use chain::{Call, CallView, Chain, Denial, add_attributes};
 pub use engine::RuntimeConfig;
 pub use inspect::{Inspection, inspect};

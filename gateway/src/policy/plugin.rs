@@ -112,12 +112,8 @@ struct WarmInstance {
 impl Plugin {
     /// Loads `wasm` (with its sidecar, if any): compiles or takes it from the cache, links it,
     /// asks it to describe itself and validates its configuration in a fresh instance.
-    pub async fn load(
-        rt: &Arc<Runtime>,
-        wasm: &Path,
-        cache: Option<&Path>,
-    ) -> Result<Plugin, LoadError> {
-        Self::load_with(rt, wasm, &wasm.with_extension("toml"), cache).await
+    pub async fn load(rt: &Arc<Runtime>, wasm: &Path) -> Result<Plugin, LoadError> {
+        Self::load_with(rt, wasm, &wasm.with_extension("toml")).await
     }
 
     /// [`Plugin::load`] with the sidecar at an explicit path (`portcullis plugin test --config`).
@@ -125,15 +121,13 @@ impl Plugin {
         rt: &Arc<Runtime>,
         wasm: &Path,
         sidecar: &Path,
-        cache: Option<&Path>,
     ) -> Result<Plugin, LoadError> {
         let sidecar = Sidecar::load(sidecar).map_err(LoadError::Sidecar)?;
         let bytes = std::fs::read(wasm).map_err(|e| LoadError::Read(wasm.to_path_buf(), e))?;
         let rt2 = rt.clone();
-        let cache = cache.map(Path::to_path_buf);
         // Compilation is CPU-heavy (seconds for big guests): keep it off the async workers.
         let compiled =
-            tokio::task::spawn_blocking(move || loader::compile(&rt2, &bytes, cache.as_deref()))
+            tokio::task::spawn_blocking(move || loader::compile(&rt2, &bytes, rt2.cache.as_ref()))
                 .await
                 .map_err(|e| LoadError::Invalid(e.to_string()))??;
         let instance_pre = rt

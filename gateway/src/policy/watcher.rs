@@ -6,6 +6,11 @@
 //! chain, and none waits. A plugin whose new version fails to load keeps its last good
 //! version in the chain (and the failure is logged and shown in [`Policies::status`]).
 //! The watcher debounces file events, so a file being copied in is loaded once, complete.
+//!
+//! **Required plugins.** Operators name the plugins (or stages) the chain must hold
+//! (`[policy] required`); after every reload [`Policies::missing`] lists those the chain
+//! lacks, and the front refuses MCP traffic while it is not empty: removing `authz.wasm`
+//! from the folder stops the gateway serving, it does not turn authorization off.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,7 +66,6 @@ struct Entry {
 pub struct Policies {
     runtime: Arc<Runtime>,
     dir: Option<PathBuf>,
-    cache: Option<PathBuf>,
     current: ArcSwap<Chain>,
     entries: tokio::sync::Mutex<BTreeMap<PathBuf, Entry>>,
     last: Mutex<Option<ReloadReport>>,
@@ -72,6 +76,10 @@ pub struct Policies {
     reloads: [std::sync::atomic::AtomicU64; 2],
     /// The plugin files as the last reload found them (see [`FolderState`]).
     seen: Mutex<FolderState>,
+    /// `[policy] required`: plugin names or stage names the chain must hold.
+    required: Vec<String>,
+    /// Those of `required` the current chain lacks (read on every request: an atomic load).
+    missing: ArcSwap<Vec<String>>,
 }
 
 /// The plugin files of a folder as `stat` sees them: name, size, modification time, inode.
@@ -101,20 +109,21 @@ impl Policies {
     /// The policy runtime with the plugins of `dir` loaded (none without a folder).
     pub async fn open(
         dir: Option<&Path>,
-        cache: Option<PathBuf>,
         config: RuntimeConfig,
+        required: Vec<String>,
     ) -> anyhow::Result<Arc<Self>> {
         let runtime = Runtime::new(config)?;
         let policies = Arc::new(Policies {
             runtime,
             dir: dir.map(Path::to_path_buf),
-            cache,
             current: ArcSwap::from_pointee(Chain::empty()),
             entries: tokio::sync::Mutex::new(BTreeMap::new()),
             last: Mutex::new(None),
             rejected: Default::default(),
             reloads: Default::default(),
             seen: Mutex::new(Vec::new()),
+            missing: Default::default(),
+            required,
         });
         if let Some(dir) = dir {
             anyhow::ensure!(
@@ -123,6 +132,9 @@ impl Policies {
                 dir.display()
             );
             policies.reload().await;
+        } else {
+            // No folder, no plugins: every required one is missing.
+            policies.missing.store(Arc::new(policies.required.clone()));
         }
         Ok(policies)
     }
@@ -132,24 +144,24 @@ impl Policies {
     pub async fn single(
         wasm: &Path,
         sidecar: &Path,
-        cache: Option<&Path>,
         config: RuntimeConfig,
     ) -> anyhow::Result<Arc<Self>> {
         let runtime = Runtime::new(config)?;
-        let plugin = Plugin::load_with(&runtime, wasm, sidecar, cache)
+        let plugin = Plugin::load_with(&runtime, wasm, sidecar)
             .await
             .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
         let chain = Chain::new(runtime.clone(), vec![Arc::new(plugin)]);
         Ok(Arc::new(Policies {
             runtime,
             dir: None,
-            cache: None,
             current: ArcSwap::from_pointee(chain),
             entries: tokio::sync::Mutex::new(BTreeMap::new()),
             last: Mutex::new(None),
             rejected: Default::default(),
             reloads: Default::default(),
             seen: Mutex::new(Vec::new()),
+            required: Vec::new(),
+            missing: Default::default(),
         }))
     }
 
@@ -184,6 +196,37 @@ impl Policies {
     /// the folder asks for. Never waits for a reload in progress.
     pub fn rejected(&self) -> usize {
         self.rejected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Required plugins (`[policy] required`) the current chain lacks: while any is missing
+    /// the gateway must not serve MCP traffic. Never waits for a reload in progress.
+    pub fn missing(&self) -> Arc<Vec<String>> {
+        self.missing.load_full()
+    }
+
+    /// What keeps this policy set from serving as configured, one line each: plugin files
+    /// that did not load (with the reason) and required plugins the chain lacks. `serve`
+    /// and `check` refuse to start on any of them (unless `[policy] on-error = "skip"`
+    /// lets the first kind through).
+    pub async fn problems(&self) -> (Vec<String>, Vec<String>) {
+        let entries = self.entries.lock().await;
+        let rejected = entries
+            .values()
+            .filter(|e| e.status.state == "rejected")
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.status.file,
+                    e.status.error.as_deref().unwrap_or("not loaded")
+                )
+            })
+            .collect();
+        let missing = self
+            .missing()
+            .iter()
+            .map(|r| format!("required plugin or stage {r:?} is not in the chain"))
+            .collect();
+        (rejected, missing)
     }
 
     /// Reloads since start, and how many of them rejected a plugin.
@@ -229,7 +272,7 @@ impl Policies {
                 .and_then(|s| s.to_str())
                 .unwrap_or("?")
                 .to_string();
-            match Plugin::load(&self.runtime, &file, self.cache.as_deref()).await {
+            match Plugin::load(&self.runtime, &file).await {
                 Ok(plugin) => {
                     tracing::info!(
                         plugin = %plugin.name, version = %plugin.version, stage = ?plugin.stage,
@@ -307,6 +350,25 @@ impl Policies {
         let rejected = entries.values().filter(|e| e.status.state == "rejected");
         self.rejected
             .store(rejected.count(), std::sync::atomic::Ordering::Relaxed);
+        let missing: Vec<String> = self
+            .required
+            .iter()
+            .filter(|r| {
+                !plugins
+                    .iter()
+                    .any(|p| &*p.name == r.as_str() || p.stage.as_str() == r.as_str())
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            tracing::error!(
+                missing = %missing.join(", "),
+                "required plugins are not in the chain: the MCP endpoint refuses traffic until they load"
+            );
+        } else if !self.missing.load().is_empty() {
+            tracing::info!("every required plugin is in the chain again: serving");
+        }
+        self.missing.store(Arc::new(missing));
         self.current
             .store(Arc::new(Chain::new(self.runtime.clone(), plugins)));
         report.took_ms = started.elapsed().as_millis();

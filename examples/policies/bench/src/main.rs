@@ -46,13 +46,13 @@ fn folder(wasm: &Path, name: &str, sidecar: &str) -> PathBuf {
 
 async fn open(dir: &Path, cache: &Path) -> (Arc<Policies>, Duration) {
     let start = Instant::now();
-    let policies = Policies::open(
-        Some(dir),
-        Some(cache.to_path_buf()),
-        RuntimeConfig::default(),
-    )
-    .await
-    .unwrap();
+    let runtime = RuntimeConfig {
+        cache: Some(cache.to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    let policies = Policies::open(Some(dir), runtime, Vec::new())
+        .await
+        .unwrap();
     let took = start.elapsed();
     let status = policies.status().await;
     assert!(
