@@ -35,6 +35,10 @@ pub trait Target {
     /// `Content-Length` that matches the body). Called on half of the mutated inputs.
     fn fixup(&self, _input: &mut Vec<u8>) {}
 
+    /// Work between inputs that is not the next input's (e.g. replacing a gateway): runs
+    /// before the hang clock starts.
+    fn prepare(&self) {}
+
     /// Runs one input. Returns the facts it showed (statuses, error codes, kinds…);
     /// panics when a property the target checks does not hold.
     fn run(&self, input: &[u8]) -> Features;
@@ -232,11 +236,10 @@ pub struct Options {
     pub save_new: Option<PathBuf>,
 }
 
-/// The input running now and since when (nanoseconds after `epoch`; 0 when idle), shared
-/// with the watchdog thread.
+/// The input running now (its sequence number, from 1; 0 when idle), shared with the
+/// watchdog thread.
 struct Current {
-    epoch: Instant,
-    since: AtomicU64,
+    running: AtomicU64,
     input: Mutex<Vec<u8>>,
 }
 
@@ -342,17 +345,24 @@ fn start_watchdog(current: Arc<Current>, opts: &Options) {
     let hang = opts.hang;
     let opts = opts.clone();
     std::thread::spawn(move || {
+        let (mut watched, mut ran, mut last) = (0, Duration::ZERO, Instant::now());
         loop {
-            std::thread::sleep(Duration::from_millis(50));
-            let since = current.since.load(Ordering::SeqCst);
-            if since == 0 {
+            std::thread::sleep(TICK);
+            let now = Instant::now();
+            // A tick that came late means this process got no CPU (a loaded machine):
+            // that time is not charged to the input, so only a real hang adds up.
+            let step = (now - last).min(TICK * 2);
+            last = now;
+            let running = current.running.load(Ordering::SeqCst);
+            if running != watched {
+                (watched, ran) = (running, Duration::ZERO);
                 continue;
             }
-            let running = current
-                .epoch
-                .elapsed()
-                .saturating_sub(Duration::from_nanos(since));
-            if running > hang {
+            if running == 0 {
+                continue;
+            }
+            ran += step;
+            if ran > hang {
                 let input = current.input.lock().map(|i| i.clone()).unwrap_or_default();
                 report(
                     &opts,
@@ -366,6 +376,9 @@ fn start_watchdog(current: Arc<Current>, opts: &Options) {
     });
 }
 
+/// How often the watchdog looks.
+const TICK: Duration = Duration::from_millis(50);
+
 /// Runs every seed once, then mutated inputs until the time or run budget is spent.
 /// `Err` when an input crashed (a hang exits the process from the watchdog).
 pub fn fuzz(
@@ -375,8 +388,7 @@ pub fn fuzz(
 ) -> anyhow::Result<Summary> {
     install_panic_hook();
     let current = Arc::new(Current {
-        epoch: Instant::now(),
-        since: AtomicU64::new(0),
+        running: AtomicU64::new(0),
         input: Mutex::new(Vec::new()),
     });
     start_watchdog(current.clone(), opts);
@@ -406,13 +418,13 @@ pub fn fuzz(
             }
             child
         };
+        target.prepare();
         if let Ok(mut slot) = current.input.lock() {
             slot.clone_from(&input);
         }
-        let since = current.epoch.elapsed().as_nanos().max(1) as u64;
-        current.since.store(since, Ordering::SeqCst);
+        current.running.store(runs + 1, Ordering::SeqCst);
         let outcome = run_one(target, &input);
-        current.since.store(0, Ordering::SeqCst);
+        current.running.store(0, Ordering::SeqCst);
         runs += 1;
         match outcome {
             Ok(features) => {

@@ -608,6 +608,18 @@ impl Target for Front {
         fix_content_length(input);
     }
 
+    fn prepare(&self) {
+        let mut slot = self.state.borrow_mut();
+        if slot.as_ref().is_none_or(|s| s.served >= REBUILD_EVERY) {
+            // Drop the old gateway first: its sessions go with it.
+            *slot = None;
+            match self.rt.block_on(State::open()) {
+                Ok(s) => *slot = Some(s),
+                Err(e) => panic!("cannot start a fresh gateway: {e:#}"),
+            }
+        }
+    }
+
     fn run(&self, input: &[u8]) -> Features {
         judge(&self.serve(input))
     }
@@ -633,20 +645,12 @@ impl Target for Front {
 }
 
 impl Front {
-    /// One input on a fresh connection to the current gateway (replaced every
-    /// [`REBUILD_EVERY`] inputs), placeholders filled in.
+    /// One input on a fresh connection to the current gateway, placeholders filled in.
     fn serve(&self, input: &[u8]) -> Exchange {
+        self.prepare();
         let mut slot = self.state.borrow_mut();
-        if slot.as_ref().is_none_or(|s| s.served >= REBUILD_EVERY) {
-            // Drop the old gateway first: its sessions go with it.
-            *slot = None;
-            match self.rt.block_on(State::open()) {
-                Ok(s) => *slot = Some(s),
-                Err(e) => panic!("cannot start a fresh gateway: {e:#}"),
-            }
-        }
         let Some(state) = slot.as_mut() else {
-            unreachable!("the state was just set")
+            unreachable!("prepare sets the state")
         };
         state.served += 1;
         let input = replace_all(input, SESSION, state.session.as_bytes());
