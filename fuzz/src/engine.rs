@@ -241,6 +241,17 @@ pub struct Options {
 struct Current {
     running: AtomicU64,
     input: Mutex<Vec<u8>>,
+    /// The fuzzing thread's scheduler statistics (Linux), to tell waiting for a CPU from
+    /// waiting on the gateway.
+    schedstat: Option<PathBuf>,
+}
+
+/// Nanoseconds the thread behind `path` has spent runnable but not running (Linux
+/// `schedstat`, second field); 0 where unknown.
+fn waited_for_cpu(path: Option<&Path>) -> u64 {
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Set by the panic hook: some thread panicked (message and place).
@@ -346,28 +357,38 @@ fn start_watchdog(current: Arc<Current>, opts: &Options) {
     let opts = opts.clone();
     std::thread::spawn(move || {
         let (mut watched, mut ran, mut last) = (0, Duration::ZERO, Instant::now());
+        let (mut started, mut excused) = (Instant::now(), Duration::ZERO);
+        let mut waited = waited_for_cpu(current.schedstat.as_deref());
         loop {
             std::thread::sleep(TICK);
             let now = Instant::now();
-            // A tick that came late means this process got no CPU (a loaded machine):
-            // that time is not charged to the input, so only a real hang adds up.
-            let step = (now - last).min(TICK * 2);
+            // Time the fuzzing thread spent waiting for a CPU (a loaded machine) is not
+            // charged to the input, nor is a late tick beyond twice its length: only time
+            // the gateway could have used adds up to a hang.
+            let queued = waited_for_cpu(current.schedstat.as_deref());
+            let starved = Duration::from_nanos(queued.saturating_sub(waited));
+            waited = queued;
+            let step = (now - last).min(TICK * 2).saturating_sub(starved);
             last = now;
             let running = current.running.load(Ordering::SeqCst);
             if running != watched {
-                (watched, ran) = (running, Duration::ZERO);
+                (watched, ran, started, excused) = (running, Duration::ZERO, now, Duration::ZERO);
                 continue;
             }
             if running == 0 {
                 continue;
             }
             ran += step;
+            excused += (now - started).saturating_sub(ran + excused);
             if ran > hang {
                 let input = current.input.lock().map(|i| i.clone()).unwrap_or_default();
                 report(
                     &opts,
                     "hang",
-                    &format!("one input ran for more than {hang:?}"),
+                    &format!(
+                        "one input ran for more than {hang:?} (plus {excused:?} not charged: \
+                         waiting for a CPU, late ticks)"
+                    ),
                     &input,
                 );
                 std::process::exit(2);
@@ -390,6 +411,9 @@ pub fn fuzz(
     let current = Arc::new(Current {
         running: AtomicU64::new(0),
         input: Mutex::new(Vec::new()),
+        schedstat: std::fs::read_link("/proc/thread-self")
+            .ok()
+            .map(|t| Path::new("/proc").join(t).join("schedstat")),
     });
     start_watchdog(current.clone(), opts);
     let mut corpus: Vec<Vec<u8>> = seeds.into_iter().map(|(_, b)| b).collect();
