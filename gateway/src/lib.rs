@@ -120,6 +120,19 @@ impl Gateway {
         })
     }
 
+    /// Serves one already-open connection (any byte stream) as the listener's connections
+    /// are served; the fuzz targets (fuzz/) drive it over an in-memory stream. The future
+    /// ends when the connection closes.
+    pub fn serve_connection<I>(
+        &self,
+        io: I,
+    ) -> impl std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        front::connection(self.front.clone(), io)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}{}", self.addr, self.path)
     }

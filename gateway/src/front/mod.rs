@@ -26,7 +26,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -184,6 +185,27 @@ impl Front {
     }
 }
 
+/// One accepted connection served over HTTP/1.1: what [`serve`] runs for every socket, and
+/// what the fuzz targets (fuzz/) drive over an in-memory stream, so they test this very code.
+/// The future ends when the connection closes.
+pub fn connection<I>(
+    front: Arc<Front>,
+    io: I,
+) -> impl GracefulConnection<Error = hyper::Error> + Send + 'static
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let idle = front.config.idle_timeout;
+    let service = service_fn(move |req| {
+        let front = front.clone();
+        async move { Ok::<_, std::convert::Infallible>(front.route(req).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .serve_connection(TokioIo::new(io), service)
+}
+
 /// Serves until `shutdown` fires, then drains: stops accepting, ends GET streams, lets
 /// in-flight requests finish (up to `shutdown-grace`), and closes every session (which stops
 /// stdio upstreams and ends upstream sessions).
@@ -217,17 +239,7 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: Cancellat
         };
         // Nagle + delayed ACK would hold back small SSE events by ~40 ms.
         let _ = stream.set_nodelay(true);
-        let idle = front.config.idle_timeout;
-        let front = front.clone();
-        let service = service_fn(move |req| {
-            let front = front.clone();
-            async move { Ok::<_, std::convert::Infallible>(front.route(req).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(idle)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let conn = graceful.watch(connection(front.clone(), stream));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
