@@ -64,7 +64,7 @@ impl Gateway {
             upstreams,
             names,
             config.server.list_page_size,
-            config.server.max_sessions,
+            session::SessionBounds::from_config(&config.server),
         ));
         if config.namespacing.prefix == PrefixMode::Never {
             check_collisions(&sessions).await?;
@@ -162,6 +162,11 @@ pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Pol
         .cache
         .clone()
         .or_else(|| cfg.plugins.as_ref().map(|p| p.join(".cache")));
+    policy::log_budget::configure(policy::log_budget::LogLimits {
+        per_second: cfg.plugin_log_lines_per_second,
+        burst: cfg.plugin_log_burst,
+        line_bytes: cfg.plugin_log_line_bytes,
+    });
     let runtime = policy::RuntimeConfig {
         max_instances: cfg.max_instances.max(1),
         max_memory: (cfg.max_memory_mib.max(1) as usize) << 20,

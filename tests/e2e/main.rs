@@ -12,6 +12,7 @@ mod governance;
 mod harness_selftest;
 mod languages;
 mod legacy_sse;
+mod limits_client;
 mod modern;
 mod observability;
 mod policy;

@@ -311,6 +311,7 @@ pub fn parse(
             }
         }
     }
+    super::bounds::check(&config, text, file)?;
     super::observe::check(&mut config, text, file, lookup)?;
     super::audit::check(&config.audit, text, file)?;
     if config.namespacing.prefix == PrefixMode::Never {

@@ -7,6 +7,7 @@
 
 mod guard;
 mod legacy_sse;
+mod linger;
 mod metadata;
 mod modern;
 mod record;
@@ -33,9 +34,14 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServerConfig;
 use crate::policy::Policies;
 use crate::session::Sessions;
+use crate::session::stream::CutHook;
 pub use guard::Guard;
 pub use record::Recorder;
 use response::Body;
+
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub std::net::SocketAddr);
 
 /// Everything a request handler needs.
 pub struct Front {
@@ -92,9 +98,7 @@ impl Front {
                 self.closing.is_cancelled(),
             )
         {
-            let mut r = Response::new(http_body_util::BodyExt::boxed_unsync(
-                http_body_util::Full::new(bytes::Bytes::from(text)),
-            ));
+            let mut r = Response::new(response::full(bytes::Bytes::from(text)));
             *r.status_mut() = status;
             return r;
         }
@@ -109,7 +113,11 @@ impl Front {
             return response::status_error(StatusCode::NOT_FOUND, "Not Found");
         }
         if let Err(refused) = self.guard.check(req.headers()) {
-            tracing::warn!(?refused, host = ?req.headers().get(http::header::HOST), "refused: possible DNS rebinding");
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()));
+            tracing::warn!(?refused, host = ?host.as_deref().map(crate::observe::clip), "refused: possible DNS rebinding");
             return response::status_error(
                 StatusCode::FORBIDDEN,
                 "Forbidden: Host or Origin not allowed",
@@ -171,6 +179,7 @@ impl Front {
 /// stdio upstreams and ends upstream sessions).
 pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
+    let lingering = linger::Linger::from_config(&front.config);
     let reaper = {
         let (sessions, idle) = (front.sessions.clone(), front.config.session_idle_timeout);
         let stop = shutdown.clone();
@@ -200,19 +209,36 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: Cancellat
         // Nagle + delayed ACK would hold back small SSE events by ~40 ms.
         let _ = stream.set_nodelay(true);
         let idle = front.config.idle_timeout;
-        let front = front.clone();
-        let service = service_fn(move |req| {
-            let front = front.clone();
-            async move { Ok::<_, std::convert::Infallible>(front.route(req).await) }
-        });
+        // Cancelled to close the connection at once: its SSE consumer was cut off.
+        let kill = CancellationToken::new();
+        let io = linger::Lingering::new(stream, lingering, kill.clone());
+        let service = {
+            let (front, kill) = (front.clone(), kill.clone());
+            service_fn(move |mut req: Request<Incoming>| {
+                let (front, kill) = (front.clone(), kill.clone());
+                req.extensions_mut().insert(Peer(peer));
+                async move {
+                    let mut resp = front.route(req).await;
+                    if let Some(hook) = resp.extensions_mut().remove::<CutHook>() {
+                        hook.on_cut(kill);
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            })
+        };
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(idle)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                _ = kill.cancelled() => {
+                    tracing::debug!(%peer, "connection closed: its SSE consumer was cut off");
+                }
             }
         });
     }

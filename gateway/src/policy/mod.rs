@@ -20,6 +20,7 @@ mod inspect;
 mod kv;
 mod limits;
 mod loader;
+pub mod log_budget;
 mod plugin;
 mod sidecar;
 mod watcher;
