@@ -71,7 +71,7 @@ mod tests {
     fn defaults_bound_everything() {
         let c = check("").unwrap();
         assert_eq!(c.server.max_client_info_bytes, 4096);
-        assert_eq!(c.server.max_stream_buffer_kib, 1024);
+        assert_eq!(c.server.max_stream_buffer_kib, 4096);
         assert_eq!(c.server.max_sessions_per_caller, 64);
         assert_eq!(c.policy.plugin_log_lines_per_second, 20);
         assert_eq!(c.policy.plugin_log_burst, 100);

@@ -107,7 +107,7 @@ pub struct ServerConfig {
     pub max_client_info_bytes: usize,
     /// Bytes an SSE stream may hold for a client that does not read them (and bytes kept
     /// for its `Last-Event-ID` replay); a consumer that falls further behind is cut off:
-    /// its stream is closed and the memory returned. Default 1024 (1 MiB).
+    /// its stream is closed and the memory returned. Default 4096 (4 MiB).
     pub max_stream_buffer_kib: usize,
     /// Most sessions one caller may hold at once (the authenticated subject, or the client
     /// address without authn); `initialize` beyond it gets HTTP 429. Default 64.
@@ -134,8 +134,10 @@ impl Default for ServerConfig {
             // clientInfo is a name, a title, a version, a URL or two: 4 KiB is room to spare,
             // and 10,000 sessions' worth stays under 100 MB.
             max_client_info_bytes: 4096,
-            // Hundreds of progress events; a reader that keeps up never has more than a few.
-            max_stream_buffer_kib: 1024,
+            // Room for a burst of large messages (two 2 MB results back to back) toward a
+            // reader that keeps up but whose socket buffers are still small; a reader that
+            // stopped costs at most this.
+            max_stream_buffer_kib: 4096,
             // One agent needs one or two; 64 covers a team behind one NAT address.
             max_sessions_per_caller: 64,
         }

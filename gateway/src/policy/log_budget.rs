@@ -2,9 +2,9 @@
 //! all its calls (`[policy] plugin-log-lines-per-second`, `plugin-log-burst`).
 //!
 //! Host `log` calls and stdout/stderr lines both draw from it. A line over the budget is
-//! dropped and counted (`portcullis_plugin_log_lines_dropped_total{plugin}`); at most once a
-//! second per plugin, one summary line says how many were dropped since the last one (it
-//! goes out with the plugin's next log attempt). Each line is also cut to
+//! dropped and counted (`portcullis_plugin_log_lines_dropped_total{plugin}`); once a second,
+//! one summary line per plugin that dropped any says how many since the last one. Each line
+//! is also cut to
 //! `plugin-log-line-bytes`. Buckets are keyed by plugin name, so a reloaded plugin keeps its
 //! budget.
 
@@ -34,9 +34,41 @@ impl Default for LogLimits {
 static LIMITS: OnceLock<LogLimits> = OnceLock::new();
 static BUCKETS: LazyLock<DashMap<std::sync::Arc<str>, Bucket>> = LazyLock::new(DashMap::new);
 
-/// Sets the budget for this process (once, at start-up; later calls are ignored).
+/// Sets the budget for this process (once, at start-up; later calls are ignored) and starts
+/// the summary lines' ticker on the current runtime.
 pub fn configure(limits: LogLimits) {
-    let _ = LIMITS.set(limits);
+    if LIMITS.set(limits).is_err() {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async {
+            let mut tick = tokio::time::interval(SUMMARY_EVERY);
+            loop {
+                tick.tick().await;
+                summarize(Instant::now());
+            }
+        });
+    }
+}
+
+/// Writes the summary line of every plugin whose line is due.
+fn summarize(now: Instant) {
+    let due: Vec<_> = BUCKETS
+        .iter_mut()
+        .filter_map(|mut b| Some((b.key().clone(), b.due(now)?)))
+        .collect();
+    for (plugin, dropped) in due {
+        summary(&plugin, dropped);
+    }
+}
+
+fn summary(plugin: &str, dropped: u64) {
+    tracing::warn!(
+        target: "portcullis::plugin",
+        plugin,
+        dropped,
+        "plugin log lines dropped: over policy.plugin-log-lines-per-second"
+    );
 }
 
 fn limits() -> LogLimits {
@@ -57,12 +89,7 @@ pub fn admit(plugin: &std::sync::Arc<str>) -> bool {
         }
     };
     if let Some(dropped) = summary {
-        tracing::warn!(
-            target: "portcullis::plugin",
-            plugin = %plugin,
-            dropped,
-            "plugin log lines dropped: over policy.plugin-log-lines-per-second"
-        );
+        self::summary(plugin, dropped);
     }
     allowed
 }
@@ -107,14 +134,7 @@ impl Bucket {
         self.tokens = (self.tokens + elapsed * f64::from(limits.per_second))
             .min(f64::from(limits.burst.max(1)));
         self.refilled = now;
-        let summary = match self.pending {
-            n if n > 0 && now.saturating_duration_since(self.summarized) >= SUMMARY_EVERY => {
-                self.pending = 0;
-                self.summarized = now;
-                Some(n)
-            }
-            _ => None,
-        };
+        let summary = self.due(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             (true, summary)
@@ -122,6 +142,20 @@ impl Bucket {
             self.pending += 1;
             self.dropped_total += 1;
             (false, summary)
+        }
+    }
+}
+
+impl Bucket {
+    /// The count for a summary line, when one is due (drops pending, none said for a second).
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        match self.pending {
+            n if n > 0 && now.saturating_duration_since(self.summarized) >= SUMMARY_EVERY => {
+                self.pending = 0;
+                self.summarized = now;
+                Some(n)
+            }
+            _ => None,
         }
     }
 }

@@ -217,6 +217,22 @@ impl Session {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
         let stream = Arc::new(EventStream::new(id, self.stream_cap, self.id.clone()));
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished streams are kept for resumption within one stream's byte cap in all, the
+        // oldest dropped first: a session that made many streaming calls does not hold
+        // every answer it ever streamed.
+        let mut kept: usize = streams
+            .iter()
+            .filter(|s| s.is_finished())
+            .map(|s| s.kept_bytes())
+            .sum();
+        while kept > self.stream_cap {
+            let Some(at) = streams.iter().position(|s| s.is_finished()) else {
+                break;
+            };
+            if let Some(old) = streams.remove(at) {
+                kept = kept.saturating_sub(old.kept_bytes());
+            }
+        }
         if streams.len() >= KEPT_STREAMS {
             // Drop the oldest finished stream (or the oldest at all if none finished).
             let at = streams.iter().position(|s| s.is_finished()).unwrap_or(0);

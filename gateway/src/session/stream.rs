@@ -303,6 +303,11 @@ impl EventStream {
         self.lock().finished
     }
 
+    /// Bytes kept for replay.
+    pub fn kept_bytes(&self) -> usize {
+        self.lock().kept
+    }
+
     pub fn has_listener(&self) -> bool {
         self.lock().live.as_ref().is_some_and(|l| !l.is_closed())
     }
