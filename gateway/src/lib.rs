@@ -64,7 +64,7 @@ impl Gateway {
             upstreams,
             names,
             config.server.list_page_size,
-            config.server.max_sessions,
+            session::SessionBounds::from_config(&config.server),
         ));
         if config.namespacing.prefix == PrefixMode::Never {
             check_collisions(&sessions).await?;
@@ -130,7 +130,12 @@ impl Gateway {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        front::connection(self.front.clone(), io)
+        front::connection(
+            self.front.clone(),
+            io,
+            None,
+            tokio_util::sync::CancellationToken::new(),
+        )
     }
 
     pub fn url(&self) -> String {
@@ -182,6 +187,11 @@ pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Pol
             "policy.cache is inside the plugins folder: whoever may drop plugins there can also reach the compiled code (it is authenticated, but keep it apart)"
         );
     }
+    policy::log_budget::configure(policy::log_budget::LogLimits {
+        per_second: cfg.plugin_log_lines_per_second,
+        burst: cfg.plugin_log_burst,
+        line_bytes: cfg.plugin_log_line_bytes,
+    });
     let runtime = policy::RuntimeConfig {
         max_instances: cfg.max_instances.max(1),
         max_memory: (cfg.max_memory_mib.max(1) as usize) << 20,

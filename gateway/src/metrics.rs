@@ -279,6 +279,18 @@ impl Collector for Live {
             "Client sessions open now (2026-07-28 callers count one internal session each)",
             [(vec![], self.sessions.len() as i64)],
         )?;
+        counter(
+            e,
+            "sessions_refused_per_caller",
+            "initialize requests refused because their caller held server.max-sessions-per-caller sessions",
+            [(vec![], self.sessions.refused_per_caller.load(Relaxed))],
+        )?;
+        counter(
+            e,
+            "client_streams_cut",
+            "Client SSE consumers cut off for leaving more than server.max-stream-buffer-kib unread",
+            [(vec![], crate::session::stream::STREAMS_CUT.load(Relaxed))],
+        )?;
 
         let upstreams: Vec<_> = self
             .sessions
@@ -353,6 +365,15 @@ impl Collector for Live {
             "plugin_timeouts",
             "Evaluations stopped at the plugin's CPU deadline",
             per_plugin(|c| c.timeouts.load(Relaxed)),
+        )?;
+        counter(
+            e,
+            "plugin_log_lines_dropped",
+            "Log lines of a plugin dropped over policy.plugin-log-lines-per-second",
+            plugins.iter().map(|p| {
+                let dropped = crate::policy::log_budget::dropped(&p.name);
+                (vec![("plugin", p.name.to_string())], dropped)
+            }),
         )?;
         {
             let mut family = e.encode_descriptor(

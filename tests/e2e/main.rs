@@ -13,6 +13,7 @@ mod governance;
 mod harness_selftest;
 mod languages;
 mod legacy_sse;
+mod limits_client;
 mod limits_upstream;
 mod modern;
 mod observability;

@@ -352,6 +352,7 @@ pub fn parse(
             }
         }
     }
+    super::bounds::check(&config, text, file)?;
     super::observe::check(&mut config, text, file, lookup)?;
     super::audit::check(&mut config.audit, text, file, lookup)?;
     if config.namespacing.prefix == PrefixMode::Never {

@@ -7,6 +7,7 @@
 //! error naming the field.
 
 mod audit;
+mod bounds;
 mod env;
 mod load;
 mod observe;
@@ -100,6 +101,17 @@ pub struct ServerConfig {
     pub legacy_sse_path: String,
     /// Path legacy clients POST their messages to (`?sessionId=…` is added). Default `/message`.
     pub legacy_message_path: String,
+    /// Largest `clientInfo` and largest `capabilities` an `initialize` (or a 2026-07-28
+    /// request's `_meta`) may carry, each measured as JSON. Both are kept for the session's
+    /// life and sent to every upstream; larger ones get JSON-RPC `-32602`. Default 4096.
+    pub max_client_info_bytes: usize,
+    /// Bytes an SSE stream may hold for a client that does not read them (and bytes kept
+    /// for its `Last-Event-ID` replay); a consumer that falls further behind is cut off:
+    /// its stream is closed and the memory returned. Default 4096 (4 MiB).
+    pub max_stream_buffer_kib: usize,
+    /// Most sessions one caller may hold at once (the authenticated subject, or the client
+    /// address without authn); `initialize` beyond it gets HTTP 429. Default 64.
+    pub max_sessions_per_caller: usize,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +131,15 @@ impl Default for ServerConfig {
             legacy_sse: true,
             legacy_sse_path: "/sse".into(),
             legacy_message_path: "/message".into(),
+            // clientInfo is a name, a title, a version, a URL or two: 4 KiB is room to spare,
+            // and 10,000 sessions' worth stays under 100 MB.
+            max_client_info_bytes: 4096,
+            // Room for a burst of large messages (two 2 MB results back to back) toward a
+            // reader that keeps up but whose socket buffers are still small; a reader that
+            // stopped costs at most this.
+            max_stream_buffer_kib: 4096,
+            // One agent needs one or two; 64 covers a team behind one NAT address.
+            max_sessions_per_caller: 64,
         }
     }
 }
@@ -156,6 +177,14 @@ pub struct PolicyConfig {
     pub max_instances: u32,
     /// Largest memory any plugin may be granted, MiB (the pool's slot size). Default 64.
     pub max_memory_mib: u32,
+    /// Log lines (host `log` calls and stdout/stderr lines) each plugin may write per second,
+    /// across all its calls; the excess is dropped and counted, with one summary line per
+    /// second saying how many. Default 20.
+    pub plugin_log_lines_per_second: u32,
+    /// Lines a quiet plugin may write at once before the rate applies. Default 100.
+    pub plugin_log_burst: u32,
+    /// Longest plugin log line, bytes; longer ones are cut. Default 4096.
+    pub plugin_log_line_bytes: usize,
 }
 
 impl Default for PolicyConfig {
@@ -168,6 +197,12 @@ impl Default for PolicyConfig {
             watch: true,
             max_instances: 256,
             max_memory_mib: 64,
+            // A plugin logging on every call at 1,000 calls/s would write ~3.5 MB/s; 20 lines/s
+            // is plenty for a plugin reporting what it decided, and the burst lets one call
+            // write its whole story.
+            plugin_log_lines_per_second: 20,
+            plugin_log_burst: 100,
+            plugin_log_line_bytes: 4096,
         }
     }
 }

@@ -28,7 +28,7 @@ use http::header::{ALLOW, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::Front;
 use super::response::{self, Body};
@@ -36,7 +36,7 @@ use super::streamable::{denied, identify, screen, session_not_found};
 use crate::mcp::{Kind, Message, methods, version};
 use crate::policy::{Denial, Identity};
 use crate::session::Session;
-use crate::session::stream::Frames;
+use crate::session::stream::{self, Feed, Frames};
 
 /// The revision of this transport; a client asking for it gets it.
 const LEGACY_VERSION: &str = "2024-11-05";
@@ -66,7 +66,9 @@ struct Connection {
     /// Hands the session's stream to the connection's pump, once initialized.
     attach: Mutex<Option<oneshot::Sender<Frames>>>,
     /// The stream itself, for what must reach the client before a session exists.
-    out: mpsc::UnboundedSender<Bytes>,
+    out: Arc<Feed>,
+    /// The client's address, for `max-sessions-per-caller` without authn.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Connections {
@@ -198,7 +200,10 @@ impl Front {
             );
         }
         let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
-        let (out, frames) = mpsc::unbounded_channel();
+        let peer = req.extensions().get::<super::Peer>().map(|p| p.0.ip());
+        let cap = self.sessions.bounds().stream_buffer;
+        let (out, frames) = stream::channel(cap, id.clone());
+        let out = Arc::new(out);
         let endpoint = format!(
             "event: endpoint\ndata: {}?sessionId={id}\n\n",
             self.config.legacy_message_path
@@ -211,6 +216,7 @@ impl Front {
             session: OnceLock::new(),
             attach: Mutex::new(Some(attach)),
             out: out.clone(),
+            peer,
         });
         self.legacy.map.insert(id.clone(), conn);
         tokio::spawn(self.clone().pump(id.clone(), attached, out));
@@ -224,7 +230,7 @@ impl Front {
         self: Arc<Self>,
         id: Arc<str>,
         attached: oneshot::Receiver<Frames>,
-        out: mpsc::UnboundedSender<Bytes>,
+        out: Arc<Feed>,
     ) {
         let frames = tokio::select! {
             f = attached => f.ok(),
@@ -238,8 +244,9 @@ impl Front {
             loop {
                 tokio::select! {
                     f = frames.recv() => match f {
-                        Some(f) => if out.send(as_message_event(f)).is_err() { break },
-                        None => break,
+                        Some(Ok(f)) => if out.send(as_message_event(f)).is_err() { break },
+                        // Cut off (logged where it happened): the connection goes too.
+                        Some(Err(_)) | None => break,
                     },
                     _ = out.closed() => break,
                 }
@@ -352,7 +359,14 @@ impl Front {
             tracing::warn!(connection = %conn.id, "legacy stream used by a caller other than its owner; refused");
             return session_not_found();
         }
-        let (session, answer) = match self.open_session(msg, caller, negotiate) {
+        if let Err(refused) = self.check_hello(&msg) {
+            // Its answer goes where the client waits for it: on the stream.
+            return match conn.out.send(message_event(&refused)) {
+                Ok(()) => response::empty(StatusCode::ACCEPTED),
+                Err(_) => session_not_found(),
+            };
+        }
+        let (session, answer) = match self.open_session(msg, caller, conn.peer, negotiate) {
             Ok(opened) => opened,
             Err(r) => return r,
         };

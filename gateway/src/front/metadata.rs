@@ -5,7 +5,6 @@
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
 use super::response::Body;
@@ -39,7 +38,7 @@ pub fn is_metadata_path(path: &str, mcp_path: &str) -> bool {
 }
 
 pub fn respond(doc: &Bytes) -> Response<Body> {
-    let mut r = Response::new(Full::new(doc.clone()).boxed_unsync());
+    let mut r = Response::new(super::response::full(doc.clone()));
     *r.status_mut() = StatusCode::OK;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

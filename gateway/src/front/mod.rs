@@ -8,6 +8,7 @@
 mod authorization;
 mod guard;
 mod legacy_sse;
+mod linger;
 mod metadata;
 mod modern;
 mod record;
@@ -35,9 +36,14 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServerConfig;
 use crate::policy::Policies;
 use crate::session::Sessions;
+use crate::session::stream::CutHook;
 pub use guard::Guard;
 pub use record::Recorder;
 use response::Body;
+
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub std::net::SocketAddr);
 
 /// Everything a request handler needs.
 pub struct Front {
@@ -94,9 +100,7 @@ impl Front {
                 self.closing.is_cancelled(),
             )
         {
-            let mut r = Response::new(http_body_util::BodyExt::boxed_unsync(
-                http_body_util::Full::new(bytes::Bytes::from(text)),
-            ));
+            let mut r = Response::new(response::full(bytes::Bytes::from(text)));
             *r.status_mut() = status;
             return r;
         }
@@ -111,7 +115,11 @@ impl Front {
             return response::status_error(StatusCode::NOT_FOUND, "Not Found");
         }
         if let Err(refused) = self.guard.check(req.headers()) {
-            tracing::warn!(?refused, host = ?req.headers().get(http::header::HOST), "refused: possible DNS rebinding");
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()));
+            tracing::warn!(?refused, host = ?host.as_deref().map(crate::observe::clip), "refused: possible DNS rebinding");
             return response::status_error(
                 StatusCode::FORBIDDEN,
                 "Forbidden: Host or Origin not allowed",
@@ -187,18 +195,31 @@ impl Front {
 
 /// One accepted connection served over HTTP/1.1: what [`serve`] runs for every socket, and
 /// what the fuzz targets (fuzz/) drive over an in-memory stream, so they test this very code.
-/// The future ends when the connection closes.
+/// `peer` is the client's address (the caller of last resort for per-caller bounds);
+/// cancelling `kill` is how a cut-off SSE consumer's connection is closed at once (the
+/// caller selects on it). The future ends when the connection closes.
 pub fn connection<I>(
     front: Arc<Front>,
     io: I,
+    peer: Option<std::net::SocketAddr>,
+    kill: CancellationToken,
 ) -> impl GracefulConnection<Error = hyper::Error> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle = front.config.idle_timeout;
-    let service = service_fn(move |req| {
-        let front = front.clone();
-        async move { Ok::<_, std::convert::Infallible>(front.route(req).await) }
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let (front, kill) = (front.clone(), kill.clone());
+        if let Some(peer) = peer {
+            req.extensions_mut().insert(Peer(peer));
+        }
+        async move {
+            let mut resp = front.route(req).await;
+            if let Some(hook) = resp.extensions_mut().remove::<CutHook>() {
+                hook.on_cut(kill);
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -211,6 +232,7 @@ where
 /// stdio upstreams and ends upstream sessions).
 pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
+    let lingering = linger::Linger::from_config(&front.config);
     let reaper = {
         let (sessions, idle) = (front.sessions.clone(), front.config.session_idle_timeout);
         let stop = shutdown.clone();
@@ -239,10 +261,18 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: Cancellat
         };
         // Nagle + delayed ACK would hold back small SSE events by ~40 ms.
         let _ = stream.set_nodelay(true);
-        let conn = graceful.watch(connection(front.clone(), stream));
+        // Cancelled to close the connection at once: its SSE consumer was cut off.
+        let kill = CancellationToken::new();
+        let io = linger::Lingering::new(stream, lingering, kill.clone());
+        let conn = graceful.watch(connection(front.clone(), io, Some(peer), kill.clone()));
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                _ = kill.cancelled() => {
+                    tracing::debug!(%peer, "connection closed: its SSE consumer was cut off");
+                }
             }
         });
     }

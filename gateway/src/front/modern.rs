@@ -28,7 +28,7 @@ use super::streamable::{PROTOCOL_VERSION, denied};
 use crate::mcp::methods::{self, meta};
 use crate::mcp::{Kind, Message, codes, headers, version};
 use crate::policy::{Call, Chain, Phase};
-use crate::session::Session;
+use crate::session::{Session, stream};
 use crate::upstream::Hello;
 
 const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
@@ -385,6 +385,16 @@ impl Front {
             .cloned()
             .unwrap_or_else(|| json!({}));
         let hello = hello(&msg);
+        if let Some(text) = super::streamable::oversized_hello(
+            self.config.max_client_info_bytes,
+            Some(&hello.client_info),
+            Some(&hello.capabilities),
+        ) {
+            return response::json(
+                StatusCode::BAD_REQUEST,
+                &Message::error(client_id.clone(), codes::INVALID_PARAMS, &text, None),
+            );
+        }
         let target = msg
             .param_str("name")
             .or_else(|| msg.param_str("uri"))
@@ -563,7 +573,8 @@ impl Front {
             // The loop above never stops on a skip.
             Next::Skip => return response::empty(StatusCode::ACCEPTED),
         };
-        let (frames_tx, frames) = mpsc::unbounded_channel();
+        let (frames_tx, frames) =
+            stream::channel(self.sessions.bounds().stream_buffer, session.id.clone());
         let _ = frames_tx.send(frame(&first));
         let front = self.clone();
         self.tasks.spawn(async move {
@@ -718,7 +729,7 @@ impl Front {
             || parked.target != shape.target
             || parked.expires < Instant::now()
         {
-            tracing::warn!(method = %shape.method, "requestState presented for another caller or request; refused");
+            tracing::warn!(method = %crate::observe::clip(&shape.method), "requestState presented for another caller or request; refused");
             abandon(&parked);
             return stale();
         }
@@ -795,7 +806,7 @@ impl Front {
             );
             let answer = session.handle_request(sub, tx, None).await;
             if answer.is_error() {
-                tracing::debug!(uri, error = ?answer.error_value(), "resource subscription refused upstream");
+                tracing::debug!(uri = %crate::observe::clip(uri), "resource subscription refused upstream");
             } else {
                 uris.push(uri.to_string());
             }
@@ -825,7 +836,8 @@ impl Front {
             m
         };
         let mut changes = session.changes.subscribe();
-        let (frames_tx, frames) = mpsc::unbounded_channel();
+        let (frames_tx, frames) =
+            stream::channel(self.sessions.bounds().stream_buffer, session.id.clone());
         let ack = Message::notification(
             methods::SUBSCRIPTIONS_ACKNOWLEDGED,
             Some(json!({ "notifications": agreed })),

@@ -1,6 +1,5 @@
 //! Building HTTP responses: JSON, SSE and errors.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,20 +12,31 @@ use hyper::body::Frame;
 use crate::mcp::Message;
 use crate::session::stream::Frames;
 
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// Why a response body failed; the connection ends at once (an SSE consumer cut off).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body.
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// A body of these bytes.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// A comment line every so often keeps idle SSE connections open through proxies and lets
 /// the gateway notice a client that went away.
 const KEEPALIVE: Duration = Duration::from_secs(20);
 
 pub fn empty(status: StatusCode) -> Response<Body> {
-    let mut r = Response::new(Empty::new().boxed_unsync());
+    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
     *r.status_mut() = status;
     r
 }
 
 pub fn json(status: StatusCode, msg: &Message) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(msg.to_bytes())).boxed_unsync());
+    let mut r = Response::new(full(Bytes::from(msg.to_bytes())));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -41,15 +51,26 @@ pub fn error(status: StatusCode, code: i64, message: &str) -> Response<Body> {
     )
 }
 
+/// An SSE stream of `frames`. The response carries the frames' [`CutHook`](crate::session::stream::CutHook) in its extensions,
+/// for the connection to register itself: a consumer cut off for falling behind
+/// (`max-stream-buffer-kib`) has its connection closed, which a body error alone cannot do
+/// while the socket is full.
 pub fn sse(frames: Frames) -> Response<Body> {
-    let stream = futures_util::stream::unfold(frames, |mut frames| async move {
+    let hook = frames.cut_hook();
+    let stream = futures_util::stream::unfold(Some(frames), |frames| async move {
+        let mut frames = frames?;
         let next = tokio::select! {
             f = frames.recv() => f,
-            _ = tokio::time::sleep(KEEPALIVE) => Some(Bytes::from_static(b": keepalive\n\n")),
+            _ = tokio::time::sleep(KEEPALIVE) => Some(Ok(Bytes::from_static(b": keepalive\n\n"))),
         };
-        next.map(|b| (Ok::<_, Infallible>(Frame::data(b)), frames))
+        match next? {
+            Ok(b) => Some((Ok::<_, BodyError>(Frame::data(b)), Some(frames))),
+            // The error aborts the connection; the frames (and their queue) go now.
+            Err(cut) => Some((Err(Box::new(cut) as BodyError), None)),
+        }
     });
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+    r.extensions_mut().insert(hook);
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -20,7 +20,7 @@ use super::response::{self, Body};
 use super::{Front, modern, relay};
 use crate::mcp::{Kind, Message, codes, methods, version};
 use crate::policy::{Call, Chain, Denial, Identity, Phase};
-use crate::session::{Route, STANDALONE_STREAM, Session, stream::parse_event_id};
+use crate::session::{Refused, Route, STANDALONE_STREAM, Session, stream::parse_event_id};
 use crate::upstream::Hello;
 
 pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -160,6 +160,40 @@ pub(super) async fn identify(
     Ok(call.identity().map(|i| i.subject.clone()))
 }
 
+/// What is wrong with a client's `clientInfo` / `capabilities` when either is larger than
+/// `limit` bytes as JSON.
+pub(super) fn oversized_hello(
+    limit: usize,
+    client_info: Option<&Value>,
+    capabilities: Option<&Value>,
+) -> Option<String> {
+    [("clientInfo", client_info), ("capabilities", capabilities)]
+        .into_iter()
+        .find_map(|(field, value)| {
+            let size = json_size(value?);
+            (size > limit).then(|| {
+                format!("Invalid params: {field} is {size} bytes, over the gateway's limit of {limit} (server.max-client-info-bytes)")
+            })
+        })
+}
+
+/// Bytes of `value` as compact JSON, without writing it anywhere.
+fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
     headers
         .get_all(ACCEPT)
@@ -204,6 +238,7 @@ impl Front {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let modern = modern::is_modern(headers);
+        let peer = req.extensions().get::<super::Peer>().map(|p| p.0.ip());
         let version_header = headers.contains_key(PROTOCOL_VERSION);
         let unsupported = headers
             .get(PROTOCOL_VERSION)
@@ -264,7 +299,7 @@ impl Front {
         let caller = call.as_ref().and_then(|c| c.identity());
         let subject = caller.map(|i| i.subject.clone());
         let Some(session) = session else {
-            return self.initialize(msg, caller);
+            return self.initialize(msg, caller, peer);
         };
         if !session.admits(subject.as_deref()) {
             tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
@@ -329,8 +364,16 @@ impl Front {
         })
     }
 
-    fn initialize(&self, msg: Message, caller: Option<&Identity>) -> Response<Body> {
-        let (session, answer) = match self.open_session(msg, caller, version::negotiate) {
+    fn initialize(
+        &self,
+        msg: Message,
+        caller: Option<&Identity>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Response<Body> {
+        if let Err(refused) = self.check_hello(&msg) {
+            return response::json(StatusCode::OK, &refused);
+        }
+        let (session, answer) = match self.open_session(msg, caller, peer, version::negotiate) {
             Ok(opened) => opened,
             Err(r) => return r,
         };
@@ -341,12 +384,34 @@ impl Front {
         r
     }
 
+    /// `Err`: the JSON-RPC error for an `initialize` whose `clientInfo` or `capabilities` is
+    /// over `server.max-client-info-bytes` (both are kept for the session's life and sent to
+    /// every upstream, so they are refused rather than stored).
+    pub(super) fn check_hello(&self, msg: &Message) -> Result<(), Message> {
+        let params = msg.params();
+        match oversized_hello(
+            self.config.max_client_info_bytes,
+            params.and_then(|p| p.get("clientInfo")),
+            params.and_then(|p| p.get("capabilities")),
+        ) {
+            Some(text) => Err(Message::error(
+                msg.id().cloned().unwrap_or(Value::Null),
+                codes::INVALID_PARAMS,
+                &text,
+                None,
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Creates the session an `initialize` request asks for (owned by the caller, when authn
     /// established one) and the answer to send; `negotiate` picks the protocol revision.
+    /// Sessions are counted per caller: the subject authn established, else `peer`.
     pub(super) fn open_session(
         &self,
         msg: Message,
         caller: Option<&Identity>,
+        peer: Option<std::net::IpAddr>,
         negotiate: fn(Option<&str>) -> &'static str,
     ) -> Result<(Arc<Session>, Message), Response<Body>> {
         let id = msg.id().cloned().unwrap_or(Value::Null);
@@ -362,21 +427,46 @@ impl Front {
                 .cloned()
                 .unwrap_or_else(|| json!({ "name": "unknown", "version": "0" })),
         };
-        let Some(session) = self.sessions.create(version, hello) else {
-            tracing::warn!(
-                max = self.config.max_sessions,
-                "session limit reached; refusing initialize"
-            );
-            return Err(response::status_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable: too many sessions",
-            ));
+        let quota = match (caller, peer) {
+            (Some(c), _) => Some(format!("subject {}", c.subject)),
+            (None, Some(ip)) => Some(format!("address {ip}")),
+            (None, None) => None,
+        };
+        let session = match self.sessions.open(version, hello, quota.as_deref()) {
+            Ok(s) => s,
+            Err(Refused::Full) => {
+                tracing::warn!(
+                    max = self.config.max_sessions,
+                    "session limit reached; refusing initialize"
+                );
+                return Err(response::status_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable: too many sessions",
+                ));
+            }
+            Err(Refused::Caller) => {
+                let max = self.config.max_sessions_per_caller;
+                // The subject is not a secret, but a log line needs no more than the address.
+                tracing::warn!(max, peer = ?peer, authenticated = caller.is_some(), "per-caller session limit reached; refusing initialize");
+                return Err(response::json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &Message::error(
+                        id,
+                        codes::INVALID_REQUEST,
+                        &format!(
+                            "Too Many Requests: this caller already holds {max} sessions (server.max-sessions-per-caller); end one with DELETE first"
+                        ),
+                        None,
+                    ),
+                ));
+            }
         };
         if let Some(caller) = caller {
             let _ = session.owner.set(caller.subject.clone());
         }
         session.remember_caller(caller);
-        tracing::info!(session = %session.id, version, client = %params["clientInfo"]["name"], "session started");
+        let client = params["clientInfo"]["name"].as_str().unwrap_or("?");
+        tracing::info!(session = %session.id, version, client = %crate::observe::clip(client), "session started");
         let result = json!({
             "protocolVersion": version,
             "capabilities": {

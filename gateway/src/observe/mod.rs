@@ -3,6 +3,7 @@
 //! | file | job |
 //! | --- | --- |
 //! | `telemetry.rs` | the `tracing` subscriber: log format and filter, the OTLP pipeline, flush |
+//! | `clip.rs` | client-controlled text in log lines, cut to a bounded length |
 //! | `otlp.rs` | the OTLP/HTTP exporter's HTTP client: the workspace's reqwest on our runtime |
 //! | `trace.rs` | the spans (client request, plugin, upstream call) and W3C trace context |
 //!
@@ -10,12 +11,14 @@
 //! request path is one relaxed atomic load: no span is created, no trace context is read
 //! from the client or written to an upstream, and no OpenTelemetry code runs.
 
+mod clip;
 mod otlp;
 mod telemetry;
 mod trace;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub use clip::{Clip, LOG_FIELD_BYTES, clip};
 pub use telemetry::{Telemetry, init, init_default};
 pub use trace::{
     SPAN_TARGET, inject_headers, inject_meta, on_message, plugin_span, record_denial,

@@ -407,7 +407,7 @@ fn apply(
                 Some(text) => Some(parse_json(plugin, "deny data", &text)?),
                 None => None,
             };
-            tracing::info!(plugin = %plugin.name, method = %call.view.method, target = ?call.view.target, code = d.error.code, "denied by policy");
+            tracing::info!(plugin = %plugin.name, method = %crate::observe::clip(&call.view.method), target = ?call.view.target.as_deref().map(crate::observe::clip), code = d.error.code, "denied by policy");
             Err(Box::new(Denial {
                 plugin: plugin.name.clone(),
                 code: i64::from(d.error.code),

@@ -14,11 +14,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::{host_api, types};
 use super::chain::CallView;
 use super::kv::KvStore;
+use super::log_budget;
 
-/// Log lines one call may write (the rest are dropped, with one note saying so).
+/// Log lines one call may write (the rest are dropped, with one note saying so). Across
+/// calls, the plugin's budget per second applies too (`log_budget.rs`).
 const MAX_LOG_LINES: u32 = 100;
-/// Longest log line kept.
-const MAX_LOG_LINE: usize = 4096;
 /// Bytes of stdout/stderr kept per call.
 pub const MAX_STDIO: usize = 16 * 1024;
 
@@ -77,7 +77,10 @@ impl HostState {
         for (stream, out) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let (text, dropped) = out.take();
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                tracing::info!(target: "portcullis::plugin", plugin = %self.plugin, stream, "{line}");
+                if log_budget::admit(&self.plugin) {
+                    let line = log_budget::cut(line);
+                    tracing::info!(target: "portcullis::plugin", plugin = %self.plugin, stream, "{line}");
+                }
             }
             if dropped > 0 {
                 tracing::warn!(target: "portcullis::plugin", plugin = %self.plugin, stream, dropped, "plugin output over the cap was dropped");
@@ -104,11 +107,10 @@ impl host_api::Host for HostState {
             }
             return Ok(());
         }
-        let mut end = message.len().min(MAX_LOG_LINE);
-        while !message.is_char_boundary(end) {
-            end -= 1;
+        if !log_budget::admit(&self.plugin) {
+            return Ok(());
         }
-        let line = &message[..end];
+        let line = log_budget::cut(&message);
         let plugin = &*self.plugin;
         match level {
             host_api::Level::Trace => {

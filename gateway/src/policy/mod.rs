@@ -22,6 +22,7 @@ mod inspect;
 mod kv;
 mod limits;
 mod loader;
+pub mod log_budget;
 mod plugin;
 mod sidecar;
 mod watcher;

@@ -104,6 +104,10 @@ pub struct Session {
     /// The identity of the caller's latest request, for screening what the session sends
     /// outside any request.
     caller: ArcSwapOption<Identity>,
+    /// Who opened the session, for `max-sessions-per-caller` (see [`Sessions::open`]).
+    quota: Option<String>,
+    /// Byte cap of each of its SSE streams (`max-stream-buffer-kib`).
+    stream_cap: usize,
     screen: Option<Arc<dyn Screen>>,
     /// Messages outside any request, in order, through the screen (created on first need).
     outbox: OnceLock<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
@@ -211,8 +215,24 @@ impl Session {
     /// A new POST stream, kept for resumption.
     pub fn open_stream(&self) -> Arc<EventStream> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
-        let stream = Arc::new(EventStream::new(id));
+        let stream = Arc::new(EventStream::new(id, self.stream_cap, self.id.clone()));
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished streams are kept for resumption within one stream's byte cap in all, the
+        // oldest dropped first: a session that made many streaming calls does not hold
+        // every answer it ever streamed.
+        let mut kept: usize = streams
+            .iter()
+            .filter(|s| s.is_finished())
+            .map(|s| s.kept_bytes())
+            .sum();
+        while kept > self.stream_cap {
+            let Some(at) = streams.iter().position(|s| s.is_finished()) else {
+                break;
+            };
+            if let Some(old) = streams.remove(at) {
+                kept = kept.saturating_sub(old.kept_bytes());
+            }
+        }
         if streams.len() >= KEPT_STREAMS {
             // Drop the oldest finished stream (or the oldest at all if none finished).
             let at = streams.iter().position(|s| s.is_finished()).unwrap_or(0);
@@ -244,15 +264,49 @@ impl Session {
     }
 }
 
+/// Why no session was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max-sessions` sessions are open.
+    Full,
+    /// This caller has `max-sessions-per-caller` sessions open.
+    Caller,
+}
+
+/// The bounds on what clients may make the sessions hold (`[server]` keys).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionBounds {
+    /// `max-sessions`.
+    pub max: usize,
+    /// `max-sessions-per-caller`.
+    pub per_caller: usize,
+    /// `max-stream-buffer-kib`, in bytes.
+    pub stream_buffer: usize,
+}
+
+impl SessionBounds {
+    pub fn from_config(c: &crate::config::ServerConfig) -> Self {
+        SessionBounds {
+            max: c.max_sessions,
+            per_caller: c.max_sessions_per_caller,
+            stream_buffer: c.max_stream_buffer_kib.saturating_mul(1024),
+        }
+    }
+}
+
 /// All client sessions, plus what they share: the upstreams and the naming rules.
 pub struct Sessions {
     map: DashMap<Arc<str>, Arc<Session>>,
+    /// Sessions open per caller (see [`Sessions::open`]).
+    per_caller: DashMap<String, usize>,
+    /// `initialize` requests refused for the per-caller bound, since start.
+    pub refused_per_caller: AtomicU64,
     /// Stateless (2026-07-28) callers → the internal session that serves them.
     callers: DashMap<String, Arc<str>>,
     upstreams: Vec<Arc<Upstream>>,
     names: Arc<Names>,
     page_size: usize,
-    max: usize,
+    bounds: SessionBounds,
     screen: OnceLock<Arc<dyn Screen>>,
 }
 
@@ -261,17 +315,23 @@ impl Sessions {
         upstreams: Vec<Arc<Upstream>>,
         names: Arc<Names>,
         page_size: usize,
-        max: usize,
+        bounds: SessionBounds,
     ) -> Self {
         Sessions {
             map: DashMap::new(),
+            per_caller: DashMap::new(),
+            refused_per_caller: AtomicU64::new(0),
             callers: DashMap::new(),
             upstreams,
             names,
             page_size,
-            max,
+            bounds,
             screen: OnceLock::new(),
         }
+    }
+
+    pub fn bounds(&self) -> &SessionBounds {
+        &self.bounds
     }
 
     /// Screens what sessions send outside any request (sessions created from now on).
@@ -285,10 +345,33 @@ impl Sessions {
 
     /// Creates a session for a client that sent `initialize`; `None` when at capacity.
     pub fn create(&self, version: &'static str, hello: Hello) -> Option<Arc<Session>> {
-        if self.map.len() >= self.max {
-            return None;
+        self.open(version, hello, None).ok()
+    }
+
+    /// Creates a session for `caller` (a key naming who asks: the authenticated subject, else
+    /// the client's address; `None`: not counted), unless `max-sessions` are open or the
+    /// caller has `max-sessions-per-caller` open. Nothing is allocated when refused.
+    pub fn open(
+        &self,
+        version: &'static str,
+        hello: Hello,
+        caller: Option<&str>,
+    ) -> Result<Arc<Session>, Refused> {
+        if self.map.len() >= self.bounds.max {
+            return Err(Refused::Full);
+        }
+        if let Some(key) = caller {
+            // The entry holds its shard's lock: check and count are one step.
+            let mut open = self.per_caller.entry(key.to_string()).or_insert(0);
+            if *open >= self.bounds.per_caller {
+                drop(open);
+                self.refused_per_caller.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Caller);
+            }
+            *open += 1;
         }
         let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
+        let cap = self.bounds.stream_buffer;
         let session = Arc::new_cyclic(|me| Session {
             id: id.clone(),
             version,
@@ -300,7 +383,7 @@ impl Sessions {
                 .collect(),
             catalog: SessionCatalog::new(self.names.clone()),
             page_size: self.page_size,
-            standalone: EventStream::new(STANDALONE_STREAM),
+            standalone: EventStream::new(STANDALONE_STREAM, cap, id.clone()),
             changes: tokio::sync::broadcast::channel(64).0,
             streams: Mutex::new(VecDeque::new()),
             next_stream: AtomicU64::new(0),
@@ -312,12 +395,14 @@ impl Sessions {
             last_seen: Mutex::new(Instant::now()),
             owner: std::sync::OnceLock::new(),
             caller: ArcSwapOption::empty(),
+            quota: caller.map(str::to_string),
+            stream_cap: cap,
             screen: self.screen.get().cloned(),
             outbox: OnceLock::new(),
             me: me.clone(),
         });
         self.map.insert(id, session.clone());
-        Some(session)
+        Ok(session)
     }
 
     /// The internal session serving a stateless (2026-07-28) caller, created on first use.
@@ -350,6 +435,12 @@ impl Sessions {
         match self.map.remove(id) {
             Some((_, s)) => {
                 self.callers.retain(|_, sid| &**sid != id);
+                if let Some(key) = &s.quota {
+                    self.per_caller.remove_if_mut(key, |_, open| {
+                        *open = open.saturating_sub(1);
+                        *open == 0
+                    });
+                }
                 s.close();
                 true
             }
