@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// Writes an attacker's version of an artifact.
+type Plant<'a> = Box<dyn Fn(&Path) + 'a>;
+
 /// `guard` denies `alpha__crash`; `other` is a different component (path-guard), whose
 /// artifact an attacker can swap in.
 fn plugins() -> PluginDir {
@@ -102,7 +105,7 @@ async fn only_artifacts_the_gateway_made_are_run() {
     start(&plugins, &foreign_cache).await.stop().await;
     let foreign = std::fs::read(artifact(&foreign_cache, "chaos")).unwrap();
 
-    let attacks: [(&str, Box<dyn Fn(&Path)>); 4] = [
+    let attacks: [(&str, Plant); 4] = [
         (
             "a flipped byte",
             Box::new(|p| {
