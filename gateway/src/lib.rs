@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod front;
 pub mod mcp;
+pub mod memory;
 pub mod metrics;
 pub mod observe;
 pub mod policy;

@@ -66,7 +66,7 @@ enum Command {
 
 fn main() -> ExitCode {
     // Before any thread starts: the memory of a bounded upstream breach goes back to the OS.
-    portcullis::upstream::tune_allocator();
+    portcullis::memory::tune_allocator();
     let cli = Cli::parse();
     // The demo upstream's stderr lands in the gateway's log; keep it to what matters there.
     let default_level = if matches!(cli.command, Command::DemoUpstream) {

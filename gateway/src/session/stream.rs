@@ -106,6 +106,7 @@ impl Feed {
                 kill.cancel();
             }
             STREAMS_CUT.fetch_add(1, Ordering::Relaxed);
+            crate::memory::give_back(());
             tracing::warn!(
                 session = %q.session,
                 queued,

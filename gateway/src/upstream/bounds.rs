@@ -45,7 +45,7 @@ pub(super) async fn read_body(
         reason: e.without_url().to_string(),
     })? {
         if body.len() + chunk.len() > limit {
-            give_back(body);
+            crate::memory::give_back(body);
             return Err(too_large(
                 upstream,
                 Bound::Response,
@@ -126,41 +126,6 @@ pub(super) fn breach(upstream: &Upstream, bound: Bound, what: impl Into<String>)
         what: what.into(),
         limit_mib: bound.bytes(upstream) >> 20,
         key: bound.key(),
-    }
-}
-
-/// Buffers of at least this size get their own mapping from the allocator, returned to the
-/// operating system the moment they are freed.
-const OWN_MAPPING_FROM: usize = 1024 * 1024;
-
-/// Makes large buffers go back to the operating system when freed. glibc raises its mmap
-/// threshold to the largest block freed (up to 32 MiB), after which a buffer of up to a
-/// bound's worth (16 MiB by default) comes from an arena whose freed top is kept: one breach
-/// would leave the gateway that much larger for good. A fixed threshold (which also turns off
-/// that adjustment) keeps every buffer of 1 MiB or more in a mapping of its own. Call once, at
-/// start-up.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes glibc's allocation thresholds; it is called before the
-    // runtime starts its threads.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM as libc::c_int);
-    }
-}
-
-/// Drops what a breach left behind (`held`: a buffer, a stream and its parser) and hands the
-/// freed memory back to the operating system: large buffers go with their mapping (see
-/// [`tune_allocator`]), and a trim returns the free pages of smaller ones. A breach is rare and
-/// already cost reading a whole bound, so the trim (off the async workers) costs little in
-/// comparison.
-pub(super) fn give_back<T>(held: T) {
-    drop(held);
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn_blocking(|| {
-            // SAFETY: malloc_trim only returns free pages of glibc's own arenas to the OS.
-            unsafe { libc::malloc_trim(0) };
-        });
     }
 }
 

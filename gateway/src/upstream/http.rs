@@ -352,7 +352,7 @@ impl HttpLink {
                 Err(e) => {
                     let failure = bounds::sse_failure(&self.upstream, &e);
                     if bounds::is_breach(&e) {
-                        bounds::give_back(events);
+                        crate::memory::give_back(events);
                     }
                     return Err(failure);
                 }
@@ -409,7 +409,7 @@ impl HttpLink {
                                         // Logged; a stream that does it again waits longest.
                                         let _ = bounds::sse_failure(&upstream, &e);
                                         backoff = MAX_LISTEN_BACKOFF;
-                                        bounds::give_back(events);
+                                        crate::memory::give_back(events);
                                     }
                                     break;
                                 }

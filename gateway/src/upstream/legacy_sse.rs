@@ -136,7 +136,7 @@ impl SseLink {
                 }
                 Some(Err(e)) => {
                     let failure = bounds::sse_failure(upstream, &e);
-                    bounds::give_back(events);
+                    crate::memory::give_back(events);
                     return Err(failure);
                 }
                 Some(Ok(ev)) if ev.event.as_deref() == Some("endpoint") => {
@@ -174,7 +174,7 @@ impl SseLink {
                             pending.fail_all_with(|| {
                                 bounds::breach(&upstream, Bound::SseEvent, "an SSE event")
                             });
-                            bounds::give_back(events);
+                            crate::memory::give_back(events);
                             break;
                         }
                         Err(e) => {

@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{HttpTransport, TransportKind, UpstreamConfig};
 use crate::mcp::{Kind, Message, methods};
 
-pub use bounds::tune_allocator;
 pub use error::UpstreamError;
 pub use health::{Health, UpstreamStatus};
 pub use slot::{Fresh, Slot};

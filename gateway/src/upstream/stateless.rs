@@ -311,7 +311,7 @@ impl HttpLink {
                                         // Logged; a stream that does it again waits longest.
                                         let _ = bounds::sse_failure(&upstream, &e);
                                         backoff = MAX_LISTEN_BACKOFF;
-                                        bounds::give_back(events);
+                                        crate::memory::give_back(events);
                                     }
                                     break;
                                 }

@@ -245,7 +245,7 @@ impl StdioLink {
                             pending
                                 .fail_all_with(|| bounds::breach(&upstream, Bound::Line, "a line"));
                             kill.cancel();
-                            bounds::give_back(std::mem::take(&mut line));
+                            crate::memory::give_back(std::mem::take(&mut line));
                             break;
                         }
                     }
