@@ -249,7 +249,7 @@ impl HttpLink {
         // reqwest errors may contain the URL but never our headers.
         UpstreamError::Unavailable {
             upstream: self.name(),
-            reason: e.without_url().to_string(),
+            reason: super::cause(e),
         }
     }
 

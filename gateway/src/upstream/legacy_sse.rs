@@ -325,6 +325,6 @@ fn unavailable(name: &Arc<str>, e: reqwest::Error) -> UpstreamError {
     // reqwest errors may contain the URL but never our headers.
     UpstreamError::Unavailable {
         upstream: name.clone(),
-        reason: e.without_url().to_string(),
+        reason: super::cause(e),
     }
 }

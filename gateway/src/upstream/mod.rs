@@ -348,3 +348,42 @@ impl Drop for Link {
         }
     }
 }
+
+/// What went wrong reaching an upstream, down to the root cause: reqwest's own message is only
+/// "error sending request"; its sources say "connection refused", a DNS failure, a TLS error.
+/// The URL is left out (it may carry credentials); headers never appear in reqwest's errors.
+fn cause(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod cause_tests {
+    #[tokio::test]
+    async fn a_refused_connection_says_so() {
+        // A port nothing listens on: bind, note it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let e = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/mcp"))
+            .send()
+            .await
+            .unwrap_err();
+        let text = super::cause(e);
+        assert!(text.to_lowercase().contains("connection refused"), "{text}");
+        assert!(!text.contains("127.0.0.1"), "no URL in the cause: {text}");
+    }
+}

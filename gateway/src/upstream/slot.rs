@@ -84,8 +84,8 @@ impl Slot {
             return Err(UpstreamError::Unavailable {
                 upstream: self.upstream.name.clone(),
                 reason: format!(
-                    "restarting after a failure; next attempt in {:?}",
-                    at - Instant::now()
+                    "restarting after a failure; next attempt in {} ms",
+                    (at - Instant::now()).as_millis()
                 ),
             });
         }
