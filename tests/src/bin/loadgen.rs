@@ -259,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let upstream = Fixture::http("bench").await;
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\n\n{}",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\nmax-sessions-per-caller = 100000\n\n{}",
         upstream.upstream_toml("bench")
     );
     // Memory, on a gateway of its own (so the throughput runs do not pre-grow its heap):
@@ -430,7 +430,7 @@ async fn tracing_overhead(seconds: f64) -> anyhow::Result<()> {
     plugins.add("gate", "chaos", "[config]\nmode = \"allow\"\n");
     let (sink, exported) = otlp_sink().await?;
     let base = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\n\n{}{}",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\nmax-sessions-per-caller = 100000\n\n{}{}",
         plugins.policy_toml(),
         upstream.upstream_toml("bench")
     );
@@ -466,7 +466,7 @@ async fn audit_overhead(seconds: f64) -> anyhow::Result<()> {
     plugins.add("gate", "chaos", "[config]\nmode = \"allow\"\n");
     let dir = TempDir::new();
     let trail = dir.path().join("audit.jsonl");
-    let server = "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\n\n";
+    let server = "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\nmax-sessions-per-caller = 100000\n\n";
     let bare = format!("{server}{}", upstream.upstream_toml("bench"));
     let policy = format!(
         "{server}{}{}",
