@@ -10,10 +10,10 @@ mod guard;
 mod legacy_sse;
 mod linger;
 mod metadata;
-mod modern;
 mod record;
 mod relay;
 mod response;
+mod stateless;
 mod streamable;
 
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub struct Front {
     /// Open legacy HTTP+SSE connections.
     legacy: legacy_sse::Connections,
     /// 2026-07-28 calls waiting for the client's `inputResponses`.
-    parked: modern::Parked,
+    parked: stateless::Parked,
     /// Fires when the gateway starts draining: long-lived streams end gracefully.
     closing: CancellationToken,
     /// The audit trail and the metrics.
@@ -85,7 +85,7 @@ impl Front {
             oauth_metadata,
             tasks: TaskTracker::new(),
             legacy: Default::default(),
-            parked: modern::Parked::default(),
+            parked: stateless::Parked::default(),
             closing: CancellationToken::new(),
             recorder: Arc::new(recorder),
         })

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::response::{self, Body};
-use super::{Front, modern, relay};
+use super::{Front, relay, stateless};
 use crate::mcp::{Kind, Message, codes, methods, version};
 use crate::policy::{Call, Chain, Denial, Identity, Phase};
 use crate::session::{Refused, Route, STANDALONE_STREAM, Session, stream::parse_event_id};
@@ -72,7 +72,7 @@ pub(super) fn denied(denial: &Denial, id: Option<Value>) -> Response<Body> {
 pub(super) fn check_protocol_version(headers: &HeaderMap) -> Result<(), Response<Body>> {
     match headers.get(PROTOCOL_VERSION) {
         Some(v) if !v.to_str().is_ok_and(version::is_supported) => Err(
-            super::modern::unsupported_version(&String::from_utf8_lossy(v.as_bytes()), None),
+            super::stateless::unsupported_version(&String::from_utf8_lossy(v.as_bytes()), None),
         ),
         _ => Ok(()),
     }
@@ -237,7 +237,7 @@ impl Front {
             .get(&SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let modern = modern::is_modern(headers);
+        let modern = stateless::is_modern(headers);
         let peer = req.extensions().get::<super::Peer>().map(|p| p.0.ip());
         let version_header = headers.contains_key(PROTOCOL_VERSION);
         let unsupported = headers
@@ -265,14 +265,14 @@ impl Front {
         );
         if let Some(v) = &unsupported {
             // Now with the request's id, as the 2026-07-28 error shape has it.
-            return modern::unsupported_version(v, msg.id());
+            return stateless::unsupported_version(v, msg.id());
         }
         if modern {
             // 2026-07-28: stateless; an Mcp-Session-Id header is ignored.
             return self.modern(headers, msg, chain, started).await;
         }
-        if !version_header && session_id.is_none() && modern::has_modern_meta(&msg) {
-            return modern::mismatch(msg.id(), "the MCP-Protocol-Version header is required");
+        if !version_header && session_id.is_none() && stateless::has_modern_meta(&msg) {
+            return stateless::mismatch(msg.id(), "the MCP-Protocol-Version header is required");
         }
 
         let initialize = msg.kind() == Kind::Request && msg.method() == methods::INITIALIZE;
@@ -598,7 +598,7 @@ impl Front {
     /// any stream of the session with `Last-Event-ID`.
     pub(super) async fn get(&self, req: Request<Incoming>) -> Response<Body> {
         let headers = req.headers();
-        if modern::is_modern(headers) {
+        if stateless::is_modern(headers) {
             return modern_has_no_get_or_delete();
         }
         if !accepts(headers, "text/event-stream") {
@@ -635,7 +635,7 @@ impl Front {
     }
 
     pub(super) async fn delete(&self, req: Request<Incoming>) -> Response<Body> {
-        if modern::is_modern(req.headers()) {
+        if stateless::is_modern(req.headers()) {
             return modern_has_no_get_or_delete();
         }
         let Some(id) = req.headers().get(&SESSION_ID).and_then(|v| v.to_str().ok()) else {

@@ -1,0 +1,306 @@
+//! MCP 2026-07-28 on the same endpoint as the session era: stateless requests, told apart
+//! per request by `MCP-Protocol-Version: 2026-07-28` (which `_meta` must repeat).
+//!
+//! A modern client has no session, but most upstreams behind the gateway do (they speak
+//! 2025-11-25 or older). The gateway keeps one internal [`Session`] per caller — the subject
+//! authn established, or one anonymous caller when there is no authn — and serves each of
+//! the caller's requests through it: upstream sessions, child processes and the merged
+//! catalog are reused by that caller and never shared with another.
+//!
+//! Server→client requests of an upstream (sampling, elicitation, roots) become
+//! `input_required` results (multi round-trip requests): the upstream call is parked under
+//! an unguessable `requestState`, and the client's retry carrying `inputResponses` answers
+//! the upstream and resumes the parked call. Everything else an upstream sends about a
+//! request (progress, logs the client asked for) goes on the request's own SSE stream.
+
+mod answer;
+mod listen;
+mod park;
+mod validate;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::Front;
+use super::response::{self, Body};
+use super::streamable::denied;
+use crate::mcp::methods::{self, meta};
+use crate::mcp::{Kind, Message, codes, version};
+use crate::policy::{Call, Chain, Phase};
+use crate::upstream::Hello;
+use answer::server_info;
+pub(super) use park::Parked;
+use validate::{check_param_headers, request_meta, validate};
+pub(super) use validate::{has_modern_meta, is_modern, mismatch, unsupported_version};
+
+/// What a 2026-07-28 client may ask of the gateway. Anything else is 404 `-32601`, as the
+/// transport spec says (`ping`, `logging/setLevel`, `initialize` and subscribe are gone).
+const METHODS: &[&str] = &[
+    methods::SERVER_DISCOVER,
+    methods::TOOLS_LIST,
+    methods::TOOLS_CALL,
+    methods::PROMPTS_LIST,
+    methods::PROMPTS_GET,
+    methods::RESOURCES_LIST,
+    methods::RESOURCES_TEMPLATES_LIST,
+    methods::RESOURCES_READ,
+    methods::COMPLETION_COMPLETE,
+    methods::SUBSCRIPTIONS_LISTEN,
+];
+
+/// The requests that may answer `input_required`; `Mcp-Name` is required on the same three.
+pub(super) const NAMED: &[&str] = &[
+    methods::TOOLS_CALL,
+    methods::PROMPTS_GET,
+    methods::RESOURCES_READ,
+];
+
+/// Results a client may cache (`CacheableResult`): they carry `ttlMs` and `cacheScope`.
+pub(super) const CACHEABLE: &[&str] = &[
+    methods::TOOLS_LIST,
+    methods::PROMPTS_LIST,
+    methods::RESOURCES_LIST,
+    methods::RESOURCES_TEMPLATES_LIST,
+    methods::RESOURCES_READ,
+];
+
+/// What a modern request is, for shaping its answers.
+pub(super) struct Shape {
+    pub(super) client_id: Value,
+    pub(super) method: String,
+    pub(super) target: Option<String>,
+    pub(super) caller: String,
+    pub(super) wants_logs: bool,
+    /// Client capabilities of this request (which input requests it can take).
+    pub(super) capabilities: Value,
+    /// Policies ran: list results may differ per caller.
+    pub(super) private: bool,
+    /// When the POST arrived (for the audit trail and the metrics).
+    pub(super) started: Instant,
+}
+
+/// The identity a stateless caller's internal session is created with.
+fn hello(msg: &Message) -> Hello {
+    let m = request_meta(msg);
+    Hello {
+        capabilities: m
+            .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+            .cloned()
+            .unwrap_or_else(|| json!({})),
+        client_info: m
+            .and_then(|m| m.get(meta::CLIENT_INFO))
+            .cloned()
+            .unwrap_or_else(|| json!({ "name": "unknown", "version": "0" })),
+    }
+}
+
+/// An SSE frame without an id: 2026-07-28 streams are not resumable.
+pub(super) fn frame(msg: &Message) -> bytes::Bytes {
+    let json = msg.to_bytes();
+    let mut f = Vec::with_capacity(json.len() + 22);
+    f.extend_from_slice(b"event: message\ndata: ");
+    f.extend_from_slice(&json);
+    f.extend_from_slice(b"\n\n");
+    bytes::Bytes::from(f)
+}
+
+impl Front {
+    /// A 2026-07-28 POST: validated, run through the policy chain, and served through the
+    /// caller's internal session.
+    pub(super) async fn modern(
+        self: &Arc<Self>,
+        headers: HeaderMap,
+        msg: Message,
+        chain: Arc<Chain>,
+        started: Instant,
+    ) -> Response<Body> {
+        match msg.kind() {
+            // No client notifications are defined over HTTP in this revision; accept and
+            // drop them (cancellation is closing the stream).
+            Kind::Notification => return response::empty(StatusCode::ACCEPTED),
+            Kind::Response => {
+                return response::status_error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: a 2026-07-28 client sends no responses; answer input requests with inputResponses on a retry",
+                );
+            }
+            Kind::Request => {}
+        }
+        if let Err(r) = validate(&headers, &msg) {
+            return r;
+        }
+        let client_id = msg.id().cloned().unwrap_or(Value::Null);
+        let method = msg.method().to_string();
+        if !METHODS.contains(&method.as_str()) {
+            return response::json(
+                StatusCode::NOT_FOUND,
+                &Message::error(
+                    client_id,
+                    codes::METHOD_NOT_FOUND,
+                    &format!("Method not found: {method}"),
+                    None,
+                ),
+            );
+        }
+        let meta = request_meta(&msg);
+        let wants_logs = meta.is_some_and(|m| m.contains_key(meta::LOG_LEVEL));
+        let capabilities = meta
+            .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let hello = hello(&msg);
+        if let Some(text) = super::streamable::oversized_hello(
+            self.config.max_client_info_bytes,
+            Some(&hello.client_info),
+            Some(&hello.capabilities),
+        ) {
+            return response::json(
+                StatusCode::BAD_REQUEST,
+                &Message::error(client_id.clone(), codes::INVALID_PARAMS, &text, None),
+            );
+        }
+        let target = msg
+            .param_str("name")
+            .or_else(|| msg.param_str("uri"))
+            .map(str::to_string);
+        let request_state = msg.param_str("requestState").map(str::to_string);
+        if let Some(r) = msg.params().and_then(|p| p.get("inputResponses"))
+            && !r
+                .as_object()
+                .is_some_and(|r| r.values().all(Value::is_object))
+        {
+            return response::json(
+                StatusCode::BAD_REQUEST,
+                &Message::error(
+                    client_id,
+                    codes::INVALID_PARAMS,
+                    "Invalid params: inputResponses must map each input key to a result object",
+                    None,
+                ),
+            );
+        }
+
+        // `Mcp-Param-*` headers, checked against the tool's `x-mcp-header` annotations once
+        // the caller's catalog is known.
+        let param_headers: Vec<(String, HeaderValue)> = headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let param = name.as_str().strip_prefix("mcp-param-")?;
+                Some((param.to_string(), value.clone()))
+            })
+            .collect();
+        // Who is calling decides which internal session serves the request: authn first,
+        // then the rest of the chain with the destination that session's catalog knows.
+        // The call shares the request (no copy); it is taken back out below.
+        let msg = Arc::new(msg);
+        let mut call = (!chain.is_empty()).then(|| Call::new(msg.clone(), headers, None, None));
+        if let Some(call) = call.as_mut()
+            && let Err(d) = chain.authenticate(call).await
+        {
+            let protocol = Some(version::MODERN);
+            self.recorder.denied(started, protocol, None, call, &d);
+            return denied(&d, Some(client_id));
+        }
+        let caller = call
+            .as_ref()
+            .and_then(|c| c.identity())
+            .map(|i| i.subject.clone())
+            .unwrap_or_default();
+        let Some(session) = self.sessions.for_caller(&caller, || hello) else {
+            return response::status_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: too many sessions",
+            );
+        };
+        session.touch();
+        if method == methods::TOOLS_CALL
+            && let Err(r) = check_param_headers(&session, &param_headers, &msg).await
+        {
+            return r;
+        }
+        if let Some(call) = call.as_mut() {
+            call.set_destination(session.resolve_named(&msg).await);
+            if let Err(d) = chain.after_authn(call).await {
+                let protocol = Some(version::MODERN);
+                self.recorder
+                    .denied(started, protocol, Some(&session.id), call, &d);
+                return denied(&d, Some(client_id));
+            }
+        }
+        let shape = Shape {
+            client_id,
+            method,
+            target,
+            caller,
+            wants_logs,
+            capabilities,
+            private: !chain.is_empty(),
+            started,
+        };
+        if shape.method == methods::SERVER_DISCOVER {
+            return response::json(
+                StatusCode::OK,
+                &Message::result(shape.client_id, discover()),
+            );
+        }
+        // A state the gateway issued resumes its parked call; any other belongs to a
+        // 2026-07-28 upstream, and the retry goes there as it is.
+        if let Some(state) = request_state.filter(|s| self.parked.calls.contains_key(s)) {
+            return self.resume(&state, &msg, shape).await;
+        }
+        let mut msg = match call.as_mut() {
+            Some(c) => {
+                drop(msg);
+                c.take_request(chain.wants(Phase::Response))
+            }
+            None => Arc::unwrap_or_clone(msg),
+        };
+        strip_modern_meta(&mut msg);
+        if shape.method == methods::SUBSCRIPTIONS_LISTEN {
+            return self.listen(session, msg, shape).await;
+        }
+        self.start(session, msg, call, chain, shape).await
+    }
+}
+
+/// Removes the protocol version from the request's `_meta` before it goes upstream: the
+/// upstream link says which version it speaks (a session-era upstream that also knows
+/// 2026-07-28 would otherwise treat the request as 2026-07-28 — and, for one, refuse to ask
+/// its client anything). The client's capabilities and identity stay, so a 2026-07-28
+/// upstream sees what this very request declared; other keys (`progressToken`, trace
+/// context, vendor keys) pass unchanged.
+pub(super) fn strip_modern_meta(msg: &mut Message) {
+    let params = msg.params_mut();
+    let now_empty = match params.get_mut("_meta").and_then(Value::as_object_mut) {
+        Some(m) => {
+            m.remove(meta::PROTOCOL_VERSION);
+            m.is_empty()
+        }
+        None => false,
+    };
+    if now_empty {
+        params.remove("_meta");
+    }
+}
+
+/// The `server/discover` result.
+pub(super) fn discover() -> Value {
+    json!({
+        "resultType": "complete",
+        "supportedVersions": version::ALL,
+        "capabilities": {
+            "tools": { "listChanged": true },
+            "prompts": { "listChanged": true },
+            "resources": { "subscribe": true, "listChanged": true },
+            "completions": {},
+            "logging": {},
+        },
+        "_meta": { meta::SERVER_INFO: server_info() },
+        // Versions and capabilities change only with the gateway's binary or configuration.
+        "ttlMs": 3_600_000,
+        "cacheScope": "public",
+    })
+}
