@@ -24,15 +24,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use http::header::{ALLOW, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::header::ALLOW;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::Front;
-use super::response::{self, Body};
-use super::streamable::{denied, identify, screen, session_not_found};
+use super::pipeline::{self, Delivered, Refusal, identify};
+use super::response::{self, Body, message_event, session_not_found};
 use crate::mcp::{Kind, Message, methods, version};
 use crate::policy::{Denial, Identity};
 use crate::session::Session;
@@ -102,16 +102,6 @@ fn negotiate(requested: Option<&str>) -> &'static str {
     }
 }
 
-/// One SSE `message` event carrying `msg`.
-fn message_event(msg: &Message) -> Bytes {
-    let json = msg.to_bytes();
-    let mut frame = Vec::with_capacity(json.len() + 24);
-    frame.extend_from_slice(b"event: message\ndata: ");
-    frame.extend_from_slice(&json);
-    frame.extend_from_slice(b"\n\n");
-    Bytes::from(frame)
-}
-
 /// A frame of the session's stream (`id: …\ndata: …`) as a `message` event, the type this
 /// transport names (it is also SSE's default, so this is for clients that match on it).
 fn as_message_event(frame: Bytes) -> Bytes {
@@ -137,14 +127,6 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     r
-}
-
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 impl Front {
@@ -186,7 +168,7 @@ impl Front {
         } else {
             match identify(&chain, req.headers(), "session/listen", None).await {
                 Ok(subject) => subject,
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             }
         };
         if self.legacy.map.len() >= self.config.max_sessions {
@@ -194,10 +176,7 @@ impl Front {
                 max = self.config.max_sessions,
                 "session limit reached; refusing a legacy SSE stream"
             );
-            return response::status_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable: too many sessions",
-            );
+            return response::too_many_sessions();
         }
         let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
         let peer = req.extensions().get::<super::Peer>().map(|p| p.0.ip());
@@ -277,25 +256,14 @@ impl Front {
         let Some(conn) = self.legacy.get(conn_id) else {
             return session_not_found();
         };
-        if !is_json(req.headers()) {
-            return response::status_error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Unsupported Media Type: Content-Type must be application/json",
-            );
+        if let Err(r) = pipeline::require_json(req.headers()) {
+            return r;
         }
         let chain = self.policies.chain();
-        let headers = if chain.is_empty() {
-            HeaderMap::new()
-        } else {
-            req.headers().clone()
-        };
-        let body = match self.read_body(req).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let msg = match Message::parse(&body) {
+        let headers = pipeline::headers_for(&chain, req.headers(), false);
+        let msg = match self.read_message(req).await {
             Ok(m) => m,
-            Err(e) => return response::json(StatusCode::BAD_REQUEST, &e.to_response()),
+            Err(r) => return r,
         };
         let session = conn.session.get().cloned();
         crate::observe::on_message(&msg, session.as_ref().map(|s| &*s.id), None);
@@ -307,41 +275,32 @@ impl Front {
             );
         }
 
-        let id = msg.id().cloned();
         let session_id = session.as_ref().map(|s| s.id.to_string());
-        let (msg, call) = match screen(&chain, msg, headers, session.as_deref(), session_id).await {
-            Ok(screened) => screened,
-            Err((denial, call)) => {
-                let protocol = session.as_ref().map(|s| s.version);
-                let sid = call.view().session.as_deref();
-                self.recorder.denied(started, protocol, sid, &call, &denial);
-                return conn.refuse(&denial, id);
-            }
+        let admitted = match self
+            .admit(&chain, msg, headers, session.as_ref(), session_id, started)
+            .await
+        {
+            Ok(a) => a,
+            Err(refusal) => return conn.refuse(refusal),
         };
-        let caller = call.as_ref().and_then(|c| c.identity());
-        let subject = caller.map(|i| i.subject.clone());
-
         let Some(session) = session else {
-            return self.legacy_initialize(&conn, msg, caller);
+            let caller = admitted.call.as_ref().and_then(|c| c.identity());
+            return self.legacy_initialize(&conn, admitted.msg, caller);
         };
-        if !session.admits(subject.as_deref()) {
-            tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
-            return session_not_found();
-        }
-        match msg.kind() {
-            Kind::Notification => session.handle_notification(msg).await,
-            Kind::Response => session.handle_response(msg).await,
-            Kind::Request => {
-                let mut rx = self.spawn_request(session.clone(), msg, call, chain, started);
-                self.tasks.spawn(async move {
-                    while let Some(m) = rx.recv().await {
-                        session.standalone.push(&m);
-                        if m.kind() == Kind::Response {
-                            break;
-                        }
+        if let Delivered::Request(mut rx) = self
+            .deliver(session.clone(), admitted, chain, started)
+            .await
+        {
+            // No per-request streams in this transport: related messages and the answer go
+            // on the connection's stream.
+            self.tasks.spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    session.standalone.push(&m);
+                    if m.kind() == Kind::Response {
+                        break;
                     }
-                });
-            }
+                }
+            });
         }
         response::empty(StatusCode::ACCEPTED)
     }
@@ -368,7 +327,7 @@ impl Front {
         }
         let (session, answer) = match self.open_session(msg, caller, conn.peer, negotiate) {
             Ok(opened) => opened,
-            Err(r) => return r,
+            Err(r) => return r.into_response(),
         };
         if conn.session.set(session.clone()).is_err() {
             // Another initialize on this connection won the race.
@@ -394,10 +353,18 @@ impl Front {
 }
 
 impl Connection {
-    /// A policy refused a message. A plain JSON-RPC denial of a request goes on the stream,
-    /// where the client waits for its answer; an HTTP-level one (e.g. 401 from authn) and the
-    /// denial of a notification are the POST's answer, as on the Streamable HTTP endpoint.
-    fn refuse(&self, denial: &Denial, id: Option<Value>) -> Response<Body> {
+    /// The pipeline refused a message. A plain JSON-RPC denial of a request goes on the
+    /// stream, where the client waits for its answer; an HTTP-level one (e.g. 401 from
+    /// authn) and the denial of a notification are the POST's answer, as on the Streamable
+    /// HTTP endpoint; other refusals too.
+    fn refuse(&self, refusal: Refusal) -> Response<Body> {
+        match refusal {
+            Refusal::Denied(denial, id) => self.refuse_denied(&denial, id),
+            other => other.into_response(),
+        }
+    }
+
+    fn refuse_denied(&self, denial: &Denial, id: Option<Value>) -> Response<Body> {
         crate::observe::record_denial(&denial.plugin, denial.code);
         match id {
             Some(id) if denial.http_status.is_none() => {
@@ -415,7 +382,7 @@ impl Connection {
                     session_not_found()
                 }
             }
-            id => denied(denial, id),
+            id => response::denied(denial, id),
         }
     }
 }

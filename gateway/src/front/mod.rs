@@ -6,10 +6,12 @@
 #![allow(clippy::result_large_err)]
 
 mod authorization;
+mod era;
 mod guard;
 mod legacy_sse;
 mod linger;
 mod metadata;
+mod pipeline;
 mod record;
 mod relay;
 mod response;
@@ -57,7 +59,7 @@ pub struct Front {
     tasks: TaskTracker,
     /// Open legacy HTTP+SSE connections.
     legacy: legacy_sse::Connections,
-    /// 2026-07-28 calls waiting for the client's `inputResponses`.
+    /// 2026-07-28 (stateless) calls waiting for the client's `inputResponses`.
     parked: stateless::Parked,
     /// Fires when the gateway starts draining: long-lived streams end gracefully.
     closing: CancellationToken,
@@ -148,14 +150,22 @@ impl Front {
             Method::POST => crate::observe::request_span(req.headers()),
             _ => tracing::Span::none(),
         };
-        let mut resp = match streamable::check_protocol_version(req.headers()) {
+        // The transport adapter: legacy HTTP+SSE by path; on the MCP path, the era by header.
+        let stateless = era::is_stateless(req.headers());
+        let mut resp = match era::unsupported(req.headers()) {
             _ if let Some(endpoint) = legacy => {
                 tracing::Instrument::instrument(self.legacy(endpoint, req), span).await
             }
             // A POST is checked once its body is read, so the error carries the request id.
-            Err(bad) if req.method() != Method::OPTIONS && req.method() != Method::POST => bad,
+            Some(bad) if req.method() != Method::OPTIONS && req.method() != Method::POST => {
+                era::unsupported_version(&bad, None)
+            }
             _ => match *req.method() {
+                Method::POST if stateless => {
+                    tracing::Instrument::instrument(self.stateless_post(req), span).await
+                }
                 Method::POST => tracing::Instrument::instrument(self.post(req), span).await,
+                Method::GET | Method::DELETE if stateless => stateless::no_get_or_delete(),
                 Method::GET => self.get(req).await,
                 Method::DELETE => self.delete(req).await,
                 Method::OPTIONS => response::empty(StatusCode::NO_CONTENT),

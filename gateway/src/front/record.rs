@@ -77,17 +77,17 @@ impl Recorder {
 
     /// Before the request goes to the session: what the record and the metrics need of
     /// `msg` (as forwarded, after the request phase). Without a policy chain the upstream
-    /// is found as the session will find it.
-    pub(super) async fn begin(
+    /// is the one the pipeline resolved (`resolved_upstream`).
+    pub(super) fn begin(
         &self,
         started: Instant,
-        session: &Session,
         msg: &Message,
         call: Option<&Call>,
+        resolved_upstream: Option<String>,
     ) -> Pending {
         let upstream = match call {
             Some(c) => c.view().upstream.clone(),
-            None => session.resolve_named(msg).await.map(|(u, _)| u),
+            None => resolved_upstream,
         };
         let audit = self.audit.as_ref().map(|audit| {
             let mut r = Box::new(Record::new(Event::Request));

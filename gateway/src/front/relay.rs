@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::mcp::{Kind, Message};
 use crate::policy::{CallView, Chain, Denial, Phase, Policies, add_attributes};
-use crate::session::{Route, Screen, Session};
+use crate::session::{Resolved, Route, Screen, Session};
 
 /// Attributes policies set, by name.
 type Attributes = std::collections::BTreeMap<String, String>;
@@ -38,13 +38,14 @@ pub(super) async fn handle_screened(
     session: &Session,
     msg: Message,
     route: Option<&Route>,
+    resolved: Option<&Resolved>,
     chain: &Chain,
     call: &CallView,
     tx: &mpsc::UnboundedSender<Message>,
 ) -> (Message, Attributes) {
     let mut relayed = Attributes::new();
     let (related, mut from_upstream) = mpsc::unbounded_channel();
-    let handling = session.handle_request(msg, related, route);
+    let handling = session.handle_request(msg, related, route, resolved);
     tokio::pin!(handling);
     let response = loop {
         tokio::select! {

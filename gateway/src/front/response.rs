@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 
-use crate::mcp::Message;
+use crate::mcp::{Message, codes};
+use crate::policy::Denial;
 use crate::session::stream::Frames;
 
 /// Why a response body failed; the connection ends at once (an SSE consumer cut off).
@@ -80,4 +81,65 @@ pub fn sse(frames: Frames) -> Response<Body> {
 
 pub fn status_error(status: StatusCode, message: &str) -> Response<Body> {
     error(status, crate::mcp::codes::INVALID_REQUEST, message)
+}
+
+/// 404 for a session that does not exist — or that belongs to someone else (the caller must
+/// not learn which).
+pub fn session_not_found() -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        codes::INVALID_REQUEST,
+        "Session not found; initialize a new session",
+    )
+}
+
+/// 503 when `server.max-sessions` is reached, whichever transport asked for the session.
+pub fn too_many_sessions() -> Response<Body> {
+    status_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable: too many sessions",
+    )
+}
+
+/// The answer for a message a policy refused: the plugin's JSON-RPC error, with its HTTP
+/// status and headers when it gave them (e.g. 401 + `WWW-Authenticate` from authn).
+pub fn denied(denial: &Denial, id: Option<serde_json::Value>) -> Response<Body> {
+    crate::observe::record_denial(&denial.plugin, denial.code);
+    let status = denial
+        .http_status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(if id.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        });
+    let mut r = json(
+        status,
+        &denial.to_response(id.unwrap_or(serde_json::Value::Null)),
+    );
+    for (name, value) in &denial.http_headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                r.headers_mut().append(n, v);
+            }
+            _ => {
+                tracing::warn!(plugin = %denial.plugin, header = %name, "policy gave an invalid header; dropped")
+            }
+        }
+    }
+    r
+}
+
+/// One SSE `message` event carrying `msg`, without an id (legacy pre-session answers and
+/// 2026-07-28 streams, which are not resumable).
+pub fn message_event(msg: &Message) -> Bytes {
+    let json = msg.to_bytes();
+    let mut frame = Vec::with_capacity(json.len() + 24);
+    frame.extend_from_slice(b"event: message\ndata: ");
+    frame.extend_from_slice(&json);
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
 }

@@ -1,10 +1,23 @@
-//! The 2026-07-28 request headers that mirror body fields (`Mcp-Name`, `Mcp-Param-*`): how
+//! MCP over HTTP: the header names both sides of the gateway use, how 2026-07-28 request
 //! values are encoded into them and decoded out of them, and which tool arguments a tool's
 //! schema asks to mirror (`x-mcp-header`).
 
 use base64::Engine as _;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use serde_json::Value;
+
+/// The session-era session id, given by the server at `initialize` (both sides of the gateway).
+pub const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+/// The revision a request speaks; `2026-07-28` marks a stateless request.
+pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// Where a client resumes an SSE stream (`<stream>-<seq>`).
+pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+/// 2026-07-28: the request's method, mirrored from the body.
+pub const METHOD: HeaderName = HeaderName::from_static("mcp-method");
+/// 2026-07-28: the tool or prompt name or resource URI, mirrored from the body.
+pub const NAME: HeaderName = HeaderName::from_static("mcp-name");
+/// 2026-07-28: the prefix of the headers mirroring annotated tool arguments.
+pub const PARAM_PREFIX: &str = "mcp-param-";
 
 /// A value as the transport spec wants it in a header: as is when plain visible ASCII,
 /// otherwise (or when it looks like the sentinel itself) `=?base64?…?=`.

@@ -7,8 +7,8 @@ pub const LATEST: &str = "2025-11-25";
 pub const SUPPORTED: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
 
 /// The stateless revision: no `initialize`, no session; every request carries its version
-/// in `MCP-Protocol-Version` and `_meta` (front/modern.rs).
-pub const MODERN: &str = "2026-07-28";
+/// in `MCP-Protocol-Version` and `_meta` (front/stateless/).
+pub const STATELESS: &str = "2026-07-28";
 
 /// Every revision the gateway serves, newest first (`server/discover`, and the
 /// `supported` list of an unsupported-version error).

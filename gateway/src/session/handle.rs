@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Route, Session};
+use super::{Resolved, Route, Session};
 
 /// Most `input_required` rounds one request may take before the gateway gives up.
 const MAX_INPUT_ROUNDS: usize = 8;
@@ -57,17 +57,20 @@ impl Session {
     /// (progress, logs, server→client requests) are sent to `out` meanwhile.
     ///
     /// `route` is a routing policy's choice of upstream and/or target name; it overrides
-    /// what the catalog would pick.
+    /// what the catalog would pick. `resolved` is where the catalog sent the request when
+    /// the pipeline asked before the policy chain ran ([`Session::resolve`]): reused as long
+    /// as the chain left the name or URI alone, so a call is resolved once.
     pub async fn handle_request(
         &self,
         msg: Message,
         out: Related,
         route: Option<&Route>,
+        resolved: Option<&Resolved>,
     ) -> Message {
         self.touch();
         let id = msg.id().cloned().unwrap_or(Value::Null);
         if let Some(r) = route {
-            return self.routed(msg, out, r).await;
+            return self.routed(msg, out, r, resolved).await;
         }
         match msg.method() {
             methods::PING => Message::result(id, json!({})),
@@ -78,11 +81,11 @@ impl Session {
                 None,
             ),
             methods::LOGGING_SET_LEVEL => self.set_level(msg).await,
-            methods::TOOLS_CALL => self.by_name(ListKind::Tools, msg, out).await,
-            methods::PROMPTS_GET => self.by_name(ListKind::Prompts, msg, out).await,
+            methods::TOOLS_CALL => self.by_name(ListKind::Tools, msg, out, resolved).await,
+            methods::PROMPTS_GET => self.by_name(ListKind::Prompts, msg, out, resolved).await,
             methods::RESOURCES_READ
             | methods::RESOURCES_SUBSCRIBE
-            | methods::RESOURCES_UNSUBSCRIBE => self.by_uri(msg, out).await,
+            | methods::RESOURCES_UNSUBSCRIBE => self.by_uri(msg, out, resolved).await,
             methods::COMPLETION_COMPLETE => self.complete(msg, out).await,
             method => match ListKind::from_method(method) {
                 Some(kind) => self.list(kind, &msg).await,
@@ -113,7 +116,9 @@ impl Session {
             // Related messages of the copy (progress, logs, questions) land here and are
             // dropped with it.
             let (related, _dropped) = tokio::sync::mpsc::unbounded_channel();
-            let answer = session.handle_request(copy, related, Some(&route)).await;
+            let answer = session
+                .handle_request(copy, related, Some(&route), None)
+                .await;
             tracing::debug!(
                 upstream = route.upstream.as_deref().unwrap_or_default(),
                 failed = answer.is_error(),
@@ -124,9 +129,18 @@ impl Session {
 
     /// A request whose destination a routing policy chose. The name or URI is resolved as
     /// usual, then replaced by what the policy said.
-    async fn routed(&self, mut msg: Message, out: Related, route: &Route) -> Message {
+    async fn routed(
+        &self,
+        mut msg: Message,
+        out: Related,
+        route: &Route,
+        resolved: Option<&Resolved>,
+    ) -> Message {
         let id = msg.id().cloned().unwrap_or(Value::Null);
-        let natural = self.resolve(&msg).await;
+        let natural = match resolved.and_then(|r| r.of(&msg)) {
+            Some(known) => known.cloned(),
+            None => self.resolve(&msg).await.and_then(|r| r.target),
+        };
         let upstream = match &route.upstream {
             Some(name) => match self.slots.iter().position(|s| &*s.upstream.name == name) {
                 Some(idx) => Some(idx),
@@ -175,29 +189,38 @@ impl Session {
         self.forward(upstream, msg, out).await
     }
 
-    /// Where the catalog would send a request: (upstream index, its own name for the target).
-    pub(crate) async fn resolve(&self, msg: &Message) -> Option<Target> {
-        match msg.method() {
+    /// Where the catalog would send a request: (upstream index, its own name for the
+    /// target), with the name or URI it was asked for. `None` for a request that names
+    /// nothing (lists, `ping`) or leaves its name or URI out.
+    pub async fn resolve(&self, msg: &Message) -> Option<Resolved> {
+        let (asked, target) = match msg.method() {
             methods::TOOLS_CALL => {
-                self.route_name(ListKind::Tools, msg.param_str("name")?)
-                    .await
+                let name = msg.param_str("name")?;
+                (name, self.route_name(ListKind::Tools, name).await)
             }
             methods::PROMPTS_GET => {
-                self.route_name(ListKind::Prompts, msg.param_str("name")?)
-                    .await
+                let name = msg.param_str("name")?;
+                (name, self.route_name(ListKind::Prompts, name).await)
             }
             methods::RESOURCES_READ
             | methods::RESOURCES_SUBSCRIBE
-            | methods::RESOURCES_UNSUBSCRIBE => self.route_uri(msg.param_str("uri")?).await,
-            _ => None,
-        }
+            | methods::RESOURCES_UNSUBSCRIBE => {
+                let uri = msg.param_str("uri")?;
+                (uri, self.route_uri(uri).await)
+            }
+            _ => return None,
+        };
+        Some(Resolved {
+            asked: asked.to_string(),
+            target,
+        })
     }
 
-    /// [`Session::resolve`] as (upstream name, target name at that upstream).
-    pub async fn resolve_named(&self, msg: &Message) -> Option<(String, String)> {
-        self.resolve(msg)
-            .await
-            .map(|t| (self.slots[t.upstream].upstream.name.to_string(), t.name))
+    /// A resolution as (upstream name, target name at that upstream), what policies see.
+    pub fn named(&self, resolved: Option<&Resolved>) -> Option<(String, String)> {
+        let t = resolved?.target.as_ref()?;
+        let upstream = self.slots.get(t.upstream)?.upstream.name.to_string();
+        Some((upstream, t.name.clone()))
     }
 
     /// Handles a client notification.
@@ -267,7 +290,7 @@ impl Session {
             Ok(l) => l,
             Err(e) => return e.to_response(id),
         };
-        let bridge = link.is_stateless() && self.version != crate::mcp::version::MODERN;
+        let bridge = link.is_stateless() && self.version != crate::mcp::version::STATELESS;
         let key = IdKey::of(&id);
         let token = CancellationToken::new();
         self.inflight.insert(key.clone(), token.clone());
@@ -371,12 +394,22 @@ impl Session {
         Ok(answers)
     }
 
-    async fn by_name(&self, kind: ListKind, mut msg: Message, out: Related) -> Message {
+    async fn by_name(
+        &self,
+        kind: ListKind,
+        mut msg: Message,
+        out: Related,
+        resolved: Option<&Resolved>,
+    ) -> Message {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let Some(name) = msg.param_str("name").map(str::to_string) else {
             return Message::error(id, codes::INVALID_PARAMS, "missing \"name\"", None);
         };
-        let Some(target) = self.route_name(kind, &name).await else {
+        let target = match resolved.and_then(|r| r.of_name(&name)) {
+            Some(known) => known.cloned(),
+            None => self.route_name(kind, &name).await,
+        };
+        let Some(target) = target else {
             let what = if kind == ListKind::Tools {
                 "tool"
             } else {
@@ -394,12 +427,16 @@ impl Session {
         self.forward(target.upstream, msg, out).await
     }
 
-    async fn by_uri(&self, mut msg: Message, out: Related) -> Message {
+    async fn by_uri(&self, mut msg: Message, out: Related, resolved: Option<&Resolved>) -> Message {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let Some(uri) = msg.param_str("uri").map(str::to_string) else {
             return Message::error(id, codes::INVALID_PARAMS, "missing \"uri\"", None);
         };
-        let Some(target) = self.route_uri(&uri).await else {
+        let target = match resolved.and_then(|r| r.of_name(&uri)) {
+            Some(known) => known.cloned(),
+            None => self.route_uri(&uri).await,
+        };
+        let Some(target) = target else {
             return Message::error(
                 id,
                 codes::RESOURCE_NOT_FOUND,

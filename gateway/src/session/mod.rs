@@ -43,6 +43,30 @@ pub struct Route {
     pub target: Option<String>,
 }
 
+/// Where the catalog sends one request, found once per call (before the policy chain, which
+/// sees it as the call's destination) and carried to the session that forwards it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The name or URI the client asked for.
+    asked: String,
+    /// Its owner and the name it has there; `None`: no upstream has it.
+    target: Option<crate::catalog::Target>,
+}
+
+impl Resolved {
+    /// The resolution of `name`, when this is it (a policy may have rewritten the name
+    /// since; then it is resolved again).
+    fn of_name(&self, name: &str) -> Option<Option<&crate::catalog::Target>> {
+        (self.asked == name).then_some(self.target.as_ref())
+    }
+
+    /// The resolution of `msg`'s name or URI, when this is it.
+    fn of(&self, msg: &Message) -> Option<Option<&crate::catalog::Target>> {
+        let asked = msg.param_str("name").or_else(|| msg.param_str("uri"))?;
+        self.of_name(asked)
+    }
+}
+
 /// POST streams kept per session for `Last-Event-ID` resumption.
 const KEPT_STREAMS: usize = 64;
 
@@ -416,7 +440,7 @@ impl Sessions {
             return Some(s);
         }
         // Two first requests of one caller may race here; the loser's session idles out.
-        let session = self.create(crate::mcp::version::MODERN, hello())?;
+        let session = self.create(crate::mcp::version::STATELESS, hello())?;
         if !caller.is_empty() {
             let _ = session.owner.set(caller.to_string());
         }

@@ -25,9 +25,7 @@ use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::mcp::{Kind, Message, methods, version};
 
-const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
-const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+use crate::mcp::headers::{LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID};
 
 /// Longest wait before a listening stream (GET, `subscriptions/listen`) is opened again; also
 /// the wait after a stream broke a bound, so a hostile stream costs little.

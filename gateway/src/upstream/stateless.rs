@@ -31,15 +31,16 @@ use crate::config::UpstreamProtocol;
 use crate::mcp::methods::{self, meta};
 use crate::mcp::{Kind, Message, codes, headers, version};
 
-const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
-const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+use crate::mcp::headers::{METHOD as MCP_METHOD, NAME as MCP_NAME, PROTOCOL_VERSION};
 
 /// The 2026-07-28 request headers for `msg`; `params` are the `x-mcp-header` annotations of
 /// the tool a `tools/call` calls, mirrored as `Mcp-Param-*`.
 pub(super) fn request_headers(msg: &Message, params: &headers::ParamHeaders) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(PROTOCOL_VERSION, HeaderValue::from_static(version::MODERN));
+    h.insert(
+        PROTOCOL_VERSION,
+        HeaderValue::from_static(version::STATELESS),
+    );
     if let Ok(v) = HeaderValue::from_str(msg.method()) {
         h.insert(MCP_METHOD, v);
     }
@@ -144,7 +145,7 @@ impl Stateless {
             .or_insert_with(|| Value::Object(Default::default()));
         if let Some(m) = meta.as_object_mut() {
             // A 2026-07-28 client's own per-request values win over the session's.
-            m.insert(meta::PROTOCOL_VERSION.into(), json!(version::MODERN));
+            m.insert(meta::PROTOCOL_VERSION.into(), json!(version::STATELESS));
             m.entry(meta::CLIENT_INFO)
                 .or_insert_with(|| self.hello.client_info.clone());
             m.entry(meta::CLIENT_CAPABILITIES)
@@ -216,7 +217,7 @@ where
     };
     let era = if version::SUPPORTED.iter().any(|v| speaks(v)) {
         Era::Session
-    } else if speaks(version::MODERN) {
+    } else if speaks(version::STATELESS) {
         Era::Stateless
     } else {
         Era::Session

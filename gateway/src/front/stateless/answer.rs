@@ -9,10 +9,11 @@ use tokio::sync::mpsc;
 
 use super::{CACHEABLE, NAMED, Shape, frame};
 use crate::front::Front;
+use crate::front::pipeline::{Admitted, server_info};
 use crate::front::response::{self, Body};
 use crate::mcp::methods::{self, meta};
 use crate::mcp::{Kind, Message, codes};
-use crate::policy::{Call, Chain};
+use crate::policy::Chain;
 use crate::session::{Session, stream};
 
 impl Front {
@@ -21,16 +22,15 @@ impl Front {
     pub(super) async fn start(
         self: &Arc<Self>,
         session: Arc<Session>,
-        mut msg: Message,
-        call: Option<Call>,
+        mut admitted: Admitted,
         chain: Arc<Chain>,
         shape: Shape,
     ) -> Response<Body> {
         let n = self.parked.next_id.fetch_add(1, Ordering::Relaxed);
         let internal_id = Value::String(format!("m{n}"));
-        msg.set_id(internal_id.clone());
+        admitted.msg.set_id(internal_id.clone());
         // The same request task as the session era (routing, shadow, response phase, audit).
-        let rx = self.spawn_request(session.clone(), msg, call, chain, shape.started);
+        let rx = self.spawn_request(session.clone(), admitted, chain, shape.started);
         self.answer(session, rx, internal_id, shape).await
     }
 
@@ -125,7 +125,7 @@ impl Front {
         response::sse(frames)
     }
 
-    /// What to do with one message the session sent about a modern request.
+    /// What to do with one message the session sent about a stateless request.
     pub(super) async fn classify(&self, session: &Session, mut m: Message, shape: &Shape) -> Next {
         match m.kind() {
             Kind::Response => Next::Final(finish(m, shape)),
@@ -178,7 +178,7 @@ impl Front {
     }
 }
 
-/// One step of a modern request's answer.
+/// One step of a stateless request's answer.
 pub(super) enum Next {
     /// Nothing for the client.
     Skip,
@@ -190,14 +190,6 @@ pub(super) enum Next {
     Ask(Vec<(String, Value, Value)>),
     /// The request cannot be served to this client (400): the call is cancelled.
     Refuse(Message),
-}
-
-pub(super) fn server_info() -> Value {
-    json!({
-        "name": "portcullis",
-        "title": "Portcullis MCP gateway",
-        "version": env!("CARGO_PKG_VERSION"),
-    })
 }
 
 /// The capability an input request needs from the client.

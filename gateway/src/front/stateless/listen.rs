@@ -50,7 +50,7 @@ impl Front {
                 methods::RESOURCES_SUBSCRIBE,
                 Some(json!({ "uri": uri })),
             );
-            let answer = session.handle_request(sub, tx, None).await;
+            let answer = session.handle_request(sub, tx, None, None).await;
             if answer.is_error() {
                 tracing::debug!(uri = %crate::observe::clip(uri), "resource subscription refused upstream");
             } else {

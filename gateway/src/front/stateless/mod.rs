@@ -1,7 +1,7 @@
 //! MCP 2026-07-28 on the same endpoint as the session era: stateless requests, told apart
 //! per request by `MCP-Protocol-Version: 2026-07-28` (which `_meta` must repeat).
 //!
-//! A modern client has no session, but most upstreams behind the gateway do (they speak
+//! A stateless client has no session, but most upstreams behind the gateway do (they speak
 //! 2025-11-25 or older). The gateway keeps one internal [`Session`] per caller — the subject
 //! authn established, or one anonymous caller when there is no authn — and serves each of
 //! the caller's requests through it: upstream sessions, child processes and the merged
@@ -25,16 +25,16 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::Front;
+use super::era::request_meta;
+use super::pipeline::{self, Admitted, Refusal, server_info};
 use super::response::{self, Body};
-use super::streamable::denied;
+use crate::mcp::headers::PARAM_PREFIX;
 use crate::mcp::methods::{self, meta};
 use crate::mcp::{Kind, Message, codes, version};
 use crate::policy::{Call, Chain, Phase};
 use crate::upstream::Hello;
-use answer::server_info;
 pub(super) use park::Parked;
-use validate::{check_param_headers, request_meta, validate};
-pub(super) use validate::{has_modern_meta, is_modern, mismatch, unsupported_version};
+use validate::{check_param_headers, validate};
 
 /// What a 2026-07-28 client may ask of the gateway. Anything else is 404 `-32601`, as the
 /// transport spec says (`ping`, `logging/setLevel`, `initialize` and subscribe are gone).
@@ -67,7 +67,7 @@ pub(super) const CACHEABLE: &[&str] = &[
     methods::RESOURCES_READ,
 ];
 
-/// What a modern request is, for shaping its answers.
+/// What a stateless request is, for shaping its answers.
 pub(super) struct Shape {
     pub(super) client_id: Value,
     pub(super) method: String,
@@ -98,19 +98,52 @@ fn hello(msg: &Message) -> Hello {
 }
 
 /// An SSE frame without an id: 2026-07-28 streams are not resumable.
-pub(super) fn frame(msg: &Message) -> bytes::Bytes {
-    let json = msg.to_bytes();
-    let mut f = Vec::with_capacity(json.len() + 22);
-    f.extend_from_slice(b"event: message\ndata: ");
-    f.extend_from_slice(&json);
-    f.extend_from_slice(b"\n\n");
-    bytes::Bytes::from(f)
+pub(super) use response::message_event as frame;
+
+/// 2026-07-28 has neither the GET stream (`subscriptions/listen` replaces it) nor sessions.
+pub(super) fn no_get_or_delete() -> Response<Body> {
+    let mut r = response::status_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed: 2026-07-28 uses POST only (subscriptions/listen for notifications)",
+    );
+    r.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+    r
+}
+
+/// The answer for a refusal of the pipeline: the request's id on a denial, always.
+fn refuse(refusal: Refusal, client_id: &Value) -> Response<Body> {
+    match refusal {
+        Refusal::Denied(d, _) => response::denied(&d, Some(client_id.clone())),
+        other => other.into_response(),
+    }
 }
 
 impl Front {
-    /// A 2026-07-28 POST: validated, run through the policy chain, and served through the
-    /// caller's internal session.
-    pub(super) async fn modern(
+    /// A 2026-07-28 POST: read and parsed by the pipeline, validated, run through the policy
+    /// chain, and served through the caller's internal session.
+    pub(super) async fn stateless_post(
+        self: &Arc<Self>,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        if let Err(r) = pipeline::check_post_headers(req.headers()) {
+            return r;
+        }
+        let chain = self.policies.chain();
+        // Kept whatever the chain: the era's header rules read them.
+        let headers = pipeline::headers_for(&chain, req.headers(), true);
+        let msg = match self.read_message(req).await {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+        crate::observe::on_message(&msg, None, Some(version::STATELESS));
+        // An Mcp-Session-Id header is ignored: 2026-07-28 has no sessions.
+        self.stateless(headers, msg, chain, started).await
+    }
+
+    /// A parsed 2026-07-28 message.
+    async fn stateless(
         self: &Arc<Self>,
         headers: HeaderMap,
         msg: Message,
@@ -152,7 +185,7 @@ impl Front {
             .cloned()
             .unwrap_or_else(|| json!({}));
         let hello = hello(&msg);
-        if let Some(text) = super::streamable::oversized_hello(
+        if let Some(text) = pipeline::oversized_hello(
             self.config.max_client_info_bytes,
             Some(&hello.client_info),
             Some(&hello.capabilities),
@@ -188,7 +221,7 @@ impl Front {
         let param_headers: Vec<(String, HeaderValue)> = headers
             .iter()
             .filter_map(|(name, value)| {
-                let param = name.as_str().strip_prefix("mcp-param-")?;
+                let param = name.as_str().strip_prefix(PARAM_PREFIX)?;
                 Some((param.to_string(), value.clone()))
             })
             .collect();
@@ -200,20 +233,18 @@ impl Front {
         if let Some(call) = call.as_mut()
             && let Err(d) = chain.authenticate(call).await
         {
-            let protocol = Some(version::MODERN);
-            self.recorder.denied(started, protocol, None, call, &d);
-            return denied(&d, Some(client_id));
+            let protocol = Some(version::STATELESS);
+            let refusal = self.refused(started, protocol, None, call, d, None);
+            return refuse(refusal, &client_id);
         }
         let caller = call
             .as_ref()
             .and_then(|c| c.identity())
             .map(|i| i.subject.clone())
             .unwrap_or_default();
-        let Some(session) = self.sessions.for_caller(&caller, || hello) else {
-            return response::status_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable: too many sessions",
-            );
+        let session = match self.caller_session(&caller, hello) {
+            Ok(s) => s,
+            Err(refusal) => return refuse(refusal, &client_id),
         };
         session.touch();
         if method == methods::TOOLS_CALL
@@ -221,13 +252,16 @@ impl Front {
         {
             return r;
         }
+        // The target is resolved once, in the caller's catalog: the chain sees it, the
+        // session forwards to it.
+        let mut resolved = None;
         if let Some(call) = call.as_mut() {
-            call.set_destination(session.resolve_named(&msg).await);
+            resolved = session.resolve(&msg).await;
+            call.set_destination(session.named(resolved.as_ref()));
             if let Err(d) = chain.after_authn(call).await {
-                let protocol = Some(version::MODERN);
-                self.recorder
-                    .denied(started, protocol, Some(&session.id), call, &d);
-                return denied(&d, Some(client_id));
+                let protocol = Some(version::STATELESS);
+                let refusal = self.refused(started, protocol, Some(&session.id), call, d, None);
+                return refuse(refusal, &client_id);
             }
         }
         let shape = Shape {
@@ -258,11 +292,19 @@ impl Front {
             }
             None => Arc::unwrap_or_clone(msg),
         };
-        strip_modern_meta(&mut msg);
+        strip_stateless_meta(&mut msg);
         if shape.method == methods::SUBSCRIPTIONS_LISTEN {
             return self.listen(session, msg, shape).await;
         }
-        self.start(session, msg, call, chain, shape).await
+        if resolved.is_none() {
+            resolved = session.resolve(&msg).await;
+        }
+        let admitted = Admitted {
+            msg,
+            call,
+            resolved,
+        };
+        self.start(session, admitted, chain, shape).await
     }
 }
 
@@ -272,7 +314,7 @@ impl Front {
 /// its client anything). The client's capabilities and identity stay, so a 2026-07-28
 /// upstream sees what this very request declared; other keys (`progressToken`, trace
 /// context, vendor keys) pass unchanged.
-pub(super) fn strip_modern_meta(msg: &mut Message) {
+pub(super) fn strip_stateless_meta(msg: &mut Message) {
     let params = msg.params_mut();
     let now_empty = match params.get_mut("_meta").and_then(Value::as_object_mut) {
         Some(m) => {
@@ -291,13 +333,7 @@ pub(super) fn discover() -> Value {
     json!({
         "resultType": "complete",
         "supportedVersions": version::ALL,
-        "capabilities": {
-            "tools": { "listChanged": true },
-            "prompts": { "listChanged": true },
-            "resources": { "subscribe": true, "listChanged": true },
-            "completions": {},
-            "logging": {},
-        },
+        "capabilities": pipeline::capabilities(),
         "_meta": { meta::SERVER_INFO: server_info() },
         // Versions and capabilities change only with the gateway's binary or configuration.
         "ttlMs": 3_600_000,

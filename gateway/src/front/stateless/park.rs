@@ -118,7 +118,7 @@ impl Front {
             abandon(&parked);
             return stale();
         }
-        // Checked in `modern` already: absent, or an object of result objects.
+        // Checked in `stateless` already: absent, or an object of result objects.
         let responses = msg
             .params()
             .and_then(|p| p.get("inputResponses"))

@@ -1,59 +1,15 @@
-//! The 2026-07-28 checks on a request: the protocol version, `Mcp-Method`, `Mcp-Name`,
-//! `Mcp-Param-*` and the per-request `_meta`.
+//! The 2026-07-28 checks on a request: `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*` and the
+//! per-request `_meta`.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use serde_json::{Map, Value, json};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde_json::Value;
 
+use crate::front::era::{mismatch, request_meta};
 use crate::front::response::{self, Body};
-use crate::front::streamable::PROTOCOL_VERSION;
+use crate::mcp::headers::{self, METHOD as MCP_METHOD, NAME as MCP_NAME};
 use crate::mcp::methods::{self, meta};
-use crate::mcp::{Message, codes, headers, version};
+use crate::mcp::{Message, codes, version};
 use crate::session::Session;
-
-const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
-const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
-
-/// Whether a request speaks 2026-07-28: its `MCP-Protocol-Version` says so.
-pub(crate) fn is_modern(headers: &HeaderMap) -> bool {
-    headers
-        .get(PROTOCOL_VERSION)
-        .is_some_and(|v| v.as_bytes() == version::MODERN.as_bytes())
-}
-
-/// Whether a request carries 2026-07-28 `_meta` (a modern client that left out the header).
-pub(crate) fn has_modern_meta(msg: &Message) -> bool {
-    request_meta(msg).is_some_and(|m| m.contains_key(meta::PROTOCOL_VERSION))
-}
-
-pub(crate) fn request_meta(msg: &Message) -> Option<&Map<String, Value>> {
-    msg.params()?.get("_meta")?.as_object()
-}
-
-/// 400 with `-32020` (HeaderMismatch).
-pub(crate) fn mismatch(id: Option<&Value>, message: &str) -> Response<Body> {
-    response::json(
-        StatusCode::BAD_REQUEST,
-        &Message::error(
-            id.cloned().unwrap_or(Value::Null),
-            codes::HEADER_MISMATCH,
-            &format!("Header mismatch: {message}"),
-            None,
-        ),
-    )
-}
-
-/// 400 with `-32022` (UnsupportedProtocolVersion), listing what the gateway serves.
-pub(crate) fn unsupported_version(requested: &str, id: Option<&Value>) -> Response<Body> {
-    response::json(
-        StatusCode::BAD_REQUEST,
-        &Message::error(
-            id.cloned().unwrap_or(Value::Null),
-            codes::UNSUPPORTED_PROTOCOL_VERSION,
-            "Unsupported protocol version",
-            Some(json!({ "supported": version::ALL, "requested": requested })),
-        ),
-    )
-}
 
 /// The checks the transport spec asks of a server that reads the body: `Mcp-Method`,
 /// `Mcp-Name` and the `_meta` version must be present and match.
@@ -112,12 +68,12 @@ pub(super) fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Respons
                 meta::PROTOCOL_VERSION
             ));
         }
-        Some(v) if v != version::MODERN => {
+        Some(v) if v != version::STATELESS => {
             return Err(mismatch(
                 id,
                 &format!(
                     "MCP-Protocol-Version header value '{}' does not match _meta value '{v}'",
-                    version::MODERN
+                    version::STATELESS
                 ),
             ));
         }
