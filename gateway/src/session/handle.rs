@@ -7,16 +7,11 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::input::MAX_INPUT_ROUNDS;
 use super::{Resolved, Route, Session};
-
-/// Most `input_required` rounds one request may take before the gateway gives up.
-const MAX_INPUT_ROUNDS: usize = 8;
-use crate::catalog::{ListKind, Target, page};
+use crate::catalog::ListKind;
 use crate::mcp::{IdKey, Kind, Message, codes, methods};
 use crate::upstream::{Fresh, InboundHandler, Link, Related, Upstream, UpstreamError};
-
-/// Most pages fetched from one upstream for one list (guards against a cursor loop).
-const MAX_UPSTREAM_PAGES: usize = 100;
 
 impl Session {
     fn handler(&self) -> std::sync::Weak<dyn InboundHandler> {
@@ -25,7 +20,7 @@ impl Session {
 
     /// The link to upstream `idx`, connecting on first use. A new link after a restart drops
     /// the cached catalog of that upstream and gets the client's log level again.
-    async fn link(&self, idx: usize) -> Result<Arc<Link>, UpstreamError> {
+    pub(super) async fn link(&self, idx: usize) -> Result<Arc<Link>, UpstreamError> {
         let (link, fresh) = self.slots[idx].get(&self.hello, self.handler()).await?;
         if fresh == Fresh::Restarted {
             self.catalog.invalidate_upstream(idx);
@@ -127,102 +122,6 @@ impl Session {
         });
     }
 
-    /// A request whose destination a routing policy chose. The name or URI is resolved as
-    /// usual, then replaced by what the policy said.
-    async fn routed(
-        &self,
-        mut msg: Message,
-        out: Related,
-        route: &Route,
-        resolved: Option<&Resolved>,
-    ) -> Message {
-        let id = msg.id().cloned().unwrap_or(Value::Null);
-        let natural = match resolved.and_then(|r| r.of(&msg)) {
-            Some(known) => known.cloned(),
-            None => self.resolve(&msg).await.and_then(|r| r.target),
-        };
-        let upstream = match &route.upstream {
-            Some(name) => match self.slots.iter().position(|s| &*s.upstream.name == name) {
-                Some(idx) => Some(idx),
-                None => {
-                    return Message::error(
-                        id,
-                        codes::INTERNAL_ERROR,
-                        &format!("policy routed to unknown upstream '{name}'"),
-                        None,
-                    );
-                }
-            },
-            None => natural.as_ref().map(|t| t.upstream),
-        };
-        let Some(upstream) = upstream else {
-            return Message::error(
-                id,
-                codes::INVALID_PARAMS,
-                "no upstream for this request",
-                None,
-            );
-        };
-        let key = match msg.method() {
-            methods::TOOLS_CALL | methods::PROMPTS_GET => Some("name"),
-            methods::RESOURCES_READ
-            | methods::RESOURCES_SUBSCRIBE
-            | methods::RESOURCES_UNSUBSCRIBE => Some("uri"),
-            _ => None,
-        };
-        if let Some(key) = key {
-            let name = route.target.clone().or(natural.map(|t| t.name));
-            match name {
-                Some(n) => {
-                    msg.params_mut().insert(key.into(), Value::String(n));
-                }
-                None => {
-                    return Message::error(
-                        id,
-                        codes::INVALID_PARAMS,
-                        &format!("unknown {key}"),
-                        None,
-                    );
-                }
-            }
-        }
-        self.forward(upstream, msg, out).await
-    }
-
-    /// Where the catalog would send a request: (upstream index, its own name for the
-    /// target), with the name or URI it was asked for. `None` for a request that names
-    /// nothing (lists, `ping`) or leaves its name or URI out.
-    pub async fn resolve(&self, msg: &Message) -> Option<Resolved> {
-        let (asked, target) = match msg.method() {
-            methods::TOOLS_CALL => {
-                let name = msg.param_str("name")?;
-                (name, self.route_name(ListKind::Tools, name).await)
-            }
-            methods::PROMPTS_GET => {
-                let name = msg.param_str("name")?;
-                (name, self.route_name(ListKind::Prompts, name).await)
-            }
-            methods::RESOURCES_READ
-            | methods::RESOURCES_SUBSCRIBE
-            | methods::RESOURCES_UNSUBSCRIBE => {
-                let uri = msg.param_str("uri")?;
-                (uri, self.route_uri(uri).await)
-            }
-            _ => return None,
-        };
-        Some(Resolved {
-            asked: asked.to_string(),
-            target,
-        })
-    }
-
-    /// A resolution as (upstream name, target name at that upstream), what policies see.
-    pub fn named(&self, resolved: Option<&Resolved>) -> Option<(String, String)> {
-        let t = resolved?.target.as_ref()?;
-        let upstream = self.slots.get(t.upstream)?.upstream.name.to_string();
-        Some((upstream, t.name.clone()))
-    }
-
     /// Handles a client notification.
     pub async fn handle_notification(&self, msg: Message) {
         self.touch();
@@ -283,7 +182,7 @@ impl Session {
     /// `input_required` result. A session-era client gets them as server→client requests on
     /// the request's stream, and the request is retried upstream with the answers; a
     /// 2026-07-28 client gets the result as it is and retries itself.
-    async fn forward(&self, idx: usize, mut msg: Message, out: Related) -> Message {
+    pub(super) async fn forward(&self, idx: usize, mut msg: Message, out: Related) -> Message {
         crate::observe::record_upstream(&self.slots[idx].upstream.name);
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let link = match self.link(idx).await {
@@ -346,169 +245,7 @@ impl Session {
         })
     }
 
-    /// Asks a session-era client an `input_required` result's questions as server→client
-    /// requests on the request's stream; gives the answers keyed as the questions were.
-    async fn ask_client(
-        &self,
-        asks: &Value,
-        out: &Related,
-        timeout: std::time::Duration,
-    ) -> Result<serde_json::Map<String, Value>, String> {
-        let mut waiting = Vec::new();
-        for (key, request) in asks["inputRequests"].as_object().into_iter().flatten() {
-            let n = self.next_server_request.fetch_add(1, Ordering::Relaxed) + 1;
-            let gateway_id = format!("s{n}");
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.local_requests.insert(gateway_id.clone(), tx);
-            let method = request["method"].as_str().unwrap_or_default();
-            let question = Message::request(
-                Value::String(gateway_id.clone()),
-                method,
-                request.get("params").cloned(),
-            );
-            if out.send(question).is_err() {
-                self.local_requests.remove(&gateway_id);
-                return Err("the client went away before answering the upstream".into());
-            }
-            waiting.push((key.clone(), gateway_id, rx));
-        }
-        let mut answers = serde_json::Map::new();
-        for (key, gateway_id, rx) in waiting {
-            let answer = tokio::time::timeout(timeout, rx).await;
-            self.local_requests.remove(&gateway_id);
-            match answer {
-                Ok(Ok(m)) => match m.result_value() {
-                    Some(result) => {
-                        answers.insert(key, result.clone());
-                    }
-                    None => {
-                        return Err(format!(
-                            "the client refused the upstream's question: {}",
-                            m.error_value().cloned().unwrap_or_default()
-                        ));
-                    }
-                },
-                _ => return Err("the client did not answer the upstream's question".into()),
-            }
-        }
-        Ok(answers)
-    }
-
-    async fn by_name(
-        &self,
-        kind: ListKind,
-        mut msg: Message,
-        out: Related,
-        resolved: Option<&Resolved>,
-    ) -> Message {
-        let id = msg.id().cloned().unwrap_or(Value::Null);
-        let Some(name) = msg.param_str("name").map(str::to_string) else {
-            return Message::error(id, codes::INVALID_PARAMS, "missing \"name\"", None);
-        };
-        let target = match resolved.and_then(|r| r.of_name(&name)) {
-            Some(known) => known.cloned(),
-            None => self.route_name(kind, &name).await,
-        };
-        let Some(target) = target else {
-            let what = if kind == ListKind::Tools {
-                "tool"
-            } else {
-                "prompt"
-            };
-            return Message::error(
-                id,
-                codes::INVALID_PARAMS,
-                &format!("Unknown {what}: {name}"),
-                None,
-            );
-        };
-        msg.params_mut()
-            .insert("name".into(), Value::String(target.name));
-        self.forward(target.upstream, msg, out).await
-    }
-
-    async fn by_uri(&self, mut msg: Message, out: Related, resolved: Option<&Resolved>) -> Message {
-        let id = msg.id().cloned().unwrap_or(Value::Null);
-        let Some(uri) = msg.param_str("uri").map(str::to_string) else {
-            return Message::error(id, codes::INVALID_PARAMS, "missing \"uri\"", None);
-        };
-        let target = match resolved.and_then(|r| r.of_name(&uri)) {
-            Some(known) => known.cloned(),
-            None => self.route_uri(&uri).await,
-        };
-        let Some(target) = target else {
-            return Message::error(
-                id,
-                codes::RESOURCE_NOT_FOUND,
-                &format!("Resource not found: {uri}"),
-                Some(json!({ "uri": uri })),
-            );
-        };
-        let real = target.name.clone();
-        msg.params_mut()
-            .insert("uri".into(), Value::String(target.name));
-        let read = msg.method() == methods::RESOURCES_READ;
-        let mut response = self.forward(target.upstream, msg, out).await;
-        if read
-            && let Some(contents) = response
-                .result_mut()
-                .and_then(|r| r.get_mut("contents"))
-                .and_then(Value::as_array_mut)
-        {
-            for c in contents {
-                if let Some(u) = c.get("uri").and_then(Value::as_str) {
-                    let exposed = if u == real {
-                        uri.clone()
-                    } else {
-                        self.catalog.expose_uri(target.upstream, u)
-                    };
-                    c["uri"] = Value::String(exposed);
-                }
-            }
-        }
-        response
-    }
-
-    async fn complete(&self, mut msg: Message, out: Related) -> Message {
-        let id = msg.id().cloned().unwrap_or(Value::Null);
-        let reference = msg
-            .params()
-            .and_then(|p| p.get("ref"))
-            .cloned()
-            .unwrap_or_default();
-        let (key, target) = match reference["type"].as_str() {
-            Some("ref/prompt") => {
-                let name = reference["name"].as_str().unwrap_or_default();
-                ("name", self.route_name(ListKind::Prompts, name).await)
-            }
-            Some("ref/resource") => {
-                let uri = reference["uri"].as_str().unwrap_or_default();
-                ("uri", self.route_template(uri).await)
-            }
-            _ => {
-                return Message::error(
-                    id,
-                    codes::INVALID_PARAMS,
-                    "unknown completion reference",
-                    None,
-                );
-            }
-        };
-        let Some(target) = target else {
-            return Message::error(
-                id,
-                codes::INVALID_PARAMS,
-                "unknown completion reference",
-                None,
-            );
-        };
-        if let Some(r) = msg.params_mut().get_mut("ref") {
-            r[key] = Value::String(target.name);
-        }
-        self.forward(target.upstream, msg, out).await
-    }
-
-    async fn set_level(&self, msg: Message) -> Message {
+    pub(super) async fn set_level(&self, msg: Message) -> Message {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let Some(level) = msg.params().and_then(|p| p.get("level")).cloned() else {
             return Message::error(id, codes::INVALID_PARAMS, "missing \"level\"", None);
@@ -527,148 +264,6 @@ impl Session {
         });
         join_all(sends).await;
         Message::result(id, json!({}))
-    }
-
-    /// A merged list page; upstreams that fail are left out and logged.
-    async fn list(&self, kind: ListKind, msg: &Message) -> Message {
-        let id = msg.id().cloned().unwrap_or(Value::Null);
-        let merged = self.merged(kind).await;
-        match page(&merged.items, msg.param_str("cursor"), self.page_size) {
-            Ok((items, next)) => {
-                let mut result = json!({ kind.items_key(): items });
-                if let Some(next) = next {
-                    result["nextCursor"] = Value::String(next);
-                }
-                Message::result(id, result)
-            }
-            Err(_) => Message::error(id, codes::INVALID_PARAMS, "invalid cursor", None),
-        }
-    }
-
-    /// The definition of the tool clients know as `name`, from the merged catalog.
-    pub async fn tool(&self, name: &str) -> Option<Value> {
-        self.merged(ListKind::Tools)
-            .await
-            .items
-            .iter()
-            .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
-            .cloned()
-    }
-
-    async fn merged(&self, kind: ListKind) -> Arc<crate::catalog::Merged> {
-        if let Some(m) = self.catalog.cached(kind) {
-            return m;
-        }
-        let fetches =
-            self.catalog
-                .missing(kind)
-                .into_iter()
-                .map(|(idx, generation)| async move {
-                    (idx, generation, self.fetch_list(idx, kind).await)
-                });
-        for (idx, generation, result) in join_all(fetches).await {
-            match result {
-                Ok(items) => self.catalog.store(kind, idx, generation, items),
-                Err(e) => tracing::warn!(
-                    upstream = %self.slots[idx].upstream.name,
-                    error = %e,
-                    "left out of {}",
-                    kind.method()
-                ),
-            }
-        }
-        self.catalog.merge(kind)
-    }
-
-    /// Every page of one upstream's list.
-    async fn fetch_list(&self, idx: usize, kind: ListKind) -> Result<Vec<Value>, UpstreamError> {
-        let link = self.link(idx).await?;
-        if link.capabilities().get(kind.capability()).is_none() {
-            return Ok(Vec::new());
-        }
-        let mut items = Vec::new();
-        let mut cursor: Option<Value> = None;
-        for _ in 0..MAX_UPSTREAM_PAGES {
-            let params = cursor.take().map(|c| json!({ "cursor": c }));
-            let request = Message::request(json!(0), kind.method(), params);
-            let mut response = link
-                .request(request, None, &CancellationToken::new())
-                .await?;
-            if let Some(err) = response.error_value() {
-                if err["code"] == codes::METHOD_NOT_FOUND {
-                    return Ok(items); // e.g. resources without templates
-                }
-                return Err(UpstreamError::Protocol {
-                    upstream: link.upstream.name.clone(),
-                    detail: format!("{} failed: {err}", kind.method()),
-                });
-            }
-            let mut result = response.take_result().unwrap_or_default();
-            if let Some(Value::Array(page)) = result.get_mut(kind.items_key()).map(Value::take) {
-                items.extend(page);
-            }
-            match result.get("nextCursor") {
-                Some(c @ Value::String(_)) => cursor = Some(c.clone()),
-                _ => return Ok(items),
-            }
-        }
-        Ok(items)
-    }
-
-    async fn route_name(&self, kind: ListKind, exposed: &str) -> Option<Target> {
-        let names = &self.catalog.names;
-        let split = || {
-            names.split(exposed).map(|(upstream, name)| Target {
-                upstream,
-                name: name.into(),
-            })
-        };
-        if names.mode == crate::config::PrefixMode::Always {
-            return split();
-        }
-        self.merged(kind).await.route(exposed).or_else(split)
-    }
-
-    async fn route_uri(&self, uri: &str) -> Option<Target> {
-        if let Some((upstream, name)) = self.catalog.names.split_uri(uri) {
-            return Some(Target {
-                upstream,
-                name: name.into(),
-            });
-        }
-        let resources = self.merged(ListKind::Resources).await;
-        if let Some(t) = resources.route(uri) {
-            return Some(t);
-        }
-        if let Some(upstream) = resources.sole_owner(uri) {
-            return Some(Target {
-                upstream,
-                name: uri.into(),
-            });
-        }
-        if let Some(t) = self.merged(ListKind::Templates).await.template_owner(uri) {
-            return Some(t);
-        }
-        (self.slots.len() == 1).then(|| Target {
-            upstream: 0,
-            name: uri.into(),
-        })
-    }
-
-    async fn route_template(&self, uri: &str) -> Option<Target> {
-        if let Some((upstream, name)) = self.catalog.names.split_uri(uri) {
-            return Some(Target {
-                upstream,
-                name: name.into(),
-            });
-        }
-        let templates = self.merged(ListKind::Templates).await;
-        templates.route(uri).or_else(|| {
-            templates.sole_owner(uri).map(|upstream| Target {
-                upstream,
-                name: uri.into(),
-            })
-        })
     }
 
     fn upstream_index(&self, upstream: &Arc<Upstream>) -> Option<usize> {
@@ -747,12 +342,5 @@ impl InboundHandler for Session {
                 }
             }
         }
-    }
-}
-
-impl Session {
-    /// Names (tools or prompts) that more than one upstream exposes, with their upstreams.
-    pub async fn collisions(&self, kind: ListKind) -> Vec<(String, Vec<usize>)> {
-        self.merged(kind).await.collisions()
     }
 }

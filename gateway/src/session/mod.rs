@@ -13,10 +13,16 @@
 //! `subscriptions/listen` streams. When a [`Screen`] is active (a policy reads the response
 //! phase) they pass it first, in order, through the session's outbox task.
 //!
+//! Where the work lives: `handle.rs` client messages and upstream messages (forwarding, id
+//! maps), `router.rs` name/URI resolution and list merging, `input.rs` the `input_required`
+//! bridge, `stream.rs` resumable SSE streams.
+//!
 //! [`Sessions`] is the store. Session ids are 128-bit random values; state lives in this
 //! process (the seam for stateless replicas is this type).
 
 mod handle;
+mod input;
+mod router;
 pub mod stream;
 
 use std::collections::VecDeque;
