@@ -147,22 +147,6 @@ fn default_effect() -> Effect {
     Effect::Deny
 }
 
-impl<'de> Deserialize<'de> for Glob {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Glob;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a pattern (a string)")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Glob, E> {
-                Ok(Glob::new(v))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 /// A JSON object (the `key` table) read straight into pairs, in order (TOML keys are unique).
 fn pairs<'de, D, T>(d: D, key: &'static str) -> Result<Vec<(Box<str>, T)>, D::Error>
 where

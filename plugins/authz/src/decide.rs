@@ -10,6 +10,7 @@ use crate::config::{Condition, Config, Effect, PrefixMode, Rule};
 use crate::glob::any_match;
 use crate::methods::{COMPLETE, Kind};
 use crate::paths;
+use policy_matchers::caller;
 
 /// What is being asked for, as rules see it.
 #[derive(Debug, Clone, Copy)]
@@ -102,25 +103,11 @@ fn same(a: &Value, b: &Value) -> bool {
 
 /// True when the rule's conditions on the caller hold.
 pub fn concerns(rule: &Rule, id: &Identity) -> bool {
-    rule.roles
-        .as_deref()
-        .is_none_or(|p| id.roles.iter().any(|r| any_match(p, r)))
-        && rule
-            .subjects
-            .as_deref()
-            .is_none_or(|p| any_match(p, &id.subject))
-        && rule
-            .scopes
-            .as_deref()
-            .is_none_or(|p| id.scopes.iter().any(|s| any_match(p, s)))
-        && rule
-            .tenants
-            .as_deref()
-            .is_none_or(|p| id.tenant.as_deref().is_some_and(|t| any_match(p, t)))
-        && rule
-            .attributes
-            .iter()
-            .all(|(k, p)| id.attribute(k).is_some_and(|v| any_match(p, v)))
+    caller::roles(rule.roles.as_deref(), id)
+        && caller::subject(rule.subjects.as_deref(), id)
+        && caller::scopes(rule.scopes.as_deref(), id)
+        && caller::tenant(rule.tenants.as_deref(), id)
+        && caller::attributes(&rule.attributes, id)
 }
 
 /// True when the rule's conditions on the target hold.

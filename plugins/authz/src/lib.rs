@@ -16,7 +16,7 @@
 
 mod config;
 mod decide;
-pub mod glob;
+pub use policy_matchers::glob;
 mod lists;
 mod methods;
 mod paths;

@@ -20,8 +20,7 @@
 
 pub mod bucket;
 mod config;
-#[path = "../../authz/src/glob.rs"]
-pub mod glob;
+pub use policy_matchers::glob;
 mod rate;
 
 use std::cell::OnceCell;
@@ -33,6 +32,7 @@ use portcullis_sdk::prelude::*;
 use bucket::Outcome;
 pub use config::{Config, Key, Limit};
 use glob::any_match;
+use policy_matchers::caller;
 
 /// The JSON-RPC error code of a refusal: in the server range (-32000 to -32099), and ending
 /// in 29 after HTTP 429 so it is easy to recognise.
@@ -211,25 +211,16 @@ impl Facts<'_> {
         if limit.per.contains(&Key::Session) && self.session().is_none() {
             return false;
         }
-        let id = self.identity();
-        if let Some(subjects) = &limit.subjects
-            && !id.is_some_and(|i| any_match(subjects, &i.subject))
-        {
-            return false;
+        // A condition on the caller never holds without an identity.
+        let conditions = [&limit.subjects, &limit.roles, &limit.tenants];
+        match self.identity() {
+            None => conditions.iter().all(|c| c.is_none()),
+            Some(id) => {
+                caller::subject(limit.subjects.as_deref(), id)
+                    && caller::roles(limit.roles.as_deref(), id)
+                    && caller::tenant(limit.tenants.as_deref(), id)
+            }
         }
-        if let Some(roles) = &limit.roles
-            && !id.is_some_and(|i| i.roles.iter().any(|r| any_match(roles, r)))
-        {
-            return false;
-        }
-        if let Some(tenants) = &limit.tenants
-            && !id
-                .and_then(|i| i.tenant.as_deref())
-                .is_some_and(|t| any_match(tenants, t))
-        {
-            return false;
-        }
-        true
     }
 
     /// The bucket's name: the limit's prefix, then each `per` value length-prefixed (so no

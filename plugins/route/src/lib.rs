@@ -22,8 +22,7 @@
 
 mod catalog;
 mod config;
-#[path = "../../authz/src/glob.rs"]
-pub mod glob;
+pub use policy_matchers::glob;
 pub mod pick;
 mod who;
 

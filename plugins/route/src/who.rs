@@ -3,7 +3,7 @@
 use portcullis_sdk::Identity;
 
 use crate::config::Who;
-use crate::glob::any_match;
+use policy_matchers::caller;
 
 /// True when every condition present holds for `id`. A condition on the caller never holds
 /// without an identity; an entry without conditions concerns everyone, identified or not.
@@ -18,20 +18,8 @@ pub fn concerns(who: &Who, id: Option<&Identity>) -> bool {
     let Some(id) = id else {
         return false;
     };
-    who.subjects
-        .as_ref()
-        .is_none_or(|s| any_match(s, &id.subject))
-        && who
-            .roles
-            .as_ref()
-            .is_none_or(|r| id.roles.iter().any(|role| any_match(r, role)))
-        && who.tenants.as_ref().is_none_or(|t| {
-            id.tenant
-                .as_deref()
-                .is_some_and(|tenant| any_match(t, tenant))
-        })
-        && who
-            .attributes
-            .iter()
-            .all(|(k, v)| id.attribute(k).is_some_and(|value| any_match(v, value)))
+    caller::subject(who.subjects.as_deref(), id)
+        && caller::roles(who.roles.as_deref(), id)
+        && caller::tenant(who.tenants.as_deref(), id)
+        && caller::attributes(&who.attributes, id)
 }
