@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
 use portcullis::mcp::Message;
-use portcullis::policy::{Call, Chain, Policies, RuntimeConfig};
+use portcullis::policy::{Call, Chain, Identity, Policies, RuntimeConfig};
 use serde_json::json;
 
 const CALLS: u32 = 4000;
@@ -100,6 +100,12 @@ async fn one_call(chain: &Chain, msg: &Arc<Message>) {
         Some("bench-session".into()),
         Some(("up".to_string(), "echo".to_string())),
     );
+    // What authn sets for the demo admin key, for the cases without authn.
+    call.set_identity(Identity {
+        subject: "demo-admin".into(),
+        roles: vec!["admin".into()],
+        ..Identity::default()
+    });
     if let Err(d) = chain.on_request(&mut call).await {
         panic!("denied: {}", d.message);
     }

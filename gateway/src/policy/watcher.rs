@@ -272,7 +272,7 @@ impl Policies {
                 let key = content_key(&file);
                 (file, key)
             })
-            .filter(|(file, key)| !entries.get(file).is_some_and(|e| &e.key == key))
+            .filter(|(file, key)| entries.get(file).is_none_or(|e| &e.key != key))
             .collect();
         // Compiling is most of a load and runs on blocking threads: load as many plugins at
         // once as there are cores (the demo's authn and authz compile side by side), and
