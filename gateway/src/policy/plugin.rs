@@ -149,8 +149,11 @@ impl Plugin {
         .map_err(|e| LoadError::Invalid(e.to_string()))?;
         let compiled = compiled?;
         // A plugin granted a directory may read files in `init` that change later: it runs
-        // `init` in every instance.
-        let preinit = sidecar.preinit.unwrap_or(true) && sidecar.grants.is_none();
+        // `init` in every instance. A warm plugin runs `init` once per instance it reuses
+        // N times: not worth two more compilations.
+        let preinit = sidecar.preinit.unwrap_or(true)
+            && sidecar.grants.is_none()
+            && sidecar.warm.unwrap_or(0) == 0;
         let instance_pre = rt
             .linker
             .instantiate_pre(&compiled.component)
