@@ -52,6 +52,7 @@ impl Gateway {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         // https:// upstreams use rustls with ring; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let started = std::time::Instant::now();
         let upstreams = config
             .upstreams
             .iter()
@@ -81,7 +82,17 @@ impl Gateway {
             );
         }
         let path = config.server.path.clone();
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            upstreams = sessions.upstreams().len(),
+            "start-up: configuration read, listener bound"
+        );
         let policies = open_policies(&config.policy).await?;
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            plugins = policies.chain().plugins().len(),
+            "start-up: policy chain loaded"
+        );
         let watch = if config.policy.watch {
             policies.watch()?
         } else {

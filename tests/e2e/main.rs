@@ -18,6 +18,7 @@ mod limits_upstream;
 mod modern;
 mod observability;
 mod policy;
+mod preinit;
 mod rate_limit;
 mod redact;
 mod relay;

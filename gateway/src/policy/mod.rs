@@ -8,6 +8,7 @@
 //! | `loader.rs` | `.wasm` → compiled component, through the compile cache |
 //! | `cache.rs` | the compile cache: private, every artifact authenticated before use |
 //! | `plugin.rs` | one plugin: link, describe, validate config, evaluate in a fresh instance |
+//! | `snapshot.rs` | pre-initialization: fresh instances start from the state `init` left |
 //! | `host.rs` | what a plugin can reach: its message, log, key-value, an empty WASI |
 //! | `chain.rs` | plugins in order over one message; verdicts applied |
 //! | `watcher.rs` | the plugins folder: initial load, hot reload, status |
@@ -25,6 +26,7 @@ mod loader;
 pub mod log_budget;
 mod plugin;
 mod sidecar;
+mod snapshot;
 mod watcher;
 
 use serde::{Deserialize, Serialize};

@@ -7,11 +7,16 @@
 //! pooling allocator this costs microseconds; guests whose start-up is expensive (JavaScript
 //! and Python engines) can opt into `warm` reuse in their sidecar: an instance then serves up
 //! to N calls, one at a time, and is discarded on any trap or limit breach.
+//!
+//! **Pre-initialized.** Once loaded, a plugin is pre-initialized in the background
+//! (`snapshot.rs`): its state right after `init` becomes the starting state of a component
+//! of its own, and fresh instances are made from that one without running `init` again.
+//! Until then, or if a plugin cannot be pre-initialized, each fresh instance runs `init`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -23,7 +28,12 @@ use super::host::{CappedOutput, HostState, MessageRes};
 use super::limits::Limits;
 use super::loader::{self, LoadError};
 use super::sidecar::{Grants, Sidecar};
+use super::snapshot;
 use super::{Phase, Stage};
+
+/// Calls after which a plugin not found pre-initialized in the compile cache is
+/// pre-initialized (see [`Plugin::preinitialize_in_background`]).
+pub const PREINIT_AFTER_CALLS: u64 = 64;
 
 /// Why an evaluation failed (as opposed to the plugin denying).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,6 +73,12 @@ pub struct Plugin {
     exposed_headers: Arc<[String]>,
     grants: Option<Grants>,
     pre: PluginPre<HostState>,
+    /// The component pre-initialized with this plugin's `init` (see `snapshot.rs`), once
+    /// ready: fresh instances come from it and skip `init`.
+    preinit: OnceLock<PluginPre<HostState>>,
+    /// The `.wasm` bytes, kept from load until pre-initialization takes them (`None` for a
+    /// plugin that is not to be pre-initialized).
+    source: Mutex<Option<Vec<u8>>>,
     warm_pool: Mutex<Vec<WarmInstance>>,
     /// Calls, denials and failures (traps, timeouts, limit breaches) since load.
     pub counters: Counters,
@@ -126,10 +142,18 @@ impl Plugin {
         let bytes = std::fs::read(wasm).map_err(|e| LoadError::Read(wasm.to_path_buf(), e))?;
         let rt2 = rt.clone();
         // Compilation is CPU-heavy (seconds for big guests): keep it off the async workers.
-        let compiled =
-            tokio::task::spawn_blocking(move || loader::compile(&rt2, &bytes, rt2.cache.as_ref()))
-                .await
-                .map_err(|e| LoadError::Invalid(e.to_string()))??;
+        let (compiled, bytes) = tokio::task::spawn_blocking(move || {
+            (loader::compile(&rt2, &bytes, rt2.cache.as_ref()), bytes)
+        })
+        .await
+        .map_err(|e| LoadError::Invalid(e.to_string()))?;
+        let compiled = compiled?;
+        // A plugin granted a directory may read files in `init` that change later: it runs
+        // `init` in every instance. A warm plugin runs `init` once per instance it reuses
+        // N times: not worth two more compilations.
+        let preinit = sidecar.preinit.unwrap_or(true)
+            && sidecar.grants.is_none()
+            && sidecar.warm.unwrap_or(0) == 0;
         let instance_pre = rt
             .linker
             .instantiate_pre(&compiled.component)
@@ -167,6 +191,8 @@ impl Plugin {
             exposed_headers: Arc::from(Vec::new()),
             grants: sidecar.grants.clone(),
             pre,
+            preinit: OnceLock::new(),
+            source: Mutex::new(preinit.then_some(bytes)),
             warm_pool: Mutex::new(Vec::new()),
             counters: Counters::default(),
         };
@@ -287,7 +313,11 @@ impl Plugin {
 
     /// Runs `evaluate` on one message. The semaphore bounds live instances: a burst waits for
     /// a free slot rather than failing.
-    pub async fn evaluate(&self, rt: &Runtime, msg: MessageRes) -> Result<types::Verdict, Failure> {
+    pub async fn evaluate(
+        self: &Arc<Self>,
+        rt: &Arc<Runtime>,
+        msg: MessageRes,
+    ) -> Result<types::Verdict, Failure> {
         let span = crate::observe::plugin_span(
             &self.name,
             &self.version,
@@ -297,7 +327,10 @@ impl Plugin {
                 types::Phase::Response => "response",
             },
         );
-        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let calls = self.counters.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if calls == PREINIT_AFTER_CALLS {
+            self.preinitialize_in_background(rt, false);
+        }
         let started = std::time::Instant::now();
         let outcome =
             tracing::Instrument::instrument(self.evaluate_counted(rt, msg), span.clone()).await;
@@ -344,9 +377,10 @@ impl Plugin {
         let mut store = self.new_store(rt).map_err(|e| self.classify(e))?;
         self.arm_deadline(&mut store);
         let result = async {
-            let bindings = self.pre.instantiate_async(&mut store).await?;
+            let (pre, needs_init) = self.template();
+            let bindings = pre.instantiate_async(&mut store).await?;
             let policy = bindings.portcullis_policy_policy();
-            if let Err(e) = policy.call_init(&mut store, &self.config_json).await? {
+            if needs_init && let Err(e) = policy.call_init(&mut store, &self.config_json).await? {
                 return Ok(Err(Failure::Config(e)));
             }
             let res: Resource<MessageRes> = store.data_mut().table.push(msg)?;
@@ -375,17 +409,19 @@ impl Plugin {
             None => {
                 let mut store = self.new_store(rt).map_err(|e| self.classify(e))?;
                 self.arm_deadline(&mut store);
-                let bindings = self
-                    .pre
+                let (pre, needs_init) = self.template();
+                let bindings = pre
                     .instantiate_async(&mut store)
                     .await
                     .map_err(|e| self.classify(e))?;
-                let init = bindings
-                    .portcullis_policy_policy()
-                    .call_init(&mut store, &self.config_json)
-                    .await;
-                init.map_err(|e| self.classify(e))?
-                    .map_err(Failure::Config)?;
+                if needs_init {
+                    let init = bindings
+                        .portcullis_policy_policy()
+                        .call_init(&mut store, &self.config_json)
+                        .await;
+                    init.map_err(|e| self.classify(e))?
+                        .map_err(Failure::Config)?;
+                }
                 WarmInstance {
                     store,
                     bindings,
@@ -420,6 +456,99 @@ impl Plugin {
                 .push(instance);
         }
         Ok(verdict)
+    }
+
+    /// What a new instance is made from: the pre-initialized component once it is ready
+    /// (no `init` to run), else the plugin as loaded (`init` runs first).
+    fn template(&self) -> (&PluginPre<HostState>, bool) {
+        match self.preinit.get() {
+            Some(pre) => (pre, false),
+            None => (&self.pre, true),
+        }
+    }
+
+    /// Whether fresh instances start from the pre-initialized component.
+    pub fn preinitialized(&self) -> bool {
+        self.preinit.get().is_some()
+    }
+
+    /// Pre-initializes the plugin on the background thread (`snapshot.rs`): from the compile
+    /// cache when it holds this plugin with this configuration (`cached_only`: only then),
+    /// else by running `init` in an instrumented copy and compiling the snapshot. Calls keep
+    /// running `init` in their instances until it is ready; a plugin that cannot be
+    /// pre-initialized keeps doing so (logged once).
+    ///
+    /// The loader asks for the cached snapshot only; the compilation waits for the plugin's
+    /// [`PREINIT_AFTER_CALLS`]th call, so a plugin that serves a handful of calls (a test, a
+    /// demo's first minute, a plugin replaced soon after) never pays for it, and start-up
+    /// and reloads do not compile twice.
+    pub fn preinitialize_in_background(self: &Arc<Self>, rt: &Arc<Runtime>, cached_only: bool) {
+        let wasm = {
+            let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+            if source.is_none() {
+                return;
+            }
+            if cached_only { None } else { source.take() }
+        };
+        let (plugin, rt) = (Arc::downgrade(self), rt.clone());
+        snapshot::in_background(async move {
+            // Replaced or removed before its turn came: nothing to do.
+            let Some(plugin) = plugin.upgrade() else {
+                return;
+            };
+            if plugin.preinitialized() {
+                return;
+            }
+            let started = Instant::now();
+            match plugin.preinitialize(&rt, wasm).await {
+                Ok(Some(cached)) => tracing::info!(
+                    plugin = %plugin.name, cached, took_ms = started.elapsed().as_millis() as u64,
+                    "plugin pre-initialized: fresh instances start from its state after init"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    plugin = %plugin.name, error = %e,
+                    "plugin not pre-initialized: every fresh instance runs init (same isolation, more CPU per call)"
+                ),
+            }
+        });
+    }
+
+    /// `Ok(Some(cached))` once pre-initialized; `Ok(None)`: not in the cache and no `wasm`
+    /// to make it from.
+    async fn preinitialize(
+        &self,
+        rt: &Arc<Runtime>,
+        wasm: Option<Vec<u8>>,
+    ) -> Result<Option<bool>, String> {
+        let identity = snapshot::identity(&self.sha256, &self.config_json);
+        let rt2 = rt.clone();
+        let id2 = identity.clone();
+        let cached = tokio::task::spawn_blocking(move || snapshot::from_cache(&rt2, &id2))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (pre, cached) = match (cached, wasm) {
+            (Some(component), _) => {
+                // Nothing left to make it from: let the bytes go.
+                self.source.lock().unwrap_or_else(|p| p.into_inner()).take();
+                (snapshot::link(rt, &component)?, true)
+            }
+            (None, None) => return Ok(None),
+            (None, Some(wasm)) => {
+                // The instrumented instance takes a pool slot like any other.
+                let _permit = rt
+                    .instances
+                    .acquire()
+                    .await
+                    .map_err(|_| "runtime closed".to_string())?;
+                let mut store = self.new_store(rt).map_err(|e| e.to_string())?;
+                self.arm_deadline(&mut store);
+                let snap = snapshot::snapshot(rt, wasm, &self.config_json, store).await?;
+                (snapshot::compile_and_link(rt, snap, identity).await?, false)
+            }
+        };
+        let _ = self.preinit.set(pre);
+        Ok(Some(cached))
     }
 
     fn check_output(&self, verdict: &types::Verdict) -> Result<(), Failure> {

@@ -6,6 +6,7 @@
 //! priority = 10             # order within a stage (lower first; default 0)
 //! fail-open = false         # on a trap, timeout or limit breach: pass instead of deny
 //! warm = 0                  # >0: reuse an instance for up to this many calls (pure policies)
+//! preinit = true            # false: run `init` in every fresh instance (see snapshot.rs)
 //! expose-headers = ["x-api-key"]   # request headers the plugin may read
 //!
 //! [limits]
@@ -36,6 +37,7 @@ pub struct Sidecar {
     pub priority: Option<i32>,
     pub fail_open: Option<bool>,
     pub warm: Option<u32>,
+    pub preinit: Option<bool>,
     #[serde(default)]
     pub expose_headers: Vec<String>,
     #[serde(default)]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::chain::Chain;
@@ -44,6 +45,8 @@ pub struct PluginStatus {
     pub calls: u64,
     pub denials: u64,
     pub failures: u64,
+    /// Fresh instances start from the plugin's state after `init` (see `snapshot.rs`).
+    pub preinitialized: bool,
 }
 
 /// The outcome of one reload.
@@ -186,6 +189,7 @@ impl Policies {
                     s.calls = p.counters.calls.load(Relaxed);
                     s.denials = p.counters.denials.load(Relaxed);
                     s.failures = p.counters.failures.load(Relaxed);
+                    s.preinitialized = p.preinitialized();
                 }
                 s
             })
@@ -262,17 +266,36 @@ impl Policies {
             }
             keep
         });
-        for file in files {
-            let key = content_key(&file);
-            if entries.get(&file).is_some_and(|e| e.key == key) {
-                continue;
-            }
+        let changed: Vec<(PathBuf, String)> = files
+            .into_iter()
+            .map(|file| {
+                let key = content_key(&file);
+                (file, key)
+            })
+            .filter(|(file, key)| entries.get(file).is_none_or(|e| &e.key != key))
+            .collect();
+        // Compiling is most of a load and runs on blocking threads: load as many plugins at
+        // once as there are cores (the demo's authn and authz compile side by side), and
+        // take the results in file order.
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let loads: Vec<_> = changed
+            .iter()
+            .map(|(file, _)| {
+                let (runtime, file) = (self.runtime.clone(), file.clone());
+                async move { Plugin::load(&runtime, &file).await }
+            })
+            .collect();
+        let loaded: Vec<_> = futures_util::stream::iter(loads)
+            .buffered(parallel)
+            .collect()
+            .await;
+        for ((file, key), outcome) in changed.into_iter().zip(loaded) {
             let name = file
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or("?")
                 .to_string();
-            match Plugin::load(&self.runtime, &file).await {
+            match outcome {
                 Ok(plugin) => {
                     tracing::info!(
                         plugin = %plugin.name, version = %plugin.version, stage = ?plugin.stage,
@@ -292,12 +315,15 @@ impl Policies {
                         calls: 0,
                         denials: 0,
                         failures: 0,
+                        preinitialized: false,
                     };
+                    let plugin = Arc::new(plugin);
+                    plugin.preinitialize_in_background(&self.runtime, true);
                     entries.insert(
                         file,
                         Entry {
                             key,
-                            plugin: Some(Arc::new(plugin)),
+                            plugin: Some(plugin),
                             status,
                         },
                     );
@@ -320,6 +346,7 @@ impl Policies {
                             calls: 0,
                             denials: 0,
                             failures: 0,
+                            preinitialized: false,
                         },
                     });
                     entry.key = key;

@@ -73,6 +73,11 @@ pub enum Mode {
     KvCount,
     /// Refuse every configuration in `init`.
     RejectConfig,
+    /// Write to its own memory on every call (a 64 KiB buffer kept in a static list) and set
+    /// `params.arguments.<argument>` (default `chaos`) to `calls-seen-<n>`, where `n` is how
+    /// many calls this instance's memory remembers, this one included: always 1 when every
+    /// call starts from a fresh instance, 1, 2, 3… when an instance is reused.
+    Remember,
 }
 
 impl Mode {
@@ -83,6 +88,7 @@ impl Mode {
             | Mode::Route
             | Mode::ReadParams
             | Mode::KvCount
+            | Mode::Remember
             | Mode::Flood => &[Phase::Request],
             Mode::ModifyResult | Mode::FilterList => &[Phase::Response],
             _ => Phase::BOTH,
@@ -245,6 +251,7 @@ impl Policy for Chaos {
             ),
             Mode::HugeOutput => huge_output(config.bytes.unwrap_or(DEFAULT_HUGE_BYTES), msg),
             Mode::KvCount => kv_count(config),
+            Mode::Remember => remember(config, msg),
         }
     }
 }
@@ -297,6 +304,22 @@ fn modify_params(config: &Config, msg: &Message) -> Verdict {
         );
     }
     Changes::new().with_params(Value::Object(params)).into()
+}
+
+/// What this instance's memory has kept of earlier calls: one 64 KiB buffer each.
+static REMEMBERED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+fn remember(config: &Config, msg: &Message) -> Verdict {
+    let seen = {
+        let mut kept = REMEMBERED.lock().unwrap_or_else(|p| p.into_inner());
+        kept.push(black_box(vec![0xa5; 64 * 1024]));
+        kept.len()
+    };
+    let config = Config {
+        value: Some(json!(format!("calls-seen-{seen}"))),
+        ..config.clone()
+    };
+    modify_params(&config, msg)
 }
 
 fn filter_list(needle: &str, msg: &Message) -> Verdict {
