@@ -81,7 +81,8 @@ impl Gateway {
             );
         }
         let path = config.server.path.clone();
-        let policies = open_policies(&config.policy).await?;
+        let kv = policy::plugin_kv(&config.cluster).await?;
+        let policies = open_policies_with(&config.policy, kv).await?;
         let watch = if config.policy.watch {
             policies.watch()?
         } else {
@@ -179,6 +180,14 @@ impl Gateway {
 /// `check` use it. Fails closed: a plugin that does not load (unless `on-error = "skip"`)
 /// or a required plugin missing from the chain is an error naming the file and the reason.
 pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Policies>> {
+    open_policies_with(cfg, None).await
+}
+
+/// [`open_policies`] with the plugins' key-value store given (`None`: in-process).
+pub async fn open_policies_with(
+    cfg: &config::PolicyConfig,
+    kv: Option<Arc<dyn policy::KvStore>>,
+) -> anyhow::Result<Arc<Policies>> {
     let cache = cfg.cache_dir();
     if let (Some(cache), Some(plugins)) = (&cache, &cfg.plugins)
         && cache.starts_with(plugins)
@@ -197,6 +206,7 @@ pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Pol
         max_instances: cfg.max_instances.max(1),
         max_memory: (cfg.max_memory_mib.max(1) as usize) << 20,
         cache,
+        kv,
     };
     let policies = Policies::open(cfg.plugins.as_deref(), runtime, cfg.required.clone()).await?;
     let (rejected, missing) = policies.problems().await;

@@ -6,6 +6,7 @@
 mod aggregation;
 mod auth;
 mod cli;
+mod cluster_kv;
 mod compile_cache;
 mod conformance;
 mod front;
