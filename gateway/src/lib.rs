@@ -67,6 +67,12 @@ impl Gateway {
             config.server.list_page_size,
             session::SessionBounds::from_config(&config.server),
         ));
+        if let Some(sealer) = session::seal::Sealer::new(
+            &config.cluster.session_keys,
+            config.cluster.session_lifetime,
+        ) {
+            sessions.set_sealer(Arc::new(sealer));
+        }
         if config.namespacing.prefix == PrefixMode::Never {
             check_collisions(&sessions).await?;
         }

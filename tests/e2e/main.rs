@@ -7,6 +7,7 @@ mod aggregation;
 mod auth;
 mod cli;
 mod cluster_kv;
+mod cluster_sessions;
 mod compile_cache;
 mod conformance;
 mod front;

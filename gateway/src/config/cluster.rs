@@ -1,5 +1,6 @@
-//! `[cluster]`: what replicas of one gateway share. Today: the Redis server that backs the
-//! plugins' key-value store (`policy/kv_redis.rs`), so rate limits are exact across replicas.
+//! `[cluster]`: what replicas of one gateway share: the Redis server that backs the plugins'
+//! key-value store (`policy/kv_redis.rs`), so rate limits are exact across replicas, and the
+//! key that seals session ids (`session/seal.rs`), so any replica resumes any session.
 
 use std::time::Duration;
 
@@ -47,6 +48,55 @@ pub struct ClusterConfig {
     /// Prefix of every key the gateway writes to Redis, so several gateways (or other
     /// applications) can share one server. Default `portcullis:`.
     pub redis_prefix: String,
+    /// The AES-256 key that seals session ids: 32 bytes as 64 hex digits or base64.
+    /// `${PORTCULLIS_SESSION_KEY}` reads it from the environment. Absent: random ids.
+    pub session_key: Option<KeyText>,
+    /// Keys sealed ids were made with before a rotation: still opened, never used to seal.
+    pub previous_session_keys: Vec<KeyText>,
+    /// How long a sealed session id stays valid after `initialize` (any replica resumes it
+    /// until then). Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// The decoded keys (current first), filled by [`check`].
+    #[serde(skip)]
+    pub session_keys: Vec<[u8; 32]>,
+}
+
+/// A key as written in the file (never printed).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct KeyText(String);
+
+impl std::fmt::Debug for KeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyText(…)")
+    }
+}
+
+/// 32 bytes from 64 hex digits or base64 (standard or URL-safe, padded or not).
+fn decode_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect::<Vec<u8>>()
+    } else {
+        let t = text.trim_end_matches('=');
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(t)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t))
+            .map_err(|_| {
+                "must be 32 bytes as 64 hex digits or base64 (e.g. `openssl rand -base64 32`)"
+                    .to_string()
+            })?
+    };
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        format!(
+            "must be 32 bytes (AES-256), got {} (e.g. `openssl rand -base64 32`)",
+            b.len()
+        )
+    })
 }
 
 impl Default for ClusterConfig {
@@ -55,6 +105,10 @@ impl Default for ClusterConfig {
             redis: None,
             redis_timeout: Duration::from_millis(100),
             redis_prefix: "portcullis:".into(),
+            session_key: None,
+            previous_session_keys: Vec::new(),
+            session_lifetime: Duration::from_secs(24 * 3600),
+            session_keys: Vec::new(),
         }
     }
 }
@@ -77,6 +131,27 @@ pub(super) fn check(
     };
     if config.redis_timeout.is_zero() {
         return Err(err("redis-timeout", "must be positive".into()));
+    }
+    if config.session_lifetime.is_zero() {
+        return Err(err("session-lifetime", "must be positive".into()));
+    }
+    if config.session_key.is_none() && !config.previous_session_keys.is_empty() {
+        return Err(err(
+            "previous-session-keys",
+            "needs a current `session-key`".into(),
+        ));
+    }
+    let keys = config.session_key.iter().map(|k| ("session-key", k)).chain(
+        config
+            .previous_session_keys
+            .iter()
+            .map(|k| ("previous-session-keys", k)),
+    );
+    for (field, key) in keys {
+        let text = env::expand(&key.0, lookup).map_err(|m| err(field, m))?;
+        config
+            .session_keys
+            .push(decode_key(&text).map_err(|m| err(field, m))?);
     }
     if let Some(url) = config.redis.as_mut() {
         url.0 = env::expand(&url.0, lookup).map_err(|m| err("redis", m))?;
@@ -111,7 +186,19 @@ pub(super) fn check(
 
 #[cfg(test)]
 mod tests {
-    use super::RedisUrl;
+    use super::{RedisUrl, decode_key};
+
+    #[test]
+    fn session_keys_are_32_bytes_in_hex_or_base64() {
+        let hex = "00".repeat(31) + "ff";
+        assert_eq!(decode_key(&hex).unwrap()[31], 0xff);
+        // `openssl rand -base64 32` output.
+        let b64 = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+        assert_eq!(decode_key(b64).unwrap()[0], 0xab);
+        let short = decode_key("c2hvcnQ=").unwrap_err();
+        assert!(short.contains("got 5"), "{short}");
+        assert!(decode_key("not a key!").is_err());
+    }
 
     #[test]
     fn the_password_of_a_redis_url_is_never_printed() {
