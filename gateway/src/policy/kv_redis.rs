@@ -247,3 +247,182 @@ pub async fn plugin_kv(
     }
     Ok(Some(std::sync::Arc::new(kv)))
 }
+
+/// Round trips of the store's calls to a real Redis. Run with a server of your own:
+/// `redis-server --port 6391 --save '' &` then
+/// `PORTCULLIS_BENCH_REDIS=redis://127.0.0.1:6391 cargo test --workspace --lib redis_kv_call_cost -- --ignored --nocapture`.
+#[cfg(test)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement against a Redis you start"]
+async fn redis_kv_call_cost() {
+    let url: crate::config::RedisUrl = serde_json::from_value(serde_json::Value::String(
+        std::env::var("PORTCULLIS_BENCH_REDIS").expect("PORTCULLIS_BENCH_REDIS"),
+    ))
+    .unwrap();
+    let kv = RedisKv::new(&url, "bench:", Duration::from_secs(1)).unwrap();
+    let mut samples = std::collections::BTreeMap::<&str, Vec<Duration>>::new();
+    for i in 0..5_000u64 {
+        let key = format!("k{}", i % 64);
+        let t = std::time::Instant::now();
+        let seen = kv.get(&key).await.unwrap();
+        samples.entry("get").or_default().push(t.elapsed());
+        let t = std::time::Instant::now();
+        kv.compare_and_swap(&key, seen.as_deref(), i.to_le_bytes().to_vec(), None)
+            .await
+            .unwrap();
+        samples
+            .entry("compare-and-swap")
+            .or_default()
+            .push(t.elapsed());
+        let t = std::time::Instant::now();
+        kv.incr("n", 1, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        samples.entry("incr").or_default().push(t.elapsed());
+    }
+    for (op, mut s) in samples {
+        s.sort();
+        println!(
+            "{op}: p50 {:?}, p99 {:?}",
+            s[s.len() / 2],
+            s[s.len() * 99 / 100]
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `redis-server` on a free loopback port (installed by `scripts/ensure-redis`).
+    struct Server(std::process::Child, String);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn server() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: run scripts/ensure-redis");
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server(child, format!("redis://{addr}"))
+    }
+
+    fn store(url: &str) -> RedisKv {
+        let url: RedisUrl =
+            serde_json::from_value(serde_json::Value::String(url.to_string())).unwrap();
+        RedisKv::new(&url, "t:", Duration::from_secs(2)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counters_swaps_and_expiry_behave_like_the_memory_store() {
+        let s = server();
+        let kv = store(&s.1);
+        assert_eq!(kv.incr("a", 2, None).await.unwrap(), 2);
+        assert_eq!(kv.incr("a", -5, None).await.unwrap(), -3);
+        assert_eq!(
+            kv.get("a").await.unwrap(),
+            Some((-3i64).to_le_bytes().to_vec()),
+            "a counter is 8 bytes, little-endian"
+        );
+        assert_eq!(
+            kv.incr("big", i64::MAX - 1, None).await.unwrap(),
+            i64::MAX - 1
+        );
+        assert_eq!(
+            kv.incr("big", 10, None).await.unwrap(),
+            i64::MAX,
+            "saturates"
+        );
+        assert_eq!(kv.incr("small", i64::MIN, None).await.unwrap(), i64::MIN);
+        assert_eq!(kv.incr("small", -1, None).await.unwrap(), i64::MIN);
+        assert_eq!(
+            kv.incr("odd", 0x1_0000_0001, None).await.unwrap(),
+            0x1_0000_0001
+        );
+        assert_eq!(
+            kv.incr("odd", 0xffff_ffff, None).await.unwrap(),
+            0x2_0000_0000
+        );
+        kv.set("text", b"x".to_vec(), None).await.unwrap();
+        assert_eq!(
+            kv.incr("text", 1, None).await.unwrap(),
+            1,
+            "a non-counter restarts"
+        );
+
+        assert!(
+            kv.compare_and_swap("k", None, b"1".to_vec(), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !kv.compare_and_swap("k", None, b"2".to_vec(), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !kv.compare_and_swap("k", Some(b"0"), b"2".to_vec(), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            kv.compare_and_swap("k", Some(b"1"), b"2".to_vec(), None)
+                .await
+                .unwrap()
+        );
+        assert_eq!(kv.get("k").await.unwrap().as_deref(), Some(&b"2"[..]));
+
+        kv.incr("ttl", 1, Some(Duration::from_millis(50)))
+            .await
+            .unwrap();
+        kv.set("gone", b"y".to_vec(), Some(Duration::from_millis(50)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(
+            kv.incr("ttl", 1, None).await.unwrap(),
+            1,
+            "expired counters restart"
+        );
+        assert_eq!(kv.get("gone").await.unwrap(), None);
+        kv.delete("k").await.unwrap();
+        assert_eq!(kv.get("k").await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_redis_fails_within_the_timeout() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let kv = store(&format!("redis://127.0.0.1:{port}"));
+        let e = kv.get("a").await.unwrap_err();
+        assert!(e.to_string().contains("key-value store (redis)"), "{e}");
+    }
+}

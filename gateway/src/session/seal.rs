@@ -315,3 +315,32 @@ mod tests {
         assert!(s.open(&id).is_some());
     }
 }
+
+/// Cost of sealing and opening one id. Run with
+/// `cargo test --workspace --lib seal_and_open_cost -- --ignored --nocapture` (add
+/// `--release` for optimised numbers).
+#[cfg(test)]
+#[test]
+#[ignore = "a measurement, not a check"]
+fn seal_and_open_cost() {
+    let s = Sealer::new(&[[3; 32], [4; 32]], Duration::from_secs(86_400)).unwrap();
+    let hello = Hello {
+        capabilities: json!({ "roots": { "listChanged": true }, "sampling": {}, "elicitation": {} }),
+        client_info: json!({ "name": "claude-code", "version": "2.1.0" }),
+    };
+    let n = 20_000;
+    let started = std::time::Instant::now();
+    let ids: Vec<String> = (0..n)
+        .map(|_| s.seal("2025-11-25", &hello, Some("alice@example.com")))
+        .collect();
+    let seal = started.elapsed() / n;
+    let started = std::time::Instant::now();
+    for id in &ids {
+        assert!(s.open(id).is_some());
+    }
+    let open = started.elapsed() / n;
+    println!(
+        "seal {seal:?}/id, open {open:?}/id, id length {}",
+        ids[0].len()
+    );
+}
