@@ -9,12 +9,14 @@
 //!
 //! The binaries must be built first: `cargo build --workspace`.
 
+pub mod balancer;
 pub mod mcp;
 pub mod plugins;
 pub mod process;
 pub mod raw;
 pub mod redis;
 
+pub use balancer::RoundRobin;
 pub use mcp::{
     ClientEvent, ConnectOptions, McpClient, RecordingClient, call_tool, call_tool_tracked, client,
     client_with, connect, text_of,
