@@ -152,3 +152,59 @@ async fn a_key_rotation_keeps_existing_sessions() {
         .await;
     assert_eq!(resp.status, 404, "{}", resp.body);
 }
+
+const ALICE: &str = "pk_alice_0123456789abcdefghijklmnopqrstuvwxyzABC";
+const BOB: &str = "pk_bob_0123456789abcdefghijklmnopqrstuvwxyzABCDE";
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_travels_in_the_sealed_id() {
+    let plugins = portcullis_tests::harness::PluginDir::new();
+    plugins.add(
+        "authn",
+        "authn",
+        &format!(
+            "[config]\nresource-metadata = \"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\"\n\
+             [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"alice\"\n\
+             [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"bob\"\n",
+            sha256_hex(ALICE),
+            sha256_hex(BOB)
+        ),
+    );
+    let config = format!(
+        "{}{}[cluster]\nsession-key = \"${{PORTCULLIS_SESSION_KEY}}\"\n\n{}",
+        server_toml(),
+        plugins.policy_toml(),
+        stdio_fixture_toml("alpha"),
+    );
+    let env = [("PORTCULLIS_SESSION_KEY", KEY_1)];
+    let a = Gateway::start_with_env(&config, &env).await;
+    let b = Gateway::start_with_env(&config, &env).await;
+    let alice_auth = format!("Bearer {ALICE}");
+    let (_, alice) = RawHttp::new(a.url())
+        .initialize(&[("authorization", &alice_auth)])
+        .await;
+
+    // Bob, with the id of Alice's session, on a replica that never saw it: no such session.
+    let as_bob = RawSession {
+        extra_headers: vec![("authorization".into(), format!("Bearer {BOB}"))],
+        ..on(&alice, &b)
+    };
+    let resp = as_bob
+        .post(&jsonrpc_request(1, "tools/list", json!({})))
+        .await;
+    assert_eq!(resp.status, 404, "{}", resp.body);
+    // Alice there: served.
+    assert!(
+        echo(&on(&alice, &b), 2, "alpha__echo")
+            .await
+            .contains("hi 2")
+    );
+}
