@@ -68,7 +68,7 @@ impl Gateway {
             session::SessionBounds::from_config(&config.server),
         ));
         if let Some(sealer) = session::seal::Sealer::new(
-            &config.cluster.session_keys,
+            &config.cluster.session_keys.0,
             config.cluster.session_lifetime,
         ) {
             sessions.set_sealer(Arc::new(sealer));

@@ -59,7 +59,17 @@ pub struct ClusterConfig {
     pub session_lifetime: Duration,
     /// The decoded keys (current first), filled by [`check`].
     #[serde(skip)]
-    pub session_keys: Vec<[u8; 32]>,
+    pub session_keys: SessionKeys,
+}
+
+/// Decoded session keys, current first. `Debug` shows only how many.
+#[derive(Clone, Default)]
+pub struct SessionKeys(pub Vec<[u8; 32]>);
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionKeys({} keys)", self.0.len())
+    }
 }
 
 /// A key as written in the file (never printed).
@@ -108,7 +118,7 @@ impl Default for ClusterConfig {
             session_key: None,
             previous_session_keys: Vec::new(),
             session_lifetime: Duration::from_secs(24 * 3600),
-            session_keys: Vec::new(),
+            session_keys: SessionKeys::default(),
         }
     }
 }
@@ -151,6 +161,7 @@ pub(super) fn check(
         let text = env::expand(&key.0, lookup).map_err(|m| err(field, m))?;
         config
             .session_keys
+            .0
             .push(decode_key(&text).map_err(|m| err(field, m))?);
     }
     if let Some(url) = config.redis.as_mut() {
@@ -198,6 +209,44 @@ mod tests {
         let short = decode_key("c2hvcnQ=").unwrap_err();
         assert!(short.contains("got 5"), "{short}");
         assert!(decode_key("not a key!").is_err());
+    }
+
+    #[test]
+    fn cluster_values_are_checked_and_errors_name_the_key_not_the_secret() {
+        let lookup = |n: &str| (n == "K").then(|| "ab".repeat(32));
+        let parse = |cluster: &str| {
+            crate::config::parse(
+                &format!("[cluster]\n{cluster}\n[upstreams.a]\ncommand = \"x\"\n"),
+                "f.toml",
+                &lookup,
+            )
+        };
+        let ok = parse("session-key = \"${K}\"\nredis = \"redis://:pw@h:1/0\"").unwrap();
+        assert_eq!(ok.cluster.session_keys.0, vec![[0xab; 32]]);
+        let debug = format!("{ok:?}");
+        assert!(
+            !debug.contains("pw") && !debug.contains("171, 171"),
+            "{debug}"
+        );
+        for (text, field) in [
+            ("redis = \"rediss://:pw@h\"", "cluster.redis"),
+            ("redis = \"http://:pw@h\"", "cluster.redis"),
+            ("redis-timeout = \"0s\"", "cluster.redis-timeout"),
+            ("session-key = \"c2hvcnQ=\"", "cluster.session-key"),
+            ("session-key = \"${NOPE}\"", "cluster.session-key"),
+            (
+                "previous-session-keys = [\"${K}\"]",
+                "cluster.previous-session-keys",
+            ),
+            ("session-lifetime = \"0s\"", "cluster.session-lifetime"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+            assert!(
+                !e.to_string().contains("pw") && !e.to_string().contains("c2hv"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
