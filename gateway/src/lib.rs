@@ -68,6 +68,12 @@ impl Gateway {
             config.server.list_page_size,
             session::SessionBounds::from_config(&config.server),
         ));
+        if let Some(sealer) = session::seal::Sealer::new(
+            &config.cluster.session_keys.0,
+            config.cluster.session_lifetime,
+        ) {
+            sessions.set_sealer(Arc::new(sealer));
+        }
         if config.namespacing.prefix == PrefixMode::Never {
             check_collisions(&sessions).await?;
         }
@@ -87,7 +93,8 @@ impl Gateway {
             upstreams = sessions.upstreams().len(),
             "start-up: configuration read, listener bound"
         );
-        let policies = open_policies(&config.policy).await?;
+        let kv = policy::plugin_kv(&config.cluster).await?;
+        let policies = open_policies_with(&config.policy, kv).await?;
         tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
             plugins = policies.chain().plugins().len(),
@@ -190,6 +197,14 @@ impl Gateway {
 /// `check` use it. Fails closed: a plugin that does not load (unless `on-error = "skip"`)
 /// or a required plugin missing from the chain is an error naming the file and the reason.
 pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Policies>> {
+    open_policies_with(cfg, None).await
+}
+
+/// [`open_policies`] with the plugins' key-value store given (`None`: in-process).
+pub async fn open_policies_with(
+    cfg: &config::PolicyConfig,
+    kv: Option<Arc<dyn policy::KvStore>>,
+) -> anyhow::Result<Arc<Policies>> {
     let cache = cfg.cache_dir();
     if let (Some(cache), Some(plugins)) = (&cache, &cfg.plugins)
         && cache.starts_with(plugins)
@@ -208,6 +223,7 @@ pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Pol
         max_instances: cfg.max_instances.max(1),
         max_memory: (cfg.max_memory_mib.max(1) as usize) << 20,
         cache,
+        kv,
     };
     let policies = Policies::open(cfg.plugins.as_deref(), runtime, cfg.required.clone()).await?;
     let (rejected, missing) = policies.problems().await;

@@ -323,6 +323,22 @@ impl Collector for Live {
             upstreams.iter().map(|s| (named(&s.name), s.links as i64)),
         )?;
 
+        counter(
+            e,
+            "kv_errors",
+            "Plugin key-value calls that failed because the store (redis) timed out or was unavailable",
+            [
+                (
+                    vec![("kind", "timeout".to_string())],
+                    crate::policy::KV_TIMEOUTS.load(Relaxed),
+                ),
+                (
+                    vec![("kind", "unavailable".to_string())],
+                    crate::policy::KV_UNAVAILABLE.load(Relaxed),
+                ),
+            ],
+        )?;
+
         let chain = self.policies.chain();
         let plugins = chain.plugins();
         let per_plugin = |value: fn(&crate::policy::Counters) -> u64| {

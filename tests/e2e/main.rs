@@ -6,6 +6,9 @@
 mod aggregation;
 mod auth;
 mod cli;
+mod cluster_balanced;
+mod cluster_kv;
+mod cluster_sessions;
 mod compile_cache;
 mod conformance;
 mod front;

@@ -9,11 +9,14 @@
 //!
 //! The binaries must be built first: `cargo build --workspace`.
 
+pub mod balancer;
 pub mod mcp;
 pub mod plugins;
 pub mod process;
 pub mod raw;
+pub mod redis;
 
+pub use balancer::RoundRobin;
 pub use mcp::{
     ClientEvent, ConnectOptions, McpClient, RecordingClient, call_tool, call_tool_tracked, client,
     client_with, connect, text_of,
@@ -27,6 +30,7 @@ pub use raw::{
     RawHttp, RawResponse, RawSession, SseEvent, SseReader, initialize_request,
     jsonrpc_notification, jsonrpc_request, parse_sse,
 };
+pub use redis::RedisServer;
 
 /// Installs rustls' ring provider for this process. reqwest is built with
 /// `rustls-no-provider` in this workspace (see the gateway), and building a reqwest client

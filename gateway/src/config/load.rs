@@ -355,6 +355,7 @@ pub fn parse(
     super::bounds::check(&config, text, file)?;
     super::observe::check(&mut config, text, file, lookup)?;
     super::audit::check(&mut config.audit, text, file, lookup)?;
+    super::cluster::check(&mut config.cluster, text, file, lookup)?;
     if config.namespacing.prefix == PrefixMode::Never {
         tracing::debug!("namespacing.prefix = never: name collisions are checked at start-up");
     }

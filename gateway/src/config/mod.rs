@@ -8,6 +8,7 @@
 
 mod audit;
 mod bounds;
+mod cluster;
 mod env;
 mod load;
 mod observe;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use audit::{AuditConfig, Secret};
+pub use cluster::{ClusterConfig, RedisUrl};
 pub use load::{ConfigError, embedded_default, load, parse};
 pub use observe::{AdminConfig, LogConfig, LogFormat, TracingConfig};
 
@@ -50,6 +52,9 @@ pub struct Config {
     /// The tamper-evident audit trail (off unless `enabled`).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// What replicas share (`cluster.rs`): the Redis behind the plugins' key-value store.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// The upstream MCP servers, by name. Names become prefixes, so they may contain only
     /// ASCII letters, digits and `-`.
     #[serde(default)]

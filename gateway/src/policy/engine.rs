@@ -8,7 +8,8 @@
 //! - **Epoch interruption**, ticking every [`EPOCH_TICK`]: compiled code checks a counter at
 //!   loop heads and calls, far cheaper than fuel. At each tick a running plugin yields to the
 //!   tokio runtime (it never holds a worker thread for long) and, once past its deadline, traps.
-//! - **Async calls**: required for that yielding; host imports stay synchronous.
+//! - **Async calls**: required for that yielding; the key-value host imports are async too
+//!   (a Redis round trip is awaited, not waited for), the others stay synchronous.
 //! - **A semaphore of `max-instances` permits**: a burst of requests waits for an instance
 //!   slot (backpressure) instead of failing when the pool is exhausted.
 
@@ -37,6 +38,8 @@ pub struct RuntimeConfig {
     pub max_memory: usize,
     /// The compile cache's directory (see `cache.rs`); `None` compiles every time.
     pub cache: Option<PathBuf>,
+    /// The plugins' key-value store; `None`: an in-process one (`[cluster] redis` sets it).
+    pub kv: Option<Arc<dyn KvStore>>,
 }
 
 impl Default for RuntimeConfig {
@@ -45,6 +48,7 @@ impl Default for RuntimeConfig {
             max_instances: 256,
             max_memory: 64 << 20,
             cache: CompileCache::default_dir(),
+            kv: None,
         }
     }
 }
@@ -111,7 +115,10 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             engine,
             linker,
-            kv: Arc::new(MemoryKv::default()),
+            kv: config
+                .kv
+                .clone()
+                .unwrap_or_else(|| Arc::new(MemoryKv::default())),
             instances: Semaphore::new(config.max_instances as usize),
             cache,
             config,

@@ -13,7 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{host_api, types};
 use super::chain::CallView;
-use super::kv::KvStore;
+use super::kv::{KvError, KvStore};
 use super::log_budget;
 
 /// Log lines one call may write (the rest are dropped, with one note saying so). Across
@@ -128,41 +128,62 @@ impl host_api::Host for HostState {
         Ok(())
     }
 
-    fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
-        Ok(self.kv.get(&self.kv_key(&key)))
+    async fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+        let key = self.kv_key(&key);
+        kv_result(self.kv.get(&key).await)
     }
 
-    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<()> {
-        self.kv
-            .set(&self.kv_key(&key), value, ttl_ms.map(Duration::from_millis));
-        Ok(())
+    async fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<()> {
+        let key = self.kv_key(&key);
+        kv_result(
+            self.kv
+                .set(&key, value, ttl_ms.map(Duration::from_millis))
+                .await,
+        )
     }
 
-    fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64> {
-        Ok(self
-            .kv
-            .incr(&self.kv_key(&key), delta, ttl_ms.map(Duration::from_millis)))
+    async fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64> {
+        let key = self.kv_key(&key);
+        kv_result(
+            self.kv
+                .incr(&key, delta, ttl_ms.map(Duration::from_millis))
+                .await,
+        )
     }
 
-    fn kv_compare_and_swap(
+    async fn kv_compare_and_swap(
         &mut self,
         key: String,
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool> {
-        Ok(self.kv.compare_and_swap(
-            &self.kv_key(&key),
-            expected.as_deref(),
-            value,
-            ttl_ms.map(Duration::from_millis),
-        ))
+        let key = self.kv_key(&key);
+        kv_result(
+            self.kv
+                .compare_and_swap(
+                    &key,
+                    expected.as_deref(),
+                    value,
+                    ttl_ms.map(Duration::from_millis),
+                )
+                .await,
+        )
     }
 
-    fn kv_delete(&mut self, key: String) -> Result<()> {
-        self.kv.delete(&self.kv_key(&key));
-        Ok(())
+    async fn kv_delete(&mut self, key: String) -> Result<()> {
+        let key = self.kv_key(&key);
+        kv_result(self.kv.delete(&key).await)
     }
+}
+
+/// A store that cannot answer fails the plugin's call (a trap whose message says why); the
+/// plugin's `fail-open` setting then decides. Counted for `/metrics`.
+fn kv_result<T>(r: std::result::Result<T, KvError>) -> Result<T> {
+    r.map_err(|e| {
+        super::kv::count_error(&e);
+        wasmtime::Error::msg(e.to_string())
+    })
 }
 
 impl types::Host for HostState {}

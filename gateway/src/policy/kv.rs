@@ -1,28 +1,54 @@
 //! Per-plugin key-value storage offered to policies (`host.kv-*`).
 //!
-//! Behind the [`KvStore`] trait so a cluster can back it with Redis later; the built-in
-//! [`MemoryKv`] is a sharded in-process map with expiry. Keys are namespaced by plugin name
-//! by the host, so plugins cannot see each other's data. Counters survive plugin reloads:
-//! the store belongs to the gateway, not to a plugin instance.
+//! Behind the [`KvStore`] trait: the built-in [`MemoryKv`] is a sharded in-process map with
+//! expiry; with `[cluster] redis` set, [`super::kv_redis::RedisKv`] shares the store between
+//! replicas. Keys are namespaced by plugin name by the host, so plugins cannot see each
+//! other's data. Counters survive plugin reloads: the store belongs to the gateway, not to a
+//! plugin instance. The methods are async (host imports await them), so a store reached over
+//! the network never blocks a runtime worker; the in-memory one answers on the first poll.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-/// Storage for plugins. Implementations must make `incr` and `compare_and_swap` atomic.
-pub trait KvStore: Send + Sync {
-    fn get(&self, key: &str) -> Option<Vec<u8>>;
-    fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>);
-    fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> i64;
+/// Why a store could not answer. The host turns it into a failure of the plugin's call,
+/// which the plugin's `fail-open` setting then decides (deny, or pass).
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("the key-value store (redis) did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the key-value store (redis) is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Store calls that failed since start, by kind (timeouts, unavailable): `/metrics` reads them.
+pub static KV_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+pub static KV_UNAVAILABLE: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn count_error(e: &KvError) {
+    match e {
+        KvError::Timeout(_) => KV_TIMEOUTS.fetch_add(1, Ordering::Relaxed),
+        KvError::Unavailable(_) => KV_UNAVAILABLE.fetch_add(1, Ordering::Relaxed),
+    };
+}
+
+/// Storage for plugins. Implementations must make `incr` and `compare_and_swap` atomic, and
+/// store a counter as 8 bytes, a little-endian `i64` (what the SDK documents).
+#[async_trait::async_trait]
+pub trait KvStore: Send + Sync + std::fmt::Debug {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError>;
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError>;
     /// Stores `value` if the key holds `expected` (`None`: absent or expired); whether it did.
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &self,
         key: &str,
         expected: Option<&[u8]>,
         value: Vec<u8>,
         ttl: Option<Duration>,
-    ) -> bool;
-    fn delete(&self, key: &str);
+    ) -> Result<bool, KvError>;
+    async fn delete(&self, key: &str) -> Result<(), KvError>;
 }
 
 struct Entry {
@@ -44,6 +70,14 @@ pub struct MemoryKv {
     map: DashMap<String, Entry>,
 }
 
+impl std::fmt::Debug for MemoryKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryKv")
+            .field("entries", &self.map.len())
+            .finish()
+    }
+}
+
 impl MemoryKv {
     fn sweep_if_full(&self) {
         if self.map.len() >= SWEEP_AT {
@@ -53,8 +87,8 @@ impl MemoryKv {
     }
 }
 
-impl KvStore for MemoryKv {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
+impl MemoryKv {
+    pub fn get_now(&self, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
         self.map
             .get(key)
@@ -62,13 +96,13 @@ impl KvStore for MemoryKv {
             .map(|e| e.value.clone())
     }
 
-    fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) {
+    pub fn set_now(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) {
         self.sweep_if_full();
         let expires = ttl.map(|t| Instant::now() + t);
         self.map.insert(key.to_string(), Entry { value, expires });
     }
 
-    fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
+    pub fn incr_now(&self, key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
         self.sweep_if_full();
         let now = Instant::now();
         let mut entry = self.map.entry(key.to_string()).or_insert_with(|| Entry {
@@ -85,7 +119,7 @@ impl KvStore for MemoryKv {
         next
     }
 
-    fn compare_and_swap(
+    pub fn compare_and_swap_now(
         &self,
         key: &str,
         expected: Option<&[u8]>,
@@ -114,8 +148,39 @@ impl KvStore for MemoryKv {
         }
     }
 
-    fn delete(&self, key: &str) {
+    pub fn delete_now(&self, key: &str) {
         self.map.remove(key);
+    }
+}
+
+#[async_trait::async_trait]
+impl KvStore for MemoryKv {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.get_now(key))
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
+        self.set_now(key, value, ttl);
+        Ok(())
+    }
+
+    async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        Ok(self.incr_now(key, delta, ttl))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError> {
+        Ok(self.compare_and_swap_now(key, expected, value, ttl))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.delete_now(key);
+        Ok(())
     }
 }
 
@@ -126,38 +191,38 @@ mod tests {
     #[test]
     fn incr_is_a_counter_with_expiry() {
         let kv = MemoryKv::default();
-        assert_eq!(kv.incr("a", 2, None), 2);
-        assert_eq!(kv.incr("a", 3, None), 5);
-        assert_eq!(kv.incr("b", 1, Some(Duration::from_millis(1))), 1);
+        assert_eq!(kv.incr_now("a", 2, None), 2);
+        assert_eq!(kv.incr_now("a", 3, None), 5);
+        assert_eq!(kv.incr_now("b", 1, Some(Duration::from_millis(1))), 1);
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(kv.incr("b", 1, None), 1, "expired counters restart");
-        kv.set("c", b"x".to_vec(), None);
-        assert_eq!(kv.get("c").as_deref(), Some(&b"x"[..]));
-        kv.delete("c");
-        assert_eq!(kv.get("c"), None);
+        assert_eq!(kv.incr_now("b", 1, None), 1, "expired counters restart");
+        kv.set_now("c", b"x".to_vec(), None);
+        assert_eq!(kv.get_now("c").as_deref(), Some(&b"x"[..]));
+        kv.delete_now("c");
+        assert_eq!(kv.get_now("c"), None);
     }
 
     #[test]
     fn compare_and_swap_needs_the_value_it_expects() {
         let kv = MemoryKv::default();
         assert!(
-            kv.compare_and_swap("k", None, b"1".to_vec(), None),
+            kv.compare_and_swap_now("k", None, b"1".to_vec(), None),
             "absent: none matches"
         );
         assert!(
-            !kv.compare_and_swap("k", None, b"2".to_vec(), None),
+            !kv.compare_and_swap_now("k", None, b"2".to_vec(), None),
             "now present"
         );
         assert!(
-            !kv.compare_and_swap("k", Some(b"0"), b"2".to_vec(), None),
+            !kv.compare_and_swap_now("k", Some(b"0"), b"2".to_vec(), None),
             "stale expectation"
         );
-        assert!(kv.compare_and_swap("k", Some(b"1"), b"2".to_vec(), None));
-        assert_eq!(kv.get("k").as_deref(), Some(&b"2"[..]));
-        assert!(kv.compare_and_swap("t", None, b"x".to_vec(), Some(Duration::from_millis(1))));
+        assert!(kv.compare_and_swap_now("k", Some(b"1"), b"2".to_vec(), None));
+        assert_eq!(kv.get_now("k").as_deref(), Some(&b"2"[..]));
+        assert!(kv.compare_and_swap_now("t", None, b"x".to_vec(), Some(Duration::from_millis(1))));
         std::thread::sleep(Duration::from_millis(5));
         assert!(
-            kv.compare_and_swap("t", None, b"y".to_vec(), None),
+            kv.compare_and_swap_now("t", None, b"y".to_vec(), None),
             "expired counts as absent"
         );
     }
@@ -171,11 +236,11 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
                         loop {
-                            let seen = kv.get("n");
+                            let seen = kv.get_now("n");
                             let n = seen
                                 .as_deref()
                                 .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
-                            if kv.compare_and_swap(
+                            if kv.compare_and_swap_now(
                                 "n",
                                 seen.as_deref(),
                                 (n + 1).to_le_bytes().to_vec(),
@@ -191,6 +256,6 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(kv.get("n"), Some(4000u64.to_le_bytes().to_vec()));
+        assert_eq!(kv.get_now("n"), Some(4000u64.to_le_bytes().to_vec()));
     }
 }

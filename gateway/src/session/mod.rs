@@ -17,12 +17,14 @@
 //! maps), `router.rs` name/URI resolution and list merging, `input.rs` the `input_required`
 //! bridge, `stream.rs` resumable SSE streams.
 //!
-//! [`Sessions`] is the store. Session ids are 128-bit random values; state lives in this
-//! process (the seam for stateless replicas is this type).
+//! [`Sessions`] is the store. Session ids are 128-bit random values, or, with
+//! `[cluster] session-key`, sealed ids any replica resumes (`seal.rs`); state lives in this
+//! process.
 
 mod handle;
 mod input;
 mod router;
+pub mod seal;
 pub mod stream;
 
 use std::collections::VecDeque;
@@ -338,6 +340,8 @@ pub struct Sessions {
     page_size: usize,
     bounds: SessionBounds,
     screen: OnceLock<Arc<dyn Screen>>,
+    /// Seals new session ids and resumes sealed ones (`[cluster] session-key`).
+    sealer: OnceLock<Arc<seal::Sealer>>,
 }
 
 impl Sessions {
@@ -357,7 +361,13 @@ impl Sessions {
             page_size,
             bounds,
             screen: OnceLock::new(),
+            sealer: OnceLock::new(),
         }
+    }
+
+    /// Seals session ids from now on, and resumes sealed ids this process does not hold.
+    pub fn set_sealer(&self, sealer: Arc<seal::Sealer>) {
+        let _ = self.sealer.set(sealer);
     }
 
     pub fn bounds(&self) -> &SessionBounds {
@@ -387,6 +397,33 @@ impl Sessions {
         hello: Hello,
         caller: Option<&str>,
     ) -> Result<Arc<Session>, Refused> {
+        self.open_as(version, hello, caller, None)
+    }
+
+    /// [`Sessions::open`] for a session that belongs to `owner` (the subject authn
+    /// established): only that subject may use it, also on a replica that resumes it.
+    pub fn open_as(
+        &self,
+        version: &'static str,
+        hello: Hello,
+        caller: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<Arc<Session>, Refused> {
+        let id: Arc<str> = match self.sealer.get() {
+            Some(s) => s.seal(version, &hello, owner).into(),
+            None => format!("{:032x}", rand::random::<u128>()).into(),
+        };
+        self.insert(id, version, hello, caller, owner)
+    }
+
+    fn insert(
+        &self,
+        id: Arc<str>,
+        version: &'static str,
+        hello: Hello,
+        caller: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<Arc<Session>, Refused> {
         if self.map.len() >= self.bounds.max {
             return Err(Refused::Full);
         }
@@ -400,7 +437,6 @@ impl Sessions {
             }
             *open += 1;
         }
-        let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
         let cap = self.bounds.stream_buffer;
         let session = Arc::new_cyclic(|me| Session {
             id: id.clone(),
@@ -431,8 +467,11 @@ impl Sessions {
             outbox: OnceLock::new(),
             me: me.clone(),
         });
-        self.map.insert(id, session.clone());
-        Ok(session)
+        if let Some(owner) = owner {
+            let _ = session.owner.set(owner.to_string());
+        }
+        // A resumed id may race with itself: the first one in wins.
+        Ok(self.map.entry(id).or_insert(session).clone())
     }
 
     /// The internal session serving a stateless (2026-07-28) caller, created on first use.
@@ -455,13 +494,46 @@ impl Sessions {
         Some(session)
     }
 
+    /// The session `id` names: held here, or resumed from a sealed id another replica (or
+    /// this one before a restart) issued. `None`: unknown, ended here, forged, expired.
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        self.map.get(id).map(|s| s.clone())
+        if let Some(s) = self.map.get(id) {
+            return Some(s.clone());
+        }
+        let opened = self.sealer.get()?.open(id);
+        let Some(opened) = opened else {
+            tracing::debug!(
+                len = id.len(),
+                "session id not held here and not a valid sealed id"
+            );
+            return None;
+        };
+        let session = self
+            .insert(
+                id.into(),
+                opened.version,
+                opened.hello,
+                None,
+                opened.owner.as_deref(),
+            )
+            .ok()?;
+        tracing::info!(session = %crate::observe::clip(id), version = opened.version, "session resumed from its sealed id");
+        Some(session)
     }
 
     /// Ends a session: its streams close, its in-flight requests are cancelled, and its
     /// upstream links (child processes, upstream sessions) go when the last request finishes.
+    /// A sealed id is remembered as ended, so this replica does not resume it.
     pub fn remove(&self, id: &str) -> bool {
+        if let Some(sealer) = self.sealer.get() {
+            sealer.end(id);
+        }
+        self.forget(id)
+    }
+
+    /// Frees what this process holds for a session. A sealed id stays valid: the next
+    /// request resumes it (idle reaping and shutdown; a DELETE uses [`Sessions::remove`]).
+    fn forget(&self, id: &str) -> bool {
         match self.map.remove(id) {
             Some((_, s)) => {
                 self.callers.retain(|_, sid| &**sid != id);
@@ -501,7 +573,7 @@ impl Sessions {
             .collect();
         for id in &idle {
             tracing::info!(session = %id, "session idle; closing");
-            self.remove(id);
+            self.forget(id);
         }
         idle.len()
     }
@@ -512,7 +584,7 @@ impl Sessions {
 
     pub fn close_all(&self) {
         for id in self.ids() {
-            self.remove(&id);
+            self.forget(&id);
         }
     }
 }

@@ -118,7 +118,11 @@ impl Front {
             (None, Some(ip)) => Some(format!("address {ip}")),
             (None, None) => None,
         };
-        let session = match self.sessions.open(version, hello, quota.as_deref()) {
+        let owner = caller.map(|c| c.subject.as_str());
+        let session = match self
+            .sessions
+            .open_as(version, hello, quota.as_deref(), owner)
+        {
             Ok(s) => s,
             Err(Refused::Full) => {
                 tracing::warn!(

@@ -1,0 +1,346 @@
+//! Sealed session ids (`[cluster] session-key`): the `Mcp-Session-Id` a client sees carries,
+//! encrypted and authenticated with AES-256-GCM, what any replica needs to serve the session:
+//! the negotiated version, the owner (the subject that opened it, when authn established
+//! one), the client's capabilities and info, and when it was issued. A replica that does not
+//! hold the session opens the id and re-creates it (`Sessions::get`); upstream sessions are
+//! then opened afresh on that replica, lazily, as on any new session.
+//!
+//! - Format: `ps1.` + base64url(nonce ‖ ciphertext ‖ tag), nonce random (96 bits).
+//! - Rotation: sealed with the current key; opened with the current or any previous key.
+//! - Bounded: the sealed text is at most [`MAX_SEALED`] bytes of JSON (client info is cut to
+//!   its name, version and title; capabilities too large keep only their top-level names),
+//!   so an id stays under about 1.5 KiB; a longer header is refused before any decryption.
+//! - Anything that does not open (forged, tampered, an unknown key, expired, malformed) is
+//!   "no such session": HTTP 404, like an unknown random id. Never logged with its content.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::upstream::Hello;
+
+const PREFIX: &str = "ps1.";
+/// Associated data: a sealed session id opens only as a session id.
+const AAD: &[u8] = b"portcullis session id v1";
+/// Most bytes of JSON sealed into one id.
+pub const MAX_SEALED: usize = 1024;
+/// Longest id header accepted for opening (base64 of nonce, [`MAX_SEALED`] and tag, and more).
+pub const MAX_ID: usize = 2048;
+/// Longest client-info string kept.
+const MAX_INFO: usize = 128;
+
+/// What a sealed id says.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub version: &'static str,
+    pub owner: Option<String>,
+    pub hello: Hello,
+    /// Unix seconds.
+    pub issued: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    /// Negotiated version.
+    v: String,
+    /// Owner subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    o: Option<String>,
+    /// Client capabilities.
+    c: Value,
+    /// Client info.
+    i: Value,
+    /// Issued at, Unix seconds.
+    t: u64,
+}
+
+pub struct Sealer {
+    current: Aes256Gcm,
+    previous: Vec<Aes256Gcm>,
+    lifetime: Duration,
+    /// Ids ended here (DELETE), by a 128-bit hash, until they would expire anyway.
+    ended: DashMap<[u8; 16], u64>,
+}
+
+/// Most ended ids remembered; past it, expired ones are swept, then the oldest half goes.
+const MAX_ENDED: usize = 100_000;
+
+fn digest(id: &str) -> [u8; 16] {
+    use sha2::Digest as _;
+    let full = sha2::Sha256::digest(id.as_bytes());
+    let mut out = [0; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn clip(v: &Value) -> Option<Value> {
+    let s = v.as_str()?;
+    let mut end = s.len().min(MAX_INFO);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(Value::String(s[..end].to_string()))
+}
+
+impl Sealer {
+    /// `keys[0]` seals; every key opens. `None` without keys.
+    pub fn new(keys: &[[u8; 32]], lifetime: Duration) -> Option<Sealer> {
+        let (first, rest) = keys.split_first()?;
+        let cipher = |k: &[u8; 32]| Aes256Gcm::new(k.into());
+        Some(Sealer {
+            current: cipher(first),
+            previous: rest.iter().map(cipher).collect(),
+            lifetime,
+            ended: DashMap::new(),
+        })
+    }
+
+    /// A new session id for a session with these properties.
+    pub fn seal(&self, version: &str, hello: &Hello, owner: Option<&str>) -> String {
+        let mut info = Map::new();
+        for key in ["name", "version", "title"] {
+            if let Some(v) = hello.client_info.get(key).and_then(clip) {
+                info.insert(key.into(), v);
+            }
+        }
+        let mut body = Body {
+            v: version.to_string(),
+            o: owner.map(str::to_string),
+            c: hello.capabilities.clone(),
+            i: Value::Object(info),
+            t: now(),
+        };
+        let mut text = serde_json::to_vec(&body).unwrap_or_default();
+        if text.len() > MAX_SEALED {
+            // Keep which capabilities the client has, not their details.
+            body.c = match &hello.capabilities {
+                Value::Object(m) => Value::Object(
+                    m.keys()
+                        .filter(|k| k.len() <= 64)
+                        .take(16)
+                        .map(|k| (k.clone(), json!({})))
+                        .collect(),
+                ),
+                _ => json!({}),
+            };
+            text = serde_json::to_vec(&body).unwrap_or_default();
+        }
+        if text.len() > MAX_SEALED {
+            body.o = body.o.map(|o| o.chars().take(256).collect());
+            body.c = json!({});
+            text = serde_json::to_vec(&body).unwrap_or_default();
+        }
+        let nonce: [u8; 12] = rand::random();
+        let sealed = self
+            .current
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &text,
+                    aad: AAD,
+                },
+            )
+            // AES-GCM fails only on inputs of gigabytes.
+            .unwrap_or_default();
+        let mut raw = Vec::with_capacity(12 + sealed.len());
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&sealed);
+        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    /// Remembers that `id` was ended (DELETE) here, until it would expire.
+    pub fn end(&self, id: &str) {
+        let Some(opened) = self.open(id) else { return };
+        let until = opened.issued.saturating_add(self.lifetime.as_secs());
+        if self.ended.len() >= MAX_ENDED {
+            let t = now();
+            self.ended.retain(|_, until| *until >= t);
+        }
+        if self.ended.len() >= MAX_ENDED {
+            let mut untils: Vec<u64> = self.ended.iter().map(|e| *e.value()).collect();
+            untils.sort_unstable();
+            let cut = untils[untils.len() / 2];
+            self.ended.retain(|_, until| *until > cut);
+        }
+        self.ended.insert(digest(id), until);
+    }
+
+    /// What `id` says, if it was sealed with one of the keys, has not expired and was not
+    /// ended here.
+    pub fn open(&self, id: &str) -> Option<Opened> {
+        if id.len() > MAX_ID || self.ended.contains_key(&digest(id)) {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(id.strip_prefix(PREFIX)?).ok()?;
+        if raw.len() < 12 + 16 {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at(12);
+        let payload = || Payload {
+            msg: sealed,
+            aad: AAD,
+        };
+        let text = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find_map(|c| c.decrypt(Nonce::from_slice(nonce), payload()).ok())?;
+        let body: Body = serde_json::from_slice(&text).ok()?;
+        let age = now().saturating_sub(body.t);
+        if age > self.lifetime.as_secs() {
+            return None;
+        }
+        let version = crate::mcp::version::ALL
+            .iter()
+            .find(|v| **v == body.v)
+            .copied()?;
+        Some(Opened {
+            version,
+            owner: body.o,
+            hello: Hello {
+                capabilities: body.c,
+                client_info: body.i,
+            },
+            issued: body.t,
+        })
+    }
+
+    /// Time left before an id issued at `issued` expires.
+    pub fn remaining(&self, issued: u64) -> Duration {
+        let end = issued.saturating_add(self.lifetime.as_secs());
+        Duration::from_secs(end.saturating_sub(now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            capabilities: json!({ "roots": { "listChanged": true }, "sampling": {} }),
+            client_info: json!({ "name": "agent", "version": "1.2", "icons": ["x"] }),
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn an_id_opens_on_any_holder_of_the_key_and_nowhere_else() {
+        let a = Sealer::new(&[[7; 32]], DAY).unwrap();
+        let b = Sealer::new(&[[7; 32]], DAY).unwrap();
+        let id = a.seal("2025-11-25", &hello(), Some("alice"));
+        assert!(id.len() < 400, "{}", id.len());
+        assert!(id.bytes().all(|c| (0x21..=0x7e).contains(&c)));
+        let opened = b.open(&id).expect("opens");
+        assert_eq!(opened.version, "2025-11-25");
+        assert_eq!(opened.owner.as_deref(), Some("alice"));
+        assert_eq!(opened.hello.capabilities, hello().capabilities);
+        assert_eq!(
+            opened.hello.client_info,
+            json!({ "name": "agent", "version": "1.2" })
+        );
+        assert_ne!(
+            id,
+            a.seal("2025-11-25", &hello(), Some("alice")),
+            "fresh nonce"
+        );
+        let other = Sealer::new(&[[8; 32]], DAY).unwrap();
+        assert!(other.open(&id).is_none());
+    }
+
+    #[test]
+    fn tampered_forged_and_random_ids_do_not_open() {
+        let s = Sealer::new(&[[1; 32]], DAY).unwrap();
+        let id = s.seal("2025-11-25", &hello(), None);
+        let mut bytes = id.clone().into_bytes();
+        let at = bytes.len() - 5;
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        assert!(s.open(&String::from_utf8(bytes).unwrap()).is_none());
+        assert!(s.open("0123456789abcdef0123456789abcdef").is_none());
+        assert!(s.open("ps1.").is_none());
+        assert!(s.open(&format!("ps1.{}", "A".repeat(5000))).is_none());
+    }
+
+    #[test]
+    fn rotation_keeps_old_ids_and_seals_with_the_new_key() {
+        let old = Sealer::new(&[[1; 32]], DAY).unwrap();
+        let id = old.seal("2025-06-18", &hello(), None);
+        let rotated = Sealer::new(&[[2; 32], [1; 32]], DAY).unwrap();
+        assert_eq!(rotated.open(&id).unwrap().version, "2025-06-18");
+        let new_id = rotated.seal("2025-06-18", &hello(), None);
+        assert!(old.open(&new_id).is_none(), "sealed with the current key");
+    }
+
+    #[test]
+    fn an_ended_id_does_not_open_again() {
+        let s = Sealer::new(&[[1; 32]], DAY).unwrap();
+        let id = s.seal("2025-11-25", &hello(), None);
+        s.end(&id);
+        assert!(s.open(&id).is_none());
+        assert!(s.open(&s.seal("2025-11-25", &hello(), None)).is_some());
+    }
+
+    #[test]
+    fn expired_ids_do_not_open() {
+        let s = Sealer::new(&[[1; 32]], Duration::ZERO).unwrap();
+        let id = s.seal("2025-11-25", &hello(), None);
+        // Issued this second; a lifetime of zero seconds ends with it.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(s.open(&id).is_none());
+    }
+
+    #[test]
+    fn huge_client_data_keeps_the_id_bounded() {
+        let s = Sealer::new(&[[1; 32]], DAY).unwrap();
+        let big: Map<String, Value> = (0..500)
+            .map(|i| (format!("cap{i}"), json!({ "x": "y".repeat(100) })))
+            .collect();
+        let h = Hello {
+            capabilities: Value::Object(big),
+            client_info: json!({ "name": "n".repeat(10_000) }),
+        };
+        let id = s.seal("2025-11-25", &h, Some(&"o".repeat(10_000)));
+        assert!(id.len() <= MAX_ID, "{}", id.len());
+        assert!(s.open(&id).is_some());
+    }
+}
+
+/// Cost of sealing and opening one id. Run with
+/// `cargo test --workspace --lib seal_and_open_cost -- --ignored --nocapture` (add
+/// `--release` for optimised numbers).
+#[cfg(test)]
+#[test]
+#[ignore = "a measurement, not a check"]
+fn seal_and_open_cost() {
+    let s = Sealer::new(&[[3; 32], [4; 32]], Duration::from_secs(86_400)).unwrap();
+    let hello = Hello {
+        capabilities: json!({ "roots": { "listChanged": true }, "sampling": {}, "elicitation": {} }),
+        client_info: json!({ "name": "claude-code", "version": "2.1.0" }),
+    };
+    let n = 20_000;
+    let started = std::time::Instant::now();
+    let ids: Vec<String> = (0..n)
+        .map(|_| s.seal("2025-11-25", &hello, Some("alice@example.com")))
+        .collect();
+    let seal = started.elapsed() / n;
+    let started = std::time::Instant::now();
+    for id in &ids {
+        assert!(s.open(id).is_some());
+    }
+    let open = started.elapsed() / n;
+    println!(
+        "seal {seal:?}/id, open {open:?}/id, id length {}",
+        ids[0].len()
+    );
+}

@@ -1,0 +1,210 @@
+//! Sealed session ids (`[cluster] session-key`): a session opened on one gateway process is
+//! served by every other process holding the key, request after request on a different
+//! replica each time (stdio upstreams get a fresh child there, HTTP upstream sessions are
+//! opened afresh); forged, tampered and ended ids are HTTP 404 like unknown ones and are
+//! never logged; a key rotation keeps the sessions sealed with the previous key alive.
+
+use portcullis_tests::harness::{
+    Fixture, Gateway, RawHttp, RawSession, jsonrpc_request, server_toml, stdio_fixture_toml,
+};
+use serde_json::json;
+
+const KEY_1: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+const KEY_2: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// A gateway with the stdio fixture `alpha`, the HTTP fixture `beta`, and these keys.
+async fn replica(beta: &Fixture, current: &str, previous: Option<&str>) -> Gateway {
+    let previous_toml = match previous {
+        Some(_) => "previous-session-keys = [\"${E2E_OLD_KEY}\"]\n",
+        None => "",
+    };
+    let config = format!(
+        "{}[cluster]\nsession-key = \"${{PORTCULLIS_SESSION_KEY}}\"\n{previous_toml}\n{}{}",
+        server_toml(),
+        stdio_fixture_toml("alpha"),
+        beta.upstream_toml("beta"),
+    );
+    Gateway::start_with_env(
+        &config,
+        &[
+            ("PORTCULLIS_SESSION_KEY", current),
+            ("E2E_OLD_KEY", previous.unwrap_or("")),
+        ],
+    )
+    .await
+}
+
+/// The same session, addressed to another replica.
+fn on(session: &RawSession, gateway: &Gateway) -> RawSession {
+    RawSession {
+        http: RawHttp::new(gateway.url()),
+        ..session.clone()
+    }
+}
+
+async fn echo(session: &RawSession, id: i64, tool: &str) -> String {
+    let result = session
+        .call(
+            id,
+            "tools/call",
+            json!({ "name": tool, "arguments": { "text": format!("hi {id}") } }),
+        )
+        .await;
+    result["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_with_the_key_serves_any_session() {
+    let beta = Fixture::http("beta").await;
+    let replicas = [
+        replica(&beta, KEY_1, None).await,
+        replica(&beta, KEY_1, None).await,
+        replica(&beta, KEY_1, None).await,
+    ];
+    let (_, session) = RawHttp::new(replicas[0].url()).initialize(&[]).await;
+    let id = session.session_id.clone().expect("a session id");
+    assert!(id.starts_with("ps1.") && id.len() < 1024, "{id}");
+
+    // Every request on a different replica than the one before: all succeed.
+    for i in 1..=6 {
+        let here = on(&session, &replicas[i % 3]);
+        let tools = here.call(100 + i as i64, "tools/list", json!({})).await;
+        let names: Vec<&str> = tools["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&"alpha__echo") && names.contains(&"beta__echo"),
+            "{names:?}"
+        );
+        assert!(
+            echo(&here, i as i64, "alpha__echo")
+                .await
+                .contains(&format!("hi {i}"))
+        );
+        assert!(
+            echo(&here, 50 + i as i64, "beta__echo")
+                .await
+                .contains(&format!("hi {}", 50 + i))
+        );
+    }
+    for r in &replicas[1..] {
+        assert!(
+            r.logs().contains("session resumed from its sealed id"),
+            "{}",
+            r.logs()
+        );
+    }
+
+    // Forged and tampered ids: 404, like an unknown id, and not logged.
+    let forged = "ps1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let mut tampered = id.clone().into_bytes();
+    let at = tampered.len() - 3;
+    tampered[at] = if tampered[at] == b'x' { b'y' } else { b'x' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for bad in [
+        forged,
+        tampered.as_str(),
+        "0123456789abcdef0123456789abcdef",
+    ] {
+        let s = RawSession {
+            session_id: Some(bad.to_string()),
+            ..on(&session, &replicas[1])
+        };
+        let resp = s.post(&jsonrpc_request(7, "tools/list", json!({}))).await;
+        assert_eq!(resp.status, 404, "{bad}: {}", resp.body);
+        assert!(!replicas[1].logs().contains(bad), "a bad id is not logged");
+    }
+
+    // DELETE on a replica: that replica refuses the id from then on.
+    let there = on(&session, &replicas[2]);
+    assert_eq!(there.delete().await.status, 200);
+    let after = there
+        .post(&jsonrpc_request(8, "tools/list", json!({})))
+        .await;
+    assert_eq!(after.status, 404, "{}", after.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_keeps_existing_sessions() {
+    let beta = Fixture::http("beta").await;
+    let old = replica(&beta, KEY_1, None).await;
+    let (_, session) = RawHttp::new(old.url()).initialize(&[]).await;
+    assert!(echo(&session, 1, "beta__echo").await.contains("hi 1"));
+
+    // Restarted with a new current key and the old one as previous.
+    let rotated = replica(&beta, KEY_2, Some(KEY_1)).await;
+    drop(old);
+    let moved = on(&session, &rotated);
+    assert!(echo(&moved, 2, "alpha__echo").await.contains("hi 2"));
+    assert!(echo(&moved, 3, "beta__echo").await.contains("hi 3"));
+
+    // New sessions are sealed with the new key: a replica with only the old key refuses them.
+    let (_, fresh) = RawHttp::new(rotated.url()).initialize(&[]).await;
+    let stale = replica(&beta, KEY_1, None).await;
+    let resp = on(&fresh, &stale)
+        .post(&jsonrpc_request(4, "tools/list", json!({})))
+        .await;
+    assert_eq!(resp.status, 404, "{}", resp.body);
+}
+
+const ALICE: &str = "pk_alice_0123456789abcdefghijklmnopqrstuvwxyzABC";
+const BOB: &str = "pk_bob_0123456789abcdefghijklmnopqrstuvwxyzABCDE";
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_travels_in_the_sealed_id() {
+    let plugins = portcullis_tests::harness::PluginDir::new();
+    plugins.add(
+        "authn",
+        "authn",
+        &format!(
+            "[config]\nresource-metadata = \"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\"\n\
+             [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"alice\"\n\
+             [[config.api-keys]]\nsha256 = \"{}\"\nsubject = \"bob\"\n",
+            sha256_hex(ALICE),
+            sha256_hex(BOB)
+        ),
+    );
+    let config = format!(
+        "{}{}[cluster]\nsession-key = \"${{PORTCULLIS_SESSION_KEY}}\"\n\n{}",
+        server_toml(),
+        plugins.policy_toml(),
+        stdio_fixture_toml("alpha"),
+    );
+    let env = [("PORTCULLIS_SESSION_KEY", KEY_1)];
+    let a = Gateway::start_with_env(&config, &env).await;
+    let b = Gateway::start_with_env(&config, &env).await;
+    let alice_auth = format!("Bearer {ALICE}");
+    let (_, alice) = RawHttp::new(a.url())
+        .initialize(&[("authorization", &alice_auth)])
+        .await;
+
+    // Bob, with the id of Alice's session, on a replica that never saw it: no such session.
+    let as_bob = RawSession {
+        extra_headers: vec![("authorization".into(), format!("Bearer {BOB}"))],
+        ..on(&alice, &b)
+    };
+    let resp = as_bob
+        .post(&jsonrpc_request(1, "tools/list", json!({})))
+        .await;
+    assert_eq!(resp.status, 404, "{}", resp.body);
+    // Alice there: served.
+    assert!(
+        echo(&on(&alice, &b), 2, "alpha__echo")
+            .await
+            .contains("hi 2")
+    );
+}
