@@ -17,6 +17,7 @@ mod limits_client;
 mod limits_upstream;
 mod modern;
 mod observability;
+mod plugin_authoring;
 mod policy;
 mod rate_limit;
 mod redact;
