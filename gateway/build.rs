@@ -19,7 +19,7 @@ fn main() {
         .parent()
         .expect("the gateway lives in the workspace")
         .to_path_buf();
-    for watched in ["plugins/authn", "plugins/authz", "sdk", "wit", "Cargo.lock"] {
+    for watched in ["plugins/authn", "plugins/authz", "sdk", "Cargo.lock"] {
         println!("cargo::rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo::rerun-if-env-changed=CARGO_TARGET_DIR");

@@ -20,7 +20,7 @@
 //! impl Policy for Block {
 //!     type Config = Config;
 //!
-//!     fn info() -> Info {
+//!     fn describe() -> Info {
 //!         Info::new("block", "0.1.0", Stage::Authz).with_phases(&[Phase::Request])
 //!     }
 //!
@@ -53,7 +53,7 @@
 //! The gateway creates a fresh instance for every evaluation (or, in the sidecar's `warm`
 //! mode, reuses one for a bounded number of calls). In each instance it first calls `init`
 //! with the sidecar's `[config]` table as JSON: the SDK deserializes it into
-//! [`Policy::Config`], runs [`Policy::validate`], and keeps the result for every `evaluate`
+//! [`Policy::Config`], runs [`Policy::init`], and keeps the result for every `evaluate`
 //! in that instance. At load, `init` runs once on its own to validate the config: an error
 //! keeps the policy out of the chain, with the message in the gateway's log.
 //!
@@ -90,8 +90,10 @@ pub mod prelude {
     pub use serde_json::{Value, json};
 }
 
-/// A policy: what it is ([`info`](Policy::info)), what configuration it takes
-/// ([`Config`](Policy::Config)), and what it decides ([`evaluate`](Policy::evaluate)).
+/// A policy: what it is ([`describe`](Policy::describe)), what configuration it takes
+/// ([`Config`](Policy::Config), checked by [`init`](Policy::init)), and what it decides
+/// ([`evaluate`](Policy::evaluate)). The three hooks carry the names of the WIT exports
+/// they implement (`describe`, `init`, `evaluate`).
 ///
 /// Export an implementation with [`export_policy!`].
 pub trait Policy {
@@ -104,12 +106,13 @@ pub trait Policy {
 
     /// Name, version, stage and phases. Called once, when the gateway loads the policy, and
     /// without a configuration.
-    fn info() -> Info;
+    fn describe() -> Info;
 
-    /// Checks a configuration beyond what deserializing it checks. An `Err` keeps the policy
+    /// Checks a configuration beyond what deserializing it checks (the WIT `init` hook, after
+    /// the SDK deserialized the sidecar's `[config]` into [`Policy::Config`]). An `Err` keeps the policy
     /// out of the chain at load; its text goes to the gateway's log, so say which setting is
     /// wrong and why.
-    fn validate(config: &Self::Config) -> Result<(), String> {
+    fn init(config: &Self::Config) -> Result<(), String> {
         let _ = config;
         Ok(())
     }
@@ -132,7 +135,7 @@ pub struct NoConfig {}
 /// struct Quiet;
 /// impl Policy for Quiet {
 ///     type Config = NoConfig;
-///     fn info() -> Info { Info::new("quiet", "0.1.0", Stage::Custom) }
+///     fn describe() -> Info { Info::new("quiet", "0.1.0", Stage::Custom) }
 ///     fn evaluate(_: &NoConfig, _: &Message) -> Verdict { Verdict::allow() }
 /// }
 ///
@@ -143,7 +146,7 @@ pub struct NoConfig {}
 pub fn parse_config<P: Policy>(json: &str) -> Result<P::Config, String> {
     let config: P::Config =
         serde_json::from_str(json).map_err(|e| format!("invalid config: {e}"))?;
-    P::validate(&config)?;
+    P::init(&config)?;
     Ok(config)
 }
 
@@ -160,7 +163,7 @@ pub fn parse_config<P: Policy>(json: &str) -> Result<P::Config, String> {
 ///
 /// impl Policy for AllowAll {
 ///     type Config = NoConfig;
-///     fn info() -> Info {
+///     fn describe() -> Info {
 ///         Info::new("allow-all", "0.1.0", Stage::Custom).with_phases(Phase::BOTH)
 ///     }
 ///     fn evaluate(_: &NoConfig, _: &Message) -> Verdict {
@@ -213,7 +216,7 @@ macro_rules! export_policy {
 #[allow(missing_docs, unsafe_op_in_unsafe_fn, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
@@ -245,7 +248,7 @@ pub mod __private {
     type Slot<C> = LocalKey<ConfigSlot<C>>;
 
     pub fn describe<P: Policy>() -> wit::PluginInfo {
-        P::info().into()
+        P::describe().into()
     }
 
     pub fn init<P: Policy>(json: &str, slot: &'static Slot<P::Config>) -> Result<(), String> {

@@ -117,7 +117,7 @@ pub(crate) fn set_pair(pairs: &mut Vec<(String, String)>, key: String, value: St
     }
 }
 
-/// What a policy says about itself when it is loaded: see [`Policy::info`](crate::Policy::info).
+/// What a policy says about itself when it is loaded: see [`Policy::describe`](crate::Policy::describe).
 ///
 /// ```
 /// use portcullis_sdk::{Info, Phase, Stage};

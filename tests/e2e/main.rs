@@ -20,6 +20,7 @@ mod limits_client;
 mod limits_upstream;
 mod modern;
 mod observability;
+mod plugin_authoring;
 mod policy;
 mod preinit;
 mod rate_limit;

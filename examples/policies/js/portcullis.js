@@ -4,14 +4,14 @@
 // time and checks this module's exports against it. This file only makes the raw bindings
 // pleasant: verdict constructors, JSON parsing of the message's payloads, logging, and
 // `definePolicy`, which turns `init`'s JSON into an object and a thrown error into the
-// message the gateway logs.
+// message the gateway logs. Its hooks have the WIT's names: `describe`, `init`, `evaluate`.
 //
 //   import { definePolicy, allow, deny, DENIED } from "./portcullis.js";
 //
 //   export const policy = definePolicy({
-//     info: { name: "block", version: "0.1.0", stage: "authz", phases: ["request"] },
-//     configure(config) { return { blocked: new Set(config.blocked ?? []) }; },
-//     decide(settings, msg) {
+//     describe: { name: "block", version: "0.1.0", stage: "authz", phases: ["request"] },
+//     init(config) { return { blocked: new Set(config.blocked ?? []) }; },
+//     evaluate(settings, msg) {
 //       return settings.blocked.has(msg.target()) ? deny(DENIED, "disabled") : allow();
 //     },
 //   });
@@ -35,29 +35,34 @@ export class ConfigError extends Error {}
 
 /**
  * The `policy` export from a description:
- * - `info`: `{ name, version, stage, phases }` (stage: "authn" | "authz" | "custom" |
- *   "routing" | "redaction"; phases: ["request"], ["response"] or both);
- * - `configure(config)`: checks the sidecar's `[config]` (a plain object) and returns the
- *   settings `decide` gets; throw `ConfigError` for a bad setting. Runs first in every
- *   instance: keep it quick;
- * - `decide(settings, msg)`: returns `allow()`, `deny(...)` or `modify(...)`.
+ * - `describe`: `{ name, version, stage, phases }` (stage: "authn" | "authz" | "custom" |
+ *   "routing" | "redaction"; phases: ["request"], ["response"] or both), or a function
+ *   returning it;
+ * - `init(config)`: checks the sidecar's `[config]` (a plain object) and returns the
+ *   settings `evaluate` gets; throw `ConfigError` for a bad setting. Runs first in every
+ *   instance: keep it quick. Optional: without it, any key in `[config]` is an error;
+ * - `evaluate(settings, msg)`: returns `allow()`, `deny(...)` or `modify(...)`.
  */
-export function definePolicy({ info, configure = (config) => (checkKeys(config), config), decide }) {
+export function definePolicy({ describe, init = (config) => (checkKeys(config), config), evaluate }) {
+  if (describe === undefined || typeof evaluate !== "function") {
+    throw new Error("definePolicy needs `describe` and `evaluate`");
+  }
   let settings;
+  const info = typeof describe === "function" ? describe : () => describe;
   return {
-    describe: () => ({ phases: ["request"], ...info }),
+    describe: () => ({ phases: ["request"], ...info() }),
     init(json) {
       try {
         const config = JSON.parse(json);
         if (config === null || typeof config !== "object" || Array.isArray(config)) {
           throw new ConfigError("the configuration must be a table");
         }
-        settings = configure(config);
+        settings = init(config);
       } catch (e) {
         throw `invalid config: ${e instanceof Error ? e.message : e}`;
       }
     },
-    evaluate: (msg) => decide(settings, msg),
+    evaluate: (msg) => evaluate(settings, msg),
   };
 }
 

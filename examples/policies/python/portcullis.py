@@ -3,7 +3,8 @@
 The contract is `wit/policy.wit`; componentize-py generates its bindings (`wit_world`) from
 the repository's `wit/` at build time. This module only makes them pleasant to use: verdict
 constructors, JSON parsing of the message's payloads, logging, and a `Policy` base class that
-turns `init`'s JSON into a dict and an exception into the error the gateway logs.
+turns `init`'s JSON into a dict and an exception into the error the gateway logs. The hooks
+have the WIT's names: `describe` (returns the class's `INFO`), `init`, `evaluate`.
 
     import portcullis
     from portcullis import Message, Phase, Stage, Verdict
@@ -11,11 +12,11 @@ turns `init`'s JSON into a dict and an exception into the error the gateway logs
     class Policy(portcullis.Policy):          # the class must be named `Policy`
         INFO = portcullis.info("block", "0.1.0", Stage.AUTHZ, [Phase.REQUEST])
 
-        def configure(self, config: dict) -> None:
+        def init(self, config: dict) -> None:
             portcullis.check_keys(config, "blocked")
             Policy.blocked = set(config.get("blocked", []))
 
-        def decide(self, msg: Message) -> Verdict:
+        def evaluate(self, msg: Message) -> Verdict:
             if msg.method() == "tools/call" and msg.target() in Policy.blocked:
                 return portcullis.deny(portcullis.DENIED, f"{msg.target()} is disabled")
             return portcullis.allow()
@@ -54,36 +55,51 @@ class ConfigError(ValueError):
 class Policy(exports.Policy):
     """Base class for a policy. Subclass it as `Policy` in your app module and define:
 
-    - `INFO`: what `portcullis.info(...)` returns (name, version, stage, phases);
-    - `configure(self, config: dict)`: check and keep the sidecar's `[config]` (raise
-      `ConfigError` for a bad setting). Keep what you parse on the class, not on `self`;
-    - `decide(self, msg)`: return `allow()`, `deny(...)` or `modify(...)`.
+    - `INFO`: what `portcullis.info(...)` returns (name, version, stage, phases), which
+      `describe` returns;
+    - `init(self, config: dict)`: check and keep the sidecar's `[config]`, parsed (raise
+      `ConfigError` for a bad setting). Keep what you parse on the class, not on `self`.
+      Optional: without it, any key in `[config]` is an error;
+    - `evaluate(self, msg)`: return `allow()`, `deny(...)` or `modify(...)`.
 
-    Every evaluation runs in a fresh instance that starts with `configure`, so keep it quick.
+    Every evaluation runs in a fresh instance that starts with `init`, so keep it quick.
     """
 
     INFO: PluginInfo
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The WIT's `init` takes the configuration as JSON text; the author's `init` takes
+        # it parsed. Wrap the author's so the component exports the WIT's.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("init")
+        if own is not None and not getattr(own, "_portcullis_wit", False):
+            cls.init = _wit_init(own)
+
     def describe(self) -> PluginInfo:
         return type(self).INFO
+
+    def evaluate(self, msg: Message) -> Verdict:
+        raise NotImplementedError("define evaluate(self, msg) in your Policy class")
+
+
+def _wit_init(parsed_init):
+    """The WIT `init` (JSON text in, `Err` out) around an `init(self, config: dict)`."""
 
     def init(self, config: str) -> None:
         try:
             parsed = json.loads(config)
             if not isinstance(parsed, dict):
                 raise ConfigError("the configuration must be a table")
-            self.configure(parsed)
+            parsed_init(self, parsed)
         except (ConfigError, ValueError, TypeError) as e:
             raise Err(f"invalid config: {e}")
 
-    def evaluate(self, msg: Message) -> Verdict:
-        return self.decide(msg)
+    init._portcullis_wit = True
+    return init
 
-    def configure(self, config: dict) -> None:
-        check_keys(config)
 
-    def decide(self, msg: Message) -> Verdict:
-        raise NotImplementedError("define decide(self, msg) in your Policy class")
+# A policy without `init` accepts only an empty `[config]`.
+Policy.init = _wit_init(lambda self, config: check_keys(config))
 
 
 def info(name: str, version: str, stage: Stage, phases: Iterable[Phase] = (Phase.REQUEST,)) -> PluginInfo:

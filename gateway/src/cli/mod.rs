@@ -3,4 +3,5 @@
 pub mod audit;
 pub mod authn;
 pub mod plugin;
+pub mod plugin_new;
 pub mod status;

@@ -12,11 +12,14 @@ use clap::{Args, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
-use portcullis::mcp::Message;
-use portcullis::policy::{Call, Denial, Identity, Policies, RuntimeConfig};
+use portcullis::mcp::{Kind, Message};
+use portcullis::policy::{Call, CallView, Chain, Denial, Identity, Phase, Policies, RuntimeConfig};
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
+    /// Create a policy project (source with one rule, sidecar, sample messages, README) in
+    /// Rust, Python, JavaScript or Go.
+    New(super::plugin_new::NewArgs),
     /// Run a recorded MCP message through a plugin (or a whole plugins folder) and print the verdict.
     Test(TestArgs),
     /// Load a plugins folder exactly as `serve` would and show each plugin: stage, order,
@@ -42,10 +45,14 @@ pub enum PluginCommand {
 pub struct TestArgs {
     /// A `.wasm` plugin, or a plugins folder (runs the whole chain, sidecars included).
     pub plugin: PathBuf,
-    /// The request, a JSON-RPC message in a file (`-` for stdin).
-    #[arg(long)]
-    pub message: PathBuf,
-    /// A response to run the response phase on (e.g. a recorded `tools/list` result).
+    /// The client's request (or notification), a JSON-RPC message in a file (`-` for stdin):
+    /// runs the request phase.
+    #[arg(long, required_unless_present = "response")]
+    pub message: Option<PathBuf>,
+    /// What comes back, run through the response phase: the upstream's answer to --message
+    /// (e.g. a recorded `tools/list` result), or a notification or request an upstream sends
+    /// the client (progress, log lines, sampling, elicitation) — screened with --message as
+    /// the request that caused it, or without --message as outside any request.
     #[arg(long)]
     pub response: Option<PathBuf>,
     /// The sidecar for a single `.wasm` (default: `<plugin>.toml` beside it).
@@ -68,6 +75,13 @@ pub struct TestArgs {
 pub async fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginCommand::Test(args) => test(args).await,
+        PluginCommand::New(args) => match super::plugin_new::run(args) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("portcullis plugin new: {e:#}");
+                Ok(ExitCode::from(2))
+            }
+        },
         PluginCommand::List { folder, json } => {
             let policies = Policies::open(
                 Some(&folder),
@@ -145,6 +159,14 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
                         "name:     {name} {}",
                         report.version.as_deref().unwrap_or("")
                     );
+                    if *name == report.loaded_as {
+                        println!("loads as: {} (its file name)", report.loaded_as);
+                    } else {
+                        println!(
+                            "loads as: {} (its file name, which the gateway uses; rename it to {name}.wasm to match)",
+                            report.loaded_as
+                        );
+                    }
                     println!(
                         "stage:    {:?}",
                         report
@@ -199,11 +221,82 @@ async fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Methods only a server sends a client (requests) or sends mostly to clients (notifications
+/// a client never sends): they pass the response phase, never the request phase.
+const SERVER_ONLY: &[&str] = &[
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "notifications/message",
+    "notifications/resources/updated",
+    "notifications/resources/list_changed",
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+];
+
+/// What `--message` may be: a client's request or notification.
+fn check_client_message(msg: &Message) -> anyhow::Result<()> {
+    match msg.kind() {
+        Kind::Response => anyhow::bail!(
+            "--message is a response (it has `result` or `error`): give it with --response, after \
+             the --message request it answers"
+        ),
+        _ if SERVER_ONLY.contains(&msg.method()) => anyhow::bail!(
+            "--message is `{}`, which an upstream sends the client: the request phase never sees \
+             it. Give it with --response (the response phase), after the --message request that \
+             caused it, or alone to screen it as outside any request",
+            msg.method()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// What `--response` may be: an answer, or what an upstream sends the client besides answers.
+fn check_server_message(msg: &Message) -> anyhow::Result<()> {
+    if msg.kind() == Kind::Request && !SERVER_ONLY.contains(&msg.method()) {
+        anyhow::bail!(
+            "--response is a `{}` request, which a client sends: the response phase sees answers \
+             (with `result` or `error`) and what an upstream sends the client (notifications, \
+             sampling/elicitation/roots requests)",
+            msg.method()
+        );
+    }
+    Ok(())
+}
+
 async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
     let runtime = RuntimeConfig {
         max_instances: 8,
         ..RuntimeConfig::default()
     };
+    // Read and check the input before loading anything: a wrong input costs no compile.
+    let request = args.message.as_deref().map(read_message).transpose()?;
+    let response = args.response.as_deref().map(read_message).transpose()?;
+    if let Some(r) = &request {
+        check_client_message(r)?;
+    }
+    if let Some(r) = &response {
+        check_server_message(r)?;
+        if r.kind() == Kind::Response && request.is_none() {
+            anyhow::bail!("--response is an answer: give the request it answers with --message");
+        }
+    }
+    let supplied: Option<Identity> = args
+        .identity
+        .as_deref()
+        .map(|i| serde_json::from_str(i).map_err(|e| anyhow::anyhow!("--identity: {e}")))
+        .transpose()?;
+    let mut headers = HeaderMap::new();
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected `Name: value`"))?;
+        headers.append(
+            HeaderName::from_bytes(name.trim().as_bytes())?,
+            HeaderValue::from_str(value.trim())?,
+        );
+    }
+
     let policies = if args.plugin.is_dir() {
         let p = Policies::open(Some(&args.plugin), runtime, Vec::new()).await?;
         let rejected: Vec<String> = p
@@ -226,18 +319,45 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
         Policies::single(&args.plugin, &sidecar, runtime).await?
     };
     let chain = policies.chain();
-    let request = read_message(&args.message)?;
-    let original = request.clone().into_value();
-    let mut headers = HeaderMap::new();
-    for h in &args.headers {
-        let (name, value) = h
-            .split_once(':')
-            .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected `Name: value`"))?;
-        headers.append(
-            HeaderName::from_bytes(name.trim().as_bytes())?,
-            HeaderValue::from_str(value.trim())?,
+    // A phase no plugin handles would pass unseen and print a verdict nobody gave.
+    if response.is_some() && !chain.wants(Phase::Response) {
+        anyhow::bail!(
+            "no plugin in the chain handles the response phase: --response would pass unseen"
         );
     }
+    if request.is_some() && !chain.wants(Phase::Request) {
+        if response.is_none() {
+            anyhow::bail!(
+                "no plugin in the chain handles the request phase: --message would pass unseen \
+                 (give --response to test the response phase)"
+            );
+        }
+        eprintln!(
+            "portcullis plugin test: note: no plugin in the chain handles the request phase; \
+             --message only sets the context of --response"
+        );
+    }
+    let plugins: Value = chain
+        .plugins()
+        .iter()
+        .map(|p| json!({ "name": &*p.name, "version": p.version, "stage": p.stage, "sha256": p.sha256 }))
+        .collect::<Vec<_>>()
+        .into();
+
+    let Some(request) = request else {
+        // A server message outside any request, screened as a session screens one.
+        let response = response.expect("checked above: one of them is given");
+        let view = CallView::unrelated(
+            response,
+            Some("plugin-test".into()),
+            supplied.clone(),
+            args.upstream.clone(),
+        );
+        let mut out = json!({ "plugins": plugins, "caller": supplied });
+        return server_message(&chain, view, &mut out).await.map(|()| out);
+    };
+
+    let original = request.clone().into_value();
     let hint = args.upstream.as_ref().map(|u| match u.split_once(':') {
         Some((up, name)) => (up.to_string(), name.to_string()),
         None => (
@@ -250,43 +370,86 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
         ),
     });
     let mut call = Call::new(request, headers, Some("plugin-test".into()), hint);
-    if let Some(identity) = &args.identity {
-        let identity: Identity =
-            serde_json::from_str(identity).map_err(|e| anyhow::anyhow!("--identity: {e}"))?;
-        call.set_identity(identity);
+    if let Some(identity) = &supplied {
+        call.set_identity(identity.clone());
     }
-    let plugins: Vec<Value> = chain
-        .plugins()
-        .iter()
-        .map(|p| json!({ "name": &*p.name, "version": p.version, "stage": p.stage, "sha256": p.sha256 }))
-        .collect();
     if let Err(denial) = chain.on_request(&mut call).await {
-        return Ok(denied(&denial, "request", Value::from(plugins)));
+        let mut out = denied(&denial, "request", plugins);
+        out["caller"] = json!(supplied);
+        return Ok(out);
     }
     let request = call.take_request(true).into_value();
+    let identity_changed = call.identity() != supplied.as_ref();
+    let changed = request != original
+        || identity_changed
+        || call.routed
+        || !call.view().attributes.is_empty();
     let mut out = json!({
-        "verdict": if request != original || call.identity().is_some() || call.routed || !call.view().attributes.is_empty() { "modify" } else { "allow" },
+        "verdict": if changed { "modify" } else { "allow" },
         "plugins": plugins,
+        "caller": supplied,
         "request": request,
         "identity": call.identity(),
+        "identity_changed": identity_changed,
         "route": call.routed.then(|| json!({ "upstream": call.view().upstream, "target": call.view().upstream_target })),
         "attributes": call.view().attributes,
     });
-    if let Some(path) = &args.response {
-        let response = read_message(path)?;
-        let before = response.clone().into_value();
-        match chain.on_response(&mut call, response).await {
-            Ok(after) => {
-                let after = after.into_value();
-                if after != before {
-                    out["verdict"] = "modify".into();
-                }
-                out["response"] = after;
+    let Some(response) = response else {
+        return Ok(out);
+    };
+    if response.kind() != Kind::Response {
+        let view = call.view().relayed(response);
+        server_message(&chain, view, &mut out).await?;
+        return Ok(out);
+    }
+    let before = response.clone().into_value();
+    match chain.on_response(&mut call, response).await {
+        Ok(after) => {
+            let after = after.into_value();
+            if after != before {
+                out["verdict"] = "modify".into();
             }
-            Err(denial) => return Ok(denied(&denial, "response", out["plugins"].take())),
+            out["response"] = after;
+        }
+        Err(denial) => {
+            let mut d = denied(&denial, "response", out["plugins"].take());
+            d["caller"] = out["caller"].take();
+            return Ok(d);
         }
     }
     Ok(out)
+}
+
+/// Runs a server→client message through the response phase exactly as the server does
+/// (`Chain::on_server_message`), into `out`.
+async fn server_message(chain: &Chain, view: CallView, out: &mut Value) -> anyhow::Result<()> {
+    let before = view.request.as_ref().clone();
+    let is_request = before.kind() == Kind::Request;
+    match chain.on_server_message(view).await {
+        Ok((after, attributes)) => {
+            let after = after.into_value();
+            if after != before.into_value() || !attributes.is_empty() {
+                out["verdict"] = "modify".into();
+            } else if out["verdict"].is_null() {
+                out["verdict"] = "allow".into();
+            }
+            out["server_message"] = after;
+            out["server_message_attributes"] = json!(attributes);
+        }
+        Err(denial) => {
+            let plugins = out["plugins"].take();
+            let caller = out["caller"].take();
+            *out = denied(&denial, "response", plugins);
+            out["caller"] = caller;
+            out["server_message_outcome"] = if is_request {
+                "answered to the upstream with the error; the client never sees it"
+            } else {
+                "dropped; the client never sees it"
+            }
+            .into();
+        }
+    }
+    Ok(())
 }
 
 fn denied(d: &Denial, phase: &str, plugins: Value) -> Value {
@@ -309,6 +472,9 @@ fn print_text(o: &Value) {
         .filter_map(|p| p["name"].as_str())
         .collect();
     println!("chain:      {}", names.join(" → "));
+    if !o["caller"].is_null() {
+        println!("caller:     {} (given with --identity)", o["caller"]);
+    }
     println!("verdict:    {}", o["verdict"].as_str().unwrap_or("?"));
     if o["verdict"] == "deny" {
         println!(
@@ -324,6 +490,9 @@ fn print_text(o: &Value) {
         if !o["error"]["data"].is_null() {
             println!("data:       {}", o["error"]["data"]);
         }
+        if let Some(what) = o["server_message_outcome"].as_str() {
+            println!("message:    {what}");
+        }
         if let Some(status) = o["http_status"].as_u64() {
             println!("http:       {status}");
             for h in o["http_headers"].as_array().into_iter().flatten() {
@@ -336,8 +505,8 @@ fn print_text(o: &Value) {
         }
         return;
     }
-    if !o["identity"].is_null() {
-        println!("identity:   {}", o["identity"]);
+    if o["identity_changed"] == true {
+        println!("identity:   {} (set by the chain)", o["identity"]);
     }
     if !o["route"].is_null() {
         println!("route:      {}", o["route"]);
@@ -345,8 +514,22 @@ fn print_text(o: &Value) {
     if o["attributes"].as_object().is_some_and(|a| !a.is_empty()) {
         println!("attributes: {}", o["attributes"]);
     }
-    println!("request:    {}", o["request"]);
+    if !o["request"].is_null() {
+        println!("request:    {}", o["request"]);
+    }
     if !o["response"].is_null() {
         println!("response:   {}", o["response"]);
+    }
+    if !o["server_message"].is_null() {
+        println!("server msg: {}", o["server_message"]);
+    }
+    if o["server_message_attributes"]
+        .as_object()
+        .is_some_and(|a| !a.is_empty())
+    {
+        println!(
+            "attributes: {} (on the server message)",
+            o["server_message_attributes"]
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Host bindings generated from `wit/policy.wit`.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../sdk/wit",
     world: "plugin",
     // Host functions may fail the call (a trap naming the plugin) instead of returning a
     // value, e.g. when a plugin exceeds its log budget.

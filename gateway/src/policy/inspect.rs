@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use serde::Serialize;
-use wasmtime::component::Component;
 
 use super::Stage;
 use super::engine::{Runtime, RuntimeConfig};
@@ -21,6 +20,8 @@ pub struct Inspection {
     pub exports: Vec<String>,
     /// Whether it exports `portcullis:policy/policy@0.1.0`, the world the gateway runs.
     pub implements_policy_world: bool,
+    /// The name the gateway gives it: the file's stem.
+    pub loaded_as: String,
     /// From `describe()`, when the plugin loads.
     pub name: Option<String>,
     pub version: Option<String>,
@@ -46,6 +47,11 @@ pub async fn inspect(path: &Path) -> anyhow::Result<Inspection> {
         imports: Vec::new(),
         exports: Vec::new(),
         implements_policy_world: false,
+        loaded_as: path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin")
+            .to_string(),
         name: None,
         version: None,
         stage: None,
@@ -56,10 +62,16 @@ pub async fn inspect(path: &Path) -> anyhow::Result<Inspection> {
         report.error = Some(e.to_string());
         return Ok(report);
     }
-    let component = match Component::new(&rt.engine, &bytes) {
-        Ok(c) => c,
+    // Through the compile cache, as the server loads it: a big (Python, JavaScript) component
+    // is compiled once, and `Plugin::load` below finds it there.
+    let compiled = {
+        let rt = rt.clone();
+        tokio::task::spawn_blocking(move || loader::compile(&rt, &bytes, rt.cache.as_ref())).await?
+    };
+    let component = match compiled {
+        Ok(c) => c.component,
         Err(e) => {
-            report.error = Some(format!("invalid component: {e:#}"));
+            report.error = Some(e.to_string());
             return Ok(report);
         }
     };
@@ -69,7 +81,7 @@ pub async fn inspect(path: &Path) -> anyhow::Result<Inspection> {
     report.implements_policy_world = report.exports.iter().any(|e| e == POLICY_EXPORT);
     match Plugin::load(&rt, path).await {
         Ok(p) => {
-            report.name = Some(p.name.to_string());
+            report.name = Some(p.declared_name.clone());
             report.version = Some(p.version.clone());
             report.stage = Some(p.stage);
             if p.request {

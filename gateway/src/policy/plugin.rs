@@ -54,7 +54,10 @@ pub enum Failure {
 
 /// A plugin ready to run.
 pub struct Plugin {
+    /// The file's stem: what logs, metrics, sidecars and `required` call it.
     pub name: Arc<str>,
+    /// The name `describe()` gave (may differ from the file's; a warning at load says so).
+    pub declared_name: String,
     pub version: String,
     pub stage: Stage,
     pub priority: i32,
@@ -174,6 +177,7 @@ impl Plugin {
             .collect();
         let mut plugin = Plugin {
             name: file_stem.as_str().into(),
+            declared_name: String::new(),
             version: String::new(),
             stage: Stage::Custom,
             priority: sidecar.priority.unwrap_or(0),
@@ -225,8 +229,12 @@ impl Plugin {
         plugin.request = info.phases.contains(&types::Phase::Request);
         plugin.response = info.phases.contains(&types::Phase::Response);
         if !info.name.is_empty() && info.name != file_stem {
-            tracing::debug!(file = %wasm.display(), declared = %info.name, "plugin is named after its file");
+            tracing::warn!(
+                file = %wasm.display(), declared = %info.name, name = %file_stem,
+                "plugin is named after its file, not the name it declares; rename the file to match"
+            );
         }
+        plugin.declared_name = info.name;
         if plugin.stage == Stage::Authn && !headers.iter().any(|h| h == "authorization") {
             headers.push("authorization".into());
         }

@@ -49,7 +49,7 @@ pub struct Authn;
 impl Policy for Authn {
     type Config = Config;
 
-    fn info() -> Info {
+    fn describe() -> Info {
         Info::new("authn", env!("CARGO_PKG_VERSION"), Stage::Authn).with_phases(&[Phase::Request])
     }
 

@@ -967,7 +967,7 @@ fn rsa_fields() -> serde_json::Map<String, Value> {
 
 #[test]
 fn describes_itself_as_a_request_phase_authn_policy() {
-    let info = Authn::info();
+    let info = Authn::describe();
     assert_eq!(
         (info.name.as_str(), info.stage, info.phases.as_slice()),
         ("authn", Stage::Authn, [Phase::Request].as_slice())

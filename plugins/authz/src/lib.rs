@@ -42,7 +42,7 @@ pub struct Authz;
 impl Policy for Authz {
     type Config = Config;
 
-    fn info() -> Info {
+    fn describe() -> Info {
         Info::new("authz", env!("CARGO_PKG_VERSION"), Stage::Authz).with_phases(Phase::BOTH)
     }
 

@@ -48,7 +48,7 @@ pub struct RateLimit;
 impl Policy for RateLimit {
     type Config = Config;
 
-    fn info() -> Info {
+    fn describe() -> Info {
         Info::new("rate-limit", env!("CARGO_PKG_VERSION"), Stage::Custom)
             .with_phases(&[Phase::Request])
     }

@@ -43,7 +43,7 @@ pub struct Redact;
 impl Policy for Redact {
     type Config = Config;
 
-    fn info() -> Info {
+    fn describe() -> Info {
         Info::new("redact", env!("CARGO_PKG_VERSION"), Stage::Redaction).with_phases(Phase::BOTH)
     }
 

@@ -48,7 +48,7 @@ pub struct Route;
 impl Policy for Route {
     type Config = Config;
 
-    fn info() -> Info {
+    fn describe() -> Info {
         Info::new("route", env!("CARGO_PKG_VERSION"), Stage::Routing).with_phases(Phase::BOTH)
     }
 

@@ -66,12 +66,12 @@ type Validator interface {
 	Validate() error
 }
 
-// Configure decodes the sidecar's `[config]` (JSON) into `into`, a pointer to a struct with
+// ParseConfig decodes the sidecar's `[config]` (JSON) into `into`, a pointer to a struct with
 // `json:"kebab-case"` tags, rejecting unknown keys, then runs its Validate method if it has
 // one. Return its result from Init:
 //
-//	func Init(config string) portcullis.InitResult { return portcullis.Configure(config, &settings) }
-func Configure(config string, into any) InitResult {
+//	func Init(config string) portcullis.InitResult { return portcullis.ParseConfig(config, &settings) }
+func ParseConfig(config string, into any) InitResult {
 	dec := json.NewDecoder(bytes.NewReader([]byte(config)))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(into)

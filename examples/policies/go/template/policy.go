@@ -43,7 +43,7 @@ func Describe() portcullis.PluginInfo {
 
 func Init(cfg string) portcullis.InitResult {
 	settings = config{}
-	return portcullis.Configure(cfg, &settings)
+	return portcullis.ParseConfig(cfg, &settings)
 }
 
 func Evaluate(msg *portcullis.Message) portcullis.Verdict {

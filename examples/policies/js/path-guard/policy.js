@@ -92,9 +92,9 @@ export function countPaths(value) {
 }
 
 export const policy = definePolicy({
-  info: { name: "path-guard", version: "0.1.0", stage: "authz", phases: ["request"] },
+  describe: { name: "path-guard", version: "0.1.0", stage: "authz", phases: ["request"] },
 
-  configure(config) {
+  init(config) {
     checkKeys(config, "allowed-prefixes", "tag-identity");
     const prefixes = config["allowed-prefixes"] ?? [];
     const tagIdentity = config["tag-identity"] ?? false;
@@ -116,7 +116,7 @@ export const policy = definePolicy({
     return { allowed, tagIdentity };
   },
 
-  decide({ allowed, tagIdentity }, msg) {
+  evaluate({ allowed, tagIdentity }, msg) {
     if (msg.method() !== "tools/call") return allow();
     const argv = args(msg);
     if (argv === undefined) return allow();

@@ -11,12 +11,12 @@ import { ConfigError, DENIED, allow, checkKeys, definePolicy, deny, log, modify 
 
 // componentize-js checks this export against the `policy` interface of wit/policy.wit.
 export const policy = definePolicy({
-  info: { name: "template", version: "0.1.0", stage: "custom", phases: ["request"] },
+  describe: { name: "template", version: "0.1.0", stage: "custom", phases: ["request"] },
 
   // The sidecar's [config] table. Throw ConfigError for a bad setting: the plugin then stays
   // out of the chain and the message goes to the gateway's log. What it returns is what
-  // `decide` gets. Every evaluation runs in a fresh instance that starts here.
-  configure(config) {
+  // `evaluate` gets. Every evaluation runs in a fresh instance that starts here.
+  init(config) {
     checkKeys(config, "blocked");
     const blocked = config.blocked ?? [];
     if (!Array.isArray(blocked) || !blocked.every((b) => typeof b === "string")) {
@@ -25,7 +25,7 @@ export const policy = definePolicy({
     return { blocked: new Set(blocked) };
   },
 
-  decide({ blocked }, msg) {
+  evaluate({ blocked }, msg) {
     if (msg.method() !== "tools/call") return allow();
     const tool = msg.target() ?? "";
     if (blocked.has(tool)) {

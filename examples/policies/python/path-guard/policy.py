@@ -92,11 +92,11 @@ def count_paths(value: Any) -> int:
 class Policy(portcullis.Policy):
     INFO = portcullis.info("path-guard", "0.1.0", Stage.AUTHZ, [Phase.REQUEST])
 
-    # Set by `configure`, once per instance.
+    # Set by `init`, once per instance.
     allowed: list = []
     tag_identity = False
 
-    def configure(self, config: dict) -> None:
+    def init(self, config: dict) -> None:
         portcullis.check_keys(config, "allowed-prefixes", "tag-identity")
         prefixes = config.get("allowed-prefixes", [])
         tag = config.get("tag-identity", False)
@@ -114,7 +114,7 @@ class Policy(portcullis.Policy):
             allowed.append(folder)
         Policy.allowed, Policy.tag_identity = allowed, tag
 
-    def decide(self, msg: Message) -> Verdict:
+    def evaluate(self, msg: Message) -> Verdict:
         if msg.method() != "tools/call":
             return portcullis.allow()
         missing = object()

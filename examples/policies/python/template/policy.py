@@ -18,7 +18,7 @@ class Policy(portcullis.Policy):
 
     blocked: frozenset = frozenset()
 
-    def configure(self, config: dict) -> None:
+    def init(self, config: dict) -> None:
         """The sidecar's [config] table. Raise ConfigError for a bad setting: the plugin then
         stays out of the chain and the message goes to the gateway's log."""
         portcullis.check_keys(config, "blocked")
@@ -28,7 +28,7 @@ class Policy(portcullis.Policy):
         # Every evaluation runs in a fresh instance that starts here: keep state on the class.
         Policy.blocked = frozenset(blocked)
 
-    def decide(self, msg: Message) -> Verdict:
+    def evaluate(self, msg: Message) -> Verdict:
         if msg.method() != "tools/call":
             return portcullis.allow()
         tool = msg.target() or ""

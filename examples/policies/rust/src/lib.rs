@@ -70,7 +70,7 @@ pub struct PathGuard;
 impl Policy for PathGuard {
     type Config = Config;
 
-    fn info() -> Info {
+    fn describe() -> Info {
         Info::new("path-guard", env!("CARGO_PKG_VERSION"), Stage::Authz)
             .with_phases(&[Phase::Request])
     }

@@ -185,11 +185,11 @@ pub struct Chaos;
 impl Policy for Chaos {
     type Config = Config;
 
-    fn info() -> Info {
+    fn describe() -> Info {
         Info::new("chaos", env!("CARGO_PKG_VERSION"), Stage::Custom).with_phases(Phase::BOTH)
     }
 
-    fn validate(config: &Config) -> Result<(), String> {
+    fn init(config: &Config) -> Result<(), String> {
         match config.mode {
             Mode::RejectConfig => {
                 Err("chaos: mode reject-config rejects every configuration".into())
