@@ -227,7 +227,11 @@ pub fn parse(
         if let Some(t) = up.bearer_token.as_mut() {
             expand("bearer-token", t)?;
         }
-        if up.timeout.is_zero() || up.connect_timeout.is_zero() {
+        if up.timeout.is_zero()
+            || up.connect_timeout.is_zero()
+            || up.list_timeout.is_zero()
+            || up.list_timeout_failing.is_zero()
+        {
             return Err(err(
                 at("timeout"),
                 field("timeout"),

@@ -25,7 +25,7 @@ impl Session {
 
     /// The link to upstream `idx`, connecting on first use. A new link after a restart drops
     /// the cached catalog of that upstream and gets the client's log level again.
-    async fn link(&self, idx: usize) -> Result<Arc<Link>, UpstreamError> {
+    pub(super) async fn link(&self, idx: usize) -> Result<Arc<Link>, UpstreamError> {
         let (link, fresh) = self.slots[idx].get(&self.hello, self.handler()).await?;
         if fresh == Fresh::Restarted {
             self.catalog.invalidate_upstream(idx);
@@ -492,7 +492,8 @@ impl Session {
         Message::result(id, json!({}))
     }
 
-    /// A merged list page; upstreams that fail are left out and logged.
+    /// A merged list page; upstreams that fail or are late are left out and logged
+    /// (`lists.rs`).
     async fn list(&self, kind: ListKind, msg: &Message) -> Message {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let merged = self.merged(kind).await;
@@ -519,32 +520,15 @@ impl Session {
     }
 
     async fn merged(&self, kind: ListKind) -> Arc<crate::catalog::Merged> {
-        if let Some(m) = self.catalog.cached(kind) {
-            return m;
-        }
-        let fetches =
-            self.catalog
-                .missing(kind)
-                .into_iter()
-                .map(|(idx, generation)| async move {
-                    (idx, generation, self.fetch_list(idx, kind).await)
-                });
-        for (idx, generation, result) in join_all(fetches).await {
-            match result {
-                Ok(items) => self.catalog.store(kind, idx, generation, items),
-                Err(e) => tracing::warn!(
-                    upstream = %self.slots[idx].upstream.name,
-                    error = %e,
-                    "left out of {}",
-                    kind.method()
-                ),
-            }
-        }
-        self.catalog.merge(kind)
+        self.gather(kind).await
     }
 
     /// Every page of one upstream's list.
-    async fn fetch_list(&self, idx: usize, kind: ListKind) -> Result<Vec<Value>, UpstreamError> {
+    pub(super) async fn fetch_list(
+        &self,
+        idx: usize,
+        kind: ListKind,
+    ) -> Result<Vec<Value>, UpstreamError> {
         let link = self.link(idx).await?;
         if link.capabilities().get(kind.capability()).is_none() {
             return Ok(Vec::new());

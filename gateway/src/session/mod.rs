@@ -17,6 +17,7 @@
 //! process (the seam for stateless replicas is this type).
 
 mod handle;
+mod lists;
 pub mod stream;
 
 use std::collections::VecDeque;
@@ -80,6 +81,8 @@ pub struct Session {
     hello: Hello,
     slots: Vec<Slot>,
     catalog: SessionCatalog,
+    /// Its list fetches in progress (`lists.rs`).
+    lists: lists::ListFetches,
     page_size: usize,
     /// Messages not tied to a request: the GET stream.
     pub standalone: EventStream,
@@ -382,6 +385,7 @@ impl Sessions {
                 .map(|u| Slot::new(u.clone()))
                 .collect(),
             catalog: SessionCatalog::new(self.names.clone()),
+            lists: Default::default(),
             page_size: self.page_size,
             standalone: EventStream::new(STANDALONE_STREAM, cap, id.clone()),
             changes: tokio::sync::broadcast::channel(64).0,

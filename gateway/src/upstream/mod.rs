@@ -36,7 +36,7 @@ use crate::config::{HttpTransport, TransportKind, UpstreamConfig};
 use crate::mcp::{Kind, Message, methods};
 
 pub use error::UpstreamError;
-pub use health::{Health, UpstreamStatus};
+pub use health::{Health, LeftOut, UpstreamStatus};
 pub use slot::{Fresh, Slot};
 
 /// Where messages related to one client request go (progress, logs, server→client requests
@@ -219,11 +219,23 @@ impl Link {
         upstream.health.record(&connected);
         let (transport, init) = connected?;
         upstream.health.link_opened();
-        Ok(Arc::new(Link {
+        let link = Arc::new(Link {
             upstream: upstream.clone(),
             transport,
             init,
-        }))
+        });
+        let (kind, version) = match &link.transport {
+            Transport::Stdio(_) => ("stdio", link.init["protocolVersion"].as_str()),
+            Transport::Http(_) => ("streamable-http", link.init["protocolVersion"].as_str()),
+            Transport::Sse(_) => ("sse", link.init["protocolVersion"].as_str()),
+        };
+        let version = if link.is_stateless() {
+            crate::mcp::version::MODERN
+        } else {
+            version.unwrap_or("unknown")
+        };
+        tracing::info!(upstream = %upstream.name, transport = kind, protocol = version, "upstream connected");
+        Ok(link)
     }
 
     pub fn is_alive(&self) -> bool {
