@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod compile_cache;
 mod conformance;
+mod era_choice;
 mod front;
 mod governance;
 mod harness_selftest;

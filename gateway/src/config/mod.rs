@@ -304,8 +304,9 @@ pub struct UpstreamConfig {
     /// Which protocol era to speak to a Streamable HTTP upstream. Default `auto`: ask
     /// `server/discover` on first contact; an upstream that also speaks the session era gets
     /// `initialize` (per-client upstream sessions keep server→client requests, subscriptions
-    /// and log levels exact), one that speaks only 2026-07-28 is spoken to statelessly, and
-    /// one that does not know `server/discover` gets `initialize`. Remembered per upstream.
+    /// and log levels exact), one that lists only 2026-07-28 is spoken to statelessly for
+    /// 2026-07-28 clients and tried with `initialize` for session-era clients, and one that
+    /// does not know `server/discover` gets `initialize`. Remembered per upstream.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// Static headers sent on every request to an HTTP upstream.

@@ -382,7 +382,7 @@ impl Sessions {
             slots: self
                 .upstreams
                 .iter()
-                .map(|u| Slot::new(u.clone()))
+                .map(|u| Slot::for_client(u.clone(), version != crate::mcp::version::MODERN))
                 .collect(),
             catalog: SessionCatalog::new(self.names.clone()),
             lists: Default::default(),
