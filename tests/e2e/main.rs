@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod compile_cache;
 mod conformance;
+mod conformance_diff;
 mod era_choice;
 mod front;
 mod governance;

@@ -99,6 +99,7 @@ impl Upstream {
         match self.era.load(Ordering::Relaxed) {
             1 => Era::Session,
             2 => Era::Stateless,
+            3 => Era::Dual,
             _ => Era::Unknown,
         }
     }
@@ -154,6 +155,9 @@ pub(crate) enum Era {
     Session = 1,
     /// MCP 2026-07-28: stateless requests.
     Stateless = 2,
+    /// Both: `server/discover` lists session-era versions and 2026-07-28. Each client gets a
+    /// link in its own era.
+    Dual = 3,
 }
 
 /// What the gateway tells an upstream about the client in `initialize`: the client's own

@@ -2,9 +2,10 @@
 //!
 //! With `protocol = auto`, the first link to an upstream asks `server/discover` (over stdio
 //! before anything else, as the spec's backward-compatibility probe says). An upstream that
-//! also speaks the session era is given `initialize`: per-client upstream sessions keep
-//! server→client requests, subscriptions and log levels exact for the (mostly session-era)
-//! clients. One that advertises only 2026-07-28 is spoken to statelessly for 2026-07-28
+//! speaks both eras is given `initialize` for session-era clients (per-client upstream
+//! sessions keep server→client requests, subscriptions and log levels exact) and spoken to
+//! statelessly for 2026-07-28 clients (its own `input_required` results reach them as they
+//! are). One that advertises only 2026-07-28 is spoken to statelessly for 2026-07-28
 //! clients; for a session-era client it is tried with `initialize` first (many such servers
 //! serve both eras and keep sampling, elicitation and `resources/subscribe` that way) and
 //! spoken to statelessly only if it refuses. One that does not know `server/discover` is a
@@ -221,6 +222,15 @@ where
         {
             return Ok(Choice::Initialize);
         }
+        (UpstreamProtocol::Auto, Era::Dual) if session_client => {
+            return Ok(Choice::Initialize);
+        }
+        (UpstreamProtocol::Auto, Era::Dual) => {
+            let discovered = discover().await.inspect_err(|_| {
+                upstream.set_era(Era::Unknown);
+            })?;
+            return Ok(Choice::Stateless(discovered));
+        }
         (UpstreamProtocol::Stateless, _) => {
             return discover().await.map(Choice::Stateless);
         }
@@ -246,17 +256,19 @@ where
             .as_array()
             .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(v)))
     };
-    let era = if version::SUPPORTED.iter().any(|v| speaks(v)) {
-        Era::Session
-    } else if speaks(version::MODERN) {
-        Era::Stateless
-    } else {
-        Era::Session
+    let era = match (
+        version::SUPPORTED.iter().any(|v| speaks(v)),
+        speaks(version::MODERN),
+    ) {
+        (true, true) => Era::Dual,
+        (false, true) => Era::Stateless,
+        _ => Era::Session,
     };
     tracing::info!(upstream = %upstream.name, ?era, versions = %discovered["supportedVersions"], "upstream discovered");
     upstream.set_era(era);
     Ok(match era {
         Era::Stateless => only_modern(discovered),
+        Era::Dual if !session_client => Choice::Stateless(discovered),
         _ => Choice::Initialize,
     })
 }
