@@ -10,6 +10,7 @@ mod compile_cache;
 mod conformance;
 mod conformance_diff;
 mod era_choice;
+mod example;
 mod front;
 mod governance;
 mod harness_selftest;
