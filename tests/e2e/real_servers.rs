@@ -44,10 +44,15 @@ fn npm_bin(name: &str) -> String {
         .into_owned()
 }
 
+/// The default `list-timeout` (5 s) is meant for a first contact on a machine that is not
+/// starting dozens of Node and Python servers at once on two cores, as the whole suite does;
+/// these tests are about what arrives, not how fast.
+const PATIENT: &str = "list-timeout = \"30s\"\nconnect-timeout = \"30s\"\n";
+
 fn stdio_toml(name: &str, command: &str, args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|a| toml_str(a)).collect();
     format!(
-        "[upstreams.{name}]\ncommand = {}\nargs = [{}]\n\n",
+        "[upstreams.{name}]\ncommand = {}\nargs = [{}]\n{PATIENT}\n",
         toml_str(command),
         args.join(", ")
     )
@@ -201,7 +206,7 @@ async fn server_everything_over_streamable_http_is_complete_in_every_first_list(
     let direct = everything_direct().await;
     let server = EverythingHttp::start().await;
     let config = format!(
-        "{}[upstreams.everything]\nurl = {}\n\n",
+        "{}[upstreams.everything]\nurl = {}\n{PATIENT}\n",
         server_toml(),
         toml_str(&server.url)
     );
