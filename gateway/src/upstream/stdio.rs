@@ -308,10 +308,19 @@ impl StdioLink {
         // Only a child that could not be started says nothing about the era; one that exits
         // on the probe is a session-era server (`Link::connect` starts it again).
         let unreachable = |e: &UpstreamError| matches!(e, UpstreamError::Spawn { .. });
+        // Only a first probe may be ignored by a session-era server; once the upstream is
+        // known to speak 2026-07-28, a slow start gets the whole connect timeout.
+        let patience = if upstream.era() == super::Era::Unknown
+            && cfg.protocol == crate::config::UpstreamProtocol::Auto
+        {
+            PROBE_TIMEOUT
+        } else {
+            cfg.connect_timeout
+        };
         let choice = stateless::choose_era(
             upstream,
             session_client,
-            || link.discover(&stateless),
+            || link.discover(&stateless, patience),
             unreachable,
         )
         .await?;
@@ -406,12 +415,16 @@ impl StdioLink {
         self.send_bytes(msg.to_bytes())
     }
 
-    /// `server/discover`, waiting [`PROBE_TIMEOUT`] at most.
-    async fn discover(&self, stateless: &Stateless) -> Result<Value, UpstreamError> {
+    /// `server/discover`, waiting `patience` at most.
+    async fn discover(
+        &self,
+        stateless: &Stateless,
+        patience: std::time::Duration,
+    ) -> Result<Value, UpstreamError> {
         let mut msg = stateless.discover_request(Value::Null);
         let (id, answer) = self.pending.start(&mut msg, None);
         self.send_bytes(msg.to_bytes())?;
-        match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
+        match tokio::time::timeout(patience, answer).await {
             Ok(Ok(Ok(reply))) => stateless::discover_result(&self.name, reply),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(UpstreamError::Exited {
@@ -421,7 +434,7 @@ impl StdioLink {
                 self.pending.remove(id);
                 Err(UpstreamError::Protocol {
                     upstream: self.name.clone(),
-                    detail: format!("no answer to server/discover within {PROBE_TIMEOUT:?}"),
+                    detail: format!("no answer to server/discover within {patience:?}"),
                 })
             }
         }
