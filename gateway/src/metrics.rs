@@ -316,6 +316,30 @@ impl Collector for Live {
                 .iter()
                 .map(|s| (named(&s.name), i64::from(s.consecutive_failures))),
         )?;
+        counter(
+            e,
+            "upstream_lists_left_out",
+            "Aggregate lists (tools/list, …) answered without an upstream's part; reason=timeout: no answer within its list-timeout, failed: connecting or listing failed",
+            self.sessions.upstreams().iter().flat_map(|u| {
+                let (failed, late) = u.lists_left_out();
+                [
+                    (
+                        vec![
+                            ("upstream", u.name.to_string()),
+                            ("reason", "failed".to_string()),
+                        ],
+                        failed,
+                    ),
+                    (
+                        vec![
+                            ("upstream", u.name.to_string()),
+                            ("reason", "timeout".to_string()),
+                        ],
+                        late,
+                    ),
+                ]
+            }),
+        )?;
         gauge(
             e,
             "upstream_links",

@@ -89,7 +89,8 @@ async fn active_scenarios_pass_through_the_gateway_to_a_stdio_upstream() {
 }
 
 /// 2026-07-28 clients (stateless, `_meta` per request, `input_required`) through the gateway
-/// to a session-era stdio upstream.
+/// to a stdio upstream that speaks both eras (in `auto`, each 2026-07-28 client gets a
+/// stateless link, so the upstream's own `input_required` results reach it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_2026_07_28_requirements_pass_through_the_gateway_but_for_known_gaps() {
     let config = format!(

@@ -16,11 +16,15 @@ const V: &str = "2026-07-28";
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn gateway() -> (Gateway, Fixture) {
-    let beta = Fixture::http("beta").await;
+    // Session-era upstreams (a dual-era one would give 2026-07-28 clients a stateless link).
+    let beta = Fixture::http_with_args("beta", &["--era", "session"]).await;
     let config = format!(
         "{}{}{}",
         server_toml(),
-        stdio_fixture_toml("alpha"),
+        stdio_fixture_toml("alpha").replace(
+            "args = [\"--stdio\",",
+            "args = [\"--stdio\", \"--era\", \"session\","
+        ),
         beta.upstream_toml("beta")
     );
     (Gateway::start(&config).await, beta)
@@ -617,8 +621,8 @@ mod toward_2026_upstreams {
             "probed once, remembered for the second child:\n{logs}"
         );
         assert!(
-            logs.contains("era=Session"),
-            "a dual-era child keeps initialize: {logs}"
+            logs.contains("era=Dual") && !logs.contains("protocol=\"2026-07-28\""),
+            "a dual-era child keeps initialize for session-era clients: {logs}"
         );
         a.cancel().await.unwrap();
         b.cancel().await.unwrap();
@@ -728,7 +732,7 @@ mod toward_2026_upstreams {
             1,
             "discovered once, remembered for the second client:\n{logs}"
         );
-        assert!(logs.contains("era=Session"), "{logs}");
+        assert!(logs.contains("era=Dual"), "{logs}");
         a.cancel().await.unwrap();
         b.cancel().await.unwrap();
     }

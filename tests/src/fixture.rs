@@ -100,6 +100,38 @@ pub struct Options {
     /// Over stdio, behave like a session-era SDK that takes nothing before `initialize`:
     /// exit at once if the first message is anything else (the `server/discover` probe).
     pub initialize_first: bool,
+    /// Which protocol eras it serves, and what `server/discover` says.
+    pub era: EraShape,
+}
+
+/// The era shapes real servers have, for era negotiation and the conformance differential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EraShape {
+    /// Both eras, and `server/discover` says so (every version rmcp knows).
+    #[default]
+    Dual,
+    /// The session era only: `server/discover` is an unknown method.
+    Session,
+    /// MCP 2026-07-28 only: `initialize` is refused.
+    Modern,
+    /// Both eras, but `server/discover` advertises only 2026-07-28 (as the conformance
+    /// repository's reference server does).
+    DualAdvertisingModern,
+}
+
+impl std::str::FromStr for EraShape {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "dual" => EraShape::Dual,
+            "session" => EraShape::Session,
+            "modern" => EraShape::Modern,
+            "dual-advertising-modern" => EraShape::DualAdvertisingModern,
+            other => anyhow::bail!(
+                "unknown era shape {other:?} (dual, session, modern, dual-advertising-modern)"
+            ),
+        })
+    }
 }
 
 impl Default for Options {
@@ -108,6 +140,7 @@ impl Default for Options {
             name: "portcullis-fixture".to_owned(),
             dynamic_tool_after: None,
             initialize_first: false,
+            era: EraShape::Dual,
         }
     }
 }
@@ -377,6 +410,55 @@ impl ServerHandler for Fixture {
             "params": request.params,
             "meta": serde_json::to_value(&context.meta).unwrap_or_default(),
         })))
+    }
+
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        match self.options.era {
+            EraShape::Session => std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(
+                &ProtocolVersion::V_2025_11_25,
+            )),
+            EraShape::Modern => std::borrow::Cow::Owned(vec![ProtocolVersion::V_2026_07_28]),
+            EraShape::Dual | EraShape::DualAdvertisingModern => {
+                std::borrow::Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS)
+            }
+        }
+    }
+
+    async fn discover(
+        &self,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::DiscoverResult, McpError> {
+        let versions = match self.options.era {
+            EraShape::Session => {
+                return Err(McpError::new(
+                    rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                    "Method not found: server/discover",
+                    None,
+                ));
+            }
+            EraShape::DualAdvertisingModern => vec![ProtocolVersion::V_2026_07_28],
+            EraShape::Dual | EraShape::Modern => self.supported_protocol_versions().into_owned(),
+        };
+        Ok(rmcp::model::DiscoverResult::from_server_info(
+            versions,
+            self.get_info(),
+        ))
+    }
+
+    async fn initialize(
+        &self,
+        request: rmcp::model::InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, McpError> {
+        if self.options.era == EraShape::Modern {
+            return Err(McpError::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                "Method not found: initialize (this server speaks MCP 2026-07-28 only)",
+                None,
+            ));
+        }
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
     }
 
     fn get_info(&self) -> ServerConfig {

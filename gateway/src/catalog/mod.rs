@@ -163,13 +163,33 @@ impl SessionCatalog {
             .collect()
     }
 
-    /// Stores a fetched part unless it was invalidated while being fetched.
-    pub fn store(&self, kind: ListKind, idx: usize, generation: u64, items: Vec<Value>) {
+    /// How many times upstream `idx`'s part of `kind` was invalidated: a fetch notes it
+    /// before asking and stores against it.
+    pub fn generation(&self, kind: ListKind, idx: usize) -> u64 {
+        self.lock()[kind.index()].generation[idx]
+    }
+
+    /// Stores a fetched part unless it was invalidated while being fetched; says whether it
+    /// was stored.
+    pub fn store(&self, kind: ListKind, idx: usize, generation: u64, items: Vec<Value>) -> bool {
+        self.store_shared(kind, idx, generation, Arc::new(items))
+    }
+
+    /// [`SessionCatalog::store`] for a part already shared.
+    pub fn store_shared(
+        &self,
+        kind: ListKind,
+        idx: usize,
+        generation: u64,
+        items: Arc<Vec<Value>>,
+    ) -> bool {
         let mut kinds = self.lock();
         let k = &mut kinds[kind.index()];
-        if k.generation[idx] == generation {
-            k.per_upstream[idx] = Some(Arc::new(items));
+        if k.generation[idx] != generation {
+            return false;
         }
+        k.per_upstream[idx] = Some(items);
+        true
     }
 
     /// Drops upstream `idx`'s part of `kind` (it announced a change, or its link restarted).
@@ -200,6 +220,32 @@ impl SessionCatalog {
             k.merged = Some(merged.clone());
         }
         merged
+    }
+
+    /// Merges what is cached, with `extra` parts in place of missing ones (parts fetched for
+    /// this answer that could not be cached: the upstream announced a change while they were
+    /// being fetched, again and again). Caches nothing.
+    pub fn merge_with(&self, kind: ListKind, extra: &[(usize, Arc<Vec<Value>>)]) -> Arc<Merged> {
+        let mut parts = {
+            let kinds = self.lock();
+            let cached = &kinds[kind.index()].per_upstream;
+            if !extra
+                .iter()
+                .any(|(idx, _)| cached.get(*idx).is_some_and(Option::is_none))
+            {
+                drop(kinds);
+                return self.merge(kind);
+            }
+            cached.clone()
+        };
+        for (idx, items) in extra {
+            if let Some(p) = parts.get_mut(*idx)
+                && p.is_none()
+            {
+                *p = Some(items.clone());
+            }
+        }
+        Arc::new(merge(&self.names, kind, &parts))
     }
 
     /// Upstream's own list of `kind`, if cached (used for template matching).

@@ -50,6 +50,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             *p = base.join(&*p);
         }
     }
+    // So is a stdio `command` given as a relative path (`../target/debug/portcullis`); a
+    // bare name (`npx`) is looked up on PATH.
+    for up in config.upstreams.values_mut() {
+        if let Some(cmd) = up.command.as_mut()
+            && cmd.contains('/')
+            && Path::new(cmd.as_str()).is_relative()
+        {
+            *cmd = base.join(cmd.as_str()).to_string_lossy().into_owned();
+        }
+    }
     config.audit.resolve(base);
     Ok(config)
 }
@@ -227,7 +237,11 @@ pub fn parse(
         if let Some(t) = up.bearer_token.as_mut() {
             expand("bearer-token", t)?;
         }
-        if up.timeout.is_zero() || up.connect_timeout.is_zero() {
+        if up.timeout.is_zero()
+            || up.connect_timeout.is_zero()
+            || up.list_timeout.is_zero()
+            || up.list_timeout_failing.is_zero()
+        {
             return Err(err(
                 at("timeout"),
                 field("timeout"),
@@ -408,6 +422,30 @@ mod tests {
         assert_eq!(c.server.path, "/mcp");
         assert_eq!(c.namespacing.separator, "__");
         assert_eq!(c.upstreams["a"].transport(), TransportKind::Stdio);
+    }
+
+    #[test]
+    fn a_relative_command_path_is_relative_to_the_file_and_a_bare_name_is_not() {
+        let dir = std::env::temp_dir().join(format!("portcullis-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.toml");
+        std::fs::write(
+            &file,
+            "[upstreams.a]\ncommand = \"../bin/srv\"\n[upstreams.b]\ncommand = \"npx\"\n[upstreams.c]\ncommand = \"/usr/bin/srv\"\n",
+        )
+        .unwrap();
+        let c = load(&file).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            c.upstreams["a"].command.as_deref(),
+            Some(dir.join("../bin/srv").to_string_lossy().as_ref())
+        );
+        assert_eq!(c.upstreams["b"].command.as_deref(), Some("npx"));
+        assert_eq!(c.upstreams["c"].command.as_deref(), Some("/usr/bin/srv"));
+        assert_eq!(
+            c.upstreams["b"].list_timeout,
+            std::time::Duration::from_secs(5)
+        );
     }
 
     #[test]

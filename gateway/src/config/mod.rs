@@ -309,8 +309,9 @@ pub struct UpstreamConfig {
     /// Which protocol era to speak to a Streamable HTTP upstream. Default `auto`: ask
     /// `server/discover` on first contact; an upstream that also speaks the session era gets
     /// `initialize` (per-client upstream sessions keep server→client requests, subscriptions
-    /// and log levels exact), one that speaks only 2026-07-28 is spoken to statelessly, and
-    /// one that does not know `server/discover` gets `initialize`. Remembered per upstream.
+    /// and log levels exact), one that lists only 2026-07-28 is spoken to statelessly for
+    /// 2026-07-28 clients and tried with `initialize` for session-era clients, and one that
+    /// does not know `server/discover` gets `initialize`. Remembered per upstream.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// Static headers sent on every request to an HTTP upstream.
@@ -325,6 +326,15 @@ pub struct UpstreamConfig {
     /// Longest wait for the upstream to start and answer `initialize`. Default 10s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Longest an aggregate list (`tools/list`, …) waits for this upstream's part, connect
+    /// included; past it the list is answered without it (the fetch goes on, and the client
+    /// hears `notifications/*/list_changed` when it arrives). Default 5s.
+    #[serde(default = "default_list_timeout", with = "humantime_serde")]
+    pub list_timeout: Duration,
+    /// [`UpstreamConfig::list_timeout`] while the upstream is seen failing (its last connect
+    /// or request failed, or its last list was late). Default 250ms.
+    #[serde(default = "default_list_timeout_failing", with = "humantime_serde")]
+    pub list_timeout_failing: Duration,
     /// HTTP: largest response body read from the upstream (a JSON answer or an error body),
     /// MiB. A declared `Content-Length` over it is refused before reading; a body without one
     /// is cut off as soon as it passes. Default 16 ([`DEFAULT_MAX_MESSAGE_MIB`]).
@@ -357,6 +367,14 @@ fn default_timeout() -> Duration {
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_list_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_list_timeout_failing() -> Duration {
+    Duration::from_millis(250)
 }
 
 /// `transport` of an HTTP upstream.

@@ -14,7 +14,7 @@
 //! phase) they pass it first, in order, through the session's outbox task.
 //!
 //! Where the work lives: `handle.rs` client messages and upstream messages (forwarding, id
-//! maps), `router.rs` name/URI resolution and list merging, `input.rs` the `input_required`
+//! maps), `router.rs` name/URI resolution and list merging, `lists.rs` gathering each upstream's part of a list under its `list-timeout`, `input.rs` the `input_required`
 //! bridge, `stream.rs` resumable SSE streams.
 //!
 //! [`Sessions`] is the store. Session ids are 128-bit random values, or, with
@@ -23,6 +23,7 @@
 
 mod handle;
 mod input;
+mod lists;
 mod router;
 pub mod seal;
 pub mod stream;
@@ -112,6 +113,8 @@ pub struct Session {
     hello: Hello,
     slots: Vec<Slot>,
     catalog: SessionCatalog,
+    /// Its list fetches in progress (`lists.rs`).
+    lists: lists::ListFetches,
     page_size: usize,
     /// Messages not tied to a request: the GET stream.
     pub standalone: EventStream,
@@ -445,9 +448,10 @@ impl Sessions {
             slots: self
                 .upstreams
                 .iter()
-                .map(|u| Slot::new(u.clone()))
+                .map(|u| Slot::for_client(u.clone(), version != crate::mcp::version::STATELESS))
                 .collect(),
             catalog: SessionCatalog::new(self.names.clone()),
+            lists: Default::default(),
             page_size: self.page_size,
             standalone: EventStream::new(STANDALONE_STREAM, cap, id.clone()),
             changes: tokio::sync::broadcast::channel(64).0,

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -258,29 +257,10 @@ impl Session {
             .cloned()
     }
 
+    /// The merged list of `kind`; upstreams that fail or are late are left out and logged
+    /// (`lists.rs`).
     pub(super) async fn merged(&self, kind: ListKind) -> Arc<crate::catalog::Merged> {
-        if let Some(m) = self.catalog.cached(kind) {
-            return m;
-        }
-        let fetches =
-            self.catalog
-                .missing(kind)
-                .into_iter()
-                .map(|(idx, generation)| async move {
-                    (idx, generation, self.fetch_list(idx, kind).await)
-                });
-        for (idx, generation, result) in join_all(fetches).await {
-            match result {
-                Ok(items) => self.catalog.store(kind, idx, generation, items),
-                Err(e) => tracing::warn!(
-                    upstream = %self.slots[idx].upstream.name,
-                    error = %e,
-                    "left out of {}",
-                    kind.method()
-                ),
-            }
-        }
-        self.catalog.merge(kind)
+        self.gather(kind).await
     }
 
     /// Every page of one upstream's list.

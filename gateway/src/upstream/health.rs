@@ -6,7 +6,7 @@
 //! lock, to keep its message.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -24,6 +24,11 @@ pub struct Health {
     last_ok: AtomicU64,
     last_failure: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Its part of an aggregate list came too late or not at all, and no part came since.
+    list_late: AtomicBool,
+    /// Aggregate lists answered without it: it failed / it was too slow.
+    left_out_failed: AtomicU64,
+    left_out_late: AtomicU64,
 }
 
 impl Health {
@@ -61,6 +66,67 @@ impl Health {
 
     pub(super) fn link_closed(&self) {
         self.links.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Why an aggregate list was answered without an upstream's part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftOut {
+    /// Connecting or listing failed.
+    Failed,
+    /// No answer within its `list-timeout`.
+    Late,
+}
+
+impl LeftOut {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeftOut::Failed => "failed",
+            LeftOut::Late => "timeout",
+        }
+    }
+}
+
+impl Upstream {
+    /// How long an aggregate list waits for this upstream's part: `list-timeout`, or
+    /// `list-timeout-failing` while it is seen failing.
+    pub fn list_timeout(&self) -> std::time::Duration {
+        let h = &self.health;
+        if h.failures.load(Relaxed) > 0 || h.list_late.load(Relaxed) {
+            self.config
+                .list_timeout_failing
+                .min(self.config.list_timeout)
+        } else {
+            self.config.list_timeout
+        }
+    }
+
+    /// An aggregate list was answered without this upstream's part.
+    pub fn list_left_out(&self, why: LeftOut) {
+        let h = &self.health;
+        match why {
+            LeftOut::Failed => h.left_out_failed.fetch_add(1, Relaxed),
+            LeftOut::Late => {
+                h.list_late.store(true, Relaxed);
+                h.left_out_late.fetch_add(1, Relaxed)
+            }
+        };
+    }
+
+    /// This upstream's part of a list arrived.
+    pub fn list_arrived(&self) {
+        if self.health.list_late.load(Relaxed) {
+            self.health.list_late.store(false, Relaxed);
+        }
+    }
+
+    /// Aggregate lists answered without this upstream: (it failed, it was too slow).
+    pub fn lists_left_out(&self) -> (u64, u64) {
+        let h = &self.health;
+        (
+            h.left_out_failed.load(Relaxed),
+            h.left_out_late.load(Relaxed),
+        )
     }
 }
 

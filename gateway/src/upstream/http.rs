@@ -107,6 +107,7 @@ impl HttpLink {
         client: Client,
         hello: &Hello,
         handler: Weak<dyn InboundHandler>,
+        session_client: bool,
     ) -> Result<(Self, Value), UpstreamError> {
         let mut link = HttpLink {
             upstream: upstream.clone(),
@@ -127,9 +128,30 @@ impl HttpLink {
                 UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. }
             )
         };
-        if let Some(discovered) =
-            stateless::choose_era(upstream, || link.discover(&stateless), unreachable).await?
-        {
+        let choice = stateless::choose_era(
+            upstream,
+            session_client,
+            || link.discover(&stateless),
+            unreachable,
+        )
+        .await?;
+        let discovered = match choice {
+            stateless::Choice::Initialize => None,
+            stateless::Choice::Stateless(d) => Some(d),
+            stateless::Choice::TryInitialize(d) => match link.initialize().await {
+                Ok(init) => {
+                    upstream.set_accepts_initialize(true);
+                    return Ok((link, init));
+                }
+                Err(e) if stateless::refused(&e) => {
+                    tracing::debug!(upstream = %upstream.name, error = %e, "initialize refused; speaking MCP 2026-07-28");
+                    upstream.set_accepts_initialize(false);
+                    Some(d)
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        if let Some(discovered) = discovered {
             link.listen_for_changes(&stateless);
             link.stateless = Some(stateless);
             return Ok((link, discovered));

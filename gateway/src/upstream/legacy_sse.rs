@@ -39,10 +39,17 @@ pub(super) async fn connect(
     client: &Client,
     hello: &Hello,
     handler: Weak<dyn InboundHandler>,
+    session_client: bool,
 ) -> Result<(Transport, Value), UpstreamError> {
     let streamable = || async {
-        let (link, init) =
-            HttpLink::start(upstream, client.clone(), hello, handler.clone()).await?;
+        let (link, init) = HttpLink::start(
+            upstream,
+            client.clone(),
+            hello,
+            handler.clone(),
+            session_client,
+        )
+        .await?;
         Ok::<_, UpstreamError>((Transport::Http(Box::new(link)), init))
     };
     let sse = || async {

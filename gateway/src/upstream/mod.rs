@@ -36,7 +36,7 @@ use crate::config::{HttpTransport, TransportKind, UpstreamConfig};
 use crate::mcp::{Kind, Message, methods};
 
 pub use error::UpstreamError;
-pub use health::{Health, UpstreamStatus};
+pub use health::{Health, LeftOut, UpstreamStatus};
 pub use slot::{Fresh, Slot};
 
 /// Where messages related to one client request go (progress, logs, server→client requests
@@ -60,6 +60,9 @@ pub struct Upstream {
     speaks_sse: AtomicBool,
     /// The protocol era found by `server/discover` (an [`Era`] as u8), for `protocol = auto`.
     era: AtomicU8,
+    /// Whether an upstream that advertises only 2026-07-28 accepted `initialize`: 0 unknown,
+    /// 1 yes, 2 no (see `stateless::Choice::TryInitialize`).
+    initialize: AtomicU8,
     /// The tasks that wait for this upstream's child processes, so shutdown can see them
     /// reaped.
     children: tokio_util::task::TaskTracker,
@@ -84,6 +87,7 @@ impl Upstream {
             http,
             speaks_sse,
             era: AtomicU8::new(Era::Unknown as u8),
+            initialize: AtomicU8::new(0),
             children: Default::default(),
             child_slots,
             health: Health::default(),
@@ -95,12 +99,35 @@ impl Upstream {
         match self.era.load(Ordering::Relaxed) {
             1 => Era::Session,
             2 => Era::Stateless,
+            3 => Era::Dual,
             _ => Era::Unknown,
         }
     }
 
     pub(crate) fn set_era(&self, era: Era) {
         self.era.store(era as u8, Ordering::Relaxed);
+        if era == Era::Unknown {
+            self.initialize.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this upstream, advertising only 2026-07-28, accepted `initialize` when a
+    /// session-era client's link tried it; `None` until one tried.
+    pub(crate) fn accepts_initialize(&self) -> Option<bool> {
+        match self.initialize.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn set_accepts_initialize(&self, accepts: bool) {
+        let first = self.accepts_initialize().is_none();
+        self.initialize
+            .store(if accepts { 1 } else { 2 }, Ordering::Relaxed);
+        if first {
+            tracing::info!(upstream = %self.name, accepts, "upstream advertises only MCP 2026-07-28; session-era clients tried initialize");
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -128,6 +155,9 @@ pub(crate) enum Era {
     Session = 1,
     /// MCP 2026-07-28: stateless requests.
     Stateless = 2,
+    /// Both: `server/discover` lists session-era versions and 2026-07-28. Each client gets a
+    /// link in its own era.
+    Dual = 3,
 }
 
 /// What the gateway tells an upstream about the client in `initialize`: the client's own
@@ -182,18 +212,21 @@ enum Transport {
 
 impl Link {
     /// Starts (stdio) or contacts (HTTP) the upstream and runs the `initialize` handshake.
+    /// `session_client`: the client speaks the session era (see `stateless::choose_era`).
     pub async fn connect(
         upstream: &Arc<Upstream>,
         hello: &Hello,
         handler: Weak<dyn InboundHandler>,
+        session_client: bool,
     ) -> Result<Arc<Link>, UpstreamError> {
         let deadline = upstream.config.connect_timeout;
         let connect = async {
             match &upstream.http {
                 None => {
-                    let era = upstream.era();
+                    let (era, accepts) = (upstream.era(), upstream.accepts_initialize());
                     let mut started =
-                        stdio::StdioLink::start(upstream, hello, handler.clone()).await;
+                        stdio::StdioLink::start(upstream, hello, handler.clone(), session_client)
+                            .await;
                     if matches!(started, Err(UpstreamError::Exited { .. }))
                         && era == Era::Unknown
                         && upstream.era() == Era::Session
@@ -201,12 +234,51 @@ impl Link {
                         // The probe ended the child: a session-era server that takes nothing
                         // before `initialize`. Once more, with `initialize` only.
                         tracing::info!(upstream = %upstream.name, "stdio upstream exited on server/discover; starting it again with initialize");
-                        started = stdio::StdioLink::start(upstream, hello, handler).await;
+                        started = stdio::StdioLink::start(
+                            upstream,
+                            hello,
+                            handler.clone(),
+                            session_client,
+                        )
+                        .await;
+                    } else if matches!(started, Err(UpstreamError::Protocol { .. }))
+                        && era == Era::Unknown
+                        && upstream.era() == Era::Session
+                        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
+                    {
+                        // The probe went unanswered in time and `initialize` was refused: a
+                        // slow-starting 2026-07-28 server. Once more, probing again.
+                        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize after a late probe; starting it again and probing once more");
+                        upstream.set_era(Era::Unknown);
+                        started = stdio::StdioLink::start(
+                            upstream,
+                            hello,
+                            handler.clone(),
+                            session_client,
+                        )
+                        .await;
+                    }
+                    if matches!(started, Err(UpstreamError::Exited { .. }))
+                        && accepts.is_none()
+                        && upstream.accepts_initialize() == Some(false)
+                    {
+                        // `initialize` ended a 2026-07-28-only child: once more, statelessly.
+                        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize; starting it again as MCP 2026-07-28");
+                        started =
+                            stdio::StdioLink::start(upstream, hello, handler, session_client).await;
+                    }
+                    if matches!(started, Err(UpstreamError::Protocol { .. }))
+                        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
+                    {
+                        // Perhaps it changed era: the next link asks again.
+                        upstream.set_era(Era::Unknown);
                     }
                     let (link, init) = started?;
                     Ok::<_, UpstreamError>((Transport::Stdio(link), init))
                 }
-                Some(client) => legacy_sse::connect(upstream, client, hello, handler).await,
+                Some(client) => {
+                    legacy_sse::connect(upstream, client, hello, handler, session_client).await
+                }
             }
         };
         let connected = tokio::time::timeout(deadline, connect)
@@ -219,11 +291,23 @@ impl Link {
         upstream.health.record(&connected);
         let (transport, init) = connected?;
         upstream.health.link_opened();
-        Ok(Arc::new(Link {
+        let link = Arc::new(Link {
             upstream: upstream.clone(),
             transport,
             init,
-        }))
+        });
+        let (kind, version) = match &link.transport {
+            Transport::Stdio(_) => ("stdio", link.init["protocolVersion"].as_str()),
+            Transport::Http(_) => ("streamable-http", link.init["protocolVersion"].as_str()),
+            Transport::Sse(_) => ("sse", link.init["protocolVersion"].as_str()),
+        };
+        let version = if link.is_stateless() {
+            crate::mcp::version::STATELESS
+        } else {
+            version.unwrap_or("unknown")
+        };
+        tracing::info!(upstream = %upstream.name, transport = kind, protocol = version, "upstream connected");
+        Ok(link)
     }
 
     pub fn is_alive(&self) -> bool {

@@ -17,6 +17,9 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 pub struct Slot {
     pub upstream: Arc<Upstream>,
+    /// The client speaks the session era (it may get a session-era link where a 2026-07-28
+    /// client would not: `stateless::choose_era`).
+    session_client: bool,
     state: Mutex<State>,
 }
 
@@ -41,8 +44,14 @@ struct State {
 
 impl Slot {
     pub fn new(upstream: Arc<Upstream>) -> Self {
+        Self::for_client(upstream, true)
+    }
+
+    /// A slot for a client of the session era (`session_client`) or of 2026-07-28.
+    pub fn for_client(upstream: Arc<Upstream>, session_client: bool) -> Self {
         Slot {
             upstream,
+            session_client,
             state: Mutex::new(State::default()),
         }
     }
@@ -89,7 +98,7 @@ impl Slot {
                 ),
             });
         }
-        match Link::connect(&self.upstream, hello, handler).await {
+        match Link::connect(&self.upstream, hello, handler, self.session_client).await {
             Ok(link) => {
                 if st.failures > 0 {
                     tracing::info!(upstream = %self.upstream.name, "upstream reconnected");

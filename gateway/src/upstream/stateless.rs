@@ -2,11 +2,15 @@
 //!
 //! With `protocol = auto`, the first link to an upstream asks `server/discover` (over stdio
 //! before anything else, as the spec's backward-compatibility probe says). An upstream that
-//! also speaks the session era is given `initialize`: per-client upstream sessions keep
-//! server→client requests, subscriptions and log levels exact for the (mostly session-era)
-//! clients. One that speaks only 2026-07-28 is spoken to statelessly. One that does not know
-//! `server/discover` is a session-era server. The answer is remembered on the [`Upstream`];
-//! a link that later fails to connect forgets it, so a changed upstream is probed again.
+//! speaks both eras is given `initialize` for session-era clients (per-client upstream
+//! sessions keep server→client requests, subscriptions and log levels exact) and spoken to
+//! statelessly for 2026-07-28 clients (its own `input_required` results reach them as they
+//! are). One that advertises only 2026-07-28 is spoken to statelessly for 2026-07-28
+//! clients; for a session-era client it is tried with `initialize` first (many such servers
+//! serve both eras and keep sampling, elicitation and `resources/subscribe` that way) and
+//! spoken to statelessly only if it refuses. One that does not know `server/discover` is a
+//! session-era server. The answers are remembered on the [`Upstream`]; a link that later
+//! fails to connect forgets them, so a changed upstream is probed again.
 //!
 //! A stateless link ([`Stateless`]) puts the 2026 `_meta` (version, the client's identity and
 //! capabilities, the log level) on every request — over HTTP also the headers
@@ -178,26 +182,64 @@ pub(super) fn discover_result(
     Ok(result)
 }
 
-/// Decides the era for a new link: `Some(discover result)` to speak 2026-07-28, `None` for
-/// `initialize`. `discover` asks the upstream; an error it gives for which `unreachable` is
-/// true says nothing about the era (the link fails as `initialize` would), any other means
-/// the upstream does not know `server/discover`.
+/// What a new link opens with.
+pub(super) enum Choice {
+    /// `initialize` and an upstream session.
+    Initialize,
+    /// MCP 2026-07-28, with the upstream's `server/discover` result.
+    Stateless(Value),
+    /// The upstream advertises only 2026-07-28 but the client speaks the session era: try
+    /// `initialize` (dual-era servers accept it and keep sampling, elicitation and
+    /// `resources/subscribe` for that client); if it is refused, speak 2026-07-28 with this
+    /// `server/discover` result.
+    TryInitialize(Value),
+}
+
+/// Decides the era for a new link of a client that speaks the session era
+/// (`session_client`) or 2026-07-28. `discover` asks the upstream; an error it gives for
+/// which `unreachable` is true says nothing about the era (the link fails as `initialize`
+/// would), any other means the upstream does not know `server/discover`.
 pub(super) async fn choose_era<F>(
     upstream: &Upstream,
+    session_client: bool,
     discover: impl FnOnce() -> F,
     unreachable: fn(&UpstreamError) -> bool,
-) -> Result<Option<Value>, UpstreamError>
+) -> Result<Choice, UpstreamError>
 where
     F: Future<Output = Result<Value, UpstreamError>>,
 {
+    // A 2026-07-28-only advertisement: a session-era client tries `initialize` unless the
+    // upstream was seen refusing it.
+    let only_modern = |discovered: Value| match (session_client, upstream.accepts_initialize()) {
+        (true, Some(false)) | (false, _) => Choice::Stateless(discovered),
+        (true, _) => Choice::TryInitialize(discovered),
+    };
     match (upstream.config.protocol, upstream.era()) {
         (UpstreamProtocol::Session, _) | (UpstreamProtocol::Auto, Era::Session) => {
-            return Ok(None);
+            return Ok(Choice::Initialize);
         }
-        (UpstreamProtocol::Stateless, _) | (UpstreamProtocol::Auto, Era::Stateless) => {
-            return discover().await.map(Some).inspect_err(|_| {
+        (UpstreamProtocol::Auto, Era::Stateless)
+            if session_client && upstream.accepts_initialize() == Some(true) =>
+        {
+            return Ok(Choice::Initialize);
+        }
+        (UpstreamProtocol::Auto, Era::Dual) if session_client => {
+            return Ok(Choice::Initialize);
+        }
+        (UpstreamProtocol::Auto, Era::Dual) => {
+            let discovered = discover().await.inspect_err(|_| {
                 upstream.set_era(Era::Unknown);
-            });
+            })?;
+            return Ok(Choice::Stateless(discovered));
+        }
+        (UpstreamProtocol::Stateless, _) => {
+            return discover().await.map(Choice::Stateless);
+        }
+        (UpstreamProtocol::Auto, Era::Stateless) => {
+            let discovered = discover().await.inspect_err(|_| {
+                upstream.set_era(Era::Unknown);
+            })?;
+            return Ok(only_modern(discovered));
         }
         (UpstreamProtocol::Auto, Era::Unknown) => {}
     }
@@ -207,7 +249,7 @@ where
         Err(e) => {
             tracing::debug!(upstream = %upstream.name, error = %e, "no server/discover; using initialize");
             upstream.set_era(Era::Session);
-            return Ok(None);
+            return Ok(Choice::Initialize);
         }
     };
     let speaks = |v: &str| {
@@ -215,16 +257,32 @@ where
             .as_array()
             .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(v)))
     };
-    let era = if version::SUPPORTED.iter().any(|v| speaks(v)) {
-        Era::Session
-    } else if speaks(version::STATELESS) {
-        Era::Stateless
-    } else {
-        Era::Session
+    let era = match (
+        version::SUPPORTED.iter().any(|v| speaks(v)),
+        speaks(version::STATELESS),
+    ) {
+        (true, true) => Era::Dual,
+        (false, true) => Era::Stateless,
+        _ => Era::Session,
     };
     tracing::info!(upstream = %upstream.name, ?era, versions = %discovered["supportedVersions"], "upstream discovered");
     upstream.set_era(era);
-    Ok((era == Era::Stateless).then_some(discovered))
+    Ok(match era {
+        Era::Stateless => only_modern(discovered),
+        Era::Dual if !session_client => Choice::Stateless(discovered),
+        _ => Choice::Initialize,
+    })
+}
+
+/// Whether an upstream's failure to `initialize` is a refusal (it answered, and said no),
+/// rather than being unreachable.
+pub(super) fn refused(e: &UpstreamError) -> bool {
+    matches!(
+        e,
+        UpstreamError::Protocol { .. }
+            | UpstreamError::Http { .. }
+            | UpstreamError::NotStreamable { .. }
+    )
 }
 
 impl HttpLink {

@@ -63,6 +63,7 @@ impl StdioLink {
         upstream: &Arc<Upstream>,
         hello: &Hello,
         handler: Weak<dyn InboundHandler>,
+        session_client: bool,
     ) -> Result<(Self, Value), UpstreamError> {
         let cfg = &upstream.config;
         let name = upstream.name.clone();
@@ -213,7 +214,7 @@ impl StdioLink {
         }
 
         // Reader: responses to their waiters, everything else to the session.
-        let (init_tx, init_rx) = tokio::sync::oneshot::channel::<Message>();
+        let (init_tx, mut init_rx) = tokio::sync::oneshot::channel::<Message>();
         {
             let (name, pending, upstream, alive, closed, kill) = (
                 name.clone(),
@@ -307,9 +308,57 @@ impl StdioLink {
         // Only a child that could not be started says nothing about the era; one that exits
         // on the probe is a session-era server (`Link::connect` starts it again).
         let unreachable = |e: &UpstreamError| matches!(e, UpstreamError::Spawn { .. });
-        if let Some(discovered) =
-            stateless::choose_era(upstream, || link.discover(&stateless), unreachable).await?
+        // Only a first probe may be ignored by a session-era server; once the upstream is
+        // known to speak 2026-07-28, a slow start gets the whole connect timeout.
+        let patience = if upstream.era() == super::Era::Unknown
+            && cfg.protocol == crate::config::UpstreamProtocol::Auto
         {
+            PROBE_TIMEOUT
+        } else {
+            cfg.connect_timeout
+        };
+        let choice = stateless::choose_era(
+            upstream,
+            session_client,
+            || link.discover(&stateless, patience),
+            unreachable,
+        )
+        .await?;
+        let discovered = match choice {
+            stateless::Choice::Initialize => None,
+            stateless::Choice::Stateless(d) => Some(d),
+            stateless::Choice::TryInitialize(_) => {
+                link.send(hello.initialize_request())?;
+                let reply = match tokio::time::timeout(PROBE_TIMEOUT, &mut init_rx).await {
+                    Ok(Ok(reply)) => super::initialize_result(&name, reply),
+                    Ok(Err(_)) => {
+                        // It exited on `initialize`: `Link::connect` starts it again.
+                        upstream.set_accepts_initialize(false);
+                        return Err(UpstreamError::Exited { upstream: name });
+                    }
+                    Err(_) => Err(UpstreamError::Protocol {
+                        upstream: name.clone(),
+                        detail: format!("no answer to initialize within {PROBE_TIMEOUT:?}"),
+                    }),
+                };
+                match reply {
+                    Ok(result) => {
+                        upstream.set_accepts_initialize(true);
+                        link.send(Message::notification(methods::INITIALIZED, None))?;
+                        return Ok((link, result));
+                    }
+                    Err(e) => {
+                        // A child that refused `initialize` may be on its way out (SDKs end
+                        // the connection): `Link::connect` starts a fresh one, spoken to as
+                        // 2026-07-28 from the start.
+                        tracing::debug!(upstream = %name, error = %e, "initialize refused; speaking MCP 2026-07-28");
+                        upstream.set_accepts_initialize(false);
+                        return Err(UpstreamError::Exited { upstream: name });
+                    }
+                }
+            }
+        };
+        if let Some(discovered) = discovered {
             link.listen_for_changes(&stateless);
             link.stateless = Some(stateless);
             return Ok((link, discovered));
@@ -366,12 +415,16 @@ impl StdioLink {
         self.send_bytes(msg.to_bytes())
     }
 
-    /// `server/discover`, waiting [`PROBE_TIMEOUT`] at most.
-    async fn discover(&self, stateless: &Stateless) -> Result<Value, UpstreamError> {
+    /// `server/discover`, waiting `patience` at most.
+    async fn discover(
+        &self,
+        stateless: &Stateless,
+        patience: std::time::Duration,
+    ) -> Result<Value, UpstreamError> {
         let mut msg = stateless.discover_request(Value::Null);
         let (id, answer) = self.pending.start(&mut msg, None);
         self.send_bytes(msg.to_bytes())?;
-        match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
+        match tokio::time::timeout(patience, answer).await {
             Ok(Ok(Ok(reply))) => stateless::discover_result(&self.name, reply),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(UpstreamError::Exited {
@@ -381,7 +434,7 @@ impl StdioLink {
                 self.pending.remove(id);
                 Err(UpstreamError::Protocol {
                     upstream: self.name.clone(),
-                    detail: format!("no answer to server/discover within {PROBE_TIMEOUT:?}"),
+                    detail: format!("no answer to server/discover within {patience:?}"),
                 })
             }
         }

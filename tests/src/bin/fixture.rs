@@ -1,16 +1,18 @@
-//! `fixture (--stdio [--initialize-first] | --http ADDR) [--name NAME] [--dynamic-tool-after MS]`: the
+//! `fixture (--stdio [--initialize-first] | --http ADDR) [--name NAME] [--dynamic-tool-after MS] [--era SHAPE]`: the
 //! conformance fixture server (see `portcullis_tests::fixture`) as a program.
 //!
 //! `--http ADDR` binds `ADDR` (for example `127.0.0.1:0`), prints exactly one line,
 //! `listening on http://BOUND/mcp`, and serves MCP Streamable HTTP at `/mcp`. `--stdio`
 //! serves one client on stdin/stdout until EOF; with `--initialize-first` it exits if the first
-//! message is not `initialize`, as older SDKs do. `--name` sets `serverInfo.name`.
+//! message is not `initialize`, as older SDKs do. `--name` sets `serverInfo.name`. `--era`
+//! picks the eras it serves: `dual` (default), `session`, `modern` (2026-07-28 only) or
+//! `dual-advertising-modern` (both, but `server/discover` names only 2026-07-28).
 
 use std::{io::Write as _, time::Duration};
 
 use portcullis_tests::fixture::{self, Options};
 
-const USAGE: &str = "usage: fixture (--stdio [--initialize-first] | --http ADDR) [--name NAME] [--dynamic-tool-after MS]";
+const USAGE: &str = "usage: fixture (--stdio [--initialize-first] | --http ADDR) [--name NAME] [--dynamic-tool-after MS] [--era dual|session|modern|dual-advertising-modern]";
 
 enum Mode {
     Stdio,
@@ -32,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
             "--http" => mode = Some(Mode::Http(value("--http")?)),
             "--name" => options.name = value("--name")?,
             "--initialize-first" => options.initialize_first = true,
+            "--era" => options.era = value("--era")?.parse()?,
             "--dynamic-tool-after" => {
                 let ms: u64 = value("--dynamic-tool-after")?.parse()?;
                 options.dynamic_tool_after = Some(Duration::from_millis(ms));

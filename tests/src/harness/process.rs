@@ -529,6 +529,33 @@ impl Gateway {
         }
     }
 
+    /// Starts `portcullis serve --config FILE` on an existing file (paths in it resolve as
+    /// for a user), on an ephemeral port whatever its `server.listen` says.
+    pub async fn start_file(config: &Path) -> Gateway {
+        let config_arg = config.to_string_lossy().into_owned();
+        let mut proc = Proc::spawn(
+            "portcullis".to_owned(),
+            &bin_path("portcullis"),
+            &["serve", "--config", &config_arg, "--listen", "127.0.0.1:0"],
+            &[],
+            "portcullis listening on ",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let url = proc
+            .wait_listening()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let (base, addr) = split_url(&url).unwrap_or_else(|e| panic!("{e:#}"));
+        Gateway {
+            proc,
+            url,
+            base,
+            addr,
+            config_path: config.to_path_buf(),
+            _dir: TempDir::new(),
+        }
+    }
+
     /// The full MCP endpoint URL, e.g. `http://127.0.0.1:40123/mcp`.
     pub fn url(&self) -> &str {
         &self.url
