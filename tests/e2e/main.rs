@@ -11,6 +11,7 @@ mod conformance;
 mod front;
 mod governance;
 mod harness_selftest;
+mod identity_provider;
 mod languages;
 mod legacy_sse;
 mod limits_client;

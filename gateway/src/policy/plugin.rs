@@ -20,6 +20,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use super::bindings::{Plugin as PluginWorld, PluginPre, types};
 use super::engine::Runtime;
 use super::host::{CappedOutput, HostState, MessageRes};
+use super::http_grant::{HttpGrant, HttpState};
 use super::limits::Limits;
 use super::loader::{self, LoadError};
 use super::sidecar::{Grants, Sidecar};
@@ -62,6 +63,7 @@ pub struct Plugin {
     config_json: String,
     exposed_headers: Arc<[String]>,
     grants: Option<Grants>,
+    http: Option<Arc<HttpGrant>>,
     pre: PluginPre<HostState>,
     warm_pool: Mutex<Vec<WarmInstance>>,
     /// Calls, denials and failures (traps, timeouts, limit breaches) since load.
@@ -130,6 +132,7 @@ impl Plugin {
             tokio::task::spawn_blocking(move || loader::compile(&rt2, &bytes, rt2.cache.as_ref()))
                 .await
                 .map_err(|e| LoadError::Invalid(e.to_string()))??;
+        let http = HttpGrant::from_sidecar(sidecar.grants.as_ref()).map_err(LoadError::Sidecar)?;
         let instance_pre = rt
             .linker
             .instantiate_pre(&compiled.component)
@@ -166,6 +169,7 @@ impl Plugin {
             config_json: sidecar.config_json(),
             exposed_headers: Arc::from(Vec::new()),
             grants: sidecar.grants.clone(),
+            http,
             pre,
             warm_pool: Mutex::new(Vec::new()),
             counters: Counters::default(),
@@ -215,13 +219,15 @@ impl Plugin {
         let (stdout, stderr) = (CappedOutput::default(), CappedOutput::default());
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        if let Some(g) = &self.grants {
+        if let Some(g) = &self.grants
+            && let Some(dir) = &g.dir
+        {
             let perms = if g.writable {
                 FsPerms::ReadWrite
             } else {
                 FsPerms::ReadOnly
             };
-            wasi.preopened_dir(&g.dir, "/data", perms)?;
+            wasi.preopened_dir(dir, "/data", perms)?;
         }
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory)
@@ -237,6 +243,9 @@ impl Plugin {
             stderr,
         );
         let mut store = Store::new(&rt.engine, state);
+        if self.http.is_some() {
+            store.data_mut().http = HttpState::new(self.name.clone(), self.http.clone());
+        }
         store.limiter(|s| &mut s.limits);
         Ok(store)
     }
@@ -248,6 +257,7 @@ impl Plugin {
     fn arm_deadline(&self, store: &mut Store<HostState>) {
         let mut ticks =
             (self.limits.timeout.as_micros() / super::engine::EPOCH_TICK.as_micros()).max(1) as u64;
+        store.data_mut().http.begin_call();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             ticks = ticks.saturating_sub(1);
