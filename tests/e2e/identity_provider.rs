@@ -244,9 +244,8 @@ async fn a_provider_outage_keeps_known_keys_working_until_their_bound() {
     tokio::time::sleep(Duration::from_secs(6).saturating_sub(fetched.elapsed())).await;
     assert_eq!(status_of(&gateway, &t).await, 503, "past the bound");
     let logs = gateway
-        .wait_for_log("cannot check a JWT", Duration::from_secs(5))
+        .wait_for_log("past jwks-stale-seconds", Duration::from_secs(5))
         .await;
-    assert!(logs.contains("past jwks-stale-seconds"), "{logs}");
     assert!(!logs.contains(&t[20..]), "a token reached the log");
 }
 
