@@ -1487,14 +1487,12 @@ fn keys_from_the_provider_by_discovery_rotation_and_outage() {
             json!({ "keys": [ec_jwk(&rotated, "ec-2")] }).to_string(),
         )),
     );
-    let fresh = token_with(
-        json!({ "alg": "ES256", "kid": "ec-2" }),
-        &claims(),
-        |input| {
-            let sig: p256::ecdsa::Signature = rotated.sign(input);
-            sig.to_bytes().to_vec()
-        },
-    );
+    // Valid for an hour: the outage below lasts longer than claims()' five minutes.
+    let long = claims_with(json!({ "exp": NOW + 3600 }));
+    let fresh = token_with(json!({ "alg": "ES256", "kid": "ec-2" }), &long, |input| {
+        let sig: p256::ecdsa::Signature = rotated.sign(input);
+        sig.to_bytes().to_vec()
+    });
     assert!(at(&fresh, NOW + 2).changes().is_some());
     assert_eq!(testing::requests(), [certs]);
     // Another unknown kid within the interval: no fetch, refused.
