@@ -5,7 +5,7 @@
 //! what it fetched in the gateway's key-value store, so a fresh instance per call does not
 //! mean a fetch per call:
 //!
-//! - **Fresh** for the provider's `Cache-Control: max-age` (or `Expires`), clamped to
+//! - **Fresh** for the provider's `Cache-Control: max-age` (`Expires` is not read), clamped to
 //!   `jwks-min-seconds`…`jwks-max-seconds`; without caching headers, 5 minutes (clamped too).
 //!   `no-store`/`no-cache` count as `jwks-min-seconds`.
 //! - **Unknown `kid`**: the set is fetched again at once, at most once per
@@ -239,12 +239,12 @@ fn fetch(url: &str) -> Result<(Vec<u8>, Option<i64>), String> {
     if response.status != 200 {
         return Err(format!("answered HTTP {}", response.status));
     }
-    Ok((response.body.clone(), max_age(&response)))
+    let fresh = max_age(&response);
+    Ok((response.body, fresh))
 }
 
-/// Seconds of freshness from `Cache-Control` (`no-store`/`no-cache`: 0; `max-age`), else
-/// `Expires` minus `Date`… which needs HTTP-date parsing: `Expires` alone is not read, the
-/// default applies.
+/// Seconds of freshness from `Cache-Control` (`no-store`/`no-cache`: 0; `max-age`). Without
+/// it the default applies (`Expires` is not read: providers send `max-age` with it).
 fn max_age(response: &http::Response) -> Option<i64> {
     let cc = response.header("cache-control")?;
     let mut age = None;
