@@ -71,6 +71,8 @@ mod message;
 mod types;
 mod verdict;
 
+#[cfg(feature = "http")]
+pub mod http;
 pub mod kv;
 pub mod log;
 

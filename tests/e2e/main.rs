@@ -17,6 +17,7 @@ mod example;
 mod front;
 mod governance;
 mod harness_selftest;
+mod identity_provider;
 mod languages;
 mod legacy_sse;
 mod limits_client;

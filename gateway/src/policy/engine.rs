@@ -100,6 +100,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        // Every plugin may import wasi:http; requests go out only to origins its sidecar
+        // grants (`http_grant.rs`), so without a grant every request is refused.
+        super::http_grant::add_to_linker(&mut linker)?;
         let ticker = EpochTicker::start(engine.clone());
         // A cache that cannot be used only costs compile time: say so and go on without it.
         let cache = config

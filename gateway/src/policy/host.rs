@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{host_api, types};
 use super::chain::CallView;
+use super::http_grant::HttpState;
 use super::kv::{KvError, KvStore};
 use super::log_budget;
 
@@ -38,6 +39,8 @@ pub struct HostState {
     pub exposed_headers: Arc<[String]>,
     pub stdout: CappedOutput,
     pub stderr: CappedOutput,
+    /// `wasi:http`: refuses everything unless the plugin's grant is set (`http_grant.rs`).
+    pub http: HttpState,
     log_lines: u32,
 }
 
@@ -55,6 +58,7 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             limits,
+            http: HttpState::new(plugin.clone(), None),
             plugin,
             kv,
             exposed_headers,

@@ -10,6 +10,7 @@
 //! | `plugin.rs` | one plugin: link, describe, validate config, evaluate in a fresh instance |
 //! | `snapshot.rs` | pre-initialization: fresh instances start from the state `init` left |
 //! | `host.rs` | what a plugin can reach: its message, log, key-value, an empty WASI |
+//! | `http_grant.rs` | outgoing `wasi:http`, for plugins granted origins in their sidecar |
 //! | `chain.rs` | plugins in order over one message; verdicts applied |
 //! | `watcher.rs` | the plugins folder: initial load, hot reload, status |
 //! | `sidecar.rs`, `limits.rs`, `kv.rs` | per-plugin settings, limits, storage |
@@ -19,6 +20,7 @@ mod cache;
 mod chain;
 mod engine;
 mod host;
+mod http_grant;
 mod inspect;
 mod kv;
 mod kv_redis;

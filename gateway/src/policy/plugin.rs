@@ -25,6 +25,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use super::bindings::{Plugin as PluginWorld, PluginPre, types};
 use super::engine::Runtime;
 use super::host::{CappedOutput, HostState, MessageRes};
+use super::http_grant::{HttpGrant, HttpState};
 use super::limits::Limits;
 use super::loader::{self, LoadError};
 use super::sidecar::{Grants, Sidecar};
@@ -75,6 +76,7 @@ pub struct Plugin {
     config_json: String,
     exposed_headers: Arc<[String]>,
     grants: Option<Grants>,
+    http: Option<Arc<HttpGrant>>,
     pre: PluginPre<HostState>,
     /// The component pre-initialized with this plugin's `init` (see `snapshot.rs`), once
     /// ready: fresh instances come from it and skip `init`.
@@ -151,6 +153,7 @@ impl Plugin {
         .await
         .map_err(|e| LoadError::Invalid(e.to_string()))?;
         let compiled = compiled?;
+        let http = HttpGrant::from_sidecar(sidecar.grants.as_ref()).map_err(LoadError::Sidecar)?;
         // A plugin granted a directory may read files in `init` that change later: it runs
         // `init` in every instance. A warm plugin runs `init` once per instance it reuses
         // N times: not worth two more compilations.
@@ -194,6 +197,7 @@ impl Plugin {
             config_json: sidecar.config_json(),
             exposed_headers: Arc::from(Vec::new()),
             grants: sidecar.grants.clone(),
+            http,
             pre,
             preinit: OnceLock::new(),
             source: Mutex::new(preinit.then_some(bytes)),
@@ -249,13 +253,15 @@ impl Plugin {
         let (stdout, stderr) = (CappedOutput::default(), CappedOutput::default());
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        if let Some(g) = &self.grants {
+        if let Some(g) = &self.grants
+            && let Some(dir) = &g.dir
+        {
             let perms = if g.writable {
                 FsPerms::ReadWrite
             } else {
                 FsPerms::ReadOnly
             };
-            wasi.preopened_dir(&g.dir, "/data", perms)?;
+            wasi.preopened_dir(dir, "/data", perms)?;
         }
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory)
@@ -271,6 +277,9 @@ impl Plugin {
             stderr,
         );
         let mut store = Store::new(&rt.engine, state);
+        if self.http.is_some() {
+            store.data_mut().http = HttpState::new(self.name.clone(), self.http.clone());
+        }
         store.limiter(|s| &mut s.limits);
         Ok(store)
     }
@@ -282,6 +291,7 @@ impl Plugin {
     fn arm_deadline(&self, store: &mut Store<HostState>) {
         let mut ticks =
             (self.limits.timeout.as_micros() / super::engine::EPOCH_TICK.as_micros()).max(1) as u64;
+        store.data_mut().http.begin_call();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             ticks = ticks.saturating_sub(1);

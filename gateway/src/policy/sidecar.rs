@@ -17,6 +17,7 @@
 //! [grants]
 //! dir = "/srv/policy-data"  # a directory the plugin may read (mounted at /data)
 //! writable = false
+//! http = ["https://login.example.com"]  # origins it may call over wasi:http (http_grant.rs)
 //!
 //! [config]                  # handed to the plugin's `init` as JSON
 //! blocked = ["delete_*"]
@@ -55,13 +56,20 @@ pub struct LimitsOverride {
     pub output_kib: Option<u32>,
 }
 
-/// A directory a plugin may read (and, if `writable`, write), mounted at `/data`.
-#[derive(Debug, Clone, Deserialize)]
+/// What a plugin may reach: a directory it may read (and, if `writable`, write), mounted at
+/// `/data`; origins it may call over `wasi:http` (see `http_grant.rs`).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Grants {
-    pub dir: PathBuf,
+    pub dir: Option<PathBuf>,
     #[serde(default)]
     pub writable: bool,
+    #[serde(default)]
+    pub http: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub http_timeout: Option<Duration>,
+    pub http_max_kib: Option<u32>,
+    pub http_concurrency: Option<u32>,
 }
 
 impl Sidecar {

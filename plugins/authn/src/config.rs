@@ -11,6 +11,7 @@ use serde::de::{self, Deserializer};
 use crate::apikey;
 use crate::cache::TokenCache;
 use crate::jwk::{self, Alg, Key, Verifier};
+use crate::remote::{self, Remote, Source};
 use crate::time;
 
 /// The `[config]` table, as written.
@@ -80,6 +81,18 @@ struct RawJwt {
     #[serde(default)]
     jwks_file: Option<String>,
     #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    discover: bool,
+    #[serde(default = "default_jwks_min")]
+    jwks_min_seconds: u32,
+    #[serde(default = "default_jwks_max")]
+    jwks_max_seconds: u32,
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh_seconds: u32,
+    #[serde(default = "default_jwks_stale")]
+    jwks_stale_seconds: u32,
+    #[serde(default)]
     hs256_secret: Option<String>,
     #[serde(default = "default_subject_claim")]
     subject_claim: String,
@@ -108,6 +121,28 @@ fn default_cache_seconds() -> u32 {
 /// accepted as one that does.
 fn default_max_lifetime() -> u32 {
     86_400
+}
+
+/// A minute: the least time a fetched key set (or discovery document) is kept, whatever the
+/// provider's caching headers say.
+fn default_jwks_min() -> u32 {
+    60
+}
+
+/// A day: the most time a fetched key set is kept without asking again.
+fn default_jwks_max() -> u32 {
+    86_400
+}
+
+/// Thirty seconds between fetches caused by an unknown `kid` or a failed fetch.
+fn default_jwks_refresh() -> u32 {
+    30
+}
+
+/// An hour: how long past its freshness the last good key set keeps working while the
+/// provider cannot be reached.
+fn default_jwks_stale() -> u32 {
+    3600
 }
 
 fn default_subject_claim() -> String {
@@ -201,6 +236,8 @@ pub struct JwtConfig {
     pub keys: Vec<Key>,
     /// A JWKS file read at each evaluation that needs it.
     pub jwks_file: Option<String>,
+    /// The provider's key set, fetched (`jwks-url` or `discover`) and cached.
+    pub remote: Option<Remote>,
     /// Where the identity comes from in the claims.
     pub claims: ClaimMap,
     /// The verified-token cache, unless `cache-seconds = 0`.
@@ -392,8 +429,52 @@ fn jwt_config(raw: RawJwt, config_text: Box<RawValue>) -> Result<JwtConfig, Stri
             "jwt.jwks-file: {path:?} must be an absolute path inside the granted directory (e.g. /data/jwks.json)"
         ));
     }
-    if keys.is_empty() && raw.jwks_file.is_none() {
-        return Err("jwt: give the verification keys: jwks, jwks-file or hs256-secret".into());
+    let source = match (raw.jwks_url, raw.discover) {
+        (Some(_), true) => {
+            return Err(
+                "jwt: give jwks-url or discover = true, not both (discovery finds the jwks-url)"
+                    .into(),
+            );
+        }
+        (Some(url), false) => {
+            remote::check_url("jwt.jwks-url", &url)?;
+            Some(Source::Jwks(url))
+        }
+        (None, true) => match &issuers[..] {
+            [issuer] => {
+                remote::check_url("jwt.issuer (discover = true)", issuer)?;
+                Some(Source::Discover(issuer.clone()))
+            }
+            _ => {
+                return Err(
+                    "jwt.discover: needs exactly one issuer (run one authn plugin per provider)"
+                        .into(),
+                );
+            }
+        },
+        (None, false) => None,
+    };
+    let (min, max) = (raw.jwks_min_seconds, raw.jwks_max_seconds);
+    if min == 0 || min > max {
+        return Err(format!(
+            "jwt.jwks-min-seconds ({min}) must be at least 1 and at most jwt.jwks-max-seconds ({max})"
+        ));
+    }
+    if raw.jwks_refresh_seconds == 0 {
+        return Err("jwt.jwks-refresh-seconds: must be at least 1".into());
+    }
+    let remote = source.map(|source| Remote {
+        source,
+        min_fresh: i64::from(min),
+        max_fresh: i64::from(max),
+        refresh: i64::from(raw.jwks_refresh_seconds),
+        stale: i64::from(raw.jwks_stale_seconds),
+    });
+    if keys.is_empty() && raw.jwks_file.is_none() && remote.is_none() {
+        return Err(
+            "jwt: give the verification keys: jwks, jwks-file, jwks-url, discover = true or hs256-secret"
+                .into(),
+        );
     }
     for key in &keys {
         let alg = key.verifier.alg();
@@ -437,6 +518,7 @@ fn jwt_config(raw: RawJwt, config_text: Box<RawValue>) -> Result<JwtConfig, Stri
         algorithms,
         keys,
         jwks_file: raw.jwks_file,
+        remote,
         claims: ClaimMap {
             subject: raw.subject_claim,
             roles: raw.roles_claim,

@@ -95,7 +95,7 @@ pub fn validate(config: &JwtConfig, token: &str, now: i64) -> Result<Verified, R
         return invalid("signature is not unpadded base64url");
     };
     let input = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    check_signature(config, alg, kid, input, &signature)?;
+    check_signature(config, alg, kid, input, &signature, now)?;
 
     let claims =
         decode_json(payload_b64).map_err(|e| Rejection::Invalid(format!("claims: {e}")))?;
@@ -132,7 +132,8 @@ pub fn validate(config: &JwtConfig, token: &str, now: i64) -> Result<Verified, R
 /// Checks the signature with the one key the header selects:
 ///
 /// - with a `kid`: the keys of `alg` that carry exactly that `kid`, inline first, then the
-///   `jwks-file`. A `kid` no key of `alg` carries is refused, whatever the algorithm (a key
+///   `jwks-file`, then the provider's set (`jwks-url` or discovery; fetched again, rate
+///   limited, when it lacks the `kid`: see [`crate::remote`]). A `kid` no key of `alg` carries is refused, whatever the algorithm (a key
 ///   configured without a `kid` never stands in for one);
 /// - without a `kid`: the key of `alg`, if exactly one is configured (inline and in the
 ///   `jwks-file` together). With several, the token is refused rather than tried against each:
@@ -144,6 +145,7 @@ fn check_signature(
     kid: Option<&str>,
     input: &[u8],
     signature: &[u8],
+    now: i64,
 ) -> Result<(), Rejection> {
     let Some(kid) = kid else {
         let inline = selected(&config.keys, alg, None);
@@ -154,10 +156,17 @@ fn check_signature(
             }
             _ => Vec::new(),
         };
+        let remote = match &config.remote {
+            Some(remote) if inline.len() < 2 => {
+                remote.keys(now, false).map_err(Rejection::Unavailable)?
+            }
+            _ => Vec::new(),
+        };
         return match inline
             .iter()
             .copied()
             .chain(selected(&file, alg, None))
+            .chain(selected(&remote, alg, None))
             .collect::<Vec<_>>()[..]
         {
             [] => invalid(format!("no configured key verifies alg {}", alg.name())),
@@ -181,6 +190,21 @@ fn check_signature(
     if let Some(path) = &config.jwks_file {
         let file = load_jwks_file(path).map_err(Rejection::Unavailable)?;
         let keys = selected(&file, alg, Some(kid));
+        tried += keys.len();
+        if keys.iter().any(|key| key.verifier.verify(input, signature)) {
+            return Ok(());
+        }
+    }
+    if let Some(remote) = &config.remote
+        && tried == 0
+    {
+        let mut keys = remote.keys(now, false).map_err(Rejection::Unavailable)?;
+        // A kid the provider's cached set lacks: it may have rotated; ask again (at most
+        // once per jwks-refresh-seconds).
+        if selected(&keys, alg, Some(kid)).is_empty() && remote.may_refresh(now) {
+            keys = remote.keys(now, true).map_err(Rejection::Unavailable)?;
+        }
+        let keys = selected(&keys, alg, Some(kid));
         tried += keys.len();
         if keys.iter().any(|key| key.verifier.verify(input, signature)) {
             return Ok(());

@@ -24,6 +24,7 @@ mod config;
 mod json;
 mod jwk;
 mod jwt;
+mod remote;
 mod time;
 
 use portcullis_sdk::prelude::*;

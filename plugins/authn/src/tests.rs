@@ -877,7 +877,7 @@ fn rejects_bad_configurations_with_clear_errors() {
         (json!({ "jwt": { "audience": "" } }), "jwt.audience"),
         (
             json!({ "jwt": { "jwks": null, "hs256-secret": null } }),
-            "jwks, jwks-file or hs256-secret",
+            "jwks, jwks-file, jwks-url, discover = true or hs256-secret",
         ),
         (
             json!({ "jwt": { "hs256-secret": "short" } }),
@@ -930,8 +930,8 @@ fn rejects_bad_configurations_with_clear_errors() {
             "invalid type: string \"60s\", expected u32",
         ),
         (
-            json!({ "jwt": { "issuer": ISS, "audience": AUD, "jwks-url": "https://x" } }),
-            "unknown field `jwks-url`",
+            json!({ "jwt": { "issuer": ISS, "audience": AUD, "jwks-uri": "https://x" } }),
+            "unknown field `jwks-uri`",
         ),
         (
             json!({ "anonymous": { "subject": "" } }),
@@ -1439,5 +1439,97 @@ fn refuses_repeated_members_in_the_header_and_the_claims() {
             "{reason}"
         );
         assert_eq!(refused(&bearer(&cfg, &t)), (401, INVALID_TOKEN.into()));
+    }
+}
+
+/// `discover = true`: the issuer's discovery document names the key set; both are fetched
+/// once and then served from the store; a new `kid` fetches the set again (at most once per
+/// `jwks-refresh-seconds`); an outage is ridden out on the last good set until
+/// `jwks-stale-seconds` past its freshness, then refused with 503.
+#[test]
+fn keys_from_the_provider_by_discovery_rotation_and_outage() {
+    use portcullis_sdk::http::{Response, testing};
+    let discovery = format!("{ISS}/.well-known/openid-configuration");
+    let certs = "https://idp.example.com/realms/acme/certs";
+    testing::respond(
+        &discovery,
+        Ok(
+            Response::new(200, json!({ "issuer": ISS, "jwks_uri": certs }).to_string())
+                .with_header("Cache-Control", "public, max-age=3600"),
+        ),
+    );
+    testing::respond(
+        certs,
+        Ok(Response::new(200, jwks().to_string()).with_header("Cache-Control", "max-age=120")),
+    );
+    let cfg = config(
+        json!({ "jwt": { "jwks": null, "hs256-secret": null, "discover": true,
+                                       "cache-seconds": 0, "jwks-stale-seconds": 600 } }),
+    );
+    let at = |t: &str, now: i64| {
+        authenticate(
+            &cfg,
+            &request(&[("Authorization", &format!("Bearer {t}"))]),
+            now,
+        )
+    };
+    let t = token("ES256", Some("ec-1"), &claims());
+    assert!(at(&t, NOW).changes().is_some());
+    assert!(at(&t, NOW + 1).changes().is_some());
+    assert_eq!(testing::requests(), [discovery.as_str(), certs]);
+
+    // Rotation: a new kid is fetched at once, although the cached set is still fresh.
+    let rotated = p256::ecdsa::SigningKey::from_slice(&random32()).unwrap();
+    testing::respond(
+        certs,
+        Ok(Response::new(
+            200,
+            json!({ "keys": [ec_jwk(&rotated, "ec-2")] }).to_string(),
+        )),
+    );
+    // Valid for an hour: the outage below lasts longer than claims()' five minutes.
+    let long = claims_with(json!({ "exp": NOW + 3600 }));
+    let fresh = token_with(json!({ "alg": "ES256", "kid": "ec-2" }), &long, |input| {
+        let sig: p256::ecdsa::Signature = rotated.sign(input);
+        sig.to_bytes().to_vec()
+    });
+    assert!(at(&fresh, NOW + 2).changes().is_some());
+    assert_eq!(testing::requests(), [certs]);
+    // Another unknown kid within the interval: no fetch, refused.
+    let made_up = token("ES256", Some("nope"), &claims());
+    assert_eq!(refused(&at(&made_up, NOW + 3)).0, 401);
+    assert!(
+        testing::requests().is_empty(),
+        "at most one fetch per interval"
+    );
+
+    // Outage: past freshness (5 min without caching headers), the last good set serves.
+    testing::unreachable(certs);
+    assert!(at(&fresh, NOW + 400).changes().is_some());
+    assert_eq!(testing::requests(), [certs], "one try");
+    // Past freshness + jwks-stale-seconds: refused, not the caller's fault.
+    let verdict = at(&fresh, NOW + 2 + 300 + 601);
+    assert_eq!(verdict.denial().unwrap().http_status, Some(503));
+}
+
+#[test]
+fn provider_settings_are_checked() {
+    for (extra, says) in [
+        (
+            json!({ "jwt": { "discover": true, "jwks-url": "https://idp.example.com/certs" } }),
+            "not both",
+        ),
+        (json!({ "jwt": { "jwks-url": "/certs" } }), "jwt.jwks-url"),
+        (
+            json!({ "jwt": { "discover": true, "issuer": ["https://a.example", "https://b.example"] } }),
+            "exactly one issuer",
+        ),
+        (
+            json!({ "jwt": { "jwks-url": "https://idp.example.com/certs", "jwks-min-seconds": 10, "jwks-max-seconds": 5 } }),
+            "jwks-min-seconds",
+        ),
+    ] {
+        let e = config_error(extra);
+        assert!(e.contains(says), "{e}");
     }
 }
