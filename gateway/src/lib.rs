@@ -44,6 +44,8 @@ pub struct Gateway {
     audit: Option<Arc<audit::Audit>>,
     pub addr: SocketAddr,
     pub path: String,
+    /// `[server.tls]`: the listener's TLS configuration and the watch that reloads it.
+    tls: Option<(Arc<front::Tls>, front::TlsWatch)>,
 }
 
 impl Gateway {
@@ -88,6 +90,14 @@ impl Gateway {
             );
         }
         let path = config.server.path.clone();
+        let tls = match &config.server.tls {
+            Some(files) => {
+                let tls = front::Tls::load(files)?;
+                let watch = tls.watch().context("server.tls: cannot watch the files")?;
+                Some((tls, watch))
+            }
+            None => None,
+        };
         tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
             upstreams = sessions.upstreams().len(),
@@ -136,6 +146,7 @@ impl Gateway {
             audit,
             addr,
             path,
+            tls,
         })
     }
 
@@ -145,7 +156,9 @@ impl Gateway {
     pub fn serve_connection<I>(
         &self,
         io: I,
-    ) -> impl std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static
+    ) -> impl std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -154,11 +167,14 @@ impl Gateway {
             io,
             None,
             tokio_util::sync::CancellationToken::new(),
+            false,
+            None,
         )
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.addr, self.path)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, self.path)
     }
 
     /// The admin API's URL, when it is on.
@@ -174,7 +190,8 @@ impl Gateway {
         let admin = self
             .admin
             .map(|a| tokio::spawn(a.serve(shutdown.clone(), admin_stop.clone())));
-        front::serve(self.listener, self.front, shutdown).await;
+        let (tls, _watch) = self.tls.unzip();
+        front::serve(self.listener, self.front, shutdown, tls).await;
         // Sessions are closed; their links (and child processes) go as the last references
         // drop. Wait until the children are reaped, so nothing outlives the gateway.
         for upstream in self.sessions.upstreams() {

@@ -34,5 +34,6 @@ mod redact;
 mod relay;
 mod route;
 mod smoke;
+mod tls;
 mod transparency;
 mod upstreams;

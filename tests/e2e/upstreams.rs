@@ -165,3 +165,40 @@ async fn an_expired_upstream_session_is_reinitialized_transparently() {
     let _ = RawHttp::new(gateway.url());
     client.cancel().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validated_client_token_never_reaches_an_upstream_without_credentials() {
+    use portcullis_tests::harness::PluginDir;
+    use sha2::{Digest, Sha256};
+    // authn accepts the client's key, so the gateway holds a credential it validated; the
+    // upstream has no credential of its own configured. It must get nothing, not the
+    // client's token.
+    const KEY: &str = "pk_client_token_that_must_stay_at_the_gateway";
+    let hash: String = Sha256::digest(KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let plugins = PluginDir::new();
+    plugins.add(
+        "authn",
+        "authn",
+        &format!("[config]\n[[config.api-keys]]\nsha256 = \"{hash}\"\nsubject = \"agent\"\n"),
+    );
+    let beta = Fixture::http("beta").await;
+    let gateway = Gateway::start_with_plugins(&plugins, &beta.upstream_toml("beta")).await;
+    let options = ConnectOptions::default().header("Authorization", &format!("Bearer {KEY}"));
+    let client = connect(gateway.url(), RecordingClient::new(), &options)
+        .await
+        .expect("connect");
+    let r = call_tool(&client, "beta__whoami", Value::Null)
+        .await
+        .unwrap();
+    let who: Value = serde_json::from_str(&text_of(&r)).unwrap();
+    assert_eq!(who["transport"], "http", "{who}");
+    assert!(who["headers"].get("authorization").is_none(), "{who}");
+    assert!(
+        !who.to_string().contains(KEY),
+        "the client's token reached the upstream: {who}"
+    );
+    client.cancel().await.unwrap();
+}

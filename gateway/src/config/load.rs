@@ -61,6 +61,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     }
     config.audit.resolve(base);
+    if let Some(tls) = config.server.tls.as_mut() {
+        tls.resolve(base);
+    }
     Ok(config)
 }
 
@@ -139,6 +142,10 @@ pub fn parse(
                 "must differ from server.legacy-sse-path".into(),
             ));
         }
+    }
+    if let Some(Err(message)) = server.tls.as_ref().map(|t| t.validate()) {
+        let line = line_of(text, "[server.tls]");
+        return Err(err(line, "server.tls.client-auth".into(), message));
     }
     let sep = &config.namespacing.separator;
     if sep.is_empty() || sep.chars().any(char::is_whitespace) {

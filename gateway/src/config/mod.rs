@@ -12,6 +12,7 @@ mod cluster;
 mod env;
 mod load;
 mod observe;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ pub use audit::{AuditConfig, Secret};
 pub use cluster::{ClusterConfig, RedisUrl};
 pub use load::{ConfigError, embedded_default, load, parse};
 pub use observe::{AdminConfig, LogConfig, LogFormat, TracingConfig};
+pub use tls::{ClientAuth, TlsConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +119,8 @@ pub struct ServerConfig {
     /// Most sessions one caller may hold at once (the authenticated subject, or the client
     /// address without authn); `initialize` beyond it gets HTTP 429. Default 64.
     pub max_sessions_per_caller: usize,
+    /// `[server.tls]`: HTTPS (and optionally mutual TLS). Absent: plain HTTP/1.1.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +149,7 @@ impl Default for ServerConfig {
             max_stream_buffer_kib: 4096,
             // One agent needs one or two; 64 covers a team behind one NAT address.
             max_sessions_per_caller: 64,
+            tls: None,
         }
     }
 }

@@ -96,6 +96,32 @@ impl Guard {
     }
 }
 
+/// HTTP/2 carries the host in the `:authority` pseudo-header (the request URI's authority),
+/// usually without a `Host` header: gives it the `Host` header the checks here read, as an
+/// HTTP/1.1 hop would (RFC 9113 §8.3.1). A `Host` that names another host than `:authority`
+/// makes the request malformed (`Err`, answered 400), so the guard never checks one name
+/// while the request was meant for another.
+pub fn authority_as_host<B>(req: &mut http::Request<B>) -> Result<(), ()> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return Ok(());
+    };
+    match req.headers().get(HOST) {
+        Some(host)
+            if host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(()),
+        None => {
+            let value = http::HeaderValue::from_str(authority.as_str()).map_err(|_| ())?;
+            req.headers_mut().insert(HOST, value);
+            Ok(())
+        }
+    }
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
@@ -167,5 +193,25 @@ mod tests {
             ..ServerConfig::default()
         };
         assert_eq!(Guard::new(&open).check(&headers("anything", None)), Ok(()));
+    }
+
+    #[test]
+    fn http2_authority_is_checked_as_the_host() {
+        let g = Guard::new(&ServerConfig::default());
+        let request = |authority: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().uri(format!("https://{authority}/mcp"));
+            if let Some(h) = host {
+                b = b.header(HOST, h);
+            }
+            b.body(()).unwrap()
+        };
+        let mut r = request("evil.example:8443", None);
+        assert_eq!(authority_as_host(&mut r), Ok(()));
+        assert_eq!(g.check(r.headers()), Err(Refused::Host));
+        let mut r = request("127.0.0.1:8443", None);
+        assert_eq!(authority_as_host(&mut r), Ok(()));
+        assert_eq!(g.check(r.headers()), Ok(()));
+        let mut r = request("evil.example", Some("localhost"));
+        assert_eq!(authority_as_host(&mut r), Err(()));
     }
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 mod authorization;
+mod client_cert;
 mod era;
 mod guard;
 mod legacy_sse;
@@ -17,6 +18,7 @@ mod relay;
 mod response;
 mod stateless;
 mod streamable;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,7 @@ use http::header::{
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -42,6 +44,7 @@ use crate::session::stream::CutHook;
 pub use guard::Guard;
 pub use record::Recorder;
 use response::Body;
+pub use tls::{Tls, TlsError, WatchGuard as TlsWatch};
 
 /// The client's address, in every request's extensions.
 #[derive(Debug, Clone, Copy)]
@@ -203,27 +206,41 @@ impl Front {
     }
 }
 
-/// One accepted connection served over HTTP/1.1: what [`serve`] runs for every socket, and
-/// what the fuzz targets (fuzz/) drive over an in-memory stream, so they test this very code.
-/// `peer` is the client's address (the caller of last resort for per-caller bounds);
-/// cancelling `kill` is how a cut-off SSE consumer's connection is closed at once (the
-/// caller selects on it). The future ends when the connection closes.
+/// One accepted connection: what [`serve`] runs for every socket, and what the fuzz targets
+/// (fuzz/) drive over an in-memory stream, so they test this very code. HTTP/1.1, or HTTP/2
+/// when `http2` (TLS with ALPN `h2`; plain HTTP stays HTTP/1.1, no h2c). `peer` is the
+/// client's address (the caller of last resort for per-caller bounds); `cert` the verified
+/// client certificate, set on every request as headers (see `client_cert`); cancelling
+/// `kill` is how a cut-off SSE consumer's connection is closed at once (the caller selects
+/// on it; over HTTP/2 that closes the whole connection too). The future ends when the
+/// connection closes.
 pub fn connection<I>(
     front: Arc<Front>,
     io: I,
     peer: Option<std::net::SocketAddr>,
     kill: CancellationToken,
-) -> impl GracefulConnection<Error = hyper::Error> + Send + 'static
+    http2: bool,
+    cert: Option<Arc<client_cert::ClientCert>>,
+) -> impl GracefulConnection<Error = Box<dyn std::error::Error + Send + Sync>> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle = front.config.idle_timeout;
     let service = service_fn(move |mut req: Request<Incoming>| {
         let (front, kill) = (front.clone(), kill.clone());
+        client_cert::stamp(req.headers_mut(), cert.as_deref());
         if let Some(peer) = peer {
             req.extensions_mut().insert(Peer(peer));
         }
+        let malformed =
+            req.version() == http::Version::HTTP_2 && guard::authority_as_host(&mut req).is_err();
         async move {
+            if malformed {
+                return Ok(response::status_error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: Host differs from :authority",
+                ));
+            }
             let mut resp = front.route(req).await;
             if let Some(hook) = resp.extensions_mut().remove::<CutHook>() {
                 hook.on_cut(kill);
@@ -231,16 +248,37 @@ where
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(idle)
+        .header_read_timeout(idle);
+    // HTTP/2 has no header-read timeout: an idle connection is pinged every `idle-timeout`
+    // and closed when a ping goes unanswered for 20s (a peer that vanished). Streams per
+    // connection: hyper's default (200), each a request like an HTTP/1.1 one.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(idle)
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = match http2 {
+        true => builder.http2_only(),
+        false => builder.http1_only(),
+    };
+    builder
         .serve_connection(TokioIo::new(io), service)
+        .into_owned()
 }
 
 /// Serves until `shutdown` fires, then drains: stops accepting, ends GET streams, lets
 /// in-flight requests finish (up to `shutdown-grace`), and closes every session (which stops
 /// stdio upstreams and ends upstream sessions).
-pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    front: Arc<Front>,
+    shutdown: CancellationToken,
+    tls: Option<Arc<Tls>>,
+) {
     let graceful = GracefulShutdown::new();
     let lingering = linger::Linger::from_config(&front.config);
     let reaper = {
@@ -274,7 +312,19 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: Cancellat
         // Cancelled to close the connection at once: its SSE consumer was cut off.
         let kill = CancellationToken::new();
         let io = linger::Lingering::new(stream, lingering, kill.clone());
-        let conn = graceful.watch(connection(front.clone(), io, Some(peer), kill.clone()));
+        if let Some(tls) = &tls {
+            let accepted = tls::Accepted { peer, kill };
+            tokio::spawn(accepted.serve(tls.acceptor(), io, front.clone(), graceful.watcher()));
+            continue;
+        }
+        let conn = graceful.watch(connection(
+            front.clone(),
+            io,
+            Some(peer),
+            kill.clone(),
+            false,
+            None,
+        ));
         tokio::spawn(async move {
             tokio::select! {
                 ended = conn => if let Err(e) = ended {

@@ -414,16 +414,17 @@ fn lines(pipe: impl Read) -> impl Iterator<Item = String> {
     })
 }
 
-/// Splits `http://ADDR/PATH` into (`http://ADDR`, `ADDR`).
+/// Splits `http(s)://ADDR/PATH` into (`http(s)://ADDR`, `ADDR`).
 fn split_url(url: &str) -> anyhow::Result<(String, SocketAddr)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("listening URL {url:?} does not start with http://"))?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .filter(|(scheme, _)| *scheme == "http" || *scheme == "https")
+        .ok_or_else(|| anyhow!("listening URL {url:?} does not start with http(s)://"))?;
     let authority = rest.split('/').next().unwrap_or(rest);
     let addr = authority
         .parse()
         .with_context(|| format!("listening URL {url:?} has no socket address"))?;
-    Ok((format!("http://{authority}"), addr))
+    Ok((format!("{scheme}://{authority}"), addr))
 }
 
 /// A running `portcullis serve` process.
