@@ -161,9 +161,13 @@ async fn a_configmap_volume_swap_reloads_the_chain() {
         ("extra.toml", deny("whoami")),
     ]);
     until(&s, &gateway, "alpha__whoami", "a new plugin", denied).await;
-    until(&s, &gateway, "alpha__echo", "the first plugin changed back", |v| {
-        !denied(v)
-    })
+    until(
+        &s,
+        &gateway,
+        "alpha__echo",
+        "the first plugin changed back",
+        |v| !denied(v),
+    )
     .await;
 
     // A removed key: the plugin leaves the chain.
