@@ -6,6 +6,8 @@
 //! chain, and none waits. A plugin whose new version fails to load keeps its last good
 //! version in the chain (and the failure is logged and shown in [`Policies::status`]).
 //! The watcher debounces file events, so a file being copied in is loaded once, complete.
+//! A Kubernetes ConfigMap volume works too: kubelet swaps a `..data` symlink instead of
+//! touching the files, and that swap counts as a change.
 //!
 //! **Required plugins.** Operators name the plugins (or stages) the chain must hold
 //! (`[policy] required`); after every reload [`Policies::missing`] lists those the chain
@@ -425,7 +427,7 @@ impl Policies {
             DEBOUNCE,
             move |events: notify_debouncer_mini::DebounceEventResult| {
                 if let Ok(events) = events
-                    && events.iter().any(|e| is_plugin_file(&e.path))
+                    && events.iter().any(|e| is_plugin_event(&e.path))
                 {
                     let _ = tx.send(());
                 }
@@ -466,6 +468,15 @@ impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Whether an event at `path` may change the chain: a plugin file or sidecar, or the `..data`
+/// symlink of a Kubernetes ConfigMap, Secret or projected volume. kubelet publishes a new
+/// version of such a volume by writing a hidden timestamped directory and renaming a
+/// `..data` symlink over the old one; the files a Pod sees are symlinks through `..data`, so
+/// a changed key moves `..data` and nothing else (docs/deploy.md, "Plugins from a ConfigMap").
+fn is_plugin_event(path: &Path) -> bool {
+    is_plugin_file(path) || path.file_name().is_some_and(|n| n == "..data")
 }
 
 fn is_plugin_file(path: &Path) -> bool {
