@@ -49,7 +49,7 @@ pub struct ClusterConfig {
     /// applications) can share one server. Default `portcullis:`.
     pub redis_prefix: String,
     /// The AES-256 key that seals session ids: 32 bytes as 64 hex digits or base64.
-    /// `${PORTCULLIS_SESSION_KEY}` reads it from the environment. Absent: random ids.
+    /// Absent: `PORTCULLIS_SESSION_KEY` from the environment if set, else random ids.
     pub session_key: Option<KeyText>,
     /// Keys sealed ids were made with before a rotation: still opened, never used to seal.
     pub previous_session_keys: Vec<KeyText>,
@@ -123,7 +123,13 @@ impl Default for ClusterConfig {
     }
 }
 
-/// Expands `${ENV}` in `redis` and checks the values.
+/// The session key when `[cluster] session-key` is not set.
+pub const SESSION_KEY_ENV: &str = "PORTCULLIS_SESSION_KEY";
+/// The Redis URL when `[cluster] redis` is not set.
+pub const REDIS_URL_ENV: &str = "PORTCULLIS_REDIS_URL";
+
+/// Takes `session-key` and `redis` from the environment when the file leaves them out,
+/// expands `${ENV}` in them and checks the values.
 pub(super) fn check(
     config: &mut ClusterConfig,
     text: &str,
@@ -139,6 +145,15 @@ pub(super) fn check(
             message,
         }
     };
+    // The two shared settings may come from the environment alone (a Kubernetes Secret,
+    // `docker run -e`), so one portcullis.toml serves one replica and N.
+    let from_env = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+    if config.session_key.is_none() {
+        config.session_key = from_env(SESSION_KEY_ENV).map(KeyText);
+    }
+    if config.redis.is_none() {
+        config.redis = from_env(REDIS_URL_ENV).map(RedisUrl);
+    }
     if config.redis_timeout.is_zero() {
         return Err(err("redis-timeout", "must be positive".into()));
     }
@@ -247,6 +262,34 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn the_shared_settings_may_come_from_the_environment_alone() {
+        let env = |n: &str| match n {
+            "PORTCULLIS_SESSION_KEY" => Some("cd".repeat(32)),
+            "PORTCULLIS_REDIS_URL" => Some("redis://127.0.0.1:6379".into()),
+            _ => None,
+        };
+        let text = "[upstreams.a]\ncommand = \"x\"\n";
+        let c = crate::config::parse(text, "f.toml", &env).unwrap();
+        assert_eq!(c.cluster.session_keys.0, vec![[0xcd; 32]]);
+        assert_eq!(c.cluster.redis.unwrap().host(), "127.0.0.1:6379");
+        // The file wins over the environment.
+        let text = "[cluster]\nsession-key = \"${K}\"\n[upstreams.a]\ncommand = \"x\"\n";
+        let both = |n: &str| {
+            if n == "K" {
+                Some("ef".repeat(32))
+            } else {
+                env(n)
+            }
+        };
+        let c = crate::config::parse(text, "f.toml", &both).unwrap();
+        assert_eq!(c.cluster.session_keys.0, vec![[0xef; 32]]);
+        // Without either, one replica as before.
+        let c =
+            crate::config::parse("[upstreams.a]\ncommand = \"x\"\n", "f.toml", &|_| None).unwrap();
+        assert!(c.cluster.session_keys.0.is_empty() && c.cluster.redis.is_none());
     }
 
     #[test]
