@@ -104,7 +104,7 @@ impl Gateway {
             "start-up: configuration read, listener bound"
         );
         let kv = policy::plugin_kv(&config.cluster).await?;
-        let policies = open_policies_with(&config.policy, kv).await?;
+        let policies = open_policies_with(&config.policy, kv, true).await?;
         tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
             plugins = policies.chain().plugins().len(),
@@ -214,13 +214,16 @@ impl Gateway {
 /// `check` use it. Fails closed: a plugin that does not load (unless `on-error = "skip"`)
 /// or a required plugin missing from the chain is an error naming the file and the reason.
 pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Policies>> {
-    open_policies_with(cfg, None).await
+    open_policies_with(cfg, None, false).await
 }
 
-/// [`open_policies`] with the plugins' key-value store given (`None`: in-process).
+/// [`open_policies`] with the plugins' key-value store given (`None`: in-process), and for a
+/// long-running server (`serving`: big new plugins start on the baseline compiler's code
+/// while Cranelift optimises them, see `policy/engine.rs`).
 pub async fn open_policies_with(
     cfg: &config::PolicyConfig,
     kv: Option<Arc<dyn policy::KvStore>>,
+    serving: bool,
 ) -> anyhow::Result<Arc<Policies>> {
     let cache = cfg.cache_dir();
     if let (Some(cache), Some(plugins)) = (&cache, &cfg.plugins)
@@ -241,6 +244,7 @@ pub async fn open_policies_with(
         max_memory: (cfg.max_memory_mib.max(1) as usize) << 20,
         cache,
         kv,
+        baseline: serving,
     };
     let policies = Policies::open(cfg.plugins.as_deref(), runtime, cfg.required.clone()).await?;
     let (rejected, missing) = policies.problems().await;
