@@ -84,7 +84,8 @@ impl SdkClient {
             }
             Sdk::Python => {
                 let mut c = tokio::process::Command::new(python());
-                c.arg(tests_dir().join("cluster/client.py"));
+                c.arg(tests_dir().join("cluster/client.py"))
+                    .env("PYTHONDONTWRITEBYTECODE", "1");
                 c
             }
         };
