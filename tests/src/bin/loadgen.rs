@@ -12,7 +12,8 @@
 //!
 //! `--cluster` measures scale-out (needs `scripts/build-plugins`, `redis-server` and
 //! `haproxy`: `scripts/ensure-redis`, `scripts/ensure-haproxy`): the rate-limit plugin with a
-//! limit nobody reaches in the chain, so every call reads and swaps its bucket; one gateway
+//! limit per session nobody reaches in the chain, so every request reads and swaps its
+//! session's bucket; one gateway
 //! process with the plugin's state in memory, the same with `[cluster]` (sealed session ids,
 //! the state in Redis), and three such replicas behind HAProxy (round robin per request, so
 //! consecutive requests of a session go to different replicas). Then RSS per idle session
@@ -533,7 +534,7 @@ async fn cluster_overhead(
     plugins.add(
         "rate-limit",
         "rate-limit",
-        "[config]\n[[config.limits]]\nname = \"everyone\"\nmethods = [\"*\"]\nrate = \"1000000/s\"\n",
+        "[config]\n[[config.limits]]\nname = \"per-session\"\nmethods = [\"*\"]\nper = [\"session\"]\nrate = \"1000000/h\"\n",
     );
     let server = "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\nmax-sessions-per-caller = 100000\n\n";
     let local = format!(
@@ -549,12 +550,32 @@ async fn cluster_overhead(
     );
     let redis_pid = redis.pid().context("redis-server is not running")?;
 
-    // Memory: sessions opened on one replica (sealed ids), then resumed on another one by a
-    // `ping` each (the gateway answers it itself: no upstream session is opened).
+    // Memory: idle sessions on one process without `[cluster]` (random ids), the same on a
+    // replica with sealed ids, then resumed on another replica by a `ping` each (the gateway
+    // answers it itself: no upstream session is opened).
     {
+        let plain = Gateway::start(&local).await;
         let opener = Gateway::start(&clustered).await;
         let resumer = Gateway::start(&clustered).await;
         let http = client();
+        let per =
+            |kib: u64, base: u64| kib.saturating_sub(base) as f64 / idle_sessions.max(1) as f64;
+        println!("| gateway RSS (rate-limit plugin in the chain) | MiB | per session |");
+        println!("| --- | ---: | ---: |");
+        let base_p = rss_kib(plain.pid());
+        for _ in 0..idle_sessions {
+            open_session(&http, plain.url()).await?;
+        }
+        let idle_p = rss_kib(plain.pid());
+        println!(
+            "| no `[cluster]`: after start | {:.1} | |",
+            base_p as f64 / 1024.0
+        );
+        println!(
+            "| no `[cluster]`: {idle_sessions} idle sessions | {:.1} | {:.1} KiB |",
+            idle_p as f64 / 1024.0,
+            per(idle_p, base_p)
+        );
         let (base_a, base_b) = (rss_kib(opener.pid()), rss_kib(resumer.pid()));
         let mut sids = Vec::new();
         for _ in 0..idle_sessions {
@@ -571,18 +592,17 @@ async fn cluster_overhead(
             }
         }
         let resumed = rss_kib(resumer.pid());
-        let per =
-            |kib: u64, base: u64| kib.saturating_sub(base) as f64 / idle_sessions.max(1) as f64;
-        println!("| gateway RSS, sealed session ids | MiB | per session |");
-        println!("| --- | ---: | ---: |");
-        println!("| after start | {:.1} | |", base_a as f64 / 1024.0);
         println!(
-            "| {idle_sessions} idle sessions opened here | {:.1} | {:.1} KiB |",
+            "| sealed ids: after start | {:.1} | |",
+            base_a as f64 / 1024.0
+        );
+        println!(
+            "| sealed ids: {idle_sessions} idle sessions opened here | {:.1} | {:.1} KiB |",
             idle as f64 / 1024.0,
             per(idle, base_a)
         );
         println!(
-            "| another replica after resuming them (one `ping` each) | {:.1} | {:.1} KiB |",
+            "| sealed ids: another replica after resuming them (one `ping` each) | {:.1} | {:.1} KiB |",
             resumed as f64 / 1024.0,
             per(resumed, base_b)
         );
