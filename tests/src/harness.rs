@@ -10,6 +10,7 @@
 //! The binaries must be built first: `cargo build --workspace`.
 
 pub mod balancer;
+pub mod haproxy;
 pub mod mcp;
 pub mod plugins;
 pub mod process;
@@ -17,6 +18,7 @@ pub mod raw;
 pub mod redis;
 
 pub use balancer::RoundRobin;
+pub use haproxy::{Haproxy, ServerState};
 pub use mcp::{
     ClientEvent, ConnectOptions, McpClient, RecordingClient, call_tool, call_tool_tracked, client,
     client_with, connect, text_of,
