@@ -36,6 +36,7 @@ mod redact;
 mod relay;
 mod route;
 mod smoke;
+mod tasks;
 mod tls;
 mod transparency;
 mod upstreams;
