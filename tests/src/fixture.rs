@@ -408,12 +408,21 @@ pub async fn serve_stdio(options: Options) -> anyhow::Result<()> {
 
 impl ServerHandler for Fixture {
     /// Any method the fixture does not know is answered with what arrived, so tests can see
-    /// that a proxy forwarded it intact.
+    /// that a proxy forwarded it intact — but for `tasks/result` and `tasks/list`, which the
+    /// tasks extension removed (`-32601`).
     async fn on_custom_request(
         &self,
         request: rmcp::model::CustomRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CustomResult, McpError> {
+        // The tasks extension removed these (its result is inlined in tasks/get).
+        if matches!(request.method.as_str(), "tasks/result" | "tasks/list") {
+            return Err(McpError::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!("Method not found: {}", request.method),
+                None,
+            ));
+        }
         // rmcp moves `params._meta` into the context, so report it separately.
         Ok(rmcp::model::CustomResult::new(serde_json::json!({
             "method": request.method,
