@@ -76,6 +76,9 @@ impl Gateway {
         ) {
             sessions.set_sealer(Arc::new(sealer));
         }
+        if let Some(ids) = session::TaskIds::from_session_keys(&config.cluster.session_keys.0) {
+            sessions.set_task_ids(ids);
+        }
         if config.namespacing.prefix == PrefixMode::Never {
             check_collisions(&sessions).await?;
         }

@@ -37,6 +37,7 @@ mod redact;
 mod relay;
 mod route;
 mod smoke;
+mod tasks;
 mod tls;
 mod transparency;
 mod upstreams;

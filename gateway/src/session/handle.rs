@@ -64,6 +64,13 @@ impl Session {
     ) -> Message {
         self.touch();
         let id = msg.id().cloned().unwrap_or(Value::Null);
+        // A task lives where it was created: its id says where, whatever a route says.
+        if super::tasks::addresses_task(msg.method()) {
+            return self.task_request(msg, out).await;
+        }
+        if msg.method() == methods::TASKS_LIST {
+            return self.task_list(&msg).await;
+        }
         if let Some(r) = route {
             return self.routed(msg, out, r, resolved).await;
         }
@@ -164,6 +171,7 @@ impl Session {
             return;
         };
         msg.set_id(upstream_id);
+        self.reveal_task_refs(idx, &mut msg);
         match self.slots[idx].current().await {
             Some(link) => {
                 if let Err(e) = link.send(msg).await {
@@ -185,10 +193,12 @@ impl Session {
     pub(super) async fn forward(&self, idx: usize, mut msg: Message, out: Related) -> Message {
         crate::observe::record_upstream(&self.slots[idx].upstream.name);
         let id = msg.id().cloned().unwrap_or(Value::Null);
+        let method = msg.method().to_string();
         let link = match self.link(idx).await {
             Ok(l) => l,
             Err(e) => return e.to_response(id),
         };
+        Self::drop_unsupported_task(link.capabilities(), &mut msg);
         let bridge = link.is_stateless() && self.version != crate::mcp::version::STATELESS;
         let key = IdKey::of(&id);
         let token = CancellationToken::new();
@@ -237,12 +247,14 @@ impl Session {
             }
         };
         self.inflight.remove(&key);
-        result.unwrap_or_else(|e| {
+        let mut response = result.unwrap_or_else(|e| {
             if !matches!(e, UpstreamError::Cancelled) {
                 tracing::warn!(session = %self.id, error = %e, "upstream request failed");
             }
             e.to_response(id)
-        })
+        });
+        self.expose_tasks(idx, &method, &mut response);
+        response
     }
 
     pub(super) async fn set_level(&self, msg: Message) -> Message {
@@ -291,6 +303,10 @@ impl InboundHandler for Session {
         let Some(idx) = self.upstream_index(upstream) else {
             return;
         };
+        if msg.kind() != Kind::Response && !self.expose_task_refs(idx, &mut msg) {
+            tracing::warn!(upstream = %upstream.name, method = %crate::observe::clip(msg.method()), "message with a task id too long to carry; dropped");
+            return;
+        }
         match msg.kind() {
             Kind::Response => {}
             Kind::Request => {

@@ -15,7 +15,8 @@
 //!
 //! Where the work lives: `handle.rs` client messages and upstream messages (forwarding, id
 //! maps), `router.rs` name/URI resolution and list merging, `lists.rs` gathering each upstream's part of a list under its `list-timeout`, `input.rs` the `input_required`
-//! bridge, `stream.rs` resumable SSE streams.
+//! bridge, `stream.rs` resumable SSE streams, `tasks.rs` task ids (sealed, per owner) and
+//! the `tasks/*` methods.
 //!
 //! [`Sessions`] is the store. Session ids are 128-bit random values, or, with
 //! `[cluster] session-key`, sealed ids any replica resumes (`seal.rs`); state lives in this
@@ -27,6 +28,9 @@ mod lists;
 mod router;
 pub mod seal;
 pub mod stream;
+mod tasks;
+
+pub use tasks::TaskIds;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,6 +148,8 @@ pub struct Session {
     /// Byte cap of each of its SSE streams (`max-stream-buffer-kib`).
     stream_cap: usize,
     screen: Option<Arc<dyn Screen>>,
+    /// Seals the task ids its clients see (`tasks.rs`).
+    task_ids: Arc<TaskIds>,
     /// Messages outside any request, in order, through the screen (created on first need).
     outbox: OnceLock<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
     me: Weak<Session>,
@@ -345,6 +351,8 @@ pub struct Sessions {
     screen: OnceLock<Arc<dyn Screen>>,
     /// Seals new session ids and resumes sealed ones (`[cluster] session-key`).
     sealer: OnceLock<Arc<seal::Sealer>>,
+    /// Seals task ids: from the session key when there is one, else a key of this process.
+    task_ids: OnceLock<Arc<TaskIds>>,
 }
 
 impl Sessions {
@@ -365,7 +373,14 @@ impl Sessions {
             bounds,
             screen: OnceLock::new(),
             sealer: OnceLock::new(),
+            task_ids: OnceLock::new(),
         }
+    }
+
+    /// Seals task ids with these (derived from `[cluster] session-key`), so every replica
+    /// opens them. Without it, task ids open only in this process.
+    pub fn set_task_ids(&self, ids: TaskIds) {
+        let _ = self.task_ids.set(Arc::new(ids));
     }
 
     /// Seals session ids from now on, and resumes sealed ids this process does not hold.
@@ -468,6 +483,10 @@ impl Sessions {
             quota: caller.map(str::to_string),
             stream_cap: cap,
             screen: self.screen.get().cloned(),
+            task_ids: self
+                .task_ids
+                .get_or_init(|| Arc::new(TaskIds::random()))
+                .clone(),
             outbox: OnceLock::new(),
             me: me.clone(),
         });

@@ -49,6 +49,11 @@ const METHODS: &[&str] = &[
     methods::RESOURCES_READ,
     methods::COMPLETION_COMPLETE,
     methods::SUBSCRIPTIONS_LISTEN,
+    // The tasks extension (the session answers -32021 when the request does not declare
+    // it); 2025-11-25's tasks/result and tasks/list are not part of it.
+    methods::TASKS_GET,
+    methods::TASKS_UPDATE,
+    methods::TASKS_CANCEL,
 ];
 
 /// The requests that may answer `input_required`; `Mcp-Name` is required on the same three.
@@ -56,6 +61,13 @@ pub(super) const NAMED: &[&str] = &[
     methods::TOOLS_CALL,
     methods::PROMPTS_GET,
     methods::RESOURCES_READ,
+];
+
+/// The tasks-extension requests that name their task in `Mcp-Name` (`params.taskId`).
+pub(super) const NAMED_TASK: &[&str] = &[
+    methods::TASKS_GET,
+    methods::TASKS_UPDATE,
+    methods::TASKS_CANCEL,
 ];
 
 /// Results a client may cache (`CacheableResult`): they carry `ttlMs` and `cacheScope`.
