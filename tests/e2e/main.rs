@@ -35,6 +35,7 @@ mod real_servers;
 mod redact;
 mod relay;
 mod route;
+mod shared_stdio;
 mod smoke;
 mod tls;
 mod transparency;
