@@ -36,6 +36,7 @@ mod real_servers;
 mod redact;
 mod relay;
 mod route;
+mod shared_stdio;
 mod smoke;
 mod tasks;
 mod tls;

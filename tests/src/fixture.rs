@@ -32,8 +32,8 @@
 //! Tools for gateway tests:
 //!
 //! - `echo(text)` returns `text`;
-//! - `whoami` returns, as JSON text and as structured content, the server name, the
-//!   transport, the client's `clientInfo` and — over HTTP — the request headers it received
+//! - `whoami` returns, as JSON text and as structured content, the server name, its process
+//!   id, the transport, the client's `clientInfo` and — over HTTP — the request headers it received
 //!   (lower-case names; repeated headers joined with `", "`), so a test can prove which
 //!   headers a gateway forwards;
 //! - `sleep(ms)` sleeps (at most ten minutes), ending early if the call is cancelled;

@@ -7,7 +7,9 @@
 //! elicitation, roots), subscriptions, log levels and roots correct: the upstream's notion of
 //! "its client" is exactly one gateway client. The price is one process per active client
 //! session for stdio upstreams; links are created lazily, on the first message a client sends
-//! to that upstream, so idle sessions cost nothing upstream.
+//! to that upstream, so idle sessions cost nothing upstream. A stdio upstream configured with
+//! `share = "shared"` serves all sessions from one child (or `pool` children) instead; each
+//! session's link is then a handle onto it (`shared.rs`).
 //!
 //! An HTTP upstream speaks Streamable HTTP or, if it predates it, the legacy HTTP+SSE
 //! transport (`legacy_sse`): pinned in its config or detected on first contact.
@@ -20,6 +22,7 @@ mod health;
 mod http;
 mod legacy_sse;
 mod pending;
+mod shared;
 mod slot;
 mod stateless;
 mod stdio;
@@ -71,6 +74,8 @@ pub struct Upstream {
     child_slots: Arc<tokio::sync::Semaphore>,
     /// What real traffic says about it, for the admin API.
     health: Health,
+    /// `share = "shared"`: the children every client session shares (`shared.rs`).
+    shared: Option<shared::Pool>,
 }
 
 impl Upstream {
@@ -81,6 +86,8 @@ impl Upstream {
         };
         let speaks_sse = AtomicBool::new(config.transport == HttpTransport::Sse);
         let child_slots = Arc::new(tokio::sync::Semaphore::new(config.max_children()));
+        let shared = (http.is_none() && config.share == crate::config::Share::Shared)
+            .then(|| shared::Pool::new(config.pool()));
         Ok(Arc::new(Upstream {
             name: name.into(),
             config,
@@ -91,6 +98,7 @@ impl Upstream {
             children: Default::default(),
             child_slots,
             health: Health::default(),
+            shared,
         }))
     }
 
@@ -206,6 +214,8 @@ pub struct Link {
 
 enum Transport {
     Stdio(stdio::StdioLink),
+    /// A client session's handle on a child it shares with others (`share = "shared"`).
+    Shared(shared::SharedLink),
     Http(Box<http::HttpLink>),
     Sse(Box<legacy_sse::SseLink>),
 }
@@ -222,60 +232,17 @@ impl Link {
         let deadline = upstream.config.connect_timeout;
         let connect = async {
             match &upstream.http {
-                None => {
-                    let (era, accepts) = (upstream.era(), upstream.accepts_initialize());
-                    let mut started =
-                        stdio::StdioLink::start(upstream, hello, handler.clone(), session_client)
-                            .await;
-                    if matches!(started, Err(UpstreamError::Exited { .. }))
-                        && era == Era::Unknown
-                        && upstream.era() == Era::Session
-                    {
-                        // The probe ended the child: a session-era server that takes nothing
-                        // before `initialize`. Once more, with `initialize` only.
-                        tracing::info!(upstream = %upstream.name, "stdio upstream exited on server/discover; starting it again with initialize");
-                        started = stdio::StdioLink::start(
-                            upstream,
-                            hello,
-                            handler.clone(),
-                            session_client,
-                        )
-                        .await;
-                    } else if matches!(started, Err(UpstreamError::Protocol { .. }))
-                        && era == Era::Unknown
-                        && upstream.era() == Era::Session
-                        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
-                    {
-                        // The probe went unanswered in time and `initialize` was refused: a
-                        // slow-starting 2026-07-28 server. Once more, probing again.
-                        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize after a late probe; starting it again and probing once more");
-                        upstream.set_era(Era::Unknown);
-                        started = stdio::StdioLink::start(
-                            upstream,
-                            hello,
-                            handler.clone(),
-                            session_client,
-                        )
-                        .await;
+                None => match &upstream.shared {
+                    Some(pool) => {
+                        let (link, init) = pool.attach(upstream, hello, handler).await?;
+                        Ok::<_, UpstreamError>((Transport::Shared(link), init))
                     }
-                    if matches!(started, Err(UpstreamError::Exited { .. }))
-                        && accepts.is_none()
-                        && upstream.accepts_initialize() == Some(false)
-                    {
-                        // `initialize` ended a 2026-07-28-only child: once more, statelessly.
-                        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize; starting it again as MCP 2026-07-28");
-                        started =
-                            stdio::StdioLink::start(upstream, hello, handler, session_client).await;
+                    None => {
+                        let (link, init) =
+                            start_stdio(upstream, hello, handler, session_client).await?;
+                        Ok((Transport::Stdio(link), init))
                     }
-                    if matches!(started, Err(UpstreamError::Protocol { .. }))
-                        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
-                    {
-                        // Perhaps it changed era: the next link asks again.
-                        upstream.set_era(Era::Unknown);
-                    }
-                    let (link, init) = started?;
-                    Ok::<_, UpstreamError>((Transport::Stdio(link), init))
-                }
+                },
                 Some(client) => {
                     legacy_sse::connect(upstream, client, hello, handler, session_client).await
                 }
@@ -298,6 +265,7 @@ impl Link {
         });
         let (kind, version) = match &link.transport {
             Transport::Stdio(_) => ("stdio", link.init["protocolVersion"].as_str()),
+            Transport::Shared(_) => ("stdio-shared", link.init["protocolVersion"].as_str()),
             Transport::Http(_) => ("streamable-http", link.init["protocolVersion"].as_str()),
             Transport::Sse(_) => ("sse", link.init["protocolVersion"].as_str()),
         };
@@ -313,6 +281,7 @@ impl Link {
     pub fn is_alive(&self) -> bool {
         match &self.transport {
             Transport::Stdio(l) => l.is_alive(),
+            Transport::Shared(l) => l.is_alive(),
             Transport::Http(_) => true,
             Transport::Sse(l) => l.is_alive(),
         }
@@ -323,6 +292,7 @@ impl Link {
         match &self.transport {
             Transport::Http(l) => l.stateless.is_some(),
             Transport::Stdio(l) => l.stateless.is_some(),
+            Transport::Shared(l) => l.is_stateless(),
             Transport::Sse(_) => false,
         }
     }
@@ -347,17 +317,37 @@ impl Link {
         {
             return Ok(answer);
         }
+        if let Transport::Shared(l) = &self.transport {
+            if l.is_session_state(&msg) {
+                let outcome = l.session_state(msg, self.upstream.timeout()).await;
+                self.upstream.health.record(&outcome);
+                return outcome;
+            }
+            if let Some(answer) = l.answer_locally(&msg) {
+                return Ok(answer);
+            }
+        }
         let client_id = msg.id().cloned().unwrap_or(Value::Null);
         let timeout = self.upstream.timeout();
         let span = crate::observe::upstream_span(&self.upstream, &msg);
-        let stdio = matches!(self.transport, Transport::Stdio(_));
+        let stdio = matches!(self.transport, Transport::Stdio(_) | Transport::Shared(_));
         crate::observe::inject_meta(&span, &mut msg, stdio);
         // Requests are built inside the span, so an HTTP upstream gets its trace context.
         let entered = span.enter();
         let (upstream_id, call) = match &self.transport {
             Transport::Stdio(l) => {
                 let (id, fut) = l.request(&mut msg, related);
-                (id, futures_util::future::Either::Left(fut))
+                (
+                    id,
+                    futures_util::future::Either::Left(futures_util::future::Either::Left(fut)),
+                )
+            }
+            Transport::Shared(l) => {
+                let (id, fut) = l.request(&mut msg, related);
+                (
+                    id,
+                    futures_util::future::Either::Left(futures_util::future::Either::Right(fut)),
+                )
             }
             Transport::Http(l) => {
                 let id = l.next_id();
@@ -402,6 +392,7 @@ impl Link {
     async fn cancel_upstream(&self, upstream_id: u64, reason: &str) {
         match &self.transport {
             Transport::Stdio(l) => l.forget(upstream_id),
+            Transport::Shared(l) => l.forget(upstream_id),
             Transport::Sse(l) => l.forget(upstream_id),
             Transport::Http(_) => {}
         }
@@ -418,6 +409,7 @@ impl Link {
     pub async fn send(&self, msg: Message) -> Result<(), UpstreamError> {
         match &self.transport {
             Transport::Stdio(l) => l.send(msg),
+            Transport::Shared(l) => l.send(msg),
             Transport::Http(l) => l.send(msg).await,
             Transport::Sse(l) => l.send(msg).await,
         }
@@ -431,6 +423,53 @@ impl Drop for Link {
             l.close();
         }
     }
+}
+
+/// Starts a stdio child and runs its handshake, starting it again where the first try
+/// taught the era (see the comments inside).
+async fn start_stdio(
+    upstream: &Arc<Upstream>,
+    hello: &Hello,
+    handler: Weak<dyn InboundHandler>,
+    session_client: bool,
+) -> Result<(stdio::StdioLink, Value), UpstreamError> {
+    let (era, accepts) = (upstream.era(), upstream.accepts_initialize());
+    let mut started =
+        stdio::StdioLink::start(upstream, hello, handler.clone(), session_client).await;
+    if matches!(started, Err(UpstreamError::Exited { .. }))
+        && era == Era::Unknown
+        && upstream.era() == Era::Session
+    {
+        // The probe ended the child: a session-era server that takes nothing
+        // before `initialize`. Once more, with `initialize` only.
+        tracing::info!(upstream = %upstream.name, "stdio upstream exited on server/discover; starting it again with initialize");
+        started = stdio::StdioLink::start(upstream, hello, handler.clone(), session_client).await;
+    } else if matches!(started, Err(UpstreamError::Protocol { .. }))
+        && era == Era::Unknown
+        && upstream.era() == Era::Session
+        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
+    {
+        // The probe went unanswered in time and `initialize` was refused: a
+        // slow-starting 2026-07-28 server. Once more, probing again.
+        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize after a late probe; starting it again and probing once more");
+        upstream.set_era(Era::Unknown);
+        started = stdio::StdioLink::start(upstream, hello, handler.clone(), session_client).await;
+    }
+    if matches!(started, Err(UpstreamError::Exited { .. }))
+        && accepts.is_none()
+        && upstream.accepts_initialize() == Some(false)
+    {
+        // `initialize` ended a 2026-07-28-only child: once more, statelessly.
+        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize; starting it again as MCP 2026-07-28");
+        started = stdio::StdioLink::start(upstream, hello, handler, session_client).await;
+    }
+    if matches!(started, Err(UpstreamError::Protocol { .. }))
+        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
+    {
+        // Perhaps it changed era: the next link asks again.
+        upstream.set_era(Era::Unknown);
+    }
+    started
 }
 
 /// What went wrong reaching an upstream, down to the root cause: reqwest's own message is only

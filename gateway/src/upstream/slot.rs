@@ -13,7 +13,7 @@ use super::{Hello, InboundHandler, Link, Upstream, UpstreamError};
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A link that lived this long before dying resets the backoff: it was not a crash loop.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
+pub(super) const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 pub struct Slot {
     pub upstream: Arc<Upstream>,
@@ -127,7 +127,7 @@ impl Slot {
     }
 }
 
-fn backoff(failures: u32) -> Duration {
+pub(super) fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(MAX_BACKOFF)
