@@ -28,6 +28,7 @@ mod limits_upstream;
 mod lists;
 mod modern;
 mod observability;
+mod oidc_provider;
 mod plugin_authoring;
 mod policy;
 mod preinit;
