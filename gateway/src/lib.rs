@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod front;
@@ -75,6 +76,10 @@ impl Gateway {
             config.cluster.session_lifetime,
         ) {
             sessions.set_sealer(Arc::new(sealer));
+        }
+        if let Some(bus) = cluster::Bus::start(&config.cluster)? {
+            bus.set_sessions(Arc::downgrade(&sessions));
+            sessions.set_bus(bus);
         }
         if config.namespacing.prefix == PrefixMode::Never {
             check_collisions(&sessions).await?;

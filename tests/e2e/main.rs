@@ -9,6 +9,7 @@ mod cli;
 mod cluster_balanced;
 mod cluster_kv;
 mod cluster_sessions;
+mod cluster_streams;
 mod compile_cache;
 mod configmap_reload;
 mod conformance;
