@@ -435,7 +435,9 @@ async fn a_call_parked_for_a_session_era_upstream_is_resumed_from_any_replica() 
     // without the state starts over.
     let first = post(&replicas[0], &call).await;
     let (key, state) = input_required(&first, 1);
-    replicas[0].stop().await;
+    // It dies (a graceful stop would wait for the parked call first).
+    replicas[0].signal(libc::SIGKILL);
+    assert!(replicas[0].wait_exit(WAIT).await.is_some());
     retry["params"]["inputResponses"] =
         json!({ &key: { "action": "accept", "content": { "username": "grace" } } });
     retry["params"]["requestState"] = json!(state.unwrap());
