@@ -472,18 +472,6 @@ impl Collector for Live {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn methods_are_bounded() {
-        assert_eq!(method_label("tools/call"), "tools/call");
-        assert_eq!(method_label("tools/call2"), "other");
-        assert_eq!(method_label("x".repeat(1000).as_str()), "other");
-    }
-}
-
 /// The cluster bus's series (only with `[cluster]` redis and a session key).
 fn encode_bus(e: &mut DescriptorEncoder, bus: &crate::cluster::Bus) -> std::fmt::Result {
     use crate::cluster::counters as c;
@@ -540,4 +528,16 @@ fn encode_bus(e: &mut DescriptorEncoder, bus: &crate::cluster::Bus) -> std::fmt:
         "Times the cluster bus's subscriber connected to redis (1 + reconnections)",
         [(vec![], c::CONNECTS.load(Relaxed))],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_bounded() {
+        assert_eq!(method_label("tools/call"), "tools/call");
+        assert_eq!(method_label("tools/call2"), "other");
+        assert_eq!(method_label("x".repeat(1000).as_str()), "other");
+    }
 }
