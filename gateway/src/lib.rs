@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod front;
@@ -78,6 +79,10 @@ impl Gateway {
         }
         if let Some(ids) = session::TaskIds::from_session_keys(&config.cluster.session_keys.0) {
             sessions.set_task_ids(ids);
+        }
+        if let Some(bus) = cluster::Bus::start(&config.cluster)? {
+            bus.set_sessions(Arc::downgrade(&sessions));
+            sessions.set_bus(bus);
         }
         if config.namespacing.prefix == PrefixMode::Never {
             check_collisions(&sessions).await?;

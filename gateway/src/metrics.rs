@@ -362,6 +362,9 @@ impl Collector for Live {
                 ),
             ],
         )?;
+        if let Some(bus) = self.sessions.bus() {
+            encode_bus(e, bus)?;
+        }
 
         let chain = self.policies.chain();
         let plugins = chain.plugins();
@@ -467,6 +470,64 @@ impl Collector for Live {
         }
         Ok(())
     }
+}
+
+/// The cluster bus's series (only with `[cluster]` redis and a session key).
+fn encode_bus(e: &mut DescriptorEncoder, bus: &crate::cluster::Bus) -> std::fmt::Result {
+    use crate::cluster::counters as c;
+    gauge(
+        e,
+        "bus_up",
+        "1 when the cluster bus's subscriber is connected to redis",
+        [(vec![], i64::from(bus.is_connected()))],
+    )?;
+    gauge(
+        e,
+        "bus_sessions_followed",
+        "Sessions whose bus channel this replica subscribes to (it holds an open stream of them)",
+        [(vec![], bus.following() as i64)],
+    )?;
+    counter(
+        e,
+        "bus_published",
+        "Messages published on the cluster bus",
+        [(vec![], c::PUBLISHED.load(Relaxed))],
+    )?;
+    counter(
+        e,
+        "bus_received",
+        "Messages from other replicas acted on",
+        [(vec![], c::RECEIVED.load(Relaxed))],
+    )?;
+    counter(
+        e,
+        "bus_dropped",
+        "Bus messages dropped or kept local: oversize, queue_full, redis (down or failing: kept on the producing replica), unreadable (not sealed under a configured key, unknown, too old), slow_reader (a relayed answer's reader fell behind)",
+        [
+            ("oversize", c::DROPPED_OVERSIZE.load(Relaxed)),
+            ("queue_full", c::DROPPED_QUEUE.load(Relaxed)),
+            ("redis", c::DROPPED_REDIS.load(Relaxed)),
+            ("unreadable", c::DROPPED_UNREADABLE.load(Relaxed)),
+            ("slow_reader", c::DROPPED_SLOW.load(Relaxed)),
+        ]
+        .map(|(reason, n)| (vec![("reason", reason.to_string())], n)),
+    )?;
+    counter(
+        e,
+        "bus_forwarded_retries",
+        "2026-07-28 retries forwarded to the replica holding their parked call, by outcome",
+        [
+            ("answered", c::FORWARDED.load(Relaxed)),
+            ("unreachable", c::FORWARD_FAILED.load(Relaxed)),
+        ]
+        .map(|(outcome, n)| (vec![("outcome", outcome.to_string())], n)),
+    )?;
+    counter(
+        e,
+        "bus_connects",
+        "Times the cluster bus's subscriber connected to redis (1 + reconnections)",
+        [(vec![], c::CONNECTS.load(Relaxed))],
+    )
 }
 
 #[cfg(test)]

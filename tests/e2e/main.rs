@@ -10,6 +10,7 @@ mod cluster_balanced;
 mod cluster_clients;
 mod cluster_kv;
 mod cluster_sessions;
+mod cluster_streams;
 mod compile_cache;
 mod configmap_reload;
 mod conformance;

@@ -167,6 +167,13 @@ impl Session {
             return;
         }
         let Some((_, (idx, upstream_id))) = self.server_requests.remove(&key) else {
+            // In a cluster the id names the replica that asked; the answer goes there.
+            if let Some(bus) = &self.bus
+                && let Some(owner) = bus.asker(&key)
+            {
+                bus.publish_answer(owner, &self.id, msg);
+                return;
+            }
             tracing::debug!(session = %self.id, id = %key, "response to no pending server request");
             return;
         };
@@ -310,8 +317,7 @@ impl InboundHandler for Session {
         match msg.kind() {
             Kind::Response => {}
             Kind::Request => {
-                let n = self.next_server_request.fetch_add(1, Ordering::Relaxed) + 1;
-                let gateway_id = format!("s{n}");
+                let gateway_id = self.server_request_id();
                 let upstream_id = msg.id().cloned().unwrap_or(Value::Null);
                 self.server_requests
                     .insert(gateway_id.clone(), (idx, upstream_id));

@@ -16,6 +16,7 @@
 mod answer;
 mod listen;
 mod park;
+mod remote;
 mod validate;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::mcp::{Kind, Message, codes, version};
 use crate::policy::{Call, Chain, Phase};
 use crate::upstream::Hello;
 pub(super) use park::Parked;
+pub(super) use remote::serve_forwarded;
 use validate::{check_param_headers, validate};
 
 /// What a 2026-07-28 client may ask of the gateway. Anything else is 404 `-32601`, as the
@@ -296,6 +298,17 @@ impl Front {
         // 2026-07-28 upstream, and the retry goes there as it is.
         if let Some(state) = request_state.filter(|s| self.parked.calls.contains_key(s)) {
             return self.resume(&state, &msg, shape).await;
+        }
+        // In a cluster, a state the gateway issued names the replica holding the call.
+        if let Some(state) = msg.param_str("requestState")
+            && let Some(bus) = self.sessions.bus()
+            && let Some(owner) = bus.state_owner(state)
+        {
+            return match owner {
+                Some(replica) => self.forward_retry(bus, &replica, state, &msg, shape).await,
+                // Ours, but no longer parked: expired or used.
+                None => self.resume(state, &msg, shape).await,
+            };
         }
         let mut msg = match call.as_mut() {
             Some(c) => {
