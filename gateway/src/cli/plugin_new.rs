@@ -4,7 +4,9 @@
 //! Every project gets the same rule (refuse a tool whose name contains `delete` unless the
 //! caller is an admin; hide such tools from a non-admin's `tools/list`), the same sidecar and
 //! sample messages for both phases, and a README with its build and test commands; only the
-//! source and the build differ by language.
+//! source and the build differ by language. A project depends on its language's SDK package
+//! (`sdk/`, `sdk/python`, `sdk/js`, `sdk/go`) by path — the checkout's, or `--sdk-path` — and
+//! copies nothing of it: the contract and the build command come with the package.
 
 use std::path::{Path, PathBuf};
 
