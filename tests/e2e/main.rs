@@ -37,5 +37,6 @@ mod relay;
 mod route;
 mod smoke;
 mod tls;
+mod token_exchange;
 mod transparency;
 mod upstreams;
