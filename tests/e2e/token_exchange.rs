@@ -108,23 +108,39 @@ async fn each_caller_gets_a_token_exchanged_for_it_and_never_its_own() {
         field("grant_type"),
         Some("urn:ietf:params:oauth:grant-type:token-exchange")
     );
-    assert_eq!(field("subject_token"), Some(ALICE), "the caller's token is the subject");
+    assert_eq!(
+        field("subject_token"),
+        Some(ALICE),
+        "the caller's token is the subject"
+    );
     let access = Some("urn:ietf:params:oauth:token-type:access_token");
     assert_eq!(field("subject_token_type"), access);
     assert_eq!(field("requested_token_type"), access);
     assert_eq!(field("audience"), Some("beta-mcp"));
     assert_eq!(field("resource"), Some(proxy.url("/mcp").as_str()));
     assert_eq!(field("scope"), Some("tools:call"));
-    assert!(field("client_secret").is_none(), "Basic authentication, not the form");
+    assert!(
+        field("client_secret").is_none(),
+        "Basic authentication, not the form"
+    );
     // The endpoint answered, so it accepted the client's Basic credentials.
-    assert!(received[0].authorization.as_deref().unwrap_or_default().starts_with("Basic "));
+    assert!(
+        received[0]
+            .authorization
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("Basic ")
+    );
 
     // Another caller gets a token of its own.
     let bob = caller(&gateway, BOB).await;
     assert_eq!(upstream_saw(&bob).await.unwrap(), "Bearer exchanged-2");
     let received = endpoint.received();
     assert_eq!(received.len(), 2, "{received:?}");
-    assert_eq!(received[1].form.get("subject_token").map(String::as_str), Some(BOB));
+    assert_eq!(
+        received[1].form.get("subject_token").map(String::as_str),
+        Some(BOB)
+    );
 
     // Every request the upstream received (discovery, initialize, lists, calls) carried an
     // exchanged token, and never a client's.
@@ -157,7 +173,11 @@ async fn an_expiring_token_is_exchanged_again() {
     assert_eq!(upstream_saw(&alice).await.unwrap(), "Bearer exchanged-2");
     let received = endpoint.received();
     assert_eq!(received.len(), 2, "{received:?}");
-    assert!(received.iter().all(|r| r.form.get("subject_token").map(String::as_str) == Some(ALICE)));
+    assert!(
+        received
+            .iter()
+            .all(|r| r.form.get("subject_token").map(String::as_str) == Some(ALICE))
+    );
     alice.cancel().await.unwrap();
 }
 
@@ -175,7 +195,9 @@ async fn no_exchanged_token_means_nothing_reaches_the_upstream() {
     // The provider refuses carol's token: her call fails, naming the upstream and why.
     endpoint.refuse(true);
     let carol = caller(&gateway, CAROL).await;
-    let e = upstream_saw(&carol).await.expect_err("no credential, no call");
+    let e = upstream_saw(&carol)
+        .await
+        .expect_err("no credential, no call");
     assert!(
         e.contains("beta") && e.contains("no credential") && e.contains("invalid_grant"),
         "{e}"
@@ -184,7 +206,9 @@ async fn no_exchanged_token_means_nothing_reaches_the_upstream() {
     // The endpoint goes down while alice's token expires: her next call fails too.
     endpoint.stop();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let e = upstream_saw(&alice).await.expect_err("no credential, no call");
+    let e = upstream_saw(&alice)
+        .await
+        .expect_err("no credential, no call");
     assert!(
         e.contains("beta") && e.contains("token endpoint cannot be reached"),
         "{e}"

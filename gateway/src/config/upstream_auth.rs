@@ -265,19 +265,29 @@ mod tests {
     use crate::config::parse;
 
     fn check(auth: &str) -> Result<crate::config::Config, String> {
-        let text = format!("[upstreams.gh]\nurl = \"https://gh.internal/mcp\"\n\n[upstreams.gh.auth]\n{auth}");
-        parse(&text, "t.toml", &|n| (n == "SECRET").then(|| "s3cr3t".to_string()))
-            .map_err(|e| e.to_string())
+        let text = format!(
+            "[upstreams.gh]\nurl = \"https://gh.internal/mcp\"\n\n[upstreams.gh.auth]\n{auth}"
+        );
+        parse(&text, "t.toml", &|n| {
+            (n == "SECRET").then(|| "s3cr3t".to_string())
+        })
+        .map_err(|e| e.to_string())
     }
 
     const EXCHANGE: &str = "kind = \"token-exchange\"\ntoken-endpoint = \"https://login.example.com/token\"\nclient-id = \"portcullis\"\nclient-secret = \"${SECRET}\"\n";
 
     #[test]
     fn a_token_exchange_is_accepted_with_its_secret_from_the_environment() {
-        let c = check(&format!("{EXCHANGE}audience = \"gh\"\nresource = \"https://gh.internal/mcp\"\n")).unwrap();
+        let c = check(&format!(
+            "{EXCHANGE}audience = \"gh\"\nresource = \"https://gh.internal/mcp\"\n"
+        ))
+        .unwrap();
         let auth = c.upstreams["gh"].auth.as_ref().unwrap();
         assert_eq!(auth.client_secret.as_deref(), Some("s3cr3t"));
-        assert!(!format!("{auth:?}").contains("s3cr3t"), "Debug shows no secret");
+        assert!(
+            !format!("{auth:?}").contains("s3cr3t"),
+            "Debug shows no secret"
+        );
     }
 
     #[test]
@@ -305,7 +315,8 @@ mod tests {
             let e = check(&auth).expect_err(&auth);
             assert!(e.contains(want), "{auth}\n→ {e}");
         }
-        let loopback = EXCHANGE.replace("https://login.example.com", "http://127.0.0.1:9") + "audience = \"x\"\n";
+        let loopback = EXCHANGE.replace("https://login.example.com", "http://127.0.0.1:9")
+            + "audience = \"x\"\n";
         check(&loopback).expect("http on loopback");
     }
 

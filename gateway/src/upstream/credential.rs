@@ -220,7 +220,8 @@ impl Exchange {
         let client_auth = match auth.client_auth {
             ClientAuthMethod::Basic => {
                 // RFC 6749 §2.3.1: both are form-encoded before they are joined.
-                let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
                 let pair = format!("{}:{}", enc(&id), enc(&secret));
                 let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
                 let mut v = HeaderValue::from_str(&format!("Basic {b64}"))
@@ -344,7 +345,10 @@ impl Exchange {
             return Err(refusal(status.as_u16(), &body));
         }
         let issued = issued(&body, self.refresh_before)?;
-        tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "token exchanged");
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "token exchanged"
+        );
         Ok(issued)
     }
 }
@@ -451,9 +455,15 @@ mod tests {
         assert!(left <= Duration::from_secs(5));
         let cases: [(&[u8], &str); 5] = [
             (br#"{"token_type":"Bearer"}"#, "no access_token"),
-            (br#"{"access_token":"a","token_type":"N_A"}"#, "not a Bearer token"),
+            (
+                br#"{"access_token":"a","token_type":"N_A"}"#,
+                "not a Bearer token",
+            ),
             (br#"{"access_token":"a"}"#, "no token_type"),
-            (br#"{"access_token":"a","token_type":"Bearer","expires_in":"x"}"#, "expires_in"),
+            (
+                br#"{"access_token":"a","token_type":"Bearer","expires_in":"x"}"#,
+                "expires_in",
+            ),
             (b"<html>", "not JSON"),
         ];
         for (bad, want) in cases {
@@ -464,9 +474,18 @@ mod tests {
 
     #[test]
     fn refusals_name_the_error_code_only() {
-        let e = refusal(400, br#"{"error":"invalid_grant","error_description":"token abc.def expired"}"#);
-        assert_eq!(e, "the token endpoint refused the exchange: invalid_grant (HTTP 400)");
-        assert_eq!(refusal(502, b"bad gateway"), "the token endpoint answered HTTP 502");
+        let e = refusal(
+            400,
+            br#"{"error":"invalid_grant","error_description":"token abc.def expired"}"#,
+        );
+        assert_eq!(
+            e,
+            "the token endpoint refused the exchange: invalid_grant (HTTP 400)"
+        );
+        assert_eq!(
+            refusal(502, b"bad gateway"),
+            "the token endpoint answered HTTP 502"
+        );
         let odd = refusal(400, br#"{"error":"secret token\u0000"}"#);
         assert!(!odd.contains("secret"), "{odd}");
     }
@@ -530,8 +549,13 @@ mod tests {
                     }
                     let n = count.fetch_add(1, Relaxed) + 1;
                     tokio::time::sleep(delay).await;
-                    let body = format!(r#"{{"access_token":"t{n}","token_type":"Bearer","expires_in":3600}}"#);
-                    let reply = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let body = format!(
+                        r#"{{"access_token":"t{n}","token_type":"Bearer","expires_in":3600}}"#
+                    );
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
                     let _ = conn.write_all(reply.as_bytes()).await;
                 });
             }
@@ -575,7 +599,9 @@ mod tests {
         let (url, _) = endpoint(Duration::ZERO).await;
         let ex = exchange(&url, 16);
         for i in 0..40 {
-            ex.token_for(&Subject::new(&format!("caller-{i}"))).await.unwrap();
+            ex.token_for(&Subject::new(&format!("caller-{i}")))
+                .await
+                .unwrap();
             assert!(ex.cache.lock().unwrap().len() <= 16);
         }
     }
@@ -587,9 +613,15 @@ mod tests {
             .map(|a| a.port())
             .unwrap();
         let ex = exchange(&format!("http://127.0.0.1:{port}/token"), 16);
-        let e = ex.token_for(&Subject::new("alice-secret-token")).await.unwrap_err();
+        let e = ex
+            .token_for(&Subject::new("alice-secret-token"))
+            .await
+            .unwrap_err();
         assert!(e.starts_with("the token endpoint cannot be reached"), "{e}");
-        assert!(!e.contains("alice-secret-token") && !e.contains("127.0.0.1"), "{e}");
+        assert!(
+            !e.contains("alice-secret-token") && !e.contains("127.0.0.1"),
+            "{e}"
+        );
         assert_eq!(ex.counts.failed.load(Relaxed), 1);
     }
 }

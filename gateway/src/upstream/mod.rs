@@ -90,12 +90,14 @@ impl Upstream {
             TransportKind::Stdio => None,
         };
         let credential = match &config.auth {
-            Some(auth) if auth.kind == crate::config::AuthKind::TokenExchange => Some(
-                credential::Exchange::new(auth).map_err(|reason| UpstreamError::Unavailable {
-                    upstream: name.into(),
-                    reason,
-                })?,
-            ),
+            Some(auth) if auth.kind == crate::config::AuthKind::TokenExchange => {
+                Some(credential::Exchange::new(auth).map_err(|reason| {
+                    UpstreamError::Unavailable {
+                        upstream: name.into(),
+                        reason,
+                    }
+                })?)
+            }
             _ => None,
         };
         let speaks_sse = AtomicBool::new(config.transport == HttpTransport::Sse);

@@ -102,8 +102,16 @@ async fn forward(
             .get(hyper::header::AUTHORIZATION)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
     });
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let mut out = client.request(parts.method.clone(), format!("http://{target}{path}"));
     for (name, value) in &parts.headers {
         if !HOP_BY_HOP.contains(&name.as_str()) {
@@ -131,5 +139,7 @@ async fn forward(
         .bytes_stream()
         .map_ok(Frame::data)
         .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
-    Ok(response.body(StreamBody::new(stream).boxed_unsync()).unwrap())
+    Ok(response
+        .body(StreamBody::new(stream).boxed_unsync())
+        .unwrap())
 }
