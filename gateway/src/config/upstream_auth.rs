@@ -300,7 +300,7 @@ mod tests {
     #[test]
     fn mistakes_get_errors_naming_the_key() {
         let cases = [
-            (format!("{EXCHANGE}"), "upstreams.gh.auth.audience: set `audience` or `resource`"),
+            (EXCHANGE.to_string(), "upstreams.gh.auth.audience: set `audience` or `resource`"),
             ("kind = \"token-exchange\"\nclient-id = \"a\"\nclient-secret = \"b\"\naudience = \"x\"\n".into(), "auth.token-endpoint: kind = \"token-exchange\" needs it"),
             (EXCHANGE.replace("https://login", "http://login") + "audience = \"x\"\n", "http:// is accepted on a loopback address only"),
             (format!("{EXCHANGE}resource = \"https://gh/#x\"\n"), "must not contain a fragment"),
