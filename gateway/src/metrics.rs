@@ -346,6 +346,37 @@ impl Collector for Live {
             "Client sessions connected to an upstream now",
             upstreams.iter().map(|s| (named(&s.name), s.links as i64)),
         )?;
+        let exchanging: Vec<_> = self
+            .sessions
+            .upstreams()
+            .iter()
+            .filter_map(|u| Some((u.name.to_string(), u.token_exchange_counts()?)))
+            .collect();
+        let labelled = |name: &str, key: &'static str, value: &str| {
+            vec![("upstream", name.to_string()), (key, value.to_string())]
+        };
+        counter(
+            e,
+            "upstream_token_exchanges",
+            "RFC 8693 token exchanges for a token-exchange upstream's callers, by outcome (ok, error)",
+            exchanging.iter().flat_map(|(name, c)| {
+                [
+                    (labelled(name, "outcome", "ok"), c.exchanged.load(Relaxed)),
+                    (labelled(name, "outcome", "error"), c.failed.load(Relaxed)),
+                ]
+            }),
+        )?;
+        counter(
+            e,
+            "upstream_token_cache",
+            "Lookups of a token-exchange upstream's cached tokens: hit (cached, or exchanged by a concurrent request) or miss (exchanged now)",
+            exchanging.iter().flat_map(|(name, c)| {
+                [
+                    (labelled(name, "result", "hit"), c.hits.load(Relaxed)),
+                    (labelled(name, "result", "miss"), c.misses.load(Relaxed)),
+                ]
+            }),
+        )?;
 
         counter(
             e,

@@ -42,5 +42,6 @@ mod shared_stdio;
 mod smoke;
 mod tasks;
 mod tls;
+mod token_exchange;
 mod transparency;
 mod upstreams;

@@ -244,6 +244,7 @@ pub fn parse(
         if let Some(t) = up.bearer_token.as_mut() {
             expand("bearer-token", t)?;
         }
+        super::upstream_auth::check(name, up, text, file, lookup)?;
         if up.timeout.is_zero()
             || up.connect_timeout.is_zero()
             || up.list_timeout.is_zero()

@@ -13,6 +13,7 @@ mod env;
 mod load;
 mod observe;
 mod tls;
+mod upstream_auth;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ pub use cluster::{ClusterConfig, RedisUrl};
 pub use load::{ConfigError, embedded_default, load, parse};
 pub use observe::{AdminConfig, LogConfig, LogFormat, TracingConfig};
 pub use tls::{ClientAuth, TlsConfig};
+pub use upstream_auth::{AuthKind, ClientAuthMethod, MAX_TOKEN_BYTES, UpstreamAuth};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +327,9 @@ pub struct UpstreamConfig {
     /// Sent as `Authorization: Bearer …` to an HTTP upstream. The client's own
     /// `Authorization` header is never forwarded.
     pub bearer_token: Option<String>,
+    /// `[upstreams.<name>.auth]`: a static credential or an RFC 8693 token exchange per
+    /// caller (`upstream_auth.rs`). Absent: `bearer-token`, or no credential.
+    pub auth: Option<UpstreamAuth>,
     /// Longest wait for one upstream request (a list, a call). Default 60s.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,

@@ -306,6 +306,10 @@ impl Session {
 }
 
 impl InboundHandler for Session {
+    fn subject(&self) -> Option<Arc<crate::upstream::Subject>> {
+        self.subject.get()
+    }
+
     fn on_message(&self, upstream: &Arc<Upstream>, mut msg: Message, related: Option<&Related>) {
         let Some(idx) = self.upstream_index(upstream) else {
             return;

@@ -144,6 +144,9 @@ pub struct Session {
     /// The identity of the caller's latest request, for screening what the session sends
     /// outside any request.
     caller: ArcSwapOption<Identity>,
+    /// The bearer token authn last accepted from the owner: what token-exchange upstreams
+    /// exchange (`upstream/credential.rs`). Set by the front once a request is identified.
+    pub subject: crate::upstream::SubjectSlot,
     /// Who opened the session, for `max-sessions-per-caller` (see [`Sessions::open`]).
     quota: Option<String>,
     /// Byte cap of each of its SSE streams (`max-stream-buffer-kib`).
@@ -562,6 +565,7 @@ impl Sessions {
             last_seen: Mutex::new(Instant::now()),
             owner: std::sync::OnceLock::new(),
             caller: ArcSwapOption::empty(),
+            subject: Default::default(),
             quota: caller.map(str::to_string),
             stream_cap: cap,
             screen: self.screen.get().cloned(),

@@ -123,9 +123,12 @@ impl HttpLink {
         };
         let stateless = Stateless::new(upstream.name.clone(), hello.clone());
         let unreachable = |e: &UpstreamError| {
+            // A caller without a credential learns nothing about the upstream's era either.
             matches!(
                 e,
-                UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. }
+                UpstreamError::Unavailable { .. }
+                    | UpstreamError::Timeout { .. }
+                    | UpstreamError::Credential { .. }
             )
         };
         let choice = stateless::choose_era(
@@ -298,6 +301,7 @@ impl HttpLink {
         state: &SessionState,
     ) -> Result<(Posted, HeaderMap), UpstreamError> {
         let mut builder = self.builder(reqwest::Method::POST, state);
+        builder = super::credential::authorize(&self.upstream, &self.handler, builder).await?;
         if crate::observe::enabled() {
             let mut trace = HeaderMap::new();
             crate::observe::inject_headers(&mut trace);
@@ -417,7 +421,16 @@ impl HttpLink {
                 if let Some(id) = &last_event {
                     req = req.header(LAST_EVENT_ID, id.as_str());
                 }
-                match req.send().await {
+                let sent = match super::credential::authorize(&upstream, &handler, req).await {
+                    Ok(req) => req.send().await,
+                    Err(e) => {
+                        tracing::debug!(upstream = %upstream.name, error = %e, "GET stream not opened");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
+                        continue;
+                    }
+                };
+                match sent {
                     Ok(resp) if resp.status().is_success() => {
                         backoff = Duration::from_millis(250);
                         let mut events = bounds::sse_events(&upstream, resp);
@@ -488,9 +501,12 @@ impl HttpLink {
         let state = self.session();
         if state.session_id.is_some() {
             let req = self.builder(reqwest::Method::DELETE, &state);
+            let (upstream, handler) = (self.upstream.clone(), self.handler.clone());
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let _ = req.timeout(Duration::from_secs(5)).send().await;
+                    if let Ok(req) = super::credential::authorize(&upstream, &handler, req).await {
+                        let _ = req.timeout(Duration::from_secs(5)).send().await;
+                    }
                 });
             }
         }

@@ -95,6 +95,8 @@ pub struct SseLink {
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
     reader: tokio::task::AbortHandle,
+    /// The client session: whose credential a token-exchange upstream gets.
+    handler: Weak<dyn InboundHandler>,
 }
 
 impl SseLink {
@@ -109,11 +111,13 @@ impl SseLink {
             upstream: name.clone(),
             detail,
         };
-        let resp = client
+        let get = client
             .http
             .get(client.url.clone())
             .headers(client.headers.clone())
-            .header(ACCEPT, "text/event-stream")
+            .header(ACCEPT, "text/event-stream");
+        let resp = super::credential::authorize(upstream, &handler, get)
+            .await?
             .send()
             .await
             .map_err(|e| unavailable(&name, e))?;
@@ -169,6 +173,7 @@ impl SseLink {
 
         let pending = Arc::new(Pending::default());
         let alive = Arc::new(AtomicBool::new(true));
+        let weak = handler.clone();
         let reader = {
             let (upstream, pending, alive) = (upstream.clone(), pending.clone(), alive.clone());
             tokio::spawn(async move {
@@ -229,6 +234,7 @@ impl SseLink {
             pending,
             alive,
             reader,
+            handler: weak,
         };
         let answer = link.pending.register(0, None, None);
         link.send(hello.initialize_request()).await?;
@@ -281,6 +287,7 @@ impl SseLink {
         let closed = self.closed();
         let name = self.name.clone();
         let upstream = self.upstream.clone();
+        let handler = self.handler.clone();
         let mut req = self
             .client
             .http
@@ -297,6 +304,7 @@ impl SseLink {
             if !alive {
                 return Err(closed);
             }
+            let req = super::credential::authorize(&upstream, &handler, req).await?;
             let resp = req.send().await.map_err(|e| unavailable(&name, e))?;
             let status = resp.status();
             // Read the (short) body so the connection goes back to the pool; a long one is

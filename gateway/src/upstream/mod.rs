@@ -17,6 +17,7 @@
 //! Messages are forwarded as raw JSON ([`Message`]); only the JSON-RPC id is rewritten.
 
 mod bounds;
+pub mod credential;
 mod error;
 mod health;
 mod http;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{HttpTransport, TransportKind, UpstreamConfig};
 use crate::mcp::{Kind, Message, methods};
 
+pub use credential::{Subject, SubjectSlot};
 pub use error::UpstreamError;
 pub use health::{Health, LeftOut, UpstreamStatus};
 pub use slot::{Fresh, Slot};
@@ -50,6 +52,12 @@ pub type Related = mpsc::UnboundedSender<Message>;
 pub trait InboundHandler: Send + Sync {
     /// `related` is the stream of the client request this message belongs to, when known.
     fn on_message(&self, upstream: &Arc<Upstream>, msg: Message, related: Option<&Related>);
+
+    /// The bearer token the caller behind this handler presented and authn accepted: what
+    /// a token-exchange upstream's credential is exchanged for (`credential.rs`).
+    fn subject(&self) -> Option<Arc<Subject>> {
+        None
+    }
 }
 
 /// One configured upstream server.
@@ -59,6 +67,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Shared connection pool for HTTP upstreams (keep-alive, `TCP_NODELAY`).
     http: Option<http::Client>,
+    /// `auth.kind = "token-exchange"`: the per-caller credential (`credential.rs`).
+    credential: Option<credential::Exchange>,
     /// An HTTP upstream speaks the legacy HTTP+SSE transport: pinned, or found out once.
     speaks_sse: AtomicBool,
     /// The protocol era found by `server/discover` (an [`Era`] as u8), for `protocol = auto`.
@@ -84,6 +94,17 @@ impl Upstream {
             TransportKind::Http => Some(http::Client::new(name, &config)?),
             TransportKind::Stdio => None,
         };
+        let credential = match &config.auth {
+            Some(auth) if auth.kind == crate::config::AuthKind::TokenExchange => {
+                Some(credential::Exchange::new(auth).map_err(|reason| {
+                    UpstreamError::Unavailable {
+                        upstream: name.into(),
+                        reason,
+                    }
+                })?)
+            }
+            _ => None,
+        };
         let speaks_sse = AtomicBool::new(config.transport == HttpTransport::Sse);
         let child_slots = Arc::new(tokio::sync::Semaphore::new(config.max_children()));
         let shared = (http.is_none() && config.share == crate::config::Share::Shared)
@@ -92,6 +113,7 @@ impl Upstream {
             name: name.into(),
             config,
             http,
+            credential,
             speaks_sse,
             era: AtomicU8::new(Era::Unknown as u8),
             initialize: AtomicU8::new(0),
@@ -136,6 +158,11 @@ impl Upstream {
         if first {
             tracing::info!(upstream = %self.name, accepts, "upstream advertises only MCP 2026-07-28; session-era clients tried initialize");
         }
+    }
+
+    /// Token exchanges of this upstream since start (`None`: it has none configured).
+    pub fn token_exchange_counts(&self) -> Option<&credential::Counts> {
+        self.credential.as_ref().map(|c| &c.counts)
     }
 
     pub fn timeout(&self) -> Duration {

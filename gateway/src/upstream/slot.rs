@@ -116,7 +116,11 @@ impl Slot {
             }
             // The gateway's own cap, not a failure of the upstream: no backoff, so the
             // session gets a child as soon as another session lets one go.
-            Err(e @ UpstreamError::TooManyChildren { .. }) => Err(e),
+            // Nor is a caller without a credential (token exchange): the next request of
+            // this session may bring one.
+            Err(e @ (UpstreamError::TooManyChildren { .. } | UpstreamError::Credential { .. })) => {
+                Err(e)
+            }
             Err(e) => {
                 st.failures += 1;
                 st.retry_at = Some(Instant::now() + backoff(st.failures));

@@ -354,7 +354,16 @@ impl HttpLink {
                 let Some(req) = builder.try_clone() else {
                     return;
                 };
-                match req.send().await {
+                let sent = match super::credential::authorize(&upstream, &handler, req).await {
+                    Ok(req) => req.send().await,
+                    Err(e) => {
+                        tracing::debug!(upstream = %upstream.name, error = %e, "subscriptions/listen not opened");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
+                        continue;
+                    }
+                };
+                match sent {
                     Ok(resp)
                         if resp.status().is_success()
                             && resp

@@ -261,6 +261,8 @@ impl Front {
             Err(refusal) => return refuse(refusal, &client_id),
         };
         session.touch();
+        // The caller's token, now that authn accepted it, for token-exchange upstreams.
+        session.subject.remember(call.as_ref().map(|c| c.view()));
         if method == methods::TOOLS_CALL
             && let Err(r) = check_param_headers(&session, &param_headers, &msg).await
         {
