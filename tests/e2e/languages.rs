@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis_tests::harness::{
-    Gateway, McpClient, PluginDir, TempDir, bin_path, call_tool, client, plugin_wasm,
-    server_toml, stdio_fixture_toml, toml_str,
+    Gateway, McpClient, PluginDir, TempDir, bin_path, call_tool, client, plugin_wasm, server_toml,
+    stdio_fixture_toml, toml_str,
 };
 use rmcp::ServiceError;
 use serde_json::{Value, json};
@@ -168,7 +168,11 @@ async fn run_table(name: &str, wasm: &str) {
         big,
         "a {} component should load on {} code: {line}",
         if big { "big" } else { "small" },
-        if big { "the baseline compiler's" } else { "Cranelift's" }
+        if big {
+            "the baseline compiler's"
+        } else {
+            "Cranelift's"
+        }
     );
     // The chain is swapped right after the load is logged: wait until a refusal shows it.
     let probe = table

@@ -161,7 +161,10 @@ impl Plugin {
         let rt2 = rt.clone();
         // Compilation is CPU-heavy (seconds for big guests): keep it off the async workers.
         let (compiled, bytes) = tokio::task::spawn_blocking(move || {
-            (loader::compile_quick(&rt2, &bytes, rt2.cache.as_ref()), bytes)
+            (
+                loader::compile_quick(&rt2, &bytes, rt2.cache.as_ref()),
+                bytes,
+            )
         })
         .await
         .map_err(|e| LoadError::Invalid(e.to_string()))?;
@@ -536,7 +539,11 @@ impl Plugin {
             let started = Instant::now();
             let linked = loader::compile(&rt, &wasm, rt.cache.as_ref())
                 .map_err(|e| e.to_string())
-                .and_then(|c| rt.linker.instantiate_pre(&c.component).map_err(|e| format!("{e:#}")))
+                .and_then(|c| {
+                    rt.linker
+                        .instantiate_pre(&c.component)
+                        .map_err(|e| format!("{e:#}"))
+                })
                 .and_then(|pre| PluginPre::new(pre).map_err(|e| format!("{e:#}")));
             match linked {
                 Ok(pre) => {
