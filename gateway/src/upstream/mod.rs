@@ -15,6 +15,7 @@
 //! Messages are forwarded as raw JSON ([`Message`]); only the JSON-RPC id is rewritten.
 
 mod bounds;
+mod child;
 mod error;
 mod health;
 mod http;
@@ -223,57 +224,9 @@ impl Link {
         let connect = async {
             match &upstream.http {
                 None => {
-                    let (era, accepts) = (upstream.era(), upstream.accepts_initialize());
-                    let mut started =
-                        stdio::StdioLink::start(upstream, hello, handler.clone(), session_client)
-                            .await;
-                    if matches!(started, Err(UpstreamError::Exited { .. }))
-                        && era == Era::Unknown
-                        && upstream.era() == Era::Session
-                    {
-                        // The probe ended the child: a session-era server that takes nothing
-                        // before `initialize`. Once more, with `initialize` only.
-                        tracing::info!(upstream = %upstream.name, "stdio upstream exited on server/discover; starting it again with initialize");
-                        started = stdio::StdioLink::start(
-                            upstream,
-                            hello,
-                            handler.clone(),
-                            session_client,
-                        )
-                        .await;
-                    } else if matches!(started, Err(UpstreamError::Protocol { .. }))
-                        && era == Era::Unknown
-                        && upstream.era() == Era::Session
-                        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
-                    {
-                        // The probe went unanswered in time and `initialize` was refused: a
-                        // slow-starting 2026-07-28 server. Once more, probing again.
-                        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize after a late probe; starting it again and probing once more");
-                        upstream.set_era(Era::Unknown);
-                        started = stdio::StdioLink::start(
-                            upstream,
-                            hello,
-                            handler.clone(),
-                            session_client,
-                        )
-                        .await;
-                    }
-                    if matches!(started, Err(UpstreamError::Exited { .. }))
-                        && accepts.is_none()
-                        && upstream.accepts_initialize() == Some(false)
-                    {
-                        // `initialize` ended a 2026-07-28-only child: once more, statelessly.
-                        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize; starting it again as MCP 2026-07-28");
-                        started =
-                            stdio::StdioLink::start(upstream, hello, handler, session_client).await;
-                    }
-                    if matches!(started, Err(UpstreamError::Protocol { .. }))
-                        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
-                    {
-                        // Perhaps it changed era: the next link asks again.
-                        upstream.set_era(Era::Unknown);
-                    }
-                    let (link, init) = started?;
+                    let (link, init) =
+                        stdio::StdioLink::connect(upstream, hello, handler, session_client)
+                            .await?;
                     Ok::<_, UpstreamError>((Transport::Stdio(link), init))
                 }
                 Some(client) => {
