@@ -6,7 +6,7 @@
 //! SIGKILL; and its stderr goes to the gateway's log, tagged with the upstream name. This
 //! file is the link over its stdin and stdout: a writer task, a reader task, the handshake.
 //!
-//! Which era a child speaks is decided as for HTTP (`stateless.rs`): with `protocol = auto`
+//! Which era a child speaks is decided as for HTTP (`upstream/stateless.rs`): with `protocol = auto`
 //! the first child of an upstream is asked `server/discover` before anything else (the spec's
 //! stdio probe); a 2026-07-28-only server is then spoken to statelessly, with `_meta` on every
 //! request and a `subscriptions/listen` request open for list changes.
@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout};
@@ -22,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::bounds::{self, Bound, Line};
 use super::child::{self, Spawned};
-use super::pending::Pending;
+use super::link::{Call, Transport};
+use super::pending::{Pending, RequestIds};
 use super::stateless::{self, Stateless};
 use super::{Era, Hello, InboundHandler, Related, Upstream, UpstreamError};
 use crate::config::UpstreamProtocol;
@@ -173,7 +175,7 @@ impl StdioLink {
             stateless::Choice::Initialize => None,
             stateless::Choice::Stateless(d) => Some(d),
             stateless::Choice::TryInitialize(_) => {
-                self.send(hello.initialize_request())?;
+                self.write(hello.initialize_request())?;
                 let reply = match tokio::time::timeout(PROBE_TIMEOUT, &mut init_rx).await {
                     Ok(Ok(reply)) => super::initialize_result(&name, reply),
                     Ok(Err(_)) => {
@@ -189,7 +191,7 @@ impl StdioLink {
                 match reply {
                     Ok(result) => {
                         upstream.set_accepts_initialize(true);
-                        self.send(Message::notification(methods::INITIALIZED, None))?;
+                        self.write(Message::notification(methods::INITIALIZED, None))?;
                         return Ok((self, result));
                     }
                     Err(e) => {
@@ -208,49 +210,17 @@ impl StdioLink {
             self.stateless = Some(stateless);
             return Ok((self, discovered));
         }
-        self.send(hello.initialize_request())?;
+        self.write(hello.initialize_request())?;
         let reply = init_rx.await.map_err(|_| UpstreamError::Exited {
             upstream: name.clone(),
         })?;
         let result = super::initialize_result(&name, reply)?;
-        self.send(Message::notification(methods::INITIALIZED, None))?;
+        self.write(Message::notification(methods::INITIALIZED, None))?;
         Ok((self, result))
     }
 
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-
-    /// Assigns an upstream id, registers the waiter and writes the request. The returned
-    /// future resolves with the response.
-    pub fn request(
-        &self,
-        msg: &mut Message,
-        related: Option<Related>,
-    ) -> (
-        u64,
-        impl Future<Output = Result<Message, UpstreamError>> + use<>,
-    ) {
-        if let Some(stateless) = &self.stateless {
-            stateless.add_meta(msg);
-        }
-        let (id, rx) = self.pending.start(msg, related);
-        let sent = self.send_bytes(msg.to_bytes());
-        let name = self.name.clone();
-        let fut = async move {
-            sent?;
-            rx.await
-                .map_err(|_| UpstreamError::Exited { upstream: name })?
-        };
-        (id, fut)
-    }
-
-    /// Stops waiting for a request (after a timeout or cancellation).
-    pub fn forget(&self, id: u64) {
-        self.pending.remove(id);
-    }
-
-    pub fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+    /// Writes a notification or a response to the child's stdin.
+    fn write(&self, msg: Message) -> Result<(), UpstreamError> {
         if self.stateless.is_some() && msg.method() != methods::CANCELLED {
             // 2026-07-28 over stdio: the only client notification is cancellation, and its
             // servers ask nothing of the client (so there are no answers to send either).
@@ -302,7 +272,7 @@ impl StdioLink {
     }
 
     fn send_bytes(&self, bytes: Vec<u8>) -> Result<(), UpstreamError> {
-        if !self.is_alive() {
+        if !self.alive.load(Ordering::Acquire) {
             return Err(UpstreamError::Exited {
                 upstream: self.name.clone(),
             });
@@ -310,6 +280,52 @@ impl StdioLink {
         self.outbox.send(bytes).map_err(|_| UpstreamError::Exited {
             upstream: self.name.clone(),
         })
+    }
+}
+
+impl Transport for StdioLink {
+    fn kind(&self) -> &'static str {
+        "stdio"
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn stateless(&self) -> Option<&Stateless> {
+        self.stateless.as_ref()
+    }
+
+    fn traces_in_meta(&self) -> bool {
+        true
+    }
+
+    fn ids(&self) -> &RequestIds {
+        &self.pending.ids
+    }
+
+    /// Registers the waiter, then writes the request; the answer comes from [`read_stdout`].
+    fn request(&self, id: u64, mut msg: Message, related: Option<Related>) -> Call<'_> {
+        if let Some(stateless) = &self.stateless {
+            stateless.add_meta(&mut msg);
+        }
+        let answer = self.pending.register_request(id, &msg, related);
+        let sent = self.send_bytes(msg.to_bytes());
+        let exited = UpstreamError::Exited {
+            upstream: self.name.clone(),
+        };
+        Box::pin(
+            self.pending
+                .call(id, answer, std::future::ready(sent), exited),
+        )
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.remove(id);
+    }
+
+    fn send(&self, msg: Message) -> BoxFuture<'_, Result<(), UpstreamError>> {
+        Box::pin(std::future::ready(self.write(msg)))
     }
 }
 
