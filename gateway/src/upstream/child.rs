@@ -176,4 +176,3 @@ pub(super) fn log_stderr(name: Arc<str>, stderr: ChildStderr) {
         }
     });
 }
-

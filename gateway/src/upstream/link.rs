@@ -1,61 +1,19 @@
 //! A [`Link`]: one client session's MCP session with one upstream, over whichever
 //! [`Transport`] that upstream speaks.
 //!
-//! Every kind of upstream (stdio, Streamable HTTP, legacy HTTP+SSE) implements the same
-//! [`Transport`]; what is common to all of them lives here, once: the upstream-side request
+//! What is common to every kind of upstream lives here, once: the upstream-side request
 //! id and the client's id restored on the answer, the timeout and cancellation (with
 //! `notifications/cancelled` sent upstream), answers the gateway gives itself for a
 //! 2026-07-28 upstream, the trace span and the upstream's health.
 
 use std::sync::{Arc, Weak};
 
-use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::pending::RequestIds;
-use super::stateless::Stateless;
+use super::transport::Transport;
 use super::{Hello, InboundHandler, Related, Upstream, UpstreamError, http, stdio};
 use crate::mcp::{Kind, Message, methods};
-
-/// A request on its way upstream: resolves with the upstream's response.
-pub(super) type Call<'a> = BoxFuture<'a, Result<Message, UpstreamError>>;
-
-/// What each kind of upstream link does. A transport carries messages; the [`Link`] around
-/// it numbers requests, times them out, cancels them and restores the client's ids.
-pub(super) trait Transport: Send + Sync {
-    /// How the link shows in the log: `stdio`, `streamable-http`, `sse`.
-    fn kind(&self) -> &'static str;
-
-    /// Whether it can still carry messages (a child running, a stream open).
-    fn is_alive(&self) -> bool {
-        true
-    }
-
-    /// How it speaks MCP 2026-07-28, when it does.
-    fn stateless(&self) -> Option<&Stateless> {
-        None
-    }
-
-    /// The trace context goes into every request's `_meta` (there are no headers to carry
-    /// it), rather than only where the client put one there.
-    fn traces_in_meta(&self) -> bool {
-        false
-    }
-
-    /// Where this link's upstream-side request ids come from.
-    fn ids(&self) -> &RequestIds;
-
-    /// Sends request `msg`, already numbered `id` from [`Transport::ids`]; the call resolves
-    /// with the upstream's response. `related` gets what the upstream sends about it.
-    fn request(&self, id: u64, msg: Message, related: Option<Related>) -> Call<'_>;
-
-    /// Stops waiting for request `id` (it timed out or was cancelled).
-    fn forget(&self, _id: u64) {}
-
-    /// Sends a notification, or a response to a request the upstream made.
-    fn send(&self, msg: Message) -> BoxFuture<'_, Result<(), UpstreamError>>;
-}
 
 /// An initialized MCP session with one upstream, owned by one client session.
 pub struct Link {
@@ -79,8 +37,7 @@ impl Link {
             match &upstream.http {
                 None => {
                     let (link, init) =
-                        stdio::StdioLink::connect(upstream, hello, handler, session_client)
-                            .await?;
+                        stdio::StdioLink::connect(upstream, hello, handler, session_client).await?;
                     Ok((Box::new(link) as Box<dyn Transport>, init))
                 }
                 Some(client) => {

@@ -14,8 +14,8 @@
 //!
 //! Messages are forwarded as raw JSON ([`Message`]); only the JSON-RPC id is rewritten.
 //!
-//! One job a file: `link.rs` the [`Link`] and the [`link::Transport`] every kind of upstream
-//! implements; `stdio.rs` and `child.rs` stdio upstreams; `http/` HTTP upstreams;
+//! One job a file: `link.rs` the [`Link`]; `transport.rs` the `Transport` every kind of
+//! upstream implements; `stdio.rs` and `child.rs` stdio upstreams; `http/` HTTP upstreams;
 //! `stateless.rs` which protocol era a link speaks and how MCP 2026-07-28 is spoken;
 //! `pending.rs` request ids and requests awaiting their answer; `slot.rs` a session's link
 //! to one upstream and its restart backoff; `bounds.rs` the bounds on what an upstream
@@ -31,9 +31,10 @@ mod pending;
 mod slot;
 mod stateless;
 mod stdio;
+mod transport;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};

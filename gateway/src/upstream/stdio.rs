@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::bounds::{self, Bound, Line};
 use super::child::{self, Spawned};
-use super::link::{Call, Transport};
 use super::pending::{Pending, RequestIds};
 use super::stateless::{self, Stateless};
+use super::transport::{Call, Transport};
 use super::{Era, Hello, InboundHandler, Related, Upstream, UpstreamError};
 use crate::config::UpstreamProtocol;
 use crate::mcp::{Kind, Message, methods};

@@ -18,7 +18,7 @@ use super::Client;
 use super::legacy_sse::SseLink;
 use super::streamable::HttpLink;
 use crate::config::HttpTransport;
-use crate::upstream::link::Transport;
+use crate::upstream::transport::Transport;
 use crate::upstream::{Hello, InboundHandler, Upstream, UpstreamError};
 
 /// Connects an HTTP upstream over the transport it speaks: the pinned one, the one found

@@ -25,8 +25,8 @@ use serde_json::Value;
 use super::Client;
 use crate::mcp::{Kind, Message, methods};
 use crate::upstream::bounds::{self, Bound};
-use crate::upstream::link::{Call, Transport};
 use crate::upstream::pending::{Pending, RequestIds};
+use crate::upstream::transport::{Call, Transport};
 use crate::upstream::{Hello, InboundHandler, Related, Upstream, UpstreamError};
 
 pub struct SseLink {

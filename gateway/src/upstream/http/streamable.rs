@@ -24,9 +24,9 @@ use super::listen::{Listen, Opened};
 use super::{Client, stateless as http_stateless};
 use crate::mcp::headers::{LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID};
 use crate::mcp::{Kind, Message, methods, version};
-use crate::upstream::link::{Call, Transport};
 use crate::upstream::pending::RequestIds;
 use crate::upstream::stateless::{self, Stateless};
+use crate::upstream::transport::{Call, Transport};
 use crate::upstream::{Era, Hello, InboundHandler, Related, Upstream, UpstreamError, bounds};
 
 pub struct HttpLink {
@@ -334,27 +334,29 @@ impl HttpLink {
     /// it open (reconnecting with `Last-Event-ID`) until the link closes.
     fn listen(&self, state: SessionState) {
         let builder = self.builder(reqwest::Method::GET, &state);
-        self.set_listener(Listen {
-            upstream: self.upstream.clone(),
-            handler: self.handler.clone(),
-            what: "GET stream",
-            open: move |last_event: Option<&str>| {
-                let mut req = builder.try_clone()?.header(ACCEPT, "text/event-stream");
-                if let Some(id) = last_event {
-                    req = req.header(LAST_EVENT_ID, id);
-                }
-                Some(req)
-            },
-            opened: |resp| match resp.status().as_u16() {
-                _ if resp.status().is_success() => Opened::Stream,
-                // 405: the upstream offers no GET stream; 404: its session is gone (the next
-                // request re-initializes and opens a new listener).
-                404 | 405 => Opened::Stop,
-                _ => Opened::Retry,
-            },
-            keep: |_| true,
-        }
-        .spawn());
+        self.set_listener(
+            Listen {
+                upstream: self.upstream.clone(),
+                handler: self.handler.clone(),
+                what: "GET stream",
+                open: move |last_event: Option<&str>| {
+                    let mut req = builder.try_clone()?.header(ACCEPT, "text/event-stream");
+                    if let Some(id) = last_event {
+                        req = req.header(LAST_EVENT_ID, id);
+                    }
+                    Some(req)
+                },
+                opened: |resp| match resp.status().as_u16() {
+                    _ if resp.status().is_success() => Opened::Stream,
+                    // 405: the upstream offers no GET stream; 404: its session is gone (the next
+                    // request re-initializes and opens a new listener).
+                    404 | 405 => Opened::Stop,
+                    _ => Opened::Retry,
+                },
+                keep: |_| true,
+            }
+            .spawn(),
+        );
     }
 
     /// Makes `task` the link's listening stream, ending the one before.
