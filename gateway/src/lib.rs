@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod front;
@@ -76,6 +77,13 @@ impl Gateway {
         ) {
             sessions.set_sealer(Arc::new(sealer));
         }
+        if let Some(ids) = session::TaskIds::from_session_keys(&config.cluster.session_keys.0) {
+            sessions.set_task_ids(ids);
+        }
+        if let Some(bus) = cluster::Bus::start(&config.cluster)? {
+            bus.set_sessions(Arc::downgrade(&sessions));
+            sessions.set_bus(bus);
+        }
         if config.namespacing.prefix == PrefixMode::Never {
             check_collisions(&sessions).await?;
         }
@@ -104,7 +112,7 @@ impl Gateway {
             "start-up: configuration read, listener bound"
         );
         let kv = policy::plugin_kv(&config.cluster).await?;
-        let policies = open_policies_with(&config.policy, kv).await?;
+        let policies = open_policies_with(&config.policy, kv, true).await?;
         tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
             plugins = policies.chain().plugins().len(),
@@ -214,13 +222,16 @@ impl Gateway {
 /// `check` use it. Fails closed: a plugin that does not load (unless `on-error = "skip"`)
 /// or a required plugin missing from the chain is an error naming the file and the reason.
 pub async fn open_policies(cfg: &config::PolicyConfig) -> anyhow::Result<Arc<Policies>> {
-    open_policies_with(cfg, None).await
+    open_policies_with(cfg, None, false).await
 }
 
-/// [`open_policies`] with the plugins' key-value store given (`None`: in-process).
+/// [`open_policies`] with the plugins' key-value store given (`None`: in-process), and for a
+/// long-running server (`serving`: big new plugins start on the baseline compiler's code
+/// while Cranelift optimises them, see `policy/engine.rs`).
 pub async fn open_policies_with(
     cfg: &config::PolicyConfig,
     kv: Option<Arc<dyn policy::KvStore>>,
+    serving: bool,
 ) -> anyhow::Result<Arc<Policies>> {
     let cache = cfg.cache_dir();
     if let (Some(cache), Some(plugins)) = (&cache, &cfg.plugins)
@@ -241,6 +252,7 @@ pub async fn open_policies_with(
         max_memory: (cfg.max_memory_mib.max(1) as usize) << 20,
         cache,
         kv,
+        baseline: serving,
     };
     let policies = Policies::open(cfg.plugins.as_deref(), runtime, cfg.required.clone()).await?;
     let (rejected, missing) = policies.problems().await;

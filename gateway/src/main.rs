@@ -68,6 +68,17 @@ fn main() -> ExitCode {
     // Before any thread starts: the memory of a bounded upstream breach goes back to the OS.
     portcullis::memory::tune_allocator();
     let cli = Cli::parse();
+    // The commands that print reports (`plugin inspect | head`, `audit verify | less`) stop
+    // quietly when the reader goes away, as command-line tools do. Not `serve` or the demo
+    // upstream: there a closed pipe (a stdio upstream that exited) must be an error to
+    // handle, not a signal that kills the gateway.
+    if !matches!(cli.command, Command::Serve { .. } | Command::DemoUpstream) {
+        // SAFETY: before any thread starts; restores the default disposition Rust's runtime
+        // replaced with "ignore".
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // The demo upstream's stderr lands in the gateway's log; keep it to what matters there.
     let default_level = if matches!(cli.command, Command::DemoUpstream) {
         "warn"

@@ -346,6 +346,37 @@ impl Collector for Live {
             "Client sessions connected to an upstream now",
             upstreams.iter().map(|s| (named(&s.name), s.links as i64)),
         )?;
+        let exchanging: Vec<_> = self
+            .sessions
+            .upstreams()
+            .iter()
+            .filter_map(|u| Some((u.name.to_string(), u.token_exchange_counts()?)))
+            .collect();
+        let labelled = |name: &str, key: &'static str, value: &str| {
+            vec![("upstream", name.to_string()), (key, value.to_string())]
+        };
+        counter(
+            e,
+            "upstream_token_exchanges",
+            "RFC 8693 token exchanges for a token-exchange upstream's callers, by outcome (ok, error)",
+            exchanging.iter().flat_map(|(name, c)| {
+                [
+                    (labelled(name, "outcome", "ok"), c.exchanged.load(Relaxed)),
+                    (labelled(name, "outcome", "error"), c.failed.load(Relaxed)),
+                ]
+            }),
+        )?;
+        counter(
+            e,
+            "upstream_token_cache",
+            "Lookups of a token-exchange upstream's cached tokens: hit (cached, or exchanged by a concurrent request) or miss (exchanged now)",
+            exchanging.iter().flat_map(|(name, c)| {
+                [
+                    (labelled(name, "result", "hit"), c.hits.load(Relaxed)),
+                    (labelled(name, "result", "miss"), c.misses.load(Relaxed)),
+                ]
+            }),
+        )?;
 
         counter(
             e,
@@ -362,6 +393,9 @@ impl Collector for Live {
                 ),
             ],
         )?;
+        if let Some(bus) = self.sessions.bus() {
+            encode_bus(e, bus)?;
+        }
 
         let chain = self.policies.chain();
         let plugins = chain.plugins();
@@ -467,6 +501,64 @@ impl Collector for Live {
         }
         Ok(())
     }
+}
+
+/// The cluster bus's series (only with `[cluster]` redis and a session key).
+fn encode_bus(e: &mut DescriptorEncoder, bus: &crate::cluster::Bus) -> std::fmt::Result {
+    use crate::cluster::counters as c;
+    gauge(
+        e,
+        "bus_up",
+        "1 when the cluster bus's subscriber is connected to redis",
+        [(vec![], i64::from(bus.is_connected()))],
+    )?;
+    gauge(
+        e,
+        "bus_sessions_followed",
+        "Sessions whose bus channel this replica subscribes to (it holds an open stream of them)",
+        [(vec![], bus.following() as i64)],
+    )?;
+    counter(
+        e,
+        "bus_published",
+        "Messages published on the cluster bus",
+        [(vec![], c::PUBLISHED.load(Relaxed))],
+    )?;
+    counter(
+        e,
+        "bus_received",
+        "Messages from other replicas acted on",
+        [(vec![], c::RECEIVED.load(Relaxed))],
+    )?;
+    counter(
+        e,
+        "bus_dropped",
+        "Bus messages dropped or kept local: oversize, queue_full, redis (down or failing: kept on the producing replica), unreadable (not sealed under a configured key, unknown, too old), slow_reader (a relayed answer's reader fell behind)",
+        [
+            ("oversize", c::DROPPED_OVERSIZE.load(Relaxed)),
+            ("queue_full", c::DROPPED_QUEUE.load(Relaxed)),
+            ("redis", c::DROPPED_REDIS.load(Relaxed)),
+            ("unreadable", c::DROPPED_UNREADABLE.load(Relaxed)),
+            ("slow_reader", c::DROPPED_SLOW.load(Relaxed)),
+        ]
+        .map(|(reason, n)| (vec![("reason", reason.to_string())], n)),
+    )?;
+    counter(
+        e,
+        "bus_forwarded_retries",
+        "2026-07-28 retries forwarded to the replica holding their parked call, by outcome",
+        [
+            ("answered", c::FORWARDED.load(Relaxed)),
+            ("unreachable", c::FORWARD_FAILED.load(Relaxed)),
+        ]
+        .map(|(outcome, n)| (vec![("outcome", outcome.to_string())], n)),
+    )?;
+    counter(
+        e,
+        "bus_connects",
+        "Times the cluster bus's subscriber connected to redis (1 + reconnections)",
+        [(vec![], c::CONNECTS.load(Relaxed))],
+    )
 }
 
 #[cfg(test)]

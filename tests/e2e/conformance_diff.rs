@@ -2,7 +2,8 @@
 //! through the gateway (default `protocol = "auto"`) in front of it; the gateway must not lose
 //! a check the upstream passes. Once for each era shape real servers have (the fixture plays
 //! them: `fixture --era …`), with the active suite (session-era clients) and with
-//! `--requirements 2026-07-28` (2026-07-28 clients).
+//! `--requirements 2026-07-28` (2026-07-28 clients), which includes the tasks extension's
+//! scenarios.
 
 use std::collections::BTreeMap;
 
@@ -67,6 +68,20 @@ fn losses(direct: &Scores, through: &Scores) -> Vec<String> {
         .collect()
 }
 
+/// The suite's scenarios of the tasks extension (`io.modelcontextprotocol/tasks`) that score
+/// checks (`tasks-status-notifications` is skipped by the suite itself).
+const TASK_SCENARIOS: &[&str] = &[
+    "tasks-lifecycle",
+    "tasks-capability-negotiation",
+    "tasks-wire-fields",
+    "tasks-request-state-removal",
+    "tasks-mrtr-input",
+    "tasks-request-headers",
+    "tasks-dispatch-and-envelope",
+    "tasks-required-task-error",
+    "tasks-mrtr-composition",
+];
+
 async fn differential(shape: &str) {
     let upstream = Fixture::http_with_args("conformance", &["--era", shape]).await;
     let config = format!(
@@ -88,6 +103,17 @@ async fn differential(shape: &str) {
         );
         for loss in losses(&direct, &through) {
             report.push(format!("{shape} upstream, {suite} suite: {loss}"));
+        }
+        if suite == "2026-07-28" && shape != "session" {
+            // The tasks extension's scenarios are compared too: the fixture passes them
+            // directly, so a gateway that loses one is reported above.
+            for scenario in TASK_SCENARIOS {
+                let scored = direct.get(*scenario).copied();
+                assert!(
+                    scored.is_some_and(|(passed, failed)| passed > 0 && failed == 0),
+                    "{shape}: the fixture should pass {scenario} directly, got {scored:?}"
+                );
+            }
         }
     }
     assert!(

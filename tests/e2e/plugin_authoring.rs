@@ -1,8 +1,13 @@
-//! A policy author outside the repository: `portcullis plugin new` scaffolds a project that
-//! builds against the *packaged* SDK (the `.crate` `cargo package` makes, unpacked in a
-//! temporary folder) and passes `portcullis plugin test` on its own samples; and `plugin test`
-//! is honest about phases (server messages go through the response phase; a message that does
-//! not fit the phase, or a phase no plugin handles, is refused; "allow" means allowed).
+//! A policy author outside the repository: `portcullis plugin new` scaffolds a project in each
+//! language that builds against the SDK *package* from `sdk/` — the Rust crate as `cargo
+//! package` packs it, the Python, JavaScript and Go packages installed from their local path
+//! as an author installs them — and passes `portcullis plugin test` on its own samples; and
+//! `plugin test` is honest about phases (server messages go through the response phase; a
+//! message that does not fit the phase, or a phase no plugin handles, is refused; "allow"
+//! means allowed).
+//!
+//! The toolchains are shared by the tests of a run and downloaded into places under
+//! `target/guest-tools/` (pip's and npm's caches, the Go toolchain), never into the checkout.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,11 +15,19 @@ use std::process::Command;
 use portcullis_tests::harness::{PluginDir, TempDir, bin_path, plugin_wasm};
 use serde_json::Value;
 
+/// The policy every scaffold test writes.
+const NAME: &str = "block-delete";
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .canonicalize()
         .expect("the repository")
+}
+
+/// Where the tests' toolchains and download caches live (shared by the tests of a run).
+fn guest_tools() -> PathBuf {
+    repo().join("target/guest-tools")
 }
 
 /// Runs `portcullis ARGS` in `cwd`: (exit code, stdout, stderr).
@@ -42,11 +55,14 @@ fn run_ok(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A cargo for the author's project: nothing from this workspace's build leaks in, and the
-/// target directory is a warm one under ours (so dependencies build once per machine).
-fn cargo(dir: &Path, target_dir: &Path) -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(dir).env("CARGO_TARGET_DIR", target_dir);
+/// A command as an author's shell runs it: nothing from this workspace's build leaks in
+/// (cargo's and the test harness's variables), downloads go to the caches under target/.
+fn author_command(program: impl AsRef<std::ffi::OsStr>, cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(cwd)
+        .env("PIP_CACHE_DIR", guest_tools().join("pip-cache"))
+        .env("npm_config_cache", guest_tools().join("npm-cache"))
+        .env("PORTCULLIS_POLICY_TOOLS", guest_tools());
     for var in [
         "RUSTFLAGS",
         "CARGO_ENCODED_RUSTFLAGS",
@@ -54,10 +70,171 @@ fn cargo(dir: &Path, target_dir: &Path) -> Command {
         "RUSTC_WORKSPACE_WRAPPER",
         "CARGO_BUILD_TARGET",
         "CARGO_MANIFEST_DIR",
+        "CARGO_TARGET_DIR",
     ] {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// A cargo for the author's project, with a warm target directory under ours (dependencies
+/// build once per machine).
+fn cargo(dir: &Path, target_dir: &Path) -> Command {
+    let mut cmd = author_command(
+        std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
+        dir,
+    );
+    cmd.env("CARGO_TARGET_DIR", target_dir);
+    cmd
+}
+
+/// A scaffolded project in a temporary folder outside the repository.
+struct Project {
+    tmp: TempDir,
+    dir: PathBuf,
+}
+
+impl Project {
+    /// `portcullis plugin new --lang LANG block-delete EXTRA…`, run in a fresh temporary
+    /// folder; checks the files every language gets plus `own`, and that a second scaffold
+    /// into the same folder is refused and loses nothing.
+    fn scaffold(lang: &str, extra: &[&str], own: &[&str]) -> Project {
+        let tmp = TempDir::new();
+        assert!(
+            !tmp.path().starts_with(repo()),
+            "the temporary folder must be outside the repository"
+        );
+        let mut args = vec!["plugin", "new", "--lang", lang, NAME];
+        args.extend_from_slice(extra);
+        let (code, out, err) = portcullis(tmp.path(), &args);
+        assert_eq!(code, 0, "{out}{err}");
+        let dir = tmp.path().join(NAME);
+        let sidecar = format!("{NAME}.toml");
+        for file in [
+            "README.md",
+            sidecar.as_str(),
+            "samples/delete-call.json",
+            "samples/read-call.json",
+            "samples/tools-list.json",
+            "samples/tools-list-result.json",
+        ]
+        .iter()
+        .chain(own)
+        {
+            assert!(dir.join(file).is_file(), "{lang}: {file} not scaffolded");
+        }
+        let before = std::fs::read_to_string(dir.join("README.md")).unwrap();
+        let (code, _, err) = portcullis(tmp.path(), &["plugin", "new", "--lang", lang, NAME]);
+        assert_eq!(code, 2);
+        assert!(err.contains("not empty"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("README.md")).unwrap(),
+            before
+        );
+        Project { tmp, dir }
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// The README says `command` (so the test runs what an author reads).
+    fn readme_says(&self, command: &str) {
+        let readme = self.file("README.md");
+        assert!(
+            readme.contains(command),
+            "README lacks `{command}`:\n{readme}"
+        );
+    }
+
+    /// Runs a build command and checks it wrote the file it printed, at `expected`.
+    fn build(&self, cmd: &mut Command, expected: &Path, what: &str) -> String {
+        let printed = run_ok(cmd, what);
+        assert_eq!(
+            printed.lines().last().unwrap_or_default().trim(),
+            expected.display().to_string(),
+            "{what} prints the path it wrote (relative to the caller):\n{printed}"
+        );
+        assert!(expected.is_file(), "{what} wrote no {}", expected.display());
+        sha256(expected)
+    }
+
+    /// Builds twice — the README's command in the project, then `again` from the parent
+    /// folder with a relative output path — and checks the two components are the same
+    /// bytes, or (Python, JavaScript) that the language's page says exactly that they are
+    /// not and what to pin instead. Then the samples pass.
+    fn build_twice_and_test(&self, first: &mut Command, again: &mut Command, doc: Option<&str>) {
+        let wasm = self.dir.join(format!("{NAME}.wasm"));
+        let one = self.build(first, &wasm, "the README's build");
+        let two = self.build(
+            again,
+            &self.tmp.path().join("second.wasm"),
+            "a second build",
+        );
+        if one != two {
+            let doc = doc.unwrap_or_else(|| panic!("two builds differ: {one} vs {two}"));
+            let page = std::fs::read_to_string(repo().join("docs").join(doc)).expect("the page");
+            let page = page.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                page.contains("not reproducible")
+                    && page.contains("pin the SHA-256 of the component"),
+                "two builds gave different components ({one} vs {two}) and docs/{doc} does not say so"
+            );
+        }
+        samples_pass(&self.dir, NAME);
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path), "sha256sum");
+    out.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The checks every scaffold's samples must pass, run from the project folder as its README
+/// says (`NAME.wasm` and the sidecar `NAME.toml` beside it).
+fn samples_pass(project: &Path, name: &str) {
+    let wasm = format!("{name}.wasm");
+    let test = |args: &[&str]| {
+        let mut all = vec!["plugin", "test", wasm.as_str(), "--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = portcullis(project, &all);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (code, v)
+    };
+    let (code, v) = test(&["--message", "samples/delete-call.json"]);
+    assert_eq!((code, v["verdict"].as_str()), (1, Some("deny")), "{v:#}");
+    assert_eq!(v["denied_by"], name);
+    let (code, v) = test(&[
+        "--message",
+        "samples/delete-call.json",
+        "--identity",
+        r#"{"subject":"alice","roles":["admin"]}"#,
+    ]);
+    assert_eq!(
+        (code, v["verdict"].as_str()),
+        (0, Some("allow")),
+        "an admin's call is allowed, unchanged: {v:#}"
+    );
+    assert_eq!(v["caller"]["subject"], "alice", "{v:#}");
+    let (code, v) = test(&["--message", "samples/read-call.json"]);
+    assert_eq!((code, v["verdict"].as_str()), (0, Some("allow")), "{v:#}");
+    let (code, v) = test(&[
+        "--message",
+        "samples/tools-list.json",
+        "--response",
+        "samples/tools-list-result.json",
+    ]);
+    assert_eq!((code, v["verdict"].as_str()), (0, Some("modify")), "{v:#}");
+    let names: Vec<&str> = v["response"]["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["files__read_file"], "{v:#}");
 }
 
 /// `cargo package -p portcullis-sdk`, unpacked into `into`: the SDK as a registry serves it.
@@ -109,77 +286,39 @@ fn packaged_sdk(into: &Path) -> PathBuf {
 
 #[test]
 fn rust_scaffold_builds_outside_the_repository_against_the_packaged_sdk() {
-    let tmp = TempDir::new();
-    assert!(
-        !tmp.path().starts_with(repo()),
-        "the temporary folder must be outside the repository"
+    let unpacked = TempDir::new();
+    let sdk = packaged_sdk(unpacked.path());
+    let p = Project::scaffold(
+        "rust",
+        &["--sdk-path", sdk.to_str().unwrap()],
+        &["Cargo.toml", "build.rs", "src/lib.rs"],
     );
-    let sdk = packaged_sdk(tmp.path());
-    let project = tmp.path().join("block-delete");
-    let (code, out, err) = portcullis(
-        tmp.path(),
-        &[
-            "plugin",
-            "new",
-            "--lang",
-            "rust",
-            "block-delete",
-            "--sdk-path",
-            sdk.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    for file in [
-        "Cargo.toml",
-        "build.rs",
-        "src/lib.rs",
-        "README.md",
-        "block-delete.toml",
-        "samples/delete-call.json",
-        "samples/tools-list-result.json",
-    ] {
-        assert!(project.join(file).is_file(), "{file} not scaffolded");
-    }
-    // A second scaffold into a folder that is not empty loses nothing.
-    let (code, _, err) = portcullis(
-        tmp.path(),
-        &["plugin", "new", "--lang", "rust", "block-delete"],
-    );
-    assert_eq!(code, 2);
-    assert!(err.contains("not empty"), "{err}");
-
-    // The commands of the project's README, as written.
-    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
-    assert!(
-        readme.contains("cargo build --release --target wasm32-wasip2"),
-        "{readme}"
-    );
+    p.readme_says("cargo build --release --target wasm32-wasip2");
     let target = repo().join("target/scaffold-rust");
     run_ok(
-        cargo(&project, &target).args(["build", "--release", "--target", "wasm32-wasip2"]),
+        cargo(&p.dir, &target).args(["build", "--release", "--target", "wasm32-wasip2"]),
         "cargo build (the scaffold)",
     );
     run_ok(
-        cargo(&project, &target).args(["test", "--quiet"]),
+        cargo(&p.dir, &target).args(["test", "--quiet"]),
         "cargo test (the scaffold)",
     );
     std::fs::copy(
         target.join("wasm32-wasip2/release/block_delete.wasm"),
-        project.join("block-delete.wasm"),
+        p.dir.join(format!("{NAME}.wasm")),
     )
     .expect("the build wrote the component");
-
-    samples_pass(&project, "block-delete");
+    samples_pass(&p.dir, NAME);
 
     // Without `crate-type = ["cdylib"]` the build fails and says why, instead of writing no .wasm.
-    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
-    let without: String = manifest
+    let without: String = p
+        .file("Cargo.toml")
         .lines()
         .filter(|l| !l.starts_with("crate-type"))
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(project.join("Cargo.toml"), without).unwrap();
-    let out = cargo(&project, &target)
+    std::fs::write(p.dir.join("Cargo.toml"), without).unwrap();
+    let out = cargo(&p.dir, &target)
         .args(["build", "--release", "--target", "wasm32-wasip2"])
         .output()
         .expect("cargo build");
@@ -191,173 +330,117 @@ fn rust_scaffold_builds_outside_the_repository_against_the_packaged_sdk() {
     );
 }
 
-/// The checks every scaffold's samples must pass, run from the project folder as its README
-/// says (`NAME.wasm` and the sidecar `NAME.toml` beside it).
-fn samples_pass(project: &Path, name: &str) {
-    let wasm = format!("{name}.wasm");
-    let test = |args: &[&str]| {
-        let mut all = vec!["plugin", "test", wasm.as_str(), "--json"];
-        all.extend_from_slice(args);
-        let (code, out, err) = portcullis(project, &all);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
-        (code, v)
-    };
-    let (code, v) = test(&["--message", "samples/delete-call.json"]);
-    assert_eq!((code, v["verdict"].as_str()), (1, Some("deny")), "{v:#}");
-    assert_eq!(v["denied_by"], name);
-    let (code, v) = test(&[
-        "--message",
-        "samples/delete-call.json",
-        "--identity",
-        r#"{"subject":"alice","roles":["admin"]}"#,
-    ]);
-    assert_eq!(
-        (code, v["verdict"].as_str()),
-        (0, Some("allow")),
-        "an admin's call is allowed, unchanged: {v:#}"
-    );
-    assert_eq!(v["caller"]["subject"], "alice", "{v:#}");
-    let (code, v) = test(&["--message", "samples/read-call.json"]);
-    assert_eq!((code, v["verdict"].as_str()), (0, Some("allow")), "{v:#}");
-    let (code, v) = test(&[
-        "--message",
-        "samples/tools-list.json",
-        "--response",
-        "samples/tools-list-result.json",
-    ]);
-    assert_eq!((code, v["verdict"].as_str()), (0, Some("modify")), "{v:#}");
-    let names: Vec<&str> = v["response"]["result"]["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
-    assert_eq!(names, ["files__read_file"], "{v:#}");
-}
-
-/// Two builds of the same input: the same bytes, or the language's page says exactly that
-/// they differ (and what to pin instead), so the docs stay true either way.
-fn reproducible_or_documented(first: &str, second: &str, doc: &str) {
-    if first == second {
-        return;
-    }
-    let page = std::fs::read_to_string(repo().join("docs").join(doc)).expect("the page");
-    let page = page.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(
-        page.contains("not reproducible") && page.contains("pin the SHA-256 of the component"),
-        "two builds gave different components ({first} vs {second}) and docs/{doc} does not say so"
-    );
-}
-
-fn sha256(path: &Path) -> String {
-    let out = run_ok(Command::new("sha256sum").arg(path), "sha256sum");
-    out.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Python: the toolchain `examples/policies/build --setup` installs (target/guest-tools) stands
-/// in for the project's own venv; the build runs from another folder with a relative `-o`.
+/// Python: the project installs `portcullis-policy` from sdk/python by path into its own
+/// venv (pip's cache under target/), then builds with the package's command.
 #[test]
 fn python_scaffold_builds_outside_the_repository() {
-    let componentize = repo().join("target/guest-tools/venv/bin/componentize-py");
-    if !componentize.is_file() {
-        run_ok(
-            Command::new(repo().join("examples/policies/build")).arg("--setup"),
-            "examples/policies/build --setup",
-        );
-    }
-    let tmp = TempDir::new();
-    let (code, out, err) = portcullis(
-        tmp.path(),
-        &["plugin", "new", "--lang", "python", "block-delete"],
+    let p = Project::scaffold("python", &[], &["policy.py", "requirements.txt"]);
+    let requirements = p.file("requirements.txt");
+    assert!(
+        requirements.contains(&format!(
+            "portcullis-policy @ file://{}",
+            repo().join("sdk/python").display()
+        )),
+        "the SDK package comes from sdk/python by path:\n{requirements}"
     );
-    assert_eq!(code, 0, "{out}{err}");
-    let project = tmp.path().join("block-delete");
-    let build = |out: &str| {
-        run_ok(
-            Command::new(project.join("build.sh"))
-                .current_dir(tmp.path())
-                .env("COMPONENTIZE_PY", &componentize)
-                .args(["-o", out]),
-            "build.sh",
-        )
-    };
-    let printed = build("block-delete/block-delete.wasm");
-    assert_eq!(
-        printed.trim(),
-        project.join("block-delete.wasm").display().to_string(),
-        "the build prints the path it wrote, relative to the caller"
+    p.readme_says(".venv/bin/pip install -r requirements.txt");
+    p.readme_says(&format!(".venv/bin/portcullis-policy build -o {NAME}.wasm"));
+    run_ok(
+        author_command("python3", &p.dir).args(["-m", "venv", ".venv"]),
+        "python3 -m venv",
     );
-    let first = sha256(&project.join("block-delete.wasm"));
-    build("second.wasm");
-    reproducible_or_documented(
-        &first,
-        &sha256(&tmp.path().join("second.wasm")),
-        "policies-python.md",
+    run_ok(
+        author_command(p.dir.join(".venv/bin/pip"), &p.dir).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            "requirements.txt",
+        ]),
+        "pip install -r requirements.txt",
     );
-    samples_pass(&project, "block-delete");
+    let tool = p.dir.join(".venv/bin/portcullis-policy");
+    p.build_twice_and_test(
+        author_command(&tool, &p.dir).args(["build", "-o", &format!("{NAME}.wasm")]),
+        author_command(&tool, p.tmp.path()).args(["build", NAME, "-o", "second.wasm"]),
+        Some("policies-python.md"),
+    );
 }
 
-/// JavaScript: the pinned componentize-js the suite installs (examples/policies/js) stands in
-/// for the project's own `npm install`.
+/// JavaScript: `npm install` copies `portcullis-policy` from sdk/js (a `file:` dependency,
+/// installed as a copy by the project's .npmrc) with the componentize-js it pins.
 #[test]
 fn javascript_scaffold_builds_outside_the_repository() {
-    let modules = repo().join("examples/policies/js/node_modules");
-    if !modules.join(".bin/componentize-js").is_file() {
-        run_ok(
-            Command::new(repo().join("examples/policies/build")).arg("--setup"),
-            "examples/policies/build --setup",
-        );
-    }
-    let tmp = TempDir::new();
-    let (code, out, err) = portcullis(
-        tmp.path(),
-        &["plugin", "new", "--lang", "js", "block-delete"],
+    let p = Project::scaffold("js", &[], &["policy.js", "package.json", ".npmrc"]);
+    let manifest: Value = serde_json::from_str(&p.file("package.json")).unwrap();
+    assert_eq!(
+        manifest["devDependencies"]["portcullis-policy"],
+        format!("file:{}", repo().join("sdk/js").display()),
+        "the SDK package comes from sdk/js by path"
     );
-    assert_eq!(code, 0, "{out}{err}");
-    let project = tmp.path().join("block-delete");
-    std::os::unix::fs::symlink(&modules, project.join("node_modules")).unwrap();
-    let build = || {
-        run_ok(
-            Command::new("npm")
-                .current_dir(&project)
-                .args(["run", "--silent", "build"]),
-            "npm run build",
+    p.readme_says("npm install");
+    p.readme_says("npm run build");
+    run_ok(
+        author_command("npm", &p.dir).args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ]),
+        "npm install",
+    );
+    let installed = p.dir.join("node_modules/portcullis-policy");
+    assert!(
+        !installed.symlink_metadata().unwrap().is_symlink()
+            && installed.join("wit/policy.wit").is_file(),
+        "the package is installed as a copy, with its WIT"
+    );
+    p.build_twice_and_test(
+        author_command("npm", &p.dir).args(["run", "--silent", "build"]),
+        author_command(
+            p.dir.join("node_modules/.bin/portcullis-policy"),
+            p.tmp.path(),
         )
-    };
-    let printed = build();
-    assert!(printed.trim().ends_with("block-delete.wasm"), "{printed}");
-    let first = sha256(&project.join("block-delete.wasm"));
-    std::fs::rename(
-        project.join("block-delete.wasm"),
-        project.join("first.wasm"),
-    )
-    .unwrap();
-    build();
-    reproducible_or_documented(
-        &first,
-        &sha256(&project.join("block-delete.wasm")),
-        "policies-javascript.md",
+        .args(["build", NAME, "-o", "second.wasm"]),
+        Some("policies-javascript.md"),
     );
-    samples_pass(&project, "block-delete");
+}
+
+/// Go: the project's go.mod points the module `portcullis.dev/policy` at sdk/go; its build.sh
+/// runs that module's build, which installs the pinned toolchain (under target/ here) on
+/// first use. Go builds are reproducible: two builds are the same bytes.
+#[test]
+fn go_scaffold_builds_outside_the_repository() {
+    let p = Project::scaffold("go", &[], &["policy.go", "go.mod", "build.sh"]);
+    let go_mod = p.file("go.mod");
+    assert!(
+        go_mod.contains(&format!(
+            "replace portcullis.dev/policy => {}",
+            repo().join("sdk/go").display()
+        )),
+        "the Go SDK comes from sdk/go by path:\n{go_mod}"
+    );
+    p.readme_says(&format!("./build.sh -o {NAME}.wasm"));
+    p.build_twice_and_test(
+        author_command(p.dir.join("build.sh"), &p.dir).args(["-o", &format!("{NAME}.wasm")]),
+        author_command(p.dir.join("build.sh"), p.tmp.path()).args(["-o", "second.wasm"]),
+        None,
+    );
 }
 
 #[test]
-fn go_is_not_scaffolded_and_says_where_to_start() {
-    let tmp = TempDir::new();
-    let (code, _, err) = portcullis(
-        tmp.path(),
-        &["plugin", "new", "--lang", "go", "block-delete"],
-    );
-    assert_eq!(code, 2);
-    assert!(err.contains("examples/policies/go/template"), "{err}");
-    assert_eq!(
-        std::fs::read_dir(tmp.path()).unwrap().count(),
-        0,
-        "nothing written"
-    );
+fn the_sdk_packages_carry_the_contract_the_gateway_uses() {
+    let contract = std::fs::read_to_string(repo().join("sdk/wit/policy.wit")).unwrap();
+    for copy in [
+        "sdk/python/portcullis_policy/wit/policy.wit",
+        "sdk/js/wit/policy.wit",
+        "sdk/go/wit/policy.wit",
+    ] {
+        assert!(
+            std::fs::read_to_string(repo().join(copy)).unwrap() == contract,
+            "{copy} differs from sdk/wit/policy.wit: copy it over (each package ships the contract)"
+        );
+    }
 }
 
 #[test]

@@ -23,13 +23,17 @@
 //! diagnostic tools `test_missing_capability`, `test_streaming_elicitation`,
 //! `test_logging_tool`, `test_trigger_tool_change`, `test_trigger_prompt_change` and
 //! `test_header_param` (an `x-mcp-header` parameter), `subscriptions/listen`, and the
-//! multi-round-trip (`InputRequiredResult`) tools and prompt in [`mrtr`].
+//! multi-round-trip (`InputRequiredResult`) tools and prompt in [`mrtr`], and it declares the
+//! tasks extension (`io.modelcontextprotocol/tasks`) with the task tools the suite's
+//! `tasks-*` scenarios call (`greet`, `slow_compute`, `failing_job`, `protocol_error_job`,
+//! `confirm_delete`, `multi_input`, `test_tool_with_task`; see `fixture/tasks.rs`), its tasks
+//! shared by every session of the process.
 //!
 //! Tools for gateway tests:
 //!
 //! - `echo(text)` returns `text`;
-//! - `whoami` returns, as JSON text and as structured content, the server name, the
-//!   transport, the client's `clientInfo` and — over HTTP — the request headers it received
+//! - `whoami` returns, as JSON text and as structured content, the server name, its process
+//!   id, the transport, the client's `clientInfo` and — over HTTP — the request headers it received
 //!   (lower-case names; repeated headers joined with `", "`), so a test can prove which
 //!   headers a gateway forwards;
 //! - `sleep(ms)` sleeps (at most ten minutes), ending early if the call is cancelled;
@@ -55,6 +59,7 @@
 mod content;
 mod http;
 pub mod mrtr;
+mod tasks;
 mod tools;
 
 use std::{
@@ -70,15 +75,17 @@ use std::{
 use rmcp::{
     ErrorData as McpError, Peer, RoleServer, ServerHandler, ServiceExt,
     model::{
-        CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
-        GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
-        ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
-        LoggingMessageNotificationParam, PaginatedRequestParams, ProtocolVersion,
-        ReadResourceRequestParams, ReadResourceResponse, RequestStateCodec,
+        CallToolRequestParams, CallToolResponse, CancelTaskParams, CompleteRequestParams,
+        CompleteResult, GetPromptRequestParams, GetPromptResponse, GetTaskParams, GetTaskResult,
+        Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+        ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
+        ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, RequestStateCodec,
         ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SetLevelRequestParams,
         SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+        UpdateTaskParams,
     },
     service::{NotificationContext, RequestContext, SubscriptionContext},
+    task_manager::TaskManager,
 };
 use tokio::sync::broadcast;
 
@@ -173,6 +180,8 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     /// Seals the `requestState` of multi-round-trip results against tampering.
     request_state: RequestStateCodec,
+    /// Tasks of the tasks extension ([`tasks`]), for every session of the process.
+    tasks: TaskManager,
 }
 
 impl Shared {
@@ -189,6 +198,7 @@ impl Shared {
             watched_version: AtomicU64::new(0),
             changes: broadcast::channel(64).0,
             request_state: RequestStateCodec::new_unchecked(key),
+            tasks: TaskManager::new(),
         }
     }
 }
@@ -398,12 +408,21 @@ pub async fn serve_stdio(options: Options) -> anyhow::Result<()> {
 
 impl ServerHandler for Fixture {
     /// Any method the fixture does not know is answered with what arrived, so tests can see
-    /// that a proxy forwarded it intact.
+    /// that a proxy forwarded it intact — but for `tasks/result` and `tasks/list`, which the
+    /// tasks extension removed (`-32601`).
     async fn on_custom_request(
         &self,
         request: rmcp::model::CustomRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CustomResult, McpError> {
+        // The tasks extension removed these (its result is inlined in tasks/get).
+        if matches!(request.method.as_str(), "tasks/result" | "tasks/list") {
+            return Err(McpError::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!("Method not found: {}", request.method),
+                None,
+            ));
+        }
         // rmcp moves `params._meta` into the context, so report it separately.
         Ok(rmcp::model::CustomResult::new(serde_json::json!({
             "method": request.method,
@@ -473,6 +492,7 @@ impl ServerHandler for Fixture {
                 .enable_resources_list_changed()
                 .enable_resources_subscribe()
                 .enable_tool_list_changed()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new(
@@ -534,6 +554,35 @@ impl ServerHandler for Fixture {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         tools::call(self, request, context).await
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        self.shared
+            .tasks
+            .get_task(&request.task_id)
+            .map(GetTaskResult::new)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.shared
+            .tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.shared.tasks.cancel_task(&request.task_id)
     }
 
     async fn list_resources(

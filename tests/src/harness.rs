@@ -10,13 +10,17 @@
 //! The binaries must be built first: `cargo build --workspace`.
 
 pub mod balancer;
+pub mod haproxy;
 pub mod mcp;
 pub mod plugins;
 pub mod process;
 pub mod raw;
+pub mod recording_proxy;
 pub mod redis;
+pub mod token_endpoint;
 
 pub use balancer::RoundRobin;
+pub use haproxy::{Haproxy, ServerState};
 pub use mcp::{
     ClientEvent, ConnectOptions, McpClient, RecordingClient, call_tool, call_tool_tracked, client,
     client_with, connect, text_of,
@@ -30,7 +34,9 @@ pub use raw::{
     RawHttp, RawResponse, RawSession, SseEvent, SseReader, initialize_request,
     jsonrpc_notification, jsonrpc_request, parse_sse,
 };
+pub use recording_proxy::{Forwarded, RecordingProxy};
 pub use redis::RedisServer;
+pub use token_endpoint::{ExchangeRequest, TokenEndpoint};
 
 /// Installs rustls' ring provider for this process. reqwest is built with
 /// `rustls-no-provider` in this workspace (see the gateway), and building a reqwest client

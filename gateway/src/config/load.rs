@@ -244,6 +244,7 @@ pub fn parse(
         if let Some(t) = up.bearer_token.as_mut() {
             expand("bearer-token", t)?;
         }
+        super::upstream_auth::check(name, up, text, file, lookup)?;
         if up.timeout.is_zero()
             || up.connect_timeout.is_zero()
             || up.list_timeout.is_zero()
@@ -275,10 +276,36 @@ pub fn parse(
                 "must be at least 1".into(),
             ));
         }
+        if up.pool.is_some_and(|p| !(1..=super::MAX_POOL).contains(&p)) {
+            return Err(err(
+                at("pool"),
+                field("pool"),
+                format!("must be between 1 and {}", super::MAX_POOL),
+            ));
+        }
+        if up.pool.is_some() && up.share != super::Share::Shared {
+            return Err(err(
+                at("pool"),
+                field("pool"),
+                "applies with `share = \"shared\"` only".into(),
+            ));
+        }
+        if up.share == super::Share::Shared
+            && up.pool.map_or(super::DEFAULT_POOL, |p| p)
+                > up.max_children.unwrap_or(super::DEFAULT_MAX_CHILDREN)
+        {
+            return Err(err(
+                at("pool"),
+                field("pool"),
+                "must not exceed `max-children`".into(),
+            ));
+        }
+        let share = (up.share == super::Share::Shared).then_some(0);
         let (stdio_only, http_only) = (
             [
                 ("max-line-mib", up.max_line_mib),
                 ("max-children", up.max_children),
+                ("share", share),
             ],
             [
                 ("max-response-mib", up.max_response_mib),
@@ -535,6 +562,41 @@ mod tests {
         );
         let off = "[server]\nlegacy-sse = false\nlegacy-sse-path = \"/mcp\"\n[upstreams.a]\ncommand = \"x\"\n";
         assert!(!check(off).unwrap().server.legacy_sse);
+    }
+
+    #[test]
+    fn a_stdio_upstream_is_per_session_unless_shared() {
+        use crate::config::Share;
+        let c = check("[upstreams.a]\ncommand = \"x\"\n").unwrap();
+        assert_eq!(c.upstreams["a"].share, Share::PerSession);
+        let c = check("[upstreams.a]\ncommand = \"x\"\nshare = \"shared\"\n").unwrap();
+        assert_eq!(c.upstreams["a"].share, Share::Shared);
+        assert_eq!(c.upstreams["a"].pool(), 1);
+        let c = check("[upstreams.a]\ncommand = \"x\"\nshare = \"shared\"\npool = 4\n").unwrap();
+        assert_eq!(c.upstreams["a"].pool(), 4);
+        let e = check("[upstreams.a]\ncommand = \"x\"\npool = 2\n").unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:3: upstreams.a.pool: applies with `share = \"shared\"` only"
+        );
+        let e =
+            check("[upstreams.a]\ncommand = \"x\"\nshare = \"shared\"\npool = 0\n").unwrap_err();
+        assert_eq!(e, "t.toml:4: upstreams.a.pool: must be between 1 and 64");
+        let e = check(
+            "[upstreams.a]\ncommand = \"x\"\nshare = \"shared\"\npool = 8\nmax-children = 4\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:4: upstreams.a.pool: must not exceed `max-children`"
+        );
+        let e = check("[upstreams.b]\nurl = \"http://h\"\nshare = \"shared\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:3: upstreams.b.share: applies to stdio upstreams (`command`) only"
+        );
+        let e = check("[upstreams.a]\ncommand = \"x\"\nshare = \"sometimes\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:3:") && e.contains("sometimes"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod env;
 mod load;
 mod observe;
 mod tls;
+mod upstream_auth;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ pub use cluster::{ClusterConfig, RedisUrl};
 pub use load::{ConfigError, embedded_default, load, parse};
 pub use observe::{AdminConfig, LogConfig, LogFormat, TracingConfig};
 pub use tls::{ClientAuth, TlsConfig};
+pub use upstream_auth::{AuthKind, ClientAuthMethod, MAX_TOKEN_BYTES, UpstreamAuth};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +327,9 @@ pub struct UpstreamConfig {
     /// Sent as `Authorization: Bearer …` to an HTTP upstream. The client's own
     /// `Authorization` header is never forwarded.
     pub bearer_token: Option<String>,
+    /// `[upstreams.<name>.auth]`: a static credential or an RFC 8693 token exchange per
+    /// caller (`upstream_auth.rs`). Absent: `bearer-token`, or no credential.
+    pub auth: Option<UpstreamAuth>,
     /// Longest wait for one upstream request (a list, a call). Default 60s.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -353,7 +358,35 @@ pub struct UpstreamConfig {
     /// stdio: most child processes running at once (one per client session that uses the
     /// upstream). Default 64 ([`DEFAULT_MAX_CHILDREN`]).
     pub max_children: Option<u32>,
+    /// stdio: whether each client session gets its own child (`per-session`, the default) or
+    /// the sessions share a few children (`shared`, see `upstream/shared.rs`).
+    #[serde(default)]
+    pub share: Share,
+    /// stdio with `share = "shared"`: how many children the sessions are spread over.
+    /// Default 1 ([`DEFAULT_POOL`]).
+    pub pool: Option<u32>,
 }
+
+/// `share` of a stdio upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Share {
+    /// One child per client session: the server's notion of "its client" is exactly one
+    /// agent, so per-client state (subscriptions, log level, roots, anything the server keeps
+    /// in memory for its client) is exact for every server. The safe default.
+    #[default]
+    PerSession,
+    /// Every client session is served by one child (or `pool` children): the gateway
+    /// multiplexes ids, routes progress and server→client requests to the session that
+    /// caused them, reference-counts `resources/subscribe`, and filters log lines per
+    /// session. For servers that keep no per-client state beyond those.
+    Shared,
+}
+
+/// Default `pool`: one child serves every session of a shared upstream.
+pub const DEFAULT_POOL: u32 = 1;
+/// Largest `pool` accepted.
+pub const MAX_POOL: u32 = 64;
 
 /// Default bound on one message from an upstream, MiB: HTTP body, SSE event, stdio line.
 /// Real MCP messages stay far below it (a tool result with a few images is a few MiB), and
@@ -444,6 +477,11 @@ impl UpstreamConfig {
     /// `max-children`.
     pub fn max_children(&self) -> usize {
         self.max_children.unwrap_or(DEFAULT_MAX_CHILDREN) as usize
+    }
+
+    /// `pool` (meaningful with `share = "shared"`).
+    pub fn pool(&self) -> usize {
+        self.pool.unwrap_or(DEFAULT_POOL) as usize
     }
 }
 

@@ -82,7 +82,7 @@ impl Front {
         sessions.set_screen(Arc::new(relay::PolicyScreen {
             policies: policies.clone(),
         }));
-        Arc::new(Front {
+        let front = Arc::new(Front {
             guard: Guard::new(&config),
             config,
             sessions,
@@ -93,7 +93,11 @@ impl Front {
             parked: stateless::Parked::default(),
             closing: CancellationToken::new(),
             recorder: Arc::new(recorder),
-        })
+        });
+        if let Some(bus) = front.sessions.bus() {
+            stateless::serve_forwarded(&front, bus);
+        }
+        front
     }
 
     async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {

@@ -182,6 +182,10 @@ impl Front {
                 session.standalone.attach(None)
             }
         };
+        // Other replicas' messages of this session reach this stream while it is open.
+        if let Some(bus) = self.sessions.bus() {
+            bus.follow(&session, frames.gone()).await;
+        }
         response::sse(frames)
     }
 

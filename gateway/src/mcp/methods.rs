@@ -21,6 +21,19 @@ pub const RESOURCES_UNSUBSCRIBE: &str = "resources/unsubscribe";
 pub const COMPLETION_COMPLETE: &str = "completion/complete";
 pub const LOGGING_SET_LEVEL: &str = "logging/setLevel";
 
+/// The tasks extension (`io.modelcontextprotocol/tasks`, 2026-07-28) and the 2025-11-25
+/// tasks utility: poll, feed, stop a task the receiver created.
+pub const TASKS_GET: &str = "tasks/get";
+/// Tasks extension: answers to a task's `inputRequests`.
+pub const TASKS_UPDATE: &str = "tasks/update";
+pub const TASKS_CANCEL: &str = "tasks/cancel";
+/// 2025-11-25 only (the extension inlines the result in `tasks/get`).
+pub const TASKS_RESULT: &str = "tasks/result";
+/// 2025-11-25 only.
+pub const TASKS_LIST: &str = "tasks/list";
+/// The extension's id, under `capabilities.extensions`.
+pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+
 pub const CANCELLED: &str = "notifications/cancelled";
 pub const PROGRESS: &str = "notifications/progress";
 pub const MESSAGE: &str = "notifications/message";
@@ -29,6 +42,10 @@ pub const TOOLS_LIST_CHANGED: &str = "notifications/tools/list_changed";
 pub const PROMPTS_LIST_CHANGED: &str = "notifications/prompts/list_changed";
 pub const RESOURCES_LIST_CHANGED: &str = "notifications/resources/list_changed";
 pub const RESOURCES_UPDATED: &str = "notifications/resources/updated";
+/// A task's new status: 2025-11-25 …
+pub const TASK_STATUS: &str = "notifications/tasks/status";
+/// … and the tasks extension.
+pub const TASK_STATUS_EXTENSION: &str = "notifications/tasks";
 
 /// Keys of the 2026-07-28 per-request `_meta`.
 pub mod meta {
@@ -38,4 +55,6 @@ pub mod meta {
     pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
     pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
     pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+    /// The task a message belongs to (`{ "taskId": … }`).
+    pub const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
 }

@@ -302,6 +302,7 @@ fn error_type(e: &UpstreamError) -> &'static str {
         UpstreamError::NotStreamable { .. } => "not_streamable",
         UpstreamError::TooLarge { .. } => "too_large",
         UpstreamError::TooManyChildren { .. } => "too_many_children",
+        UpstreamError::Credential { .. } => "no_credential",
         UpstreamError::Cancelled => "cancelled",
     }
 }

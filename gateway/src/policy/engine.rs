@@ -12,6 +12,12 @@
 //!   (a Redis round trip is awaited, not waited for), the others stay synchronous.
 //! - **A semaphore of `max-instances` permits**: a burst of requests waits for an instance
 //!   slot (backpressure) instead of failing when the pool is exhausted.
+//! - **A baseline compiler for big newcomers**: Cranelift needs seconds for a JavaScript or
+//!   Python engine (12–18 MB). A component of at least [`BASELINE_MIN_SIZE`] that is not in the
+//!   compile cache is first compiled by wasmtime's single-pass compiler, Winch (a second
+//!   [`Baseline`] engine), so it is enforced within about a second of being dropped into the
+//!   folder; Cranelift compiles it in the background and calls move to that code once ready
+//!   (`plugin.rs`). Same sandbox either way: the same limits, deadline and imports.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +35,11 @@ use super::kv::{KvStore, MemoryKv};
 /// How often the epoch advances: the granularity of CPU deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// Components at least this large, not in the compile cache, are compiled by the baseline
+/// compiler first (Cranelift takes ~30 ms for a small Rust policy, not worth a second
+/// compilation; seconds for a JavaScript or Python engine).
+pub const BASELINE_MIN_SIZE: usize = 2 << 20;
+
 /// Knobs of the policy runtime, from `[policy]` in the gateway config.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -40,6 +51,10 @@ pub struct RuntimeConfig {
     pub cache: Option<PathBuf>,
     /// The plugins' key-value store; `None`: an in-process one (`[cluster] redis` sets it).
     pub kv: Option<Arc<dyn KvStore>>,
+    /// Compile big new components with the baseline compiler first (see the module doc).
+    /// Only `serve` sets it: one-shot commands (`check`, `plugin test`) would exit before
+    /// the optimised code they are waiting for is ready anyway.
+    pub baseline: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -49,6 +64,7 @@ impl Default for RuntimeConfig {
             max_memory: 64 << 20,
             cache: CompileCache::default_dir(),
             kv: None,
+            baseline: false,
         }
     }
 }
@@ -56,6 +72,8 @@ impl Default for RuntimeConfig {
 pub struct Runtime {
     pub engine: Engine,
     pub linker: Linker<HostState>,
+    /// The baseline compiler's engine, when `config.baseline`.
+    pub baseline: Option<Baseline>,
     pub kv: Arc<dyn KvStore>,
     pub instances: Semaphore,
     /// Where compilations are kept between runs, when the configured directory is usable.
@@ -97,13 +115,15 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&cfg)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-        // Every plugin may import wasi:http; requests go out only to origins its sidecar
-        // grants (`http_grant.rs`), so without a grant every request is refused.
-        super::http_grant::add_to_linker(&mut linker)?;
-        let ticker = EpochTicker::start(engine.clone());
+        let linker = plugin_linker(&engine)?;
+        let baseline = if config.baseline {
+            Some(Baseline::new()?)
+        } else {
+            None
+        };
+        let mut ticked = vec![engine.clone()];
+        ticked.extend(baseline.as_ref().map(|b| b.engine.clone()));
+        let ticker = EpochTicker::start(ticked);
         // A cache that cannot be used only costs compile time: say so and go on without it.
         let cache = config
             .cache
@@ -118,6 +138,7 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             engine,
             linker,
+            baseline,
             kv: config
                 .kv
                 .clone()
@@ -138,13 +159,46 @@ impl Runtime {
     }
 }
 
-/// A thread that advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// The imports every plugin may use, on `engine`.
+fn plugin_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    // Every plugin may import wasi:http; requests go out only to origins its sidecar
+    // grants (`http_grant.rs`), so without a grant every request is refused.
+    super::http_grant::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// wasmtime's baseline compiler (Winch): compiles about ten times faster than Cranelift, to
+/// code that runs a few times slower. Used only until Cranelift's code for the same
+/// component is ready. Instances come from the on-demand allocator (a baseline plugin lives
+/// seconds, not worth a second reserved pool); the store limits and the shared instance
+/// semaphore bound them as any other.
+pub struct Baseline {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+}
+
+impl Baseline {
+    fn new() -> anyhow::Result<Baseline> {
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .strategy(wasmtime::Strategy::Winch);
+        let engine = Engine::new(&cfg)?;
+        let linker = plugin_linker(&engine)?;
+        Ok(Baseline { engine, linker })
+    }
+}
+
+/// A thread that advances the engines' epoch every [`EPOCH_TICK`] until dropped.
 struct EpochTicker {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engines: Vec<Engine>) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let _ = std::thread::Builder::new()
@@ -152,7 +206,9 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             });
         EpochTicker { stop }

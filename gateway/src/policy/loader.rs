@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::cache::CompileCache;
-use super::engine::Runtime;
+use super::engine::{BASELINE_MIN_SIZE, Runtime};
 
 /// Why bytes could not become a component.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,9 @@ pub struct Compiled {
     pub size: usize,
     /// True when it came from the disk cache.
     pub cached: bool,
+    /// True when the baseline compiler made it, for the runtime's baseline engine
+    /// ([`compile_quick`]).
+    pub baseline: bool,
     pub took: Duration,
 }
 
@@ -67,11 +70,33 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-/// Compiles `bytes`, or loads the compilation from `cache` when it holds an authentic one.
+/// Compiles `bytes` with Cranelift, or loads the compilation from `cache` when it holds an
+/// authentic one.
 pub fn compile(
     rt: &Runtime,
     bytes: &[u8],
     cache: Option<&CompileCache>,
+) -> Result<Compiled, LoadError> {
+    compile_tiered(rt, bytes, cache, false)
+}
+
+/// [`compile`], except that a component of at least [`BASELINE_MIN_SIZE`] the cache does
+/// not hold is compiled by the runtime's baseline compiler when it has one (not cached: the
+/// plugin compiles it again with [`compile`] in the background). Should the baseline compiler
+/// refuse it (a WebAssembly feature it lacks), Cranelift compiles it here.
+pub fn compile_quick(
+    rt: &Runtime,
+    bytes: &[u8],
+    cache: Option<&CompileCache>,
+) -> Result<Compiled, LoadError> {
+    compile_tiered(rt, bytes, cache, true)
+}
+
+fn compile_tiered(
+    rt: &Runtime,
+    bytes: &[u8],
+    cache: Option<&CompileCache>,
+    quick: bool,
 ) -> Result<Compiled, LoadError> {
     check_header(bytes)?;
     let started = Instant::now();
@@ -83,8 +108,29 @@ pub fn compile(
             sha256,
             size: bytes.len(),
             cached: true,
+            baseline: false,
             took: started.elapsed(),
         });
+    }
+    if let Some(baseline) = rt.baseline.as_ref().filter(|_| quick) {
+        if bytes.len() >= BASELINE_MIN_SIZE {
+            match Component::new(&baseline.engine, bytes) {
+                Ok(component) => {
+                    return Ok(Compiled {
+                        component,
+                        sha256,
+                        size: bytes.len(),
+                        cached: false,
+                        baseline: true,
+                        took: started.elapsed(),
+                    });
+                }
+                Err(e) => tracing::info!(
+                    error = %format!("{e:#}"),
+                    "the baseline compiler cannot compile this plugin; Cranelift compiles it now"
+                ),
+            }
+        }
     }
     let component =
         Component::new(&rt.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
@@ -96,6 +142,7 @@ pub fn compile(
         sha256,
         size: bytes.len(),
         cached: false,
+        baseline: false,
         took: started.elapsed(),
     })
 }

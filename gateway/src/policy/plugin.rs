@@ -12,6 +12,11 @@
 //! (`snapshot.rs`): its state right after `init` becomes the starting state of a component
 //! of its own, and fresh instances are made from that one without running `init` again.
 //! Until then, or if a plugin cannot be pre-initialized, each fresh instance runs `init`.
+//!
+//! **Baseline code first, for big newcomers.** A large component the compile cache does not
+//! hold (a JavaScript or Python engine) is first compiled by the baseline compiler
+//! (`engine.rs`), so it joins the chain within about a second; Cranelift then compiles it in
+//! the background, and once that is ready new instances come from the optimised code.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
-use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::bindings::{Plugin as PluginWorld, PluginPre, types};
@@ -72,12 +77,20 @@ pub struct Plugin {
     pub warm: u32,
     /// True when the compiled code came from the disk cache.
     pub cached: bool,
+    /// True when it was loaded with the baseline compiler's code (see the module doc).
+    pub baseline: bool,
     pub compile_time: Duration,
     config_json: String,
     exposed_headers: Arc<[String]>,
     grants: Option<Grants>,
     http: Option<Arc<HttpGrant>>,
     pre: PluginPre<HostState>,
+    /// The engine `pre` was compiled for (the baseline one for a `baseline` plugin).
+    engine: Engine,
+    /// Cranelift's code for a plugin loaded with the baseline compiler's, once ready.
+    optimized: OnceLock<PluginPre<HostState>>,
+    /// The `.wasm` bytes of a `baseline` plugin, until the optimising compilation takes them.
+    unoptimized: Mutex<Option<Vec<u8>>>,
     /// The component pre-initialized with this plugin's `init` (see `snapshot.rs`), once
     /// ready: fresh instances come from it and skip `init`.
     preinit: OnceLock<PluginPre<HostState>>,
@@ -148,7 +161,10 @@ impl Plugin {
         let rt2 = rt.clone();
         // Compilation is CPU-heavy (seconds for big guests): keep it off the async workers.
         let (compiled, bytes) = tokio::task::spawn_blocking(move || {
-            (loader::compile(&rt2, &bytes, rt2.cache.as_ref()), bytes)
+            (
+                loader::compile_quick(&rt2, &bytes, rt2.cache.as_ref()),
+                bytes,
+            )
         })
         .await
         .map_err(|e| LoadError::Invalid(e.to_string()))?;
@@ -160,8 +176,11 @@ impl Plugin {
         let preinit = sidecar.preinit.unwrap_or(true)
             && sidecar.grants.is_none()
             && sidecar.warm.unwrap_or(0) == 0;
-        let instance_pre = rt
-            .linker
+        let (engine, linker) = match (&rt.baseline, compiled.baseline) {
+            (Some(b), true) => (&b.engine, &b.linker),
+            _ => (&rt.engine, &rt.linker),
+        };
+        let instance_pre = linker
             .instantiate_pre(&compiled.component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre =
@@ -193,12 +212,16 @@ impl Plugin {
             fail_open: sidecar.fail_open.unwrap_or(false),
             warm: sidecar.warm.unwrap_or(0),
             cached: compiled.cached,
+            baseline: compiled.baseline,
             compile_time: compiled.took,
             config_json: sidecar.config_json(),
             exposed_headers: Arc::from(Vec::new()),
             grants: sidecar.grants.clone(),
             http,
             pre,
+            engine: engine.clone(),
+            optimized: OnceLock::new(),
+            unoptimized: Mutex::new(compiled.baseline.then(|| bytes.clone())),
             preinit: OnceLock::new(),
             source: Mutex::new(preinit.then_some(bytes)),
             warm_pool: Mutex::new(Vec::new()),
@@ -207,7 +230,7 @@ impl Plugin {
 
         // Describe and validate in one instance, under the plugin's own limits.
         let mut store = plugin
-            .new_store(rt)
+            .new_store(rt, &plugin.engine)
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         plugin.arm_deadline(&mut store);
         let bindings = plugin
@@ -249,7 +272,8 @@ impl Plugin {
         Ok(plugin)
     }
 
-    fn new_store(&self, rt: &Runtime) -> wasmtime::Result<Store<HostState>> {
+    /// A store on `engine` (the one of the code to instantiate) with this plugin's limits.
+    fn new_store(&self, rt: &Runtime, engine: &Engine) -> wasmtime::Result<Store<HostState>> {
         let (stdout, stderr) = (CappedOutput::default(), CappedOutput::default());
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
@@ -276,7 +300,7 @@ impl Plugin {
             stdout,
             stderr,
         );
-        let mut store = Store::new(&rt.engine, state);
+        let mut store = Store::new(engine, state);
         if self.http.is_some() {
             store.data_mut().http = HttpState::new(self.name.clone(), self.http.clone());
         }
@@ -392,10 +416,10 @@ impl Plugin {
         if self.warm > 0 {
             return self.evaluate_warm(rt, msg).await;
         }
-        let mut store = self.new_store(rt).map_err(|e| self.classify(e))?;
+        let (pre, needs_init, engine) = self.template(rt);
+        let mut store = self.new_store(rt, engine).map_err(|e| self.classify(e))?;
         self.arm_deadline(&mut store);
         let result = async {
-            let (pre, needs_init) = self.template();
             let bindings = pre.instantiate_async(&mut store).await?;
             let policy = bindings.portcullis_policy_policy();
             if needs_init && let Err(e) = policy.call_init(&mut store, &self.config_json).await? {
@@ -425,9 +449,9 @@ impl Plugin {
         let mut instance = match reused {
             Some(i) => i,
             None => {
-                let mut store = self.new_store(rt).map_err(|e| self.classify(e))?;
+                let (pre, needs_init, engine) = self.template(rt);
+                let mut store = self.new_store(rt, engine).map_err(|e| self.classify(e))?;
                 self.arm_deadline(&mut store);
-                let (pre, needs_init) = self.template();
                 let bindings = pre
                     .instantiate_async(&mut store)
                     .await
@@ -476,13 +500,65 @@ impl Plugin {
         Ok(verdict)
     }
 
-    /// What a new instance is made from: the pre-initialized component once it is ready
-    /// (no `init` to run), else the plugin as loaded (`init` runs first).
-    fn template(&self) -> (&PluginPre<HostState>, bool) {
-        match self.preinit.get() {
-            Some(pre) => (pre, false),
-            None => (&self.pre, true),
+    /// What a new instance is made from, and the engine of its code: the pre-initialized
+    /// component once it is ready (no `init` to run), else the optimised code of a plugin
+    /// loaded with the baseline compiler's once ready, else the plugin as loaded (`init`
+    /// runs first in both).
+    fn template<'a>(&'a self, rt: &'a Runtime) -> (&'a PluginPre<HostState>, bool, &'a Engine) {
+        if let Some(pre) = self.preinit.get() {
+            return (pre, false, &rt.engine);
         }
+        match self.optimized.get() {
+            Some(pre) => (pre, true, &rt.engine),
+            None => (&self.pre, true, &self.engine),
+        }
+    }
+
+    /// Whether calls still run the baseline compiler's code.
+    pub fn on_baseline_code(&self) -> bool {
+        self.baseline && self.optimized.get().is_none() && self.preinit.get().is_none()
+    }
+
+    /// For a plugin loaded with the baseline compiler's code: compiles it with Cranelift on
+    /// the background thread (keeping the result in the compile cache), then moves new
+    /// instances to that code. A plugin replaced before its turn is skipped.
+    pub fn optimize_in_background(self: &Arc<Self>, rt: &Arc<Runtime>) {
+        let Some(wasm) = self
+            .unoptimized
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let (plugin, rt) = (Arc::downgrade(self), rt.clone());
+        snapshot::in_background(async move {
+            let Some(plugin) = plugin.upgrade() else {
+                return;
+            };
+            let started = Instant::now();
+            let linked = loader::compile(&rt, &wasm, rt.cache.as_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    rt.linker
+                        .instantiate_pre(&c.component)
+                        .map_err(|e| format!("{e:#}"))
+                })
+                .and_then(|pre| PluginPre::new(pre).map_err(|e| format!("{e:#}")));
+            match linked {
+                Ok(pre) => {
+                    let _ = plugin.optimized.set(pre);
+                    tracing::info!(
+                        plugin = %plugin.name, took_ms = started.elapsed().as_millis() as u64,
+                        "plugin optimised: new instances run Cranelift's code"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    plugin = %plugin.name, error = %e,
+                    "plugin not optimised: it keeps running the baseline compiler's code (slower, same isolation)"
+                ),
+            }
+        });
     }
 
     /// Whether fresh instances start from the pre-initialized component.
@@ -559,7 +635,7 @@ impl Plugin {
                     .acquire()
                     .await
                     .map_err(|_| "runtime closed".to_string())?;
-                let mut store = self.new_store(rt).map_err(|e| e.to_string())?;
+                let mut store = self.new_store(rt, &rt.engine).map_err(|e| e.to_string())?;
                 self.arm_deadline(&mut store);
                 let snap = snapshot::snapshot(rt, wasm, &self.config_json, store).await?;
                 (snapshot::compile_and_link(rt, snap, identity).await?, false)

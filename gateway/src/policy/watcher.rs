@@ -302,7 +302,7 @@ impl Policies {
                     tracing::info!(
                         plugin = %plugin.name, version = %plugin.version, stage = ?plugin.stage,
                         sha256 = %&plugin.sha256[..12], cached = plugin.cached,
-                        compile_ms = plugin.compile_time.as_millis() as u64, "plugin loaded"
+                        baseline = plugin.baseline, compile_ms = plugin.compile_time.as_millis() as u64, "plugin loaded"
                     );
                     report.loaded.push(name.clone());
                     let status = PluginStatus {
@@ -320,6 +320,7 @@ impl Policies {
                         preinitialized: false,
                     };
                     let plugin = Arc::new(plugin);
+                    plugin.optimize_in_background(&self.runtime);
                     plugin.preinitialize_in_background(&self.runtime, true);
                     entries.insert(
                         file,

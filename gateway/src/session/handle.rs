@@ -64,6 +64,13 @@ impl Session {
     ) -> Message {
         self.touch();
         let id = msg.id().cloned().unwrap_or(Value::Null);
+        // A task lives where it was created: its id says where, whatever a route says.
+        if super::tasks::addresses_task(msg.method()) {
+            return self.task_request(msg, out).await;
+        }
+        if msg.method() == methods::TASKS_LIST {
+            return self.task_list(&msg).await;
+        }
         if let Some(r) = route {
             return self.routed(msg, out, r, resolved).await;
         }
@@ -160,10 +167,18 @@ impl Session {
             return;
         }
         let Some((_, (idx, upstream_id))) = self.server_requests.remove(&key) else {
+            // In a cluster the id names the replica that asked; the answer goes there.
+            if let Some(bus) = &self.bus
+                && let Some(owner) = bus.asker(&key)
+            {
+                bus.publish_answer(owner, &self.id, msg);
+                return;
+            }
             tracing::debug!(session = %self.id, id = %key, "response to no pending server request");
             return;
         };
         msg.set_id(upstream_id);
+        self.reveal_task_refs(idx, &mut msg);
         match self.slots[idx].current().await {
             Some(link) => {
                 if let Err(e) = link.send(msg).await {
@@ -185,10 +200,12 @@ impl Session {
     pub(super) async fn forward(&self, idx: usize, mut msg: Message, out: Related) -> Message {
         crate::observe::record_upstream(&self.slots[idx].upstream.name);
         let id = msg.id().cloned().unwrap_or(Value::Null);
+        let method = msg.method().to_string();
         let link = match self.link(idx).await {
             Ok(l) => l,
             Err(e) => return e.to_response(id),
         };
+        Self::drop_unsupported_task(link.capabilities(), &mut msg);
         let bridge = link.is_stateless() && self.version != crate::mcp::version::STATELESS;
         let key = IdKey::of(&id);
         let token = CancellationToken::new();
@@ -237,12 +254,14 @@ impl Session {
             }
         };
         self.inflight.remove(&key);
-        result.unwrap_or_else(|e| {
+        let mut response = result.unwrap_or_else(|e| {
             if !matches!(e, UpstreamError::Cancelled) {
                 tracing::warn!(session = %self.id, error = %e, "upstream request failed");
             }
             e.to_response(id)
-        })
+        });
+        self.expose_tasks(idx, &method, &mut response);
+        response
     }
 
     pub(super) async fn set_level(&self, msg: Message) -> Message {
@@ -287,15 +306,22 @@ impl Session {
 }
 
 impl InboundHandler for Session {
+    fn subject(&self) -> Option<Arc<crate::upstream::Subject>> {
+        self.subject.get()
+    }
+
     fn on_message(&self, upstream: &Arc<Upstream>, mut msg: Message, related: Option<&Related>) {
         let Some(idx) = self.upstream_index(upstream) else {
             return;
         };
+        if msg.kind() != Kind::Response && !self.expose_task_refs(idx, &mut msg) {
+            tracing::warn!(upstream = %upstream.name, method = %crate::observe::clip(msg.method()), "message with a task id too long to carry; dropped");
+            return;
+        }
         match msg.kind() {
             Kind::Response => {}
             Kind::Request => {
-                let n = self.next_server_request.fetch_add(1, Ordering::Relaxed) + 1;
-                let gateway_id = format!("s{n}");
+                let gateway_id = self.server_request_id();
                 let upstream_id = msg.id().cloned().unwrap_or(Value::Null);
                 self.server_requests
                     .insert(gateway_id.clone(), (idx, upstream_id));

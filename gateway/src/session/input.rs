@@ -2,8 +2,6 @@
 //! roots) asked of a session-era client as server→client requests, and its answers
 //! gathered for the retry. (Moved verbatim from `handle.rs`.)
 
-use std::sync::atomic::Ordering;
-
 use serde_json::Value;
 
 use super::Session;
@@ -24,8 +22,7 @@ impl Session {
     ) -> Result<serde_json::Map<String, Value>, String> {
         let mut waiting = Vec::new();
         for (key, request) in asks["inputRequests"].as_object().into_iter().flatten() {
-            let n = self.next_server_request.fetch_add(1, Ordering::Relaxed) + 1;
-            let gateway_id = format!("s{n}");
+            let gateway_id = self.server_request_id();
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.local_requests.insert(gateway_id.clone(), tx);
             let method = request["method"].as_str().unwrap_or_default();

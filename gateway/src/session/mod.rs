@@ -15,11 +15,13 @@
 //!
 //! Where the work lives: `handle.rs` client messages and upstream messages (forwarding, id
 //! maps), `router.rs` name/URI resolution and list merging, `lists.rs` gathering each upstream's part of a list under its `list-timeout`, `input.rs` the `input_required`
-//! bridge, `stream.rs` resumable SSE streams.
+//! bridge, `stream.rs` resumable SSE streams, `tasks.rs` task ids (sealed, per owner) and
+//! the `tasks/*` methods.
 //!
 //! [`Sessions`] is the store. Session ids are 128-bit random values, or, with
 //! `[cluster] session-key`, sealed ids any replica resumes (`seal.rs`); state lives in this
-//! process.
+//! process. With the cluster bus (`cluster/`), what a session sends outside any request
+//! reaches its streams on other replicas too.
 
 mod handle;
 mod input;
@@ -27,6 +29,9 @@ mod lists;
 mod router;
 pub mod seal;
 pub mod stream;
+mod tasks;
+
+pub use tasks::TaskIds;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,13 +144,20 @@ pub struct Session {
     /// The identity of the caller's latest request, for screening what the session sends
     /// outside any request.
     caller: ArcSwapOption<Identity>,
+    /// The bearer token authn last accepted from the owner: what token-exchange upstreams
+    /// exchange (`upstream/credential.rs`). Set by the front once a request is identified.
+    pub subject: crate::upstream::SubjectSlot,
     /// Who opened the session, for `max-sessions-per-caller` (see [`Sessions::open`]).
     quota: Option<String>,
     /// Byte cap of each of its SSE streams (`max-stream-buffer-kib`).
     stream_cap: usize,
     screen: Option<Arc<dyn Screen>>,
+    /// Seals the task ids its clients see (`tasks.rs`).
+    task_ids: Arc<TaskIds>,
     /// Messages outside any request, in order, through the screen (created on first need).
     outbox: OnceLock<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
+    /// The cluster bus: other replicas' streams of this session (`cluster/`).
+    bus: Option<Arc<crate::cluster::Bus>>,
     me: Weak<Session>,
 }
 
@@ -199,10 +211,76 @@ impl Session {
     }
 
     fn deliver(&self, outgoing: &Outgoing) {
-        if outgoing.change {
-            self.announce(&outgoing.msg);
+        let Some(bus) = &self.bus else {
+            self.deliver_here(&outgoing.msg, outgoing.change);
+            return;
+        };
+        // A stream of this session here takes it; otherwise another replica may hold one.
+        // Changes go out always: 2026-07-28 callers may listen on several replicas.
+        let (upstream, msg, change) = (&outgoing.upstream, &outgoing.msg, outgoing.change);
+        let here = self.standalone.has_listener() || (change && self.changes.receiver_count() > 0);
+        if here {
+            self.deliver_here(msg, change);
+            if change {
+                bus.publish_session(self, upstream, msg, change, None);
+            }
+            return;
+        }
+        // Nobody heard it (or Redis is down): kept here, for a stream opened here later.
+        let me = self.me.clone();
+        let kept = msg.clone();
+        let unheard = Box::new(move || {
+            if let Some(session) = me.upgrade() {
+                session.deliver_here(&kept, change);
+            }
+        });
+        bus.publish_session(self, upstream, msg, change, Some(unheard));
+    }
+
+    /// Delivers a message this session's copy on another replica sent. A list change also
+    /// drops this replica's cached part of that upstream's list: the upstream changed it.
+    pub(crate) fn deliver_remote(&self, upstream: &str, msg: &Message, change: bool) {
+        let changed = crate::catalog::ListKind::from_list_changed(msg.method());
+        if !changed.is_empty()
+            && let Some(idx) = self
+                .slots
+                .iter()
+                .position(|s| &*s.upstream.name == upstream)
+        {
+            for kind in changed {
+                self.catalog.invalidate(*kind, idx);
+            }
+        }
+        self.deliver_here(msg, change);
+    }
+
+    /// Delivers to this replica's streams of the session (and its replay buffer).
+    pub(crate) fn deliver_here(&self, msg: &Message, change: bool) {
+        if change {
+            self.announce(msg);
         } else {
-            self.standalone.push(&outgoing.msg);
+            self.standalone.push(msg);
+        }
+    }
+
+    /// A fresh id for a request to the client: `s<n>`, and in a cluster `s<n>.<replica>`, so
+    /// the client's answer finds this replica wherever it is posted.
+    fn server_request_id(&self) -> String {
+        let n = self.next_server_request.fetch_add(1, Ordering::Relaxed) + 1;
+        match &self.bus {
+            Some(bus) => format!("s{n}.{}", bus.replica()),
+            None => format!("s{n}"),
+        }
+    }
+
+    /// What names this session on every replica's bus: a session-era session by its
+    /// (sealed) id, a 2026-07-28 caller's internal session by the caller's subject (each
+    /// replica has its own internal session for that caller).
+    pub fn bus_topic(&self) -> String {
+        if self.version == crate::mcp::version::STATELESS {
+            format!("c:{}", self.owner.get().map_or("", String::as_str))
+        } else {
+            format!("s:{}", self.id)
         }
     }
 
@@ -345,6 +423,10 @@ pub struct Sessions {
     screen: OnceLock<Arc<dyn Screen>>,
     /// Seals new session ids and resumes sealed ones (`[cluster] session-key`).
     sealer: OnceLock<Arc<seal::Sealer>>,
+    /// Seals task ids: from the session key when there is one, else a key of this process.
+    task_ids: OnceLock<Arc<TaskIds>>,
+    /// Shares sessions' streams with other replicas (`[cluster]` redis and key).
+    bus: OnceLock<Arc<crate::cluster::Bus>>,
 }
 
 impl Sessions {
@@ -365,12 +447,30 @@ impl Sessions {
             bounds,
             screen: OnceLock::new(),
             sealer: OnceLock::new(),
+            task_ids: OnceLock::new(),
+            bus: OnceLock::new(),
         }
+    }
+
+    /// Seals task ids with these (derived from `[cluster] session-key`), so every replica
+    /// opens them. Without it, task ids open only in this process.
+    pub fn set_task_ids(&self, ids: TaskIds) {
+        let _ = self.task_ids.set(Arc::new(ids));
     }
 
     /// Seals session ids from now on, and resumes sealed ids this process does not hold.
     pub fn set_sealer(&self, sealer: Arc<seal::Sealer>) {
         let _ = self.sealer.set(sealer);
+    }
+
+    /// Shares the streams of sessions created from now on with the other replicas.
+    pub fn set_bus(&self, bus: Arc<crate::cluster::Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// The cluster bus, when replicas share streams.
+    pub fn bus(&self) -> Option<&Arc<crate::cluster::Bus>> {
+        self.bus.get()
     }
 
     pub fn bounds(&self) -> &SessionBounds {
@@ -465,10 +565,16 @@ impl Sessions {
             last_seen: Mutex::new(Instant::now()),
             owner: std::sync::OnceLock::new(),
             caller: ArcSwapOption::empty(),
+            subject: Default::default(),
             quota: caller.map(str::to_string),
             stream_cap: cap,
             screen: self.screen.get().cloned(),
+            task_ids: self
+                .task_ids
+                .get_or_init(|| Arc::new(TaskIds::random()))
+                .clone(),
             outbox: OnceLock::new(),
+            bus: self.bus.get().cloned(),
             me: me.clone(),
         });
         if let Some(owner) = owner {

@@ -97,6 +97,14 @@ impl Session {
                 let uri = msg.param_str("uri")?;
                 (uri, self.route_uri(uri).await)
             }
+            // A task call goes where its id says (policies see that upstream and its id).
+            m if super::tasks::addresses_task(m) => {
+                let id = msg.param_str("taskId")?;
+                let target = self
+                    .open_task(id)
+                    .map(|(upstream, name)| Target { upstream, name });
+                (id, target)
+            }
             _ => return None,
         };
         Some(Resolved {

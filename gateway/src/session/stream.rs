@@ -179,6 +179,11 @@ impl Frames {
         }
     }
 
+    /// Cancelled when this consumer goes away (its connection closed, or it was cut off).
+    pub fn gone(&self) -> CancellationToken {
+        self.queue.gone.clone()
+    }
+
     /// Bytes queued and not yet taken.
     pub fn queued(&self) -> usize {
         lock(&self.queue.state).bytes

@@ -45,6 +45,10 @@ pub enum UpstreamError {
         "upstream '{upstream}' already runs {limit} child processes, its limit (upstreams.{upstream}.max-children); try again when another client session ends"
     )]
     TooManyChildren { upstream: Arc<str>, limit: usize },
+    /// The upstream takes a credential made for the caller (token exchange) and none could
+    /// be had; nothing was sent to it. `reason` never holds a token.
+    #[error("upstream '{upstream}' got no credential for this caller: {reason}")]
+    Credential { upstream: Arc<str>, reason: String },
     #[error("request cancelled")]
     Cancelled,
 }
@@ -61,7 +65,8 @@ impl UpstreamError {
             | UpstreamError::SessionExpired { upstream }
             | UpstreamError::NotStreamable { upstream, .. }
             | UpstreamError::TooLarge { upstream, .. }
-            | UpstreamError::TooManyChildren { upstream, .. } => Some(upstream),
+            | UpstreamError::TooManyChildren { upstream, .. }
+            | UpstreamError::Credential { upstream, .. } => Some(upstream),
             UpstreamError::Cancelled => None,
         }
     }

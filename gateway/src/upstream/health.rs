@@ -40,10 +40,13 @@ impl Health {
     }
 
     pub(super) fn failed(&self, e: &UpstreamError) {
-        // The client's own doing, or the gateway's own cap: not the upstream's.
+        // The client's own doing, the gateway's own cap, or a caller without a credential
+        // (token exchange): not the upstream's.
         if matches!(
             e,
-            UpstreamError::Cancelled | UpstreamError::TooManyChildren { .. }
+            UpstreamError::Cancelled
+                | UpstreamError::TooManyChildren { .. }
+                | UpstreamError::Credential { .. }
         ) {
             return;
         }

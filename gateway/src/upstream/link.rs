@@ -34,13 +34,17 @@ impl Link {
     ) -> Result<Arc<Link>, UpstreamError> {
         let deadline = upstream.config.connect_timeout;
         let connect = async {
-            match &upstream.http {
-                None => {
+            match (&upstream.http, &upstream.shared) {
+                (None, Some(pool)) => {
+                    let (link, init) = pool.attach(upstream, hello, handler).await?;
+                    Ok((Box::new(link) as Box<dyn Transport>, init))
+                }
+                (None, None) => {
                     let (link, init) =
                         stdio::StdioLink::connect(upstream, hello, handler, session_client).await?;
                     Ok((Box::new(link) as Box<dyn Transport>, init))
                 }
-                Some(client) => {
+                (Some(client), _) => {
                     http::connect(upstream, client, hello, handler, session_client).await
                 }
             }
@@ -88,11 +92,19 @@ impl Link {
     /// On timeout or `cancel`, the upstream is sent `notifications/cancelled`.
     pub async fn request(
         &self,
-        mut msg: Message,
+        msg: Message,
         related: Option<Related>,
         cancel: &CancellationToken,
     ) -> Result<Message, UpstreamError> {
         debug_assert_eq!(msg.kind(), Kind::Request);
+        let mut msg = match self.transport.intercept(msg, self.upstream.timeout()) {
+            Ok(call) => {
+                let outcome = call.await;
+                self.upstream.health.record(&outcome);
+                return outcome;
+            }
+            Err(msg) => msg,
+        };
         if let Some(answer) = self
             .transport
             .stateless()

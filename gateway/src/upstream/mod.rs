@@ -7,7 +7,9 @@
 //! elicitation, roots), subscriptions, log levels and roots correct: the upstream's notion of
 //! "its client" is exactly one gateway client. The price is one process per active client
 //! session for stdio upstreams; links are created lazily, on the first message a client sends
-//! to that upstream, so idle sessions cost nothing upstream.
+//! to that upstream, so idle sessions cost nothing upstream. A stdio upstream configured with
+//! `share = "shared"` serves all sessions from one child (or `pool` children) instead; each
+//! session's link is then a handle onto it (`shared.rs`).
 //!
 //! An HTTP upstream speaks Streamable HTTP or, if it predates it, the legacy HTTP+SSE
 //! transport: pinned in its config or detected on first contact (`http/detect.rs`).
@@ -15,19 +17,22 @@
 //! Messages are forwarded as raw JSON ([`Message`]); only the JSON-RPC id is rewritten.
 //!
 //! One job a file: `link.rs` the [`Link`]; `transport.rs` the `Transport` every kind of
-//! upstream implements; `stdio.rs` and `child.rs` stdio upstreams; `http/` HTTP upstreams;
-//! `stateless.rs` which protocol era a link speaks and how MCP 2026-07-28 is spoken;
+//! upstream implements; `stdio.rs` and `child.rs` stdio upstreams; `shared.rs` stdio
+//! children shared by many sessions; `http/` HTTP upstreams; `credential.rs` per-caller
+//! credentials by token exchange; `stateless.rs` which protocol era a link speaks and how MCP 2026-07-28 is spoken;
 //! `pending.rs` request ids and requests awaiting their answer; `slot.rs` a session's link
 //! to one upstream and its restart backoff; `bounds.rs` the bounds on what an upstream
 //! sends; `health.rs` what traffic says about an upstream; `error.rs` [`UpstreamError`].
 
 mod bounds;
 mod child;
+pub mod credential;
 mod error;
 mod health;
 mod http;
 mod link;
 mod pending;
+mod shared;
 mod slot;
 mod stateless;
 mod stdio;
@@ -43,6 +48,7 @@ use tokio::sync::mpsc;
 use crate::config::{HttpTransport, TransportKind, UpstreamConfig};
 use crate::mcp::{Message, methods};
 
+pub use credential::{Subject, SubjectSlot};
 pub use error::UpstreamError;
 pub use health::{Health, LeftOut, UpstreamStatus};
 pub use link::Link;
@@ -56,6 +62,12 @@ pub type Related = mpsc::UnboundedSender<Message>;
 pub trait InboundHandler: Send + Sync {
     /// `related` is the stream of the client request this message belongs to, when known.
     fn on_message(&self, upstream: &Arc<Upstream>, msg: Message, related: Option<&Related>);
+
+    /// The bearer token the caller behind this handler presented and authn accepted: what
+    /// a token-exchange upstream's credential is exchanged for (`credential.rs`).
+    fn subject(&self) -> Option<Arc<Subject>> {
+        None
+    }
 }
 
 /// One configured upstream server.
@@ -65,6 +77,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Shared connection pool for HTTP upstreams (keep-alive, `TCP_NODELAY`).
     http: Option<http::Client>,
+    /// `auth.kind = "token-exchange"`: the per-caller credential (`credential.rs`).
+    credential: Option<credential::Exchange>,
     /// An HTTP upstream speaks the legacy HTTP+SSE transport: pinned, or found out once.
     speaks_sse: AtomicBool,
     /// The protocol era found by `server/discover` (an [`Era`] as u8), for `protocol = auto`.
@@ -80,6 +94,8 @@ pub struct Upstream {
     child_slots: Arc<tokio::sync::Semaphore>,
     /// What real traffic says about it, for the admin API.
     health: Health,
+    /// `share = "shared"`: the children every client session shares (`shared.rs`).
+    shared: Option<shared::Pool>,
 }
 
 impl Upstream {
@@ -88,18 +104,33 @@ impl Upstream {
             TransportKind::Http => Some(http::Client::new(name, &config)?),
             TransportKind::Stdio => None,
         };
+        let credential = match &config.auth {
+            Some(auth) if auth.kind == crate::config::AuthKind::TokenExchange => {
+                Some(credential::Exchange::new(auth).map_err(|reason| {
+                    UpstreamError::Unavailable {
+                        upstream: name.into(),
+                        reason,
+                    }
+                })?)
+            }
+            _ => None,
+        };
         let speaks_sse = AtomicBool::new(config.transport == HttpTransport::Sse);
         let child_slots = Arc::new(tokio::sync::Semaphore::new(config.max_children()));
+        let shared = (http.is_none() && config.share == crate::config::Share::Shared)
+            .then(|| shared::Pool::new(config.pool()));
         Ok(Arc::new(Upstream {
             name: name.into(),
             config,
             http,
+            credential,
             speaks_sse,
             era: AtomicU8::new(Era::Unknown as u8),
             initialize: AtomicU8::new(0),
             children: Default::default(),
             child_slots,
             health: Health::default(),
+            shared,
         }))
     }
 
@@ -137,6 +168,11 @@ impl Upstream {
         if first {
             tracing::info!(upstream = %self.name, accepts, "upstream advertises only MCP 2026-07-28; session-era clients tried initialize");
         }
+    }
+
+    /// Token exchanges of this upstream since start (`None`: it has none configured).
+    pub fn token_exchange_counts(&self) -> Option<&credential::Counts> {
+        self.credential.as_ref().map(|c| &c.counts)
     }
 
     pub fn timeout(&self) -> Duration {

@@ -27,6 +27,10 @@ struct Entry {
 pub struct RequestIds(AtomicU64);
 
 impl RequestIds {
+    pub const fn new() -> Self {
+        RequestIds(AtomicU64::new(0))
+    }
+
     /// A fresh id.
     pub fn next(&self) -> u64 {
         self.0.fetch_add(1, Ordering::Relaxed) + 1

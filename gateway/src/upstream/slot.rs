@@ -13,7 +13,7 @@ use super::{Hello, InboundHandler, Link, Upstream, UpstreamError};
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A link that lived this long before dying resets the backoff: it was not a crash loop.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
+pub(super) const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 pub struct Slot {
     pub upstream: Arc<Upstream>,
@@ -116,7 +116,11 @@ impl Slot {
             }
             // The gateway's own cap, not a failure of the upstream: no backoff, so the
             // session gets a child as soon as another session lets one go.
-            Err(e @ UpstreamError::TooManyChildren { .. }) => Err(e),
+            // Nor is a caller without a credential (token exchange): the next request of
+            // this session may bring one.
+            Err(e @ (UpstreamError::TooManyChildren { .. } | UpstreamError::Credential { .. })) => {
+                Err(e)
+            }
             Err(e) => {
                 st.failures += 1;
                 st.retry_at = Some(Instant::now() + backoff(st.failures));
@@ -127,7 +131,7 @@ impl Slot {
     }
 }
 
-fn backoff(failures: u32) -> Duration {
+pub(super) fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(MAX_BACKOFF)

@@ -220,7 +220,7 @@ impl StdioLink {
     }
 
     /// Writes a notification or a response to the child's stdin.
-    fn write(&self, msg: Message) -> Result<(), UpstreamError> {
+    pub(super) fn write(&self, msg: Message) -> Result<(), UpstreamError> {
         if self.stateless.is_some() && msg.method() != methods::CANCELLED {
             // 2026-07-28 over stdio: the only client notification is cancellation, and its
             // servers ask nothing of the client (so there are no answers to send either).

@@ -1,6 +1,8 @@
-//! The [`Transport`] every kind of upstream link implements (stdio, Streamable HTTP, legacy
-//! HTTP+SSE): one request shape, so the [`Link`](super::Link) around it treats them alike
+//! The [`Transport`] every kind of upstream link implements (stdio, a shared stdio child,
+//! Streamable HTTP, legacy HTTP+SSE): one request shape, so the [`Link`](super::Link) around it treats them alike
 //! and a new kind is one more implementation.
+
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
@@ -16,7 +18,7 @@ pub(super) type Call<'a> = BoxFuture<'a, Result<Message, UpstreamError>>;
 /// [`Link`](super::Link) around it numbers requests, times them out, cancels them and
 /// restores the client's ids.
 pub(super) trait Transport: Send + Sync {
-    /// How the link shows in the log: `stdio`, `streamable-http`, `sse`.
+    /// How the link shows in the log: `stdio`, `stdio-shared`, `streamable-http`, `sse`.
     fn kind(&self) -> &'static str;
 
     /// Whether it can still carry messages (a child running, a stream open).
@@ -33,6 +35,13 @@ pub(super) trait Transport: Send + Sync {
     /// it), rather than only where the client put one there.
     fn traces_in_meta(&self) -> bool {
         false
+    }
+
+    /// A request the transport handles itself instead of forwarding it as it is (a shared
+    /// child's subscriptions and log level): its call, answering with the client's id.
+    /// Any other request is given back.
+    fn intercept(&self, msg: Message, _timeout: Duration) -> Result<Call<'_>, Message> {
+        Err(msg)
     }
 
     /// Where this link's upstream-side request ids come from.

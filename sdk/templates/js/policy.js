@@ -4,7 +4,7 @@
 // configured words (`delete` by default) unless the caller holds one of the configured roles
 // (`admin` by default), and hides those tools from such a caller's `tools/list`.
 
-import { ConfigError, DENIED, allow, checkKeys, definePolicy, deny, log, modify } from "./portcullis.js";
+import { ConfigError, DENIED, allow, checkKeys, definePolicy, deny, log, modify } from "portcullis-policy";
 
 function strings(config, key, fallback) {
   const value = config[key] ?? fallback;

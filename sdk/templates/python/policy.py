@@ -7,8 +7,8 @@ configured words (`delete` by default) unless the caller holds one of the config
 
 import json
 
-import portcullis
-from portcullis import ConfigError, Message, Phase, Stage, Verdict
+import portcullis_policy as portcullis
+from portcullis_policy import ConfigError, Message, Phase, Stage, Verdict
 
 
 def _strings(config: dict, key: str, default: list) -> frozenset:

@@ -7,7 +7,17 @@
 //! target/release/loadgen [--seconds 10] [--sessions 1000] [--memory-only]
 //! target/release/loadgen --tracing [--seconds 10]
 //! target/release/loadgen --audit [--seconds 10]
+//! target/release/loadgen --cluster [--seconds 10] [--sessions 1000]
 //! ```
+//!
+//! `--cluster` measures scale-out (needs `scripts/build-plugins`, `redis-server` and
+//! `haproxy`: `scripts/ensure-redis`, `scripts/ensure-haproxy`): the rate-limit plugin with a
+//! limit per session nobody reaches in the chain, so every request reads and swaps its
+//! session's bucket; one gateway
+//! process with the plugin's state in memory, the same with `[cluster]` (sealed session ids,
+//! the state in Redis), and three such replicas behind HAProxy (round robin per request, so
+//! consecutive requests of a session go to different replicas). Then RSS per idle session
+//! with sealed ids, on the replica that opened the sessions and on one that resumed them.
 //!
 //! `--audit` measures the audit trail the same way: one allow-all policy, one HTTP upstream,
 //! `[audit]` off and on (records to a file), and the plain gateway without policies for
@@ -25,7 +35,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use portcullis_tests::harness::{Fixture, Gateway, PluginDir, TempDir, toml_str};
+use portcullis_tests::harness::{
+    Fixture, Gateway, Haproxy, PluginDir, RedisServer, TempDir, toml_str,
+};
 use serde_json::json;
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
@@ -238,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
     let mut memory_only = false;
     let mut tracing = false;
     let mut audit = false;
+    let mut cluster = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -246,10 +259,14 @@ async fn main() -> anyhow::Result<()> {
             "--memory-only" => memory_only = true,
             "--tracing" => tracing = true,
             "--audit" => audit = true,
+            "--cluster" => cluster = true,
             other => bail!(
-                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--tracing] [--audit]"
+                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--tracing] [--audit] [--cluster]"
             ),
         }
+    }
+    if cluster {
+        return cluster_overhead(seconds, idle_sessions, memory_only).await;
     }
     if audit {
         return audit_overhead(seconds).await;
@@ -501,5 +518,156 @@ async fn audit_overhead(seconds: f64) -> anyhow::Result<()> {
         bytes as f64 / (1024.0 * 1024.0),
         bytes / records.max(1) as u64
     );
+    Ok(())
+}
+
+/// `--cluster`: one process against three replicas behind HAProxy; RSS per sealed session.
+async fn cluster_overhead(
+    seconds: f64,
+    idle_sessions: usize,
+    memory_only: bool,
+) -> anyhow::Result<()> {
+    const KEY: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+    let upstream = Fixture::http("bench").await;
+    let redis = RedisServer::start();
+    let plugins = PluginDir::new();
+    plugins.add(
+        "rate-limit",
+        "rate-limit",
+        "[config]\n[[config.limits]]\nname = \"per-session\"\nmethods = [\"*\"]\nper = [\"session\"]\nrate = \"1000000/h\"\n",
+    );
+    let server = "[server]\nlisten = \"127.0.0.1:0\"\nmax-sessions = 100000\nmax-sessions-per-caller = 100000\n\n";
+    let local = format!(
+        "{server}{}{}",
+        plugins.policy_toml(),
+        upstream.upstream_toml("bench")
+    );
+    let clustered = format!(
+        "{server}{}[cluster]\nsession-key = \"{KEY}\"\nredis = \"{}\"\n\n{}",
+        plugins.policy_toml(),
+        redis.url(),
+        upstream.upstream_toml("bench")
+    );
+    let redis_pid = redis.pid().context("redis-server is not running")?;
+
+    // Memory: idle sessions on one process without `[cluster]` (random ids), the same on a
+    // replica with sealed ids, then resumed on another replica by a `ping` each (the gateway
+    // answers it itself: no upstream session is opened).
+    {
+        let plain = Gateway::start(&local).await;
+        let opener = Gateway::start(&clustered).await;
+        let resumer = Gateway::start(&clustered).await;
+        let http = client();
+        let per =
+            |kib: u64, base: u64| kib.saturating_sub(base) as f64 / idle_sessions.max(1) as f64;
+        println!("| gateway RSS (rate-limit plugin in the chain) | MiB | per session |");
+        println!("| --- | ---: | ---: |");
+        let base_p = rss_kib(plain.pid());
+        for _ in 0..idle_sessions {
+            open_session(&http, plain.url()).await?;
+        }
+        let idle_p = rss_kib(plain.pid());
+        println!(
+            "| no `[cluster]`: after start | {:.1} | |",
+            base_p as f64 / 1024.0
+        );
+        println!(
+            "| no `[cluster]`: {idle_sessions} idle sessions | {:.1} | {:.1} KiB |",
+            idle_p as f64 / 1024.0,
+            per(idle_p, base_p)
+        );
+        let (base_a, base_b) = (rss_kib(opener.pid()), rss_kib(resumer.pid()));
+        let mut sids = Vec::new();
+        for _ in 0..idle_sessions {
+            sids.push(open_session(&http, opener.url()).await?);
+        }
+        let idle = rss_kib(opener.pid());
+        let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}).to_string();
+        for chunk in sids.chunks(64) {
+            let pings = chunk
+                .iter()
+                .map(|sid| post(&http, resumer.url(), Some(sid), ping.clone()));
+            for r in futures_util::future::join_all(pings).await {
+                r?;
+            }
+        }
+        let resumed = rss_kib(resumer.pid());
+        println!(
+            "| sealed ids: after start | {:.1} | |",
+            base_a as f64 / 1024.0
+        );
+        println!(
+            "| sealed ids: {idle_sessions} idle sessions opened here | {:.1} | {:.1} KiB |",
+            idle as f64 / 1024.0,
+            per(idle, base_a)
+        );
+        println!(
+            "| sealed ids: another replica after resuming them (one `ping` each) | {:.1} | {:.1} KiB |",
+            resumed as f64 / 1024.0,
+            per(resumed, base_b)
+        );
+    }
+    if memory_only {
+        return Ok(());
+    }
+
+    let single = Gateway::start(&local).await;
+    let one = Gateway::start(&clustered).await;
+    let replicas = [
+        Gateway::start(&clustered).await,
+        Gateway::start(&clustered).await,
+        Gateway::start(&clustered).await,
+    ];
+    let lb = Haproxy::start(&replicas.iter().map(Gateway::addr).collect::<Vec<_>>());
+    let lb_url = format!("http://{}/mcp", lb.addr());
+    let mut cluster_pids: Vec<u32> = replicas.iter().map(Gateway::pid).collect();
+    cluster_pids.extend([lb.pid(), redis_pid, upstream.pid()]);
+    let targets = [
+        Target {
+            label: "1 process, state in memory",
+            url: single.url(),
+            echo: "bench__echo",
+            pids: vec![single.pid(), upstream.pid()],
+        },
+        Target {
+            label: "1 process, `[cluster]` (Redis)",
+            url: one.url(),
+            echo: "bench__echo",
+            pids: vec![one.pid(), redis_pid, upstream.pid()],
+        },
+        Target {
+            label: "3 replicas + HAProxy (Redis)",
+            url: &lb_url,
+            echo: "bench__echo",
+            pids: cluster_pids,
+        },
+    ];
+    println!(
+        "\n| op | clients | target | calls/s | p50 ms | p99 ms | CPU µs/call (all servers) | errors |"
+    );
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    for op in [Op::Call, Op::List] {
+        for c in CONCURRENCY {
+            for t in &targets {
+                let cell = measure(t, op, c, seconds).await?;
+                println!(
+                    "| {} | {c} | {} | {:.0} | {} | {} | {:.0} | {} |",
+                    op.label(),
+                    t.label,
+                    cell.rps,
+                    ms(cell.p50),
+                    ms(cell.p99),
+                    cell.cpu_per_call.as_secs_f64() * 1e6,
+                    cell.errors
+                );
+            }
+        }
+    }
+    let spread: Vec<String> = lb
+        .servers()
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.total))
+        .collect();
+    println!("\nrequests per replica (HAProxy): {}", spread.join(", "));
     Ok(())
 }

@@ -107,6 +107,11 @@ impl RedisServer {
         self.addr
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills it now (SIGKILL): an outage. Its data is gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -7,7 +7,8 @@
 // are resolved lexically and compared component by component with `allowed-prefixes`.
 //
 // wit-bindgen go expects the exports (Describe, Init, Evaluate) in this package; the build
-// (examples/policies/build go) puts this file there, beside the freshly generated bindings.
+// (sdk/go/build, which examples/policies/build runs) puts this file there, beside the
+// freshly generated bindings.
 package export_portcullis_policy_policy
 
 import (
@@ -16,7 +17,7 @@ import (
 	"strconv"
 	"strings"
 
-	"wit_component/portcullis"
+	portcullis "portcullis.dev/policy"
 )
 
 const (

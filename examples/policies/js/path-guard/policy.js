@@ -11,7 +11,7 @@
 
 import {
   ConfigError, DENIED, allow, args, checkKeys, definePolicy, deny, log, modify, withAttribute,
-} from "./portcullis.js";
+} from "portcullis-policy";
 
 /** Set on every call path-guard checked and let through. */
 export const CHECKED = "path-guard.checked";

@@ -14,8 +14,8 @@ Build, from the repository root (installs componentize-py on first use):
 import re
 from typing import Any, Optional
 
-import portcullis
-from portcullis import ConfigError, Message, Phase, Stage, Verdict
+import portcullis_policy as portcullis
+from portcullis_policy import ConfigError, Message, Phase, Stage, Verdict
 
 CHECKED = "path-guard.checked"  # set on every call path-guard checked and let through
 PATHS = "path-guard.paths"      # how many path arguments the call had

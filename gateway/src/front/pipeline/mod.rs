@@ -195,6 +195,8 @@ impl Front {
                 tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
                 return Err(Refusal::SessionNotFound);
             }
+            // Its owner's token, now that authn accepted it, for token-exchange upstreams.
+            session.subject.remember(call.as_ref().map(|c| c.view()));
         }
         Ok(Admitted {
             msg,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::Refusal;
 use crate::front::Front;
 use crate::front::response;
-use crate::mcp::{Message, codes};
+use crate::mcp::{Message, codes, methods};
 use crate::policy::Identity;
 use crate::session::{Refused, Session};
 use crate::upstream::Hello;
@@ -23,6 +23,8 @@ pub(in crate::front) fn capabilities() -> Value {
         "resources": { "subscribe": true, "listChanged": true },
         "logging": {},
         "completions": {},
+        // Tasks pass through to the upstream that created them (session/tasks.rs).
+        "extensions": { methods::TASKS_EXTENSION: {} },
     })
 }
 

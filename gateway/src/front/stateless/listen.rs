@@ -89,6 +89,10 @@ impl Front {
             Some(json!({ "notifications": agreed })),
         );
         let _ = frames_tx.send(frame(&tag(ack)));
+        // Changes the caller's sessions on other replicas hear reach this stream too.
+        if let Some(bus) = self.sessions.bus() {
+            bus.follow(&session, frames.gone()).await;
+        }
         let closing = self.closing.clone();
         let client_id = shape.client_id.clone();
         self.tasks.spawn(async move {

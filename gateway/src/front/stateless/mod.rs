@@ -16,6 +16,7 @@
 mod answer;
 mod listen;
 mod park;
+mod remote;
 mod validate;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::mcp::{Kind, Message, codes, version};
 use crate::policy::{Call, Chain, Phase};
 use crate::upstream::Hello;
 pub(super) use park::Parked;
+pub(super) use remote::serve_forwarded;
 use validate::{check_param_headers, validate};
 
 /// What a 2026-07-28 client may ask of the gateway. Anything else is 404 `-32601`, as the
@@ -49,6 +51,11 @@ const METHODS: &[&str] = &[
     methods::RESOURCES_READ,
     methods::COMPLETION_COMPLETE,
     methods::SUBSCRIPTIONS_LISTEN,
+    // The tasks extension (the session answers -32021 when the request does not declare
+    // it); 2025-11-25's tasks/result and tasks/list are not part of it.
+    methods::TASKS_GET,
+    methods::TASKS_UPDATE,
+    methods::TASKS_CANCEL,
 ];
 
 /// The requests that may answer `input_required`; `Mcp-Name` is required on the same three.
@@ -56,6 +63,13 @@ pub(super) const NAMED: &[&str] = &[
     methods::TOOLS_CALL,
     methods::PROMPTS_GET,
     methods::RESOURCES_READ,
+];
+
+/// The tasks-extension requests that name their task in `Mcp-Name` (`params.taskId`).
+pub(super) const NAMED_TASK: &[&str] = &[
+    methods::TASKS_GET,
+    methods::TASKS_UPDATE,
+    methods::TASKS_CANCEL,
 ];
 
 /// Results a client may cache (`CacheableResult`): they carry `ttlMs` and `cacheScope`.
@@ -247,6 +261,8 @@ impl Front {
             Err(refusal) => return refuse(refusal, &client_id),
         };
         session.touch();
+        // The caller's token, now that authn accepted it, for token-exchange upstreams.
+        session.subject.remember(call.as_ref().map(|c| c.view()));
         if method == methods::TOOLS_CALL
             && let Err(r) = check_param_headers(&session, &param_headers, &msg).await
         {
@@ -284,6 +300,17 @@ impl Front {
         // 2026-07-28 upstream, and the retry goes there as it is.
         if let Some(state) = request_state.filter(|s| self.parked.calls.contains_key(s)) {
             return self.resume(&state, &msg, shape).await;
+        }
+        // In a cluster, a state the gateway issued names the replica holding the call.
+        if let Some(state) = msg.param_str("requestState")
+            && let Some(bus) = self.sessions.bus()
+            && let Some(owner) = bus.state_owner(state)
+        {
+            return match owner {
+                Some(replica) => self.forward_retry(bus, &replica, state, &msg, shape).await,
+                // Ours, but no longer parked: expired or used.
+                None => self.resume(state, &msg, shape).await,
+            };
         }
         let mut msg = match call.as_mut() {
             Some(c) => {

@@ -56,7 +56,11 @@ impl Front {
         self.parked
             .calls
             .retain(|_, p| p.expires > Instant::now() || abandon(p));
-        let state = format!("{:032x}", rand::random::<u128>());
+        // In a cluster the state names (sealed) this replica, so a retry elsewhere finds it.
+        let state = match self.sessions.bus() {
+            Some(bus) => bus.seal_state(),
+            None => format!("{:032x}", rand::random::<u128>()),
+        };
         let input_requests: Map<String, Value> = requests
             .iter()
             .map(|(key, _, request)| (key.clone(), request.clone()))

@@ -26,9 +26,12 @@ pub(super) fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Respons
         }
         Some(_) => {}
     }
-    if super::NAMED.contains(&method) {
+    let named = super::NAMED.contains(&method) || super::NAMED_TASK.contains(&method);
+    if named {
         let key = if method == methods::RESOURCES_READ {
             "uri"
+        } else if super::NAMED_TASK.contains(&method) {
+            "taskId"
         } else {
             "name"
         };

@@ -38,6 +38,8 @@ pub struct SseLink {
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
     reader: tokio::task::AbortHandle,
+    /// The client session: whose credential a token-exchange upstream gets.
+    handler: Weak<dyn InboundHandler>,
 }
 
 impl SseLink {
@@ -52,9 +54,11 @@ impl SseLink {
             upstream: name.clone(),
             detail,
         };
-        let resp = client
+        let get = client
             .request(reqwest::Method::GET, &client.url)
-            .header(ACCEPT, "text/event-stream")
+            .header(ACCEPT, "text/event-stream");
+        let resp = crate::upstream::credential::authorize(upstream, &handler, get)
+            .await?
             .send()
             .await
             .map_err(|e| super::unavailable(upstream, e))?;
@@ -105,6 +109,7 @@ impl SseLink {
 
         let pending = Arc::new(Pending::default());
         let alive = Arc::new(AtomicBool::new(true));
+        let weak = handler.clone();
         let reader = {
             let (upstream, pending, alive) = (upstream.clone(), pending.clone(), alive.clone());
             tokio::spawn(async move {
@@ -158,6 +163,7 @@ impl SseLink {
             pending,
             alive,
             reader,
+            handler: weak,
         };
         let answer = link.pending.register(0, None, None);
         link.post(hello.initialize_request().to_bytes()).await?;
@@ -173,6 +179,7 @@ impl SseLink {
         let closed = self.closed();
         let name = self.name.clone();
         let upstream = self.upstream.clone();
+        let handler = self.handler.clone();
         let req = super::traced(
             self.client
                 .request(reqwest::Method::POST, &self.endpoint)
@@ -183,6 +190,7 @@ impl SseLink {
             if !alive {
                 return Err(closed);
             }
+            let req = crate::upstream::credential::authorize(&upstream, &handler, req).await?;
             let resp = req
                 .send()
                 .await

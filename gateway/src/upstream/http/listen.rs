@@ -5,7 +5,8 @@
 //! A stream that ends or fails is opened again after a backoff that starts at 250 ms and
 //! doubles up to [`MAX_BACKOFF`]; one that opened resets it. A stream that broke the SSE
 //! event bound is logged as the breach and waits the longest, so a hostile upstream costs
-//! little. Why a stream could not be opened is logged at debug level, with the cause.
+//! little. Why a stream could not be opened is logged at debug level, with the cause (also
+//! when a token-exchange upstream got no credential for the caller: retried the same way).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -68,7 +69,18 @@ where
             let Some(req) = open(last_event.as_deref()) else {
                 return;
             };
-            match req.send().await {
+            // A token-exchange upstream takes the caller's credential on every request.
+            let sent = match crate::upstream::credential::authorize(&upstream, &handler, req).await
+            {
+                Ok(req) => req.send().await,
+                Err(e) => {
+                    tracing::debug!(upstream = %upstream.name, error = %e, "{what} not opened");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            match sent {
                 Ok(resp) => match opened(&resp) {
                     Opened::Stream => {
                         backoff = FIRST_BACKOFF;

@@ -8,7 +8,9 @@
 //! - `listen.rs`: the listening streams that stay open, reconnecting with backoff.
 //!
 //! Every request to an upstream is built by [`Client::request`], the one place where the
-//! configured headers and bearer token are put on it.
+//! configured headers and bearer token are put on it; an upstream with a token exchange
+//! also gets the caller's credential, just before each request is sent
+//! (`credential::authorize`, async, as it may ask the token endpoint).
 
 mod detect;
 mod legacy_sse;
@@ -119,7 +121,7 @@ fn unavailable(upstream: &Upstream, e: reqwest::Error) -> UpstreamError {
 /// What went wrong reaching an upstream, down to the root cause: reqwest's own message is only
 /// "error sending request"; its sources say "connection refused", a DNS failure, a TLS error.
 /// The URL is left out (it may carry credentials); headers never appear in reqwest's errors.
-fn cause(e: reqwest::Error) -> String {
+pub(super) fn cause(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);

@@ -27,6 +27,9 @@ pub(super) fn request_headers(msg: &Message, params: &headers::ParamHeaders) -> 
     let name = match msg.method() {
         methods::TOOLS_CALL | methods::PROMPTS_GET => msg.param_str("name"),
         methods::RESOURCES_READ => msg.param_str("uri"),
+        methods::TASKS_GET | methods::TASKS_UPDATE | methods::TASKS_CANCEL => {
+            msg.param_str("taskId")
+        }
         _ => None,
     };
     if let Some(v) = name.and_then(|n| HeaderValue::from_str(&headers::encode(n)).ok()) {

@@ -80,9 +80,12 @@ impl HttpLink {
         };
         let stateless = Stateless::new(upstream.name.clone(), hello.clone());
         let unreachable = |e: &UpstreamError| {
+            // A caller without a credential learns nothing about the upstream's era either.
             matches!(
                 e,
-                UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. }
+                UpstreamError::Unavailable { .. }
+                    | UpstreamError::Timeout { .. }
+                    | UpstreamError::Credential { .. }
             )
         };
         let choice = stateless::choose_era(
@@ -242,6 +245,8 @@ impl HttpLink {
         state: &SessionState,
     ) -> Result<(Posted, HeaderMap), UpstreamError> {
         let mut builder = super::traced(self.builder(reqwest::Method::POST, state));
+        builder =
+            crate::upstream::credential::authorize(&self.upstream, &self.handler, builder).await?;
         if self.stateless.is_some() || msg.method() == methods::SERVER_DISCOVER {
             let params = self.param_annotations(msg);
             builder = builder.headers(http_stateless::request_headers(msg, &params));
@@ -384,9 +389,14 @@ impl HttpLink {
         let state = self.session();
         if state.session_id.is_some() {
             let req = self.builder(reqwest::Method::DELETE, &state);
+            let (upstream, handler) = (self.upstream.clone(), self.handler.clone());
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let _ = req.timeout(Duration::from_secs(5)).send().await;
+                    if let Ok(req) =
+                        crate::upstream::credential::authorize(&upstream, &handler, req).await
+                    {
+                        let _ = req.timeout(Duration::from_secs(5)).send().await;
+                    }
                 });
             }
         }

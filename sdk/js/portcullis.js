@@ -1,12 +1,12 @@
 // Thin helpers for writing Portcullis policies in JavaScript.
 //
-// The contract is `wit/policy.wit`; componentize-js reads the repository's `wit/` at build
-// time and checks this module's exports against it. This file only makes the raw bindings
+// The contract is `wit/policy.wit`, shipped in this package; `portcullis-policy build` runs
+// componentize-js, which checks the policy's exports against it. This file only makes the raw bindings
 // pleasant: verdict constructors, JSON parsing of the message's payloads, logging, and
 // `definePolicy`, which turns `init`'s JSON into an object and a thrown error into the
 // message the gateway logs. Its hooks have the WIT's names: `describe`, `init`, `evaluate`.
 //
-//   import { definePolicy, allow, deny, DENIED } from "./portcullis.js";
+//   import { definePolicy, allow, deny, DENIED } from "portcullis-policy";
 //
 //   export const policy = definePolicy({
 //     describe: { name: "block", version: "0.1.0", stage: "authz", phases: ["request"] },

@@ -1,11 +1,13 @@
-// Package portcullis holds thin helpers for writing Portcullis policies in Go.
+// Package portcullis (module portcullis.dev/policy) holds the helpers for writing Portcullis
+// policies in Go.
 //
-// The contract is wit/policy.wit; `wit-bindgen go` generates its bindings (the packages
-// wit_component/portcullis_policy_types and wit_component/portcullis_policy_host) from the
-// repository's wit/ at every build, and the policy package implements the exports it expects
-// (Describe, Init, Evaluate) with the generated types, so a change to the WIT that breaks a
-// policy breaks its build. This package only makes those types pleasant: verdict
-// constructors, options, JSON configuration and payloads, logging.
+// The contract is wit/policy.wit, shipped in this module; the build (`build` in this module)
+// generates its bindings (the packages wit_component/portcullis_policy_types and
+// wit_component/portcullis_policy_host) with `wit-bindgen go` at every build, and the policy
+// package implements the exports they expect (Describe, Init, Evaluate) with the generated
+// types, so a change to the WIT that breaks a policy breaks its build. This package only makes
+// those types pleasant: verdict constructors, options, JSON configuration and payloads,
+// logging. It compiles only inside that build, beside the generated packages.
 package portcullis
 
 import (

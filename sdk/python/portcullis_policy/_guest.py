@@ -1,13 +1,14 @@
-"""Thin helpers for writing Portcullis policies in Python.
+"""The policy API of `portcullis_policy` (imported by the package inside a component build).
 
-The contract is `wit/policy.wit`; componentize-py generates its bindings (`wit_world`) from
-the repository's `wit/` at build time. This module only makes them pleasant to use: verdict
-constructors, JSON parsing of the message's payloads, logging, and a `Policy` base class that
-turns `init`'s JSON into a dict and an exception into the error the gateway logs. The hooks
-have the WIT's names: `describe` (returns the class's `INFO`), `init`, `evaluate`.
+The contract is `wit/policy.wit`, shipped inside this package; `portcullis-policy build` runs
+componentize-py, which generates its bindings (`wit_world`) from that file at every build. This
+module only makes them pleasant to use: verdict constructors, JSON parsing of the message's
+payloads, logging, and a `Policy` base class that turns `init`'s JSON into a dict and an
+exception into the error the gateway logs. The hooks have the WIT's names: `describe`
+(returns the class's `INFO`), `init`, `evaluate`.
 
-    import portcullis
-    from portcullis import Message, Phase, Stage, Verdict
+    import portcullis_policy as portcullis
+    from portcullis_policy import Message, Phase, Stage, Verdict
 
     class Policy(portcullis.Policy):          # the class must be named `Policy`
         INFO = portcullis.info("block", "0.1.0", Stage.AUTHZ, [Phase.REQUEST])

@@ -1,0 +1,3 @@
+module portcullis.dev/policy
+
+go 1.24
