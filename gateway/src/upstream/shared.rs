@@ -7,9 +7,9 @@
 //! fewest sessions), which it keeps until the child dies or the session ends.
 //!
 //! What the gateway does so that every session sees its own server:
-//! - **Ids.** The `StdioLink` already gives every request a fresh upstream id (unique per
-//!   child), and the link restores the client's own id on the answer; a cancellation names
-//!   the upstream id, so it reaches only the request it cancels.
+//! - **Ids.** Every request is numbered from the child's own ids (`Transport::ids` of its
+//!   `StdioLink`, unique per child), and the link restores the client's own id on the
+//!   answer; a cancellation names the upstream id, so it reaches only the request it cancels.
 //! - **Progress tokens** are replaced by hub-unique ones on the way in and restored on the
 //!   way out, so two sessions' tokens cannot collide and progress reaches only its caller.
 //! - **Server→client requests and log lines** carry nothing on the stdio wire that ties them
