@@ -112,24 +112,24 @@ fn compile_tiered(
             took: started.elapsed(),
         });
     }
-    if let Some(baseline) = rt.baseline.as_ref().filter(|_| quick) {
-        if bytes.len() >= BASELINE_MIN_SIZE {
-            match Component::new(&baseline.engine, bytes) {
-                Ok(component) => {
-                    return Ok(Compiled {
-                        component,
-                        sha256,
-                        size: bytes.len(),
-                        cached: false,
-                        baseline: true,
-                        took: started.elapsed(),
-                    });
-                }
-                Err(e) => tracing::info!(
-                    error = %format!("{e:#}"),
-                    "the baseline compiler cannot compile this plugin; Cranelift compiles it now"
-                ),
+    if let Some(baseline) = rt.baseline.as_ref().filter(|_| quick)
+        && bytes.len() >= BASELINE_MIN_SIZE
+    {
+        match Component::new(&baseline.engine, bytes) {
+            Ok(component) => {
+                return Ok(Compiled {
+                    component,
+                    sha256,
+                    size: bytes.len(),
+                    cached: false,
+                    baseline: true,
+                    took: started.elapsed(),
+                });
             }
+            Err(e) => tracing::info!(
+                error = %format!("{e:#}"),
+                "the baseline compiler cannot compile this plugin; Cranelift compiles it now"
+            ),
         }
     }
     let component =

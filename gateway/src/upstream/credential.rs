@@ -335,7 +335,7 @@ impl Exchange {
             let what = if e.is_timeout() {
                 "did not answer in time".to_string()
             } else {
-                format!("cannot be reached: {}", super::cause(e))
+                format!("cannot be reached: {}", super::http::cause(e))
             };
             format!("the token endpoint {what}")
         })?;
@@ -363,11 +363,12 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
         return Err(too_long());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("the token endpoint's answer broke off: {}", super::cause(e)))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        format!(
+            "the token endpoint's answer broke off: {}",
+            super::http::cause(e)
+        )
+    })? {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(too_long());
         }

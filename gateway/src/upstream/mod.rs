@@ -12,36 +12,46 @@
 //! session's link is then a handle onto it (`shared.rs`).
 //!
 //! An HTTP upstream speaks Streamable HTTP or, if it predates it, the legacy HTTP+SSE
-//! transport (`legacy_sse`): pinned in its config or detected on first contact.
+//! transport: pinned in its config or detected on first contact (`http/detect.rs`).
 //!
 //! Messages are forwarded as raw JSON ([`Message`]); only the JSON-RPC id is rewritten.
+//!
+//! One job a file: `link.rs` the [`Link`]; `transport.rs` the `Transport` every kind of
+//! upstream implements; `stdio.rs` and `child.rs` stdio upstreams; `shared.rs` stdio
+//! children shared by many sessions; `http/` HTTP upstreams; `credential.rs` per-caller
+//! credentials by token exchange; `stateless.rs` which protocol era a link speaks and how MCP 2026-07-28 is spoken;
+//! `pending.rs` request ids and requests awaiting their answer; `slot.rs` a session's link
+//! to one upstream and its restart backoff; `bounds.rs` the bounds on what an upstream
+//! sends; `health.rs` what traffic says about an upstream; `error.rs` [`UpstreamError`].
 
 mod bounds;
+mod child;
 pub mod credential;
 mod error;
 mod health;
 mod http;
-mod legacy_sse;
+mod link;
 mod pending;
 mod shared;
 mod slot;
 mod stateless;
 mod stdio;
+mod transport;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{HttpTransport, TransportKind, UpstreamConfig};
-use crate::mcp::{Kind, Message, methods};
+use crate::mcp::{Message, methods};
 
 pub use credential::{Subject, SubjectSlot};
 pub use error::UpstreamError;
 pub use health::{Health, LeftOut, UpstreamStatus};
+pub use link::Link;
 pub use slot::{Fresh, Slot};
 
 /// Where messages related to one client request go (progress, logs, server→client requests
@@ -229,311 +239,4 @@ fn initialize_result(upstream: &Arc<str>, mut reply: Message) -> Result<Value, U
         });
     }
     Ok(reply.take_result().unwrap_or_default())
-}
-
-/// An initialized MCP session with one upstream, owned by one client session.
-pub struct Link {
-    pub upstream: Arc<Upstream>,
-    transport: Transport,
-    /// The upstream's `initialize` result (capabilities, serverInfo, instructions).
-    pub init: Value,
-}
-
-enum Transport {
-    Stdio(stdio::StdioLink),
-    /// A client session's handle on a child it shares with others (`share = "shared"`).
-    Shared(shared::SharedLink),
-    Http(Box<http::HttpLink>),
-    Sse(Box<legacy_sse::SseLink>),
-}
-
-impl Link {
-    /// Starts (stdio) or contacts (HTTP) the upstream and runs the `initialize` handshake.
-    /// `session_client`: the client speaks the session era (see `stateless::choose_era`).
-    pub async fn connect(
-        upstream: &Arc<Upstream>,
-        hello: &Hello,
-        handler: Weak<dyn InboundHandler>,
-        session_client: bool,
-    ) -> Result<Arc<Link>, UpstreamError> {
-        let deadline = upstream.config.connect_timeout;
-        let connect = async {
-            match &upstream.http {
-                None => match &upstream.shared {
-                    Some(pool) => {
-                        let (link, init) = pool.attach(upstream, hello, handler).await?;
-                        Ok::<_, UpstreamError>((Transport::Shared(link), init))
-                    }
-                    None => {
-                        let (link, init) =
-                            start_stdio(upstream, hello, handler, session_client).await?;
-                        Ok((Transport::Stdio(link), init))
-                    }
-                },
-                Some(client) => {
-                    legacy_sse::connect(upstream, client, hello, handler, session_client).await
-                }
-            }
-        };
-        let connected = tokio::time::timeout(deadline, connect)
-            .await
-            .map_err(|_| UpstreamError::Timeout {
-                upstream: upstream.name.clone(),
-                after: deadline,
-            })
-            .and_then(|r| r);
-        upstream.health.record(&connected);
-        let (transport, init) = connected?;
-        upstream.health.link_opened();
-        let link = Arc::new(Link {
-            upstream: upstream.clone(),
-            transport,
-            init,
-        });
-        let (kind, version) = match &link.transport {
-            Transport::Stdio(_) => ("stdio", link.init["protocolVersion"].as_str()),
-            Transport::Shared(_) => ("stdio-shared", link.init["protocolVersion"].as_str()),
-            Transport::Http(_) => ("streamable-http", link.init["protocolVersion"].as_str()),
-            Transport::Sse(_) => ("sse", link.init["protocolVersion"].as_str()),
-        };
-        let version = if link.is_stateless() {
-            crate::mcp::version::STATELESS
-        } else {
-            version.unwrap_or("unknown")
-        };
-        tracing::info!(upstream = %upstream.name, transport = kind, protocol = version, "upstream connected");
-        Ok(link)
-    }
-
-    pub fn is_alive(&self) -> bool {
-        match &self.transport {
-            Transport::Stdio(l) => l.is_alive(),
-            Transport::Shared(l) => l.is_alive(),
-            Transport::Http(_) => true,
-            Transport::Sse(l) => l.is_alive(),
-        }
-    }
-
-    /// Spoken to as MCP 2026-07-28: its questions to the client come as `input_required`.
-    pub fn is_stateless(&self) -> bool {
-        match &self.transport {
-            Transport::Http(l) => l.stateless.is_some(),
-            Transport::Stdio(l) => l.stateless.is_some(),
-            Transport::Shared(l) => l.is_stateless(),
-            Transport::Sse(_) => false,
-        }
-    }
-
-    /// The upstream's declared capabilities.
-    pub fn capabilities(&self) -> &Value {
-        &self.init["capabilities"]
-    }
-
-    /// Sends a request and waits for its response, which keeps the id the caller gave.
-    /// Related traffic (progress, logs, server→client requests) goes to `related`.
-    /// On timeout or `cancel`, the upstream is sent `notifications/cancelled`.
-    pub async fn request(
-        &self,
-        mut msg: Message,
-        related: Option<Related>,
-        cancel: &CancellationToken,
-    ) -> Result<Message, UpstreamError> {
-        debug_assert_eq!(msg.kind(), Kind::Request);
-        if let Transport::Stdio(l) = &self.transport
-            && let Some(answer) = l.stateless.as_ref().and_then(|s| s.answer_locally(&msg))
-        {
-            return Ok(answer);
-        }
-        if let Transport::Shared(l) = &self.transport {
-            if l.is_session_state(&msg) {
-                let outcome = l.session_state(msg, self.upstream.timeout()).await;
-                self.upstream.health.record(&outcome);
-                return outcome;
-            }
-            if let Some(answer) = l.answer_locally(&msg) {
-                return Ok(answer);
-            }
-        }
-        let client_id = msg.id().cloned().unwrap_or(Value::Null);
-        let timeout = self.upstream.timeout();
-        let span = crate::observe::upstream_span(&self.upstream, &msg);
-        let stdio = matches!(self.transport, Transport::Stdio(_) | Transport::Shared(_));
-        crate::observe::inject_meta(&span, &mut msg, stdio);
-        // Requests are built inside the span, so an HTTP upstream gets its trace context.
-        let entered = span.enter();
-        let (upstream_id, call) = match &self.transport {
-            Transport::Stdio(l) => {
-                let (id, fut) = l.request(&mut msg, related);
-                (
-                    id,
-                    futures_util::future::Either::Left(futures_util::future::Either::Left(fut)),
-                )
-            }
-            Transport::Shared(l) => {
-                let (id, fut) = l.request(&mut msg, related);
-                (
-                    id,
-                    futures_util::future::Either::Left(futures_util::future::Either::Right(fut)),
-                )
-            }
-            Transport::Http(l) => {
-                let id = l.next_id();
-                msg.set_id(Value::from(id));
-                (
-                    id,
-                    futures_util::future::Either::Right(futures_util::future::Either::Left(
-                        l.request(msg, related),
-                    )),
-                )
-            }
-            Transport::Sse(l) => {
-                let (id, fut) = l.request(&mut msg, related);
-                (
-                    id,
-                    futures_util::future::Either::Right(futures_util::future::Either::Right(fut)),
-                )
-            }
-        };
-        drop(entered);
-        let call = tracing::Instrument::instrument(call, span.clone());
-        let outcome = tokio::select! {
-            r = tokio::time::timeout(timeout, call) => match r {
-                Ok(r) => r,
-                Err(_) => {
-                    self.cancel_upstream(upstream_id, "timed out in the gateway").await;
-                    Err(UpstreamError::Timeout { upstream: self.upstream.name.clone(), after: timeout })
-                }
-            },
-            _ = cancel.cancelled() => {
-                self.cancel_upstream(upstream_id, "cancelled by the client").await;
-                Err(UpstreamError::Cancelled)
-            }
-        };
-        self.upstream.health.record(&outcome);
-        crate::observe::record_upstream_outcome(&span, &outcome);
-        let mut response = outcome?;
-        response.set_id(client_id);
-        Ok(response)
-    }
-
-    async fn cancel_upstream(&self, upstream_id: u64, reason: &str) {
-        match &self.transport {
-            Transport::Stdio(l) => l.forget(upstream_id),
-            Transport::Shared(l) => l.forget(upstream_id),
-            Transport::Sse(l) => l.forget(upstream_id),
-            Transport::Http(_) => {}
-        }
-        let note = Message::notification(
-            methods::CANCELLED,
-            Some(json!({ "requestId": upstream_id, "reason": reason })),
-        );
-        if let Err(e) = self.send(note).await {
-            tracing::debug!(upstream = %self.upstream.name, error = %e, "could not send cancellation");
-        }
-    }
-
-    /// Sends a notification or a response (to a request the upstream made).
-    pub async fn send(&self, msg: Message) -> Result<(), UpstreamError> {
-        match &self.transport {
-            Transport::Stdio(l) => l.send(msg),
-            Transport::Shared(l) => l.send(msg),
-            Transport::Http(l) => l.send(msg).await,
-            Transport::Sse(l) => l.send(msg).await,
-        }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.upstream.health.link_closed();
-        if let Transport::Http(l) = &self.transport {
-            l.close();
-        }
-    }
-}
-
-/// Starts a stdio child and runs its handshake, starting it again where the first try
-/// taught the era (see the comments inside).
-async fn start_stdio(
-    upstream: &Arc<Upstream>,
-    hello: &Hello,
-    handler: Weak<dyn InboundHandler>,
-    session_client: bool,
-) -> Result<(stdio::StdioLink, Value), UpstreamError> {
-    let (era, accepts) = (upstream.era(), upstream.accepts_initialize());
-    let mut started =
-        stdio::StdioLink::start(upstream, hello, handler.clone(), session_client).await;
-    if matches!(started, Err(UpstreamError::Exited { .. }))
-        && era == Era::Unknown
-        && upstream.era() == Era::Session
-    {
-        // The probe ended the child: a session-era server that takes nothing
-        // before `initialize`. Once more, with `initialize` only.
-        tracing::info!(upstream = %upstream.name, "stdio upstream exited on server/discover; starting it again with initialize");
-        started = stdio::StdioLink::start(upstream, hello, handler.clone(), session_client).await;
-    } else if matches!(started, Err(UpstreamError::Protocol { .. }))
-        && era == Era::Unknown
-        && upstream.era() == Era::Session
-        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
-    {
-        // The probe went unanswered in time and `initialize` was refused: a
-        // slow-starting 2026-07-28 server. Once more, probing again.
-        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize after a late probe; starting it again and probing once more");
-        upstream.set_era(Era::Unknown);
-        started = stdio::StdioLink::start(upstream, hello, handler.clone(), session_client).await;
-    }
-    if matches!(started, Err(UpstreamError::Exited { .. }))
-        && accepts.is_none()
-        && upstream.accepts_initialize() == Some(false)
-    {
-        // `initialize` ended a 2026-07-28-only child: once more, statelessly.
-        tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize; starting it again as MCP 2026-07-28");
-        started = stdio::StdioLink::start(upstream, hello, handler, session_client).await;
-    }
-    if matches!(started, Err(UpstreamError::Protocol { .. }))
-        && upstream.config.protocol == crate::config::UpstreamProtocol::Auto
-    {
-        // Perhaps it changed era: the next link asks again.
-        upstream.set_era(Era::Unknown);
-    }
-    started
-}
-
-/// What went wrong reaching an upstream, down to the root cause: reqwest's own message is only
-/// "error sending request"; its sources say "connection refused", a DNS failure, a TLS error.
-/// The URL is left out (it may carry credentials); headers never appear in reqwest's errors.
-fn cause(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod cause_tests {
-    #[tokio::test]
-    async fn a_refused_connection_says_so() {
-        // A port nothing listens on: bind, note it, close.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let e = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{port}/mcp"))
-            .send()
-            .await
-            .unwrap_err();
-        let text = super::cause(e);
-        assert!(text.to_lowercase().contains("connection refused"), "{text}");
-        assert!(!text.contains("127.0.0.1"), "no URL in the cause: {text}");
-    }
 }

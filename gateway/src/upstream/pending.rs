@@ -1,8 +1,9 @@
-//! Requests sent to a stdio or HTTP+SSE upstream and not yet answered.
+//! Upstream-side request ids, and the requests sent to a stdio or HTTP+SSE upstream and not
+//! yet answered.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -19,29 +20,71 @@ struct Entry {
     progress_token: Option<Value>,
 }
 
+/// The ids a link gives its requests upstream: the client's ids are never sent, so two
+/// clients' ids cannot collide on one upstream. Ids start at 1; 0 is the `initialize`
+/// request (and the HTTP `server/discover` probe).
+#[derive(Default)]
+pub struct RequestIds(AtomicU64);
+
+impl RequestIds {
+    pub const fn new() -> Self {
+        RequestIds(AtomicU64::new(0))
+    }
+
+    /// A fresh id.
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Gives `msg` a fresh id, and says which.
+    pub fn number(&self, msg: &mut Message) -> u64 {
+        let id = self.next();
+        msg.set_id(Value::from(id));
+        id
+    }
+}
+
 /// In-flight requests of one link, keyed by the upstream-side id the gateway assigned.
 /// The lock is per link and held only for map operations.
 #[derive(Default)]
 pub struct Pending {
-    next: AtomicU64,
+    /// The link's request ids (its requests during the handshake are numbered here too).
+    pub ids: RequestIds,
     map: Mutex<BTreeMap<u64, Entry>>,
 }
 
 impl Pending {
-    /// A fresh upstream-side id (ids start at 1; 0 is the `initialize` request).
-    fn next_id(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
     /// Gives `msg` a fresh upstream-side id and waits for its answer: the id, and where the
     /// answer will arrive.
     pub fn start(&self, msg: &mut Message, related: Option<Related>) -> (u64, Answer) {
-        let id = self.next_id();
-        msg.set_id(Value::from(id));
-        (
-            id,
-            self.register(id, related, msg.progress_token().cloned()),
-        )
+        let id = self.ids.number(msg);
+        (id, self.register_request(id, msg, related))
+    }
+
+    /// Waits for the answer to request `msg`, numbered `id`; progress it asked for goes to
+    /// `related`.
+    pub fn register_request(&self, id: u64, msg: &Message, related: Option<Related>) -> Answer {
+        self.register(id, related, msg.progress_token().cloned())
+    }
+
+    /// The call for a request registered as `id`: `sent` writes it, then the answer is
+    /// awaited. If writing fails the waiter is removed; if the link ends first, the call
+    /// fails with `gone`.
+    pub fn call(
+        self: &Arc<Self>,
+        id: u64,
+        answer: Answer,
+        sent: impl Future<Output = Result<(), UpstreamError>> + Send + 'static,
+        gone: UpstreamError,
+    ) -> impl Future<Output = Result<Message, UpstreamError>> + Send + 'static {
+        let pending = self.clone();
+        async move {
+            if let Err(e) = sent.await {
+                pending.remove(id);
+                return Err(e);
+            }
+            answer.await.map_err(|_| gone)?
+        }
     }
 
     pub fn register(

@@ -7,9 +7,9 @@
 //! fewest sessions), which it keeps until the child dies or the session ends.
 //!
 //! What the gateway does so that every session sees its own server:
-//! - **Ids.** The `StdioLink` already gives every request a fresh upstream id (unique per
-//!   child), and the link restores the client's own id on the answer; a cancellation names
-//!   the upstream id, so it reaches only the request it cancels.
+//! - **Ids.** Every request is numbered from the child's own ids (`Transport::ids` of its
+//!   `StdioLink`, unique per child), and the link restores the client's own id on the
+//!   answer; a cancellation names the upstream id, so it reaches only the request it cancels.
 //! - **Progress tokens** are replaced by hub-unique ones on the way in and restored on the
 //!   way out, so two sessions' tokens cannot collide and progress reaches only its caller.
 //! - **Server→client requests and log lines** carry nothing on the stdio wire that ties them
@@ -49,7 +49,10 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::pending::RequestIds;
+use super::stateless::Stateless;
 use super::stdio::StdioLink;
+use super::transport::{Call, Transport};
 use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
 use crate::mcp::{IdKey, Kind, Message, codes, methods};
 
@@ -122,7 +125,7 @@ impl Pool {
         let idx = self.least_loaded();
         let mut slot = self.slots[idx].lock().await;
         if let Some(hub) = slot.hub.upgrade() {
-            if hub.link().is_some_and(StdioLink::is_alive) {
+            if hub.link().is_some_and(Transport::is_alive) {
                 return Ok(hub.attach(hello, handler));
             }
             // It died with sessions on it: a crash, unless it had run stably.
@@ -152,7 +155,7 @@ impl Pool {
         }
         let hub = Arc::new(Hub::new(upstream));
         let weak = Arc::downgrade(&hub) as Weak<dyn InboundHandler>;
-        match super::start_stdio(upstream, &gateway_hello(), weak, true).await {
+        match StdioLink::connect(upstream, &gateway_hello(), weak, true).await {
             Ok((link, init)) => {
                 let stateless = link.stateless.is_some();
                 let _ = hub.link.set(link);
@@ -282,7 +285,7 @@ impl Hub {
     /// Sends a message to the child, logging (not failing) when it is gone.
     fn tell_child(&self, msg: Message) {
         if let Some(link) = self.link()
-            && let Err(e) = link.send(msg)
+            && let Err(e) = link.write(msg)
         {
             tracing::debug!(upstream = %self.name, error = %e, "could not write to the shared child");
         }
@@ -305,7 +308,8 @@ impl Hub {
         let link = self.link().ok_or_else(|| UpstreamError::Exited {
             upstream: self.name.clone(),
         })?;
-        let (id, answer) = link.request(&mut msg, None);
+        let id = link.ids().number(&mut msg);
+        let answer = link.request(id, msg, None);
         match tokio::time::timeout(timeout, answer).await {
             Ok(r) => r,
             Err(_) => {
@@ -668,22 +672,18 @@ impl SharedLink {
         })
     }
 
-    pub fn is_alive(&self) -> bool {
-        self.hub.link().is_some_and(StdioLink::is_alive)
-    }
-
-    pub fn is_stateless(&self) -> bool {
+    fn is_stateless(&self) -> bool {
         self.hub.link().is_some_and(|l| l.stateless.is_some())
     }
 
     /// What a 2026-07-28 child has no method for, answered by the gateway.
-    pub fn answer_locally(&self, msg: &Message) -> Option<Message> {
+    fn answer_locally(&self, msg: &Message) -> Option<Message> {
         self.hub.link()?.stateless.as_ref()?.answer_locally(msg)
     }
 
     /// Whether `msg` changes state the child holds for all its sessions (handled by
     /// [`SharedLink::session_state`] instead of being forwarded as it is).
-    pub fn is_session_state(&self, msg: &Message) -> bool {
+    fn is_session_state(&self, msg: &Message) -> bool {
         match msg.method() {
             methods::LOGGING_SET_LEVEL => true,
             methods::RESOURCES_SUBSCRIBE | methods::RESOURCES_UNSUBSCRIBE => !self.is_stateless(),
@@ -693,7 +693,7 @@ impl SharedLink {
 
     /// `logging/setLevel`, `resources/subscribe`, `resources/unsubscribe` for this session:
     /// recorded here, and passed to the child only when they change what the child must do.
-    pub async fn session_state(
+    async fn session_state(
         &self,
         msg: Message,
         timeout: Duration,
@@ -851,18 +851,50 @@ impl SharedLink {
             }
         }
     }
+}
 
-    /// Sends a request for this session; see `StdioLink::request`. The progress token is
-    /// swapped for a hub-unique one for as long as the request runs.
-    pub fn request(
-        &self,
-        msg: &mut Message,
-        related: Option<Related>,
-    ) -> (u64, BoxFuture<'static, Result<Message, UpstreamError>>) {
+/// Ids for a handle whose child never started (it has no requests to number).
+static NO_IDS: RequestIds = RequestIds::new();
+
+impl Transport for SharedLink {
+    fn kind(&self) -> &'static str {
+        "stdio-shared"
+    }
+
+    fn is_alive(&self) -> bool {
+        self.hub.link().is_some_and(Transport::is_alive)
+    }
+
+    fn stateless(&self) -> Option<&Stateless> {
+        self.hub.link()?.stateless.as_ref()
+    }
+
+    fn traces_in_meta(&self) -> bool {
+        true
+    }
+
+    fn ids(&self) -> &RequestIds {
+        self.hub.link().map_or(&NO_IDS, Transport::ids)
+    }
+
+    /// `logging/setLevel` and `resources/(un)subscribe` change what the child does for
+    /// every session: recorded per session, passed on only when the child must change.
+    fn intercept(&self, msg: Message, timeout: Duration) -> Result<Call<'_>, Message> {
+        if self.is_session_state(&msg) {
+            Ok(Box::pin(self.session_state(msg, timeout)))
+        } else {
+            Err(msg)
+        }
+    }
+
+    /// Sends a request for this session, numbered from the child's ids; see `StdioLink`'s
+    /// `request`. The progress token is swapped for a hub-unique one for as long as the
+    /// request runs.
+    fn request(&self, id: u64, mut msg: Message, related: Option<Related>) -> Call<'_> {
         let hub = &self.hub;
         let link = match self.inner() {
             Ok(l) => l,
-            Err(e) => return (0, Box::pin(std::future::ready(Err(e)))),
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let token = msg.progress_token().cloned().map(|original| {
             let ours = format!("pc-{}", hub.next_token.fetch_add(1, Ordering::Relaxed) + 1);
@@ -883,7 +915,7 @@ impl SharedLink {
                     upstream: hub.name.clone(),
                     reason: format!("{MAX_IN_FLIGHT} requests in flight on the shared child"),
                 };
-                return (0, Box::pin(std::future::ready(Err(e))));
+                return Box::pin(std::future::ready(Err(e)));
             }
             routes.last_active = Some(self.key);
             if let Some((ours, original)) = &token {
@@ -892,24 +924,21 @@ impl SharedLink {
                     .insert(ours.clone(), (self.key, original.clone()));
             }
         }
-        let (id, answer) = link.request(msg, related.clone());
+        let answer = link.request(id, msg, related.clone());
         hub.routes().in_flight.insert(id, (self.key, related));
         let done = Done {
             hub: hub.clone(),
             id,
             token: token.map(|(ours, _)| ours),
         };
-        (
-            id,
-            Box::pin(async move {
-                let _done = done;
-                answer.await
-            }),
-        )
+        Box::pin(async move {
+            let _done = done;
+            answer.await
+        })
     }
 
     /// Stops waiting for a request (after a timeout or cancellation).
-    pub fn forget(&self, id: u64) {
+    fn forget(&self, id: u64) {
         if let Some(link) = self.hub.link() {
             link.forget(id);
         }
@@ -917,7 +946,13 @@ impl SharedLink {
     }
 
     /// A notification from the client, or its answer to a request the child made.
-    pub fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+    fn send(&self, msg: Message) -> BoxFuture<'_, Result<(), UpstreamError>> {
+        Box::pin(std::future::ready(self.forward(msg)))
+    }
+}
+
+impl SharedLink {
+    fn forward(&self, msg: Message) -> Result<(), UpstreamError> {
         match msg.kind() {
             Kind::Response => {
                 // Only an answer to a question this session was asked.
@@ -936,11 +971,11 @@ impl SharedLink {
                     tracing::debug!(upstream = %self.hub.name, "answer to no question of this session; dropped");
                     return Ok(());
                 }
-                self.inner()?.send(msg)
+                self.inner()?.write(msg)
             }
             // The child was initialized once, by the gateway.
             _ if msg.method() == methods::INITIALIZED => Ok(()),
-            _ => self.inner()?.send(msg),
+            _ => self.inner()?.write(msg),
         }
     }
 }

@@ -14,65 +14,21 @@
 //!
 //! A stateless link ([`Stateless`]) puts the 2026 `_meta` (version, the client's identity and
 //! capabilities, the log level) on every request — over HTTP also the headers
-//! (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) — answers what 2026-07-28 removed
-//! (`ping`, `logging/setLevel`) itself, refuses `resources/subscribe` with a clear error, and
+//! (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`; `http/stateless.rs`) — answers what
+//! 2026-07-28 removed (`ping`, `logging/setLevel`) itself, refuses `resources/subscribe` with a clear error, and
 //! keeps a `subscriptions/listen` request open for list changes. `input_required` results
 //! pass through to the session, which bridges them for session-era clients
 //! (`session/handle.rs`).
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use futures_util::StreamExt;
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
-use super::bounds;
-use super::http::{HttpLink, MAX_LISTEN_BACKOFF, Posted, SessionState};
 use super::{Era, Hello, Upstream, UpstreamError};
 use crate::config::UpstreamProtocol;
 use crate::mcp::methods::{self, meta};
-use crate::mcp::{Kind, Message, codes, headers, version};
-
-use crate::mcp::headers::{METHOD as MCP_METHOD, NAME as MCP_NAME, PROTOCOL_VERSION};
-
-/// The 2026-07-28 request headers for `msg`; `params` are the `x-mcp-header` annotations of
-/// the tool a `tools/call` calls, mirrored as `Mcp-Param-*`.
-pub(super) fn request_headers(msg: &Message, params: &headers::ParamHeaders) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        PROTOCOL_VERSION,
-        HeaderValue::from_static(version::STATELESS),
-    );
-    if let Ok(v) = HeaderValue::from_str(msg.method()) {
-        h.insert(MCP_METHOD, v);
-    }
-    let name = match msg.method() {
-        methods::TOOLS_CALL | methods::PROMPTS_GET => msg.param_str("name"),
-        methods::RESOURCES_READ => msg.param_str("uri"),
-        methods::TASKS_GET | methods::TASKS_UPDATE | methods::TASKS_CANCEL => {
-            msg.param_str("taskId")
-        }
-        _ => None,
-    };
-    if let Some(v) = name.and_then(|n| HeaderValue::from_str(&headers::encode(n)).ok()) {
-        h.insert(MCP_NAME, v);
-    }
-    let arguments = msg.params().and_then(|p| p.get("arguments"));
-    for (param, path) in params {
-        let Some(text) = headers::argument_text(arguments, path) else {
-            continue;
-        };
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(format!("mcp-param-{param}").as_bytes()),
-            HeaderValue::from_str(&headers::encode(&text)),
-        ) {
-            h.insert(name, value);
-        }
-    }
-    h
-}
+use crate::mcp::{Message, codes, version};
 
 /// What a link needs to speak 2026-07-28: the client's hello, sent as `_meta` on every
 /// request, and the log level the client set.
@@ -286,144 +242,4 @@ pub(super) fn refused(e: &UpstreamError) -> bool {
             | UpstreamError::Http { .. }
             | UpstreamError::NotStreamable { .. }
     )
-}
-
-impl HttpLink {
-    /// The `Mcp-Param-*` annotations of the tool `msg` calls, learnt from the upstream's
-    /// `tools/list` results as they pass.
-    pub(super) fn param_annotations(&self, msg: &Message) -> headers::ParamHeaders {
-        if msg.method() != methods::TOOLS_CALL {
-            return Vec::new();
-        }
-        let tools = self.tool_params.lock().unwrap_or_else(|p| p.into_inner());
-        msg.param_str("name")
-            .and_then(|n| tools.get(n))
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Remembers the `x-mcp-header` annotations of the tools in a `tools/list` result.
-    pub(super) fn learn_tools(&self, response: &Message) {
-        let Some(tools) = response
-            .result_value()
-            .and_then(|r| r.get("tools"))
-            .and_then(Value::as_array)
-        else {
-            return;
-        };
-        let mut known = self.tool_params.lock().unwrap_or_else(|p| p.into_inner());
-        for tool in tools {
-            if let (Some(name), Some(schema)) = (
-                tool.get("name").and_then(Value::as_str),
-                tool.get("inputSchema"),
-            ) {
-                let annotated = headers::annotated_params(schema);
-                if annotated.is_empty() {
-                    known.remove(name);
-                } else {
-                    known.insert(name.to_string(), annotated);
-                }
-            }
-        }
-    }
-
-    /// `server/discover`: the upstream's versions, capabilities and identity.
-    pub(super) async fn discover(&self, stateless: &Stateless) -> Result<Value, UpstreamError> {
-        let msg = stateless.discover_request(Value::from(0));
-        let (posted, _) = self.post(&msg, None, &SessionState::default()).await?;
-        let Posted::Response(reply) = posted else {
-            return Err(self.protocol("server/discover was answered with 202"));
-        };
-        discover_result(&self.upstream.name, reply)
-    }
-
-    /// Keeps a `subscriptions/listen` stream open for list changes (what the GET stream is
-    /// to a session-era upstream), reconnecting with backoff, until the link closes.
-    pub(super) fn listen_for_changes(&self, stateless: &Stateless) {
-        let msg = stateless.listen_request(Value::from("listen"));
-        let builder = self
-            .builder(reqwest::Method::POST, &SessionState::default())
-            .headers(request_headers(&msg, &Vec::new()))
-            .header(ACCEPT, "application/json, text/event-stream")
-            .header(CONTENT_TYPE, "application/json")
-            .body(msg.to_bytes());
-        let (upstream, handler) = (self.upstream.clone(), self.handler.clone());
-        let task = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(250);
-            loop {
-                let Some(req) = builder.try_clone() else {
-                    return;
-                };
-                let sent = match super::credential::authorize(&upstream, &handler, req).await {
-                    Ok(req) => req.send().await,
-                    Err(e) => {
-                        tracing::debug!(upstream = %upstream.name, error = %e, "subscriptions/listen not opened");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
-                        continue;
-                    }
-                };
-                match sent {
-                    Ok(resp)
-                        if resp.status().is_success()
-                            && resp
-                                .headers()
-                                .get(CONTENT_TYPE)
-                                .and_then(|v| v.to_str().ok())
-                                .is_some_and(|v| v.starts_with("text/event-stream")) =>
-                    {
-                        backoff = Duration::from_millis(250);
-                        let mut events = bounds::sse_events(&upstream, resp);
-                        while let Some(event) = events.next().await {
-                            let event = match event {
-                                Ok(e) => e,
-                                Err(e) => {
-                                    if bounds::is_breach(&e) {
-                                        // Logged; a stream that does it again waits longest.
-                                        let _ = bounds::sse_failure(&upstream, &e);
-                                        backoff = MAX_LISTEN_BACKOFF;
-                                        crate::memory::give_back(events);
-                                    }
-                                    break;
-                                }
-                            };
-                            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
-                                continue;
-                            };
-                            let Ok(m) = Message::parse(data.as_bytes()) else {
-                                continue;
-                            };
-                            if m.kind() != Kind::Notification
-                                || m.method() == methods::SUBSCRIPTIONS_ACKNOWLEDGED
-                            {
-                                continue;
-                            }
-                            match handler.upgrade() {
-                                Some(h) => h.on_message(&upstream, m, None),
-                                None => return,
-                            }
-                        }
-                    }
-                    Ok(resp) => {
-                        // An answer that is not a stream: the upstream does not offer listen.
-                        tracing::debug!(upstream = %upstream.name, status = %resp.status(), "subscriptions/listen refused");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!(upstream = %upstream.name, error = %e.without_url(), "subscriptions/listen failed")
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
-            }
-        });
-        let old = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(task.abort_handle());
-        if let Some(old) = old {
-            old.abort();
-        }
-    }
 }

@@ -1,43 +1,34 @@
 //! Stdio upstreams: one child process per link, newline-delimited JSON-RPC on stdin/stdout.
 //!
-//! The child runs in its own process group, so a server that forks helpers (`npx`, shell
-//! wrappers) is killed as a whole; it is reaped as soon as it exits; it dies with the gateway
-//! (`PR_SET_PDEATHSIG`) even if the gateway is killed with SIGKILL; and its stderr goes to the
-//! gateway's log, tagged with the upstream name.
+//! The child process itself is `child.rs`: it runs in its own process group, so a server
+//! that forks helpers (`npx`, shell wrappers) is killed as a whole; it is reaped as soon as it
+//! exits; it dies with the gateway (`PR_SET_PDEATHSIG`) even if the gateway is killed with
+//! SIGKILL; and its stderr goes to the gateway's log, tagged with the upstream name. This
+//! file is the link over its stdin and stdout: a writer task, a reader task, the handshake.
 //!
-//! Which era a child speaks is decided as for HTTP (`stateless.rs`): with `protocol = auto`
+//! Which era a child speaks is decided as for HTTP (`upstream/stateless.rs`): with `protocol = auto`
 //! the first child of an upstream is asked `server/discover` before anything else (the spec's
 //! stdio probe); a 2026-07-28-only server is then spoken to statelessly, with `_meta` on every
 //! request and a `subscriptions/listen` request open for list changes.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::bounds::{self, Bound, Line};
-use super::pending::Pending;
+use super::child::{self, Spawned};
+use super::pending::{Pending, RequestIds};
 use super::stateless::{self, Stateless};
-use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
+use super::transport::{Call, Transport};
+use super::{Era, Hello, InboundHandler, Related, Upstream, UpstreamError};
+use crate::config::UpstreamProtocol;
 use crate::mcp::{Kind, Message, methods};
-
-/// Environment variables a child inherits from the gateway; everything else must be set in
-/// the upstream's `env` so that gateway secrets never leak into upstream processes.
-const INHERITED_ENV: &[&str] = &[
-    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM",
-];
-
-/// How long a child that closed its stdout may take to exit before it is killed.
-const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Longest stderr line logged; the rest of a longer one is skipped, never held. Stderr is
-/// only ever logged, so this is a log-line bound, not a message bound (`max-line-mib`).
-const MAX_STDERR_LINE: usize = 8 * 1024;
 
 /// A line buffer that grew past this for one big message is let go, so a link does not keep
 /// the memory of its largest message for as long as it lives.
@@ -59,268 +50,124 @@ pub struct StdioLink {
 }
 
 impl StdioLink {
-    pub async fn start(
+    /// Starts a child for a new link and speaks to it until it answers, starting it again
+    /// where the first child's answer (or its exit) showed which era it speaks: a session-era
+    /// server that exits on `server/discover`, a slow 2026-07-28 server that missed the
+    /// probe, a 2026-07-28-only server that exits on `initialize`.
+    pub async fn connect(
         upstream: &Arc<Upstream>,
         hello: &Hello,
         handler: Weak<dyn InboundHandler>,
         session_client: bool,
     ) -> Result<(Self, Value), UpstreamError> {
-        let cfg = &upstream.config;
+        let (era, accepts) = (upstream.era(), upstream.accepts_initialize());
+        let auto = upstream.config.protocol == UpstreamProtocol::Auto;
+        let mut started = Self::start(upstream, hello, handler.clone(), session_client).await;
+        if matches!(started, Err(UpstreamError::Exited { .. }))
+            && era == Era::Unknown
+            && upstream.era() == Era::Session
+        {
+            // The probe ended the child: a session-era server that takes nothing before
+            // `initialize`. Once more, with `initialize` only.
+            tracing::info!(upstream = %upstream.name, "stdio upstream exited on server/discover; starting it again with initialize");
+            started = Self::start(upstream, hello, handler.clone(), session_client).await;
+        } else if matches!(started, Err(UpstreamError::Protocol { .. }))
+            && era == Era::Unknown
+            && upstream.era() == Era::Session
+            && auto
+        {
+            // The probe went unanswered in time and `initialize` was refused: a
+            // slow-starting 2026-07-28 server. Once more, probing again.
+            tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize after a late probe; starting it again and probing once more");
+            upstream.set_era(Era::Unknown);
+            started = Self::start(upstream, hello, handler.clone(), session_client).await;
+        }
+        if matches!(started, Err(UpstreamError::Exited { .. }))
+            && accepts.is_none()
+            && upstream.accepts_initialize() == Some(false)
+        {
+            // `initialize` ended a 2026-07-28-only child: once more, statelessly.
+            tracing::info!(upstream = %upstream.name, "stdio upstream refused initialize; starting it again as MCP 2026-07-28");
+            started = Self::start(upstream, hello, handler, session_client).await;
+        }
+        if matches!(started, Err(UpstreamError::Protocol { .. })) && auto {
+            // Perhaps it changed era: the next link asks again.
+            upstream.set_era(Era::Unknown);
+        }
+        started
+    }
+
+    /// Starts one child and runs the handshake with it: [`child::spawn`], then one task per
+    /// pipe ([`write_stdin`], [`read_stdout`], [`child::log_stderr`]) and one that waits for
+    /// the exit ([`child::watch_exit`]), then [`StdioLink::handshake`].
+    async fn start(
+        upstream: &Arc<Upstream>,
+        hello: &Hello,
+        handler: Weak<dyn InboundHandler>,
+        session_client: bool,
+    ) -> Result<(Self, Value), UpstreamError> {
         let name = upstream.name.clone();
-        let program = cfg.command.as_deref().unwrap_or_default();
-        let spawn_err = |reason: String| UpstreamError::Spawn {
-            upstream: name.clone(),
-            reason,
-        };
-        // Held by the reaper until the child is gone: `max-children` counts processes, not
-        // links.
-        let Ok(child_slot) = upstream.child_slots.clone().try_acquire_owned() else {
-            let limit = cfg.max_children();
-            tracing::warn!(upstream = %name, limit, "stdio upstream at max-children; refused a new child process");
-            return Err(UpstreamError::TooManyChildren {
-                upstream: name,
-                limit,
-            });
-        };
-
-        let mut cmd = CommandWrap::with_new(program, |c| {
-            c.args(&cfg.args)
-                .env_clear()
-                .envs(
-                    INHERITED_ENV
-                        .iter()
-                        .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
-                )
-                .envs(&cfg.env)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            if let Some(dir) = &cfg.cwd {
-                c.current_dir(dir);
-            }
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-            unsafe {
-                c.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        });
-        cmd.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| spawn_err(format!("{program}: {e}")))?;
-        let stdin = child
-            .stdin()
-            .take()
-            .ok_or_else(|| spawn_err("no stdin".into()))?;
-        let stdout = child
-            .stdout()
-            .take()
-            .ok_or_else(|| spawn_err("no stdout".into()))?;
-        let stderr = child
-            .stderr()
-            .take()
-            .ok_or_else(|| spawn_err("no stderr".into()))?;
-        let pid = child.id().unwrap_or_default();
-        tracing::info!(upstream = %name, pid, "started stdio upstream");
-
-        // `stop`: the link was dropped (session ended, gateway stopping) — kill the child.
-        // `closed`: the child closed its stdout — give it a moment to exit on its own.
-        let stop = CancellationToken::new();
-        let closed = CancellationToken::new();
-        let alive = Arc::new(AtomicBool::new(true));
-        let pending = Arc::new(Pending::default());
-
-        // Reaper: waits for exit (so there is never a zombie) or kills on stop.
-        {
-            let (name, alive, pending, stop, closed) = (
-                name.clone(),
-                alive.clone(),
-                pending.clone(),
-                stop.clone(),
-                closed.clone(),
-            );
-            upstream.children.spawn(async move {
-                let _child_slot = child_slot;
-                let status = tokio::select! {
-                    s = child.wait() => s,
-                    _ = stop.cancelled() => {
-                        let _ = child.start_kill();
-                        child.wait().await
-                    }
-                    _ = closed.cancelled() => {
-                        match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-                            Ok(s) => s,
-                            Err(_) => {
-                                let _ = child.start_kill();
-                                child.wait().await
-                            }
-                        }
-                    }
-                };
-                alive.store(false, Ordering::Release);
-                pending.fail_all();
-                match status {
-                    Ok(s) if stop.is_cancelled() => {
-                        tracing::debug!(upstream = %name, pid, status = %s, "stdio upstream stopped")
-                    }
-                    Ok(s) => {
-                        tracing::warn!(upstream = %name, pid, status = %s, "stdio upstream exited")
-                    }
-                    Err(e) => {
-                        tracing::warn!(upstream = %name, pid, error = %e, "stdio upstream lost")
-                    }
-                }
-            });
-        }
-
-        // Writer: one task owns stdin so writes never interleave.
-        let (outbox, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::spawn(async move {
-            let mut stdin = stdin;
-            while let Some(mut line) = rx.recv().await {
-                line.push(b'\n');
-                if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
-                    break;
-                }
-            }
-        });
-
-        // Stderr: into our log, line by line.
-        {
-            let name = name.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stderr);
-                let mut line = Vec::new();
-                loop {
-                    let cut = match bounds::read_line(&mut reader, &mut line, MAX_STDERR_LINE).await
-                    {
-                        Ok(Line::Complete) => false,
-                        Ok(Line::TooLong) => true,
-                        Ok(Line::Eof) | Err(_) => break,
-                    };
-                    let text = String::from_utf8_lossy(line.trim_ascii_end());
-                    if cut {
-                        tracing::info!(target: "portcullis::upstream::stderr", upstream = %name, "{text} [line cut at {MAX_STDERR_LINE} bytes]");
-                        if bounds::skip_line(&mut reader).await.is_err() {
-                            break;
-                        }
-                    } else {
-                        tracing::info!(target: "portcullis::upstream::stderr", upstream = %name, "{text}");
-                    }
-                }
-            });
-        }
-
-        // Reader: responses to their waiters, everything else to the session.
-        let (init_tx, mut init_rx) = tokio::sync::oneshot::channel::<Message>();
-        {
-            let (name, pending, upstream, alive, closed, kill) = (
-                name.clone(),
-                pending.clone(),
-                upstream.clone(),
-                alive.clone(),
-                closed.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                let mut init_tx = Some(init_tx);
-                let mut reader = BufReader::new(stdout);
-                let mut line = Vec::new();
-                let max_line = upstream.config.max_line_bytes();
-                loop {
-                    if line.capacity() > KEPT_LINE_CAPACITY {
-                        line = Vec::new();
-                    }
-                    match bounds::read_line(&mut reader, &mut line, max_line).await {
-                        Ok(Line::Complete) => {}
-                        Ok(Line::Eof) | Err(_) => break,
-                        Ok(Line::TooLong) => {
-                            // The line may be the answer to any request in flight, and nothing
-                            // of it can be trusted to say which: the waiters get the breach
-                            // instead of a timeout, and the child is stopped (the slot starts a
-                            // fresh one on the next call), since a child that wrote it is
-                            // broken or hostile.
-                            let _ = bounds::too_large(&upstream, Bound::Line, "a line".into());
-                            pending
-                                .fail_all_with(|| bounds::breach(&upstream, Bound::Line, "a line"));
-                            kill.cancel();
-                            crate::memory::give_back(std::mem::take(&mut line));
-                            break;
-                        }
-                    }
-                    let text = line.trim_ascii();
-                    if text.is_empty() {
-                        continue;
-                    }
-                    let msg = match Message::parse(text) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(upstream = %name, error = %e, "ignoring a line that is not JSON-RPC");
-                            continue;
-                        }
-                    };
-                    match msg.kind() {
-                        Kind::Response
-                            if msg.id().and_then(Value::as_u64) == Some(0) && init_tx.is_some() =>
-                        {
-                            if let Some(tx) = init_tx.take() {
-                                let _ = tx.send(msg);
-                            }
-                        }
-                        Kind::Response => {
-                            if !pending.complete(msg) {
-                                tracing::debug!(upstream = %name, "response to a request nobody waits for");
-                            }
-                        }
-                        // A 2026-07-28 server confirming the link's listen request.
-                        Kind::Notification
-                            if msg.method() == methods::SUBSCRIPTIONS_ACKNOWLEDGED => {}
-                        Kind::Notification | Kind::Request => {
-                            // What a listen subscription carries belongs to no request.
-                            let related = match subscription_id(&msg) {
-                                Some(_) => None,
-                                None => pending.related_for(&msg),
-                            };
-                            if let Some(h) = handler.upgrade() {
-                                h.on_message(&upstream, msg, related.as_ref());
-                            }
-                        }
-                    }
-                }
-                alive.store(false, Ordering::Release);
-                pending.fail_all();
-                // stdout closed: the process is done for; make sure it is gone.
-                closed.cancel();
-            });
-        }
-
-        let mut link = StdioLink {
-            name: name.clone(),
+        let Spawned {
+            child,
+            child_slot,
+            stdin,
+            stdout,
+            stderr,
+        } = child::spawn(upstream)?;
+        let life = Life::new();
+        let ended = life.clone();
+        child::watch_exit(
+            upstream,
+            child,
+            child_slot,
+            life.stop.clone(),
+            life.closed.clone(),
+            move || ended.end(),
+        );
+        let outbox = write_stdin(stdin);
+        child::log_stderr(name.clone(), stderr);
+        let init_rx = read_stdout(upstream.clone(), stdout, handler, life.clone());
+        let link = StdioLink {
+            name,
             outbox,
-            pending,
-            alive,
+            pending: life.pending,
+            alive: life.alive,
             stateless: None,
-            _stop: stop.drop_guard(),
+            _stop: life.stop.drop_guard(),
         };
+        link.handshake(upstream, hello, session_client, init_rx)
+            .await
+    }
+
+    /// Decides the era (`stateless::choose_era`, probing with `server/discover` where it
+    /// must) and opens the link in it: `initialize` and `notifications/initialized`, or a
+    /// `subscriptions/listen` request for a 2026-07-28 child. `init_rx` gets the child's
+    /// answer to `initialize` (id 0) from [`read_stdout`].
+    async fn handshake(
+        mut self,
+        upstream: &Arc<Upstream>,
+        hello: &Hello,
+        session_client: bool,
+        mut init_rx: oneshot::Receiver<Message>,
+    ) -> Result<(Self, Value), UpstreamError> {
+        let name = self.name.clone();
         let stateless = Stateless::new(name.clone(), hello.clone());
         // Only a child that could not be started says nothing about the era; one that exits
-        // on the probe is a session-era server (`Link::connect` starts it again).
+        // on the probe is a session-era server (`connect` starts it again).
         let unreachable = |e: &UpstreamError| matches!(e, UpstreamError::Spawn { .. });
         // Only a first probe may be ignored by a session-era server; once the upstream is
         // known to speak 2026-07-28, a slow start gets the whole connect timeout.
-        let patience = if upstream.era() == super::Era::Unknown
-            && cfg.protocol == crate::config::UpstreamProtocol::Auto
+        let patience = if upstream.era() == Era::Unknown
+            && upstream.config.protocol == UpstreamProtocol::Auto
         {
             PROBE_TIMEOUT
         } else {
-            cfg.connect_timeout
+            upstream.config.connect_timeout
         };
         let choice = stateless::choose_era(
             upstream,
             session_client,
-            || link.discover(&stateless, patience),
+            || self.discover(&stateless, patience),
             unreachable,
         )
         .await?;
@@ -328,11 +175,11 @@ impl StdioLink {
             stateless::Choice::Initialize => None,
             stateless::Choice::Stateless(d) => Some(d),
             stateless::Choice::TryInitialize(_) => {
-                link.send(hello.initialize_request())?;
+                self.write(hello.initialize_request())?;
                 let reply = match tokio::time::timeout(PROBE_TIMEOUT, &mut init_rx).await {
                     Ok(Ok(reply)) => super::initialize_result(&name, reply),
                     Ok(Err(_)) => {
-                        // It exited on `initialize`: `Link::connect` starts it again.
+                        // It exited on `initialize`: `connect` starts it again.
                         upstream.set_accepts_initialize(false);
                         return Err(UpstreamError::Exited { upstream: name });
                     }
@@ -344,12 +191,12 @@ impl StdioLink {
                 match reply {
                     Ok(result) => {
                         upstream.set_accepts_initialize(true);
-                        link.send(Message::notification(methods::INITIALIZED, None))?;
-                        return Ok((link, result));
+                        self.write(Message::notification(methods::INITIALIZED, None))?;
+                        return Ok((self, result));
                     }
                     Err(e) => {
                         // A child that refused `initialize` may be on its way out (SDKs end
-                        // the connection): `Link::connect` starts a fresh one, spoken to as
+                        // the connection): `connect` starts a fresh one, spoken to as
                         // 2026-07-28 from the start.
                         tracing::debug!(upstream = %name, error = %e, "initialize refused; speaking MCP 2026-07-28");
                         upstream.set_accepts_initialize(false);
@@ -359,53 +206,21 @@ impl StdioLink {
             }
         };
         if let Some(discovered) = discovered {
-            link.listen_for_changes(&stateless);
-            link.stateless = Some(stateless);
-            return Ok((link, discovered));
+            self.listen_for_changes(&stateless);
+            self.stateless = Some(stateless);
+            return Ok((self, discovered));
         }
-        link.send(hello.initialize_request())?;
+        self.write(hello.initialize_request())?;
         let reply = init_rx.await.map_err(|_| UpstreamError::Exited {
             upstream: name.clone(),
         })?;
         let result = super::initialize_result(&name, reply)?;
-        link.send(Message::notification(methods::INITIALIZED, None))?;
-        Ok((link, result))
+        self.write(Message::notification(methods::INITIALIZED, None))?;
+        Ok((self, result))
     }
 
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-
-    /// Assigns an upstream id, registers the waiter and writes the request. The returned
-    /// future resolves with the response.
-    pub fn request(
-        &self,
-        msg: &mut Message,
-        related: Option<Related>,
-    ) -> (
-        u64,
-        impl Future<Output = Result<Message, UpstreamError>> + use<>,
-    ) {
-        if let Some(stateless) = &self.stateless {
-            stateless.add_meta(msg);
-        }
-        let (id, rx) = self.pending.start(msg, related);
-        let sent = self.send_bytes(msg.to_bytes());
-        let name = self.name.clone();
-        let fut = async move {
-            sent?;
-            rx.await
-                .map_err(|_| UpstreamError::Exited { upstream: name })?
-        };
-        (id, fut)
-    }
-
-    /// Stops waiting for a request (after a timeout or cancellation).
-    pub fn forget(&self, id: u64) {
-        self.pending.remove(id);
-    }
-
-    pub fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+    /// Writes a notification or a response to the child's stdin.
+    pub(super) fn write(&self, msg: Message) -> Result<(), UpstreamError> {
         if self.stateless.is_some() && msg.method() != methods::CANCELLED {
             // 2026-07-28 over stdio: the only client notification is cancellation, and its
             // servers ask nothing of the client (so there are no answers to send either).
@@ -457,7 +272,7 @@ impl StdioLink {
     }
 
     fn send_bytes(&self, bytes: Vec<u8>) -> Result<(), UpstreamError> {
-        if !self.is_alive() {
+        if !self.alive.load(Ordering::Acquire) {
             return Err(UpstreamError::Exited {
                 upstream: self.name.clone(),
             });
@@ -466,6 +281,178 @@ impl StdioLink {
             upstream: self.name.clone(),
         })
     }
+}
+
+impl Transport for StdioLink {
+    fn kind(&self) -> &'static str {
+        "stdio"
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn stateless(&self) -> Option<&Stateless> {
+        self.stateless.as_ref()
+    }
+
+    fn traces_in_meta(&self) -> bool {
+        true
+    }
+
+    fn ids(&self) -> &RequestIds {
+        &self.pending.ids
+    }
+
+    /// Registers the waiter, then writes the request; the answer comes from [`read_stdout`].
+    fn request(&self, id: u64, mut msg: Message, related: Option<Related>) -> Call<'_> {
+        if let Some(stateless) = &self.stateless {
+            stateless.add_meta(&mut msg);
+        }
+        let answer = self.pending.register_request(id, &msg, related);
+        let sent = self.send_bytes(msg.to_bytes());
+        let exited = UpstreamError::Exited {
+            upstream: self.name.clone(),
+        };
+        Box::pin(
+            self.pending
+                .call(id, answer, std::future::ready(sent), exited),
+        )
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.remove(id);
+    }
+
+    fn send(&self, msg: Message) -> BoxFuture<'_, Result<(), UpstreamError>> {
+        Box::pin(std::future::ready(self.write(msg)))
+    }
+}
+
+/// What the link and its tasks share about one child's life.
+#[derive(Clone)]
+struct Life {
+    alive: Arc<AtomicBool>,
+    pending: Arc<Pending>,
+    /// Cancelled when the link is dropped (session ended, gateway stopping): kill the child.
+    stop: CancellationToken,
+    /// Cancelled when the child closed its stdout: give it a moment to exit on its own.
+    closed: CancellationToken,
+}
+
+impl Life {
+    fn new() -> Self {
+        Life {
+            alive: Arc::new(AtomicBool::new(true)),
+            pending: Arc::default(),
+            stop: CancellationToken::new(),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// The child is done for: the link says so and every waiting request fails.
+    fn end(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.pending.fail_all();
+    }
+}
+
+/// The writer: one task owns stdin, so writes never interleave; each message becomes one
+/// line. It ends when the link is dropped or the pipe breaks.
+fn write_stdin(mut stdin: ChildStdin) -> mpsc::UnboundedSender<Vec<u8>> {
+    let (outbox, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(mut line) = rx.recv().await {
+            line.push(b'\n');
+            if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    outbox
+}
+
+/// The reader: each stdout line is one message. The answer to `initialize` (id 0) goes to
+/// the returned receiver, other responses to their waiters, everything else to the session
+/// (with the client request it belongs to, where that can be told). A line over
+/// `max-line-mib` fails every waiting request and stops the child. When stdout closes the
+/// link is dead and the exit watcher gives the child a moment to exit.
+fn read_stdout(
+    upstream: Arc<Upstream>,
+    stdout: ChildStdout,
+    handler: Weak<dyn InboundHandler>,
+    life: Life,
+) -> oneshot::Receiver<Message> {
+    let (init_tx, init_rx) = oneshot::channel::<Message>();
+    tokio::spawn(async move {
+        let name = upstream.name.clone();
+        let pending = &life.pending;
+        let mut init_tx = Some(init_tx);
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        let max_line = upstream.config.max_line_bytes();
+        loop {
+            if line.capacity() > KEPT_LINE_CAPACITY {
+                line = Vec::new();
+            }
+            match bounds::read_line(&mut reader, &mut line, max_line).await {
+                Ok(Line::Complete) => {}
+                Ok(Line::Eof) | Err(_) => break,
+                Ok(Line::TooLong) => {
+                    // The line may be the answer to any request in flight, and nothing of it
+                    // can be trusted to say which: the waiters get the breach instead of a
+                    // timeout, and the child is stopped (the slot starts a fresh one on the
+                    // next call), since a child that wrote it is broken or hostile.
+                    let _ = bounds::too_large(&upstream, Bound::Line, "a line".into());
+                    pending.fail_all_with(|| bounds::breach(&upstream, Bound::Line, "a line"));
+                    life.stop.cancel();
+                    crate::memory::give_back(std::mem::take(&mut line));
+                    break;
+                }
+            }
+            let text = line.trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
+            let msg = match Message::parse(text) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(upstream = %name, error = %e, "ignoring a line that is not JSON-RPC");
+                    continue;
+                }
+            };
+            match msg.kind() {
+                Kind::Response
+                    if msg.id().and_then(Value::as_u64) == Some(0) && init_tx.is_some() =>
+                {
+                    if let Some(tx) = init_tx.take() {
+                        let _ = tx.send(msg);
+                    }
+                }
+                Kind::Response => {
+                    if !pending.complete(msg) {
+                        tracing::debug!(upstream = %name, "response to a request nobody waits for");
+                    }
+                }
+                // A 2026-07-28 server confirming the link's listen request.
+                Kind::Notification if msg.method() == methods::SUBSCRIPTIONS_ACKNOWLEDGED => {}
+                Kind::Notification | Kind::Request => {
+                    // What a listen subscription carries belongs to no request.
+                    let related = match subscription_id(&msg) {
+                        Some(_) => None,
+                        None => pending.related_for(&msg),
+                    };
+                    if let Some(h) = handler.upgrade() {
+                        h.on_message(&upstream, msg, related.as_ref());
+                    }
+                }
+            }
+        }
+        life.end();
+        // stdout closed: the process is done for; make sure it is gone.
+        life.closed.cancel();
+    });
+    init_rx
 }
 
 /// The `io.modelcontextprotocol/subscriptionId` a 2026-07-28 server puts on what a listen

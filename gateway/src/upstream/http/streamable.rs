@@ -7,77 +7,34 @@
 //! 404) is re-initialized once, transparently, and the request retried.
 //!
 //! An upstream that speaks only MCP 2026-07-28 (or is pinned to it) is spoken to statelessly
-//! instead (see `stateless.rs`): no `initialize`, no session id, the 2026 `_meta` and headers
-//! on every request, and a `subscriptions/listen` stream in place of the GET stream.
+//! instead (`stateless.rs` here and in `upstream/`): no `initialize`, no session id, the
+//! 2026 `_meta` and headers on every request, and a `subscriptions/listen` stream in place of
+//! the GET stream.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use futures_util::future::BoxFuture;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::bounds;
-use super::stateless::{self, Stateless};
-use super::{Hello, InboundHandler, Related, Upstream, UpstreamError};
-use crate::config::UpstreamConfig;
-use crate::mcp::{Kind, Message, methods, version};
-
+use super::listen::{Listen, Opened};
+use super::{Client, stateless as http_stateless};
 use crate::mcp::headers::{LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID};
-
-/// Longest wait before a listening stream (GET, `subscriptions/listen`) is opened again; also
-/// the wait after a stream broke a bound, so a hostile stream costs little.
-pub(super) const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The per-upstream HTTP client: pool, URL and static headers.
-#[derive(Clone, Debug)]
-pub struct Client {
-    pub(super) http: reqwest::Client,
-    pub(super) url: reqwest::Url,
-    /// Configured headers and bearer token, marked sensitive.
-    pub(super) headers: HeaderMap,
-}
-
-impl Client {
-    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, UpstreamError> {
-        let bad = |reason: String| UpstreamError::Unavailable {
-            upstream: name.into(),
-            reason,
-        };
-        let url = reqwest::Url::parse(cfg.url.as_deref().unwrap_or_default())
-            .map_err(|e| bad(format!("invalid URL: {e}")))?;
-        let mut headers = HeaderMap::new();
-        for (k, v) in &cfg.headers {
-            let k = HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(e.to_string()))?;
-            let mut v = HeaderValue::from_str(v).map_err(|_| bad("invalid header value".into()))?;
-            v.set_sensitive(true);
-            headers.insert(k, v);
-        }
-        if let Some(token) = &cfg.bearer_token {
-            let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| bad("invalid bearer token".into()))?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
-        }
-        let http = reqwest::Client::builder()
-            // Nagle + delayed ACK stalls small SSE events by ~40 ms on loopback.
-            .tcp_nodelay(true)
-            .connect_timeout(cfg.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
-        Ok(Client { http, url, headers })
-    }
-}
+use crate::mcp::{Kind, Message, methods, version};
+use crate::upstream::pending::RequestIds;
+use crate::upstream::stateless::{self, Stateless};
+use crate::upstream::transport::{Call, Transport};
+use crate::upstream::{Era, Hello, InboundHandler, Related, Upstream, UpstreamError, bounds};
 
 pub struct HttpLink {
     pub(super) upstream: Arc<Upstream>,
     client: Client,
     pub(super) handler: Weak<dyn InboundHandler>,
     pub(super) hello: Hello,
-    next_id: AtomicU64,
+    ids: RequestIds,
     state: RwLock<SessionState>,
     /// Serialises re-initialization after the upstream session expired.
     reinit: Mutex<()>,
@@ -114,7 +71,7 @@ impl HttpLink {
             client,
             handler,
             hello: hello.clone(),
-            next_id: AtomicU64::new(0),
+            ids: RequestIds::default(),
             state: RwLock::new(SessionState::default()),
             reinit: Mutex::new(()),
             listener: std::sync::Mutex::new(None),
@@ -162,14 +119,10 @@ impl HttpLink {
         let init = link.initialize().await.inspect_err(|_| {
             // Perhaps it changed era: the next link asks again.
             if upstream.config.protocol == crate::config::UpstreamProtocol::Auto {
-                upstream.set_era(super::Era::Unknown);
+                upstream.set_era(Era::Unknown);
             }
         })?;
         Ok((link, init))
-    }
-
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn name(&self) -> Arc<str> {
@@ -187,7 +140,7 @@ impl HttpLink {
         let Posted::Response(reply) = posted else {
             return Err(self.protocol("initialize was answered with 202"));
         };
-        let result = super::initialize_result(&self.name(), reply)?;
+        let result = crate::upstream::initialize_result(&self.name(), reply)?;
         let negotiated = result["protocolVersion"]
             .as_str()
             .unwrap_or(version::LATEST);
@@ -206,15 +159,14 @@ impl HttpLink {
         Ok(result)
     }
 
-    pub async fn request(
+    /// Posts a request; an expired upstream session is re-initialized once and the request
+    /// posted again.
+    async fn call(
         &self,
         mut msg: Message,
         related: Option<Related>,
     ) -> Result<Message, UpstreamError> {
         if let Some(stateless) = &self.stateless {
-            if let Some(answer) = stateless.answer_locally(&msg) {
-                return Ok(answer);
-            }
             stateless.add_meta(&mut msg);
         }
         let state = self.session();
@@ -234,7 +186,8 @@ impl HttpLink {
         }
     }
 
-    pub async fn send(&self, msg: Message) -> Result<(), UpstreamError> {
+    /// Posts a notification or a response.
+    async fn notify(&self, msg: Message) -> Result<(), UpstreamError> {
         if self.stateless.is_some() {
             // 2026-07-28 defines no client notifications over HTTP (closing a request's
             // stream cancels it) and its servers ask nothing of the client.
@@ -268,20 +221,12 @@ impl HttpLink {
         }
     }
 
-    fn unavailable(&self, e: reqwest::Error) -> UpstreamError {
-        // reqwest errors may contain the URL but never our headers.
-        UpstreamError::Unavailable {
-            upstream: self.name(),
-            reason: super::cause(e),
-        }
-    }
-
     pub(super) fn builder(
         &self,
         method: reqwest::Method,
         state: &SessionState,
     ) -> reqwest::RequestBuilder {
-        let mut headers = self.client.headers.clone();
+        let mut headers = HeaderMap::new();
         if let Some(v) = &state.session_id {
             headers.insert(SESSION_ID, v.clone());
         }
@@ -289,8 +234,7 @@ impl HttpLink {
             headers.insert(PROTOCOL_VERSION, v.clone());
         }
         self.client
-            .http
-            .request(method, self.client.url.clone())
+            .request(method, &self.client.url)
             .headers(headers)
     }
 
@@ -300,16 +244,12 @@ impl HttpLink {
         related: Option<&Related>,
         state: &SessionState,
     ) -> Result<(Posted, HeaderMap), UpstreamError> {
-        let mut builder = self.builder(reqwest::Method::POST, state);
-        builder = super::credential::authorize(&self.upstream, &self.handler, builder).await?;
-        if crate::observe::enabled() {
-            let mut trace = HeaderMap::new();
-            crate::observe::inject_headers(&mut trace);
-            builder = builder.headers(trace);
-        }
+        let mut builder = super::traced(self.builder(reqwest::Method::POST, state));
+        builder =
+            crate::upstream::credential::authorize(&self.upstream, &self.handler, builder).await?;
         if self.stateless.is_some() || msg.method() == methods::SERVER_DISCOVER {
             let params = self.param_annotations(msg);
-            builder = builder.headers(super::stateless::request_headers(msg, &params));
+            builder = builder.headers(http_stateless::request_headers(msg, &params));
         }
         let resp = builder
             .header(ACCEPT, "application/json, text/event-stream")
@@ -317,7 +257,7 @@ impl HttpLink {
             .body(msg.to_bytes())
             .send()
             .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| super::unavailable(&self.upstream, e))?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND && state.session_id.is_some() {
             return Err(UpstreamError::SessionExpired {
@@ -357,10 +297,7 @@ impl HttpLink {
             });
         }
         let headers = resp.headers().clone();
-        let is_sse = headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let is_sse = super::is_event_stream(&headers);
         if msg.kind() != Kind::Request {
             return Ok((Posted::Accepted, headers));
         }
@@ -381,15 +318,8 @@ impl HttpLink {
                     return Err(failure);
                 }
             };
-            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
+            let Some(m) = super::event_message(&self.upstream, event) else {
                 continue;
-            };
-            let m = match Message::parse(data.as_bytes()) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(upstream = %self.upstream.name, error = %e, "ignoring a bad SSE event");
-                    continue;
-                }
             };
             if m.kind() == Kind::Response && m.id() == msg.id() {
                 return Ok((Posted::Response(m), headers));
@@ -409,87 +339,45 @@ impl HttpLink {
     /// it open (reconnecting with `Last-Event-ID`) until the link closes.
     fn listen(&self, state: SessionState) {
         let builder = self.builder(reqwest::Method::GET, &state);
-        let (upstream, handler) = (self.upstream.clone(), self.handler.clone());
-        let task = tokio::spawn(async move {
-            let mut last_event: Option<String> = None;
-            let mut backoff = Duration::from_millis(250);
-            loop {
-                let Some(mut req) = builder.try_clone() else {
-                    return;
-                };
-                req = req.header(ACCEPT, "text/event-stream");
-                if let Some(id) = &last_event {
-                    req = req.header(LAST_EVENT_ID, id.as_str());
-                }
-                let sent = match super::credential::authorize(&upstream, &handler, req).await {
-                    Ok(req) => req.send().await,
-                    Err(e) => {
-                        tracing::debug!(upstream = %upstream.name, error = %e, "GET stream not opened");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
-                        continue;
+        self.set_listener(
+            Listen {
+                upstream: self.upstream.clone(),
+                handler: self.handler.clone(),
+                what: "GET stream",
+                open: move |last_event: Option<&str>| {
+                    let mut req = builder.try_clone()?.header(ACCEPT, "text/event-stream");
+                    if let Some(id) = last_event {
+                        req = req.header(LAST_EVENT_ID, id);
                     }
-                };
-                match sent {
-                    Ok(resp) if resp.status().is_success() => {
-                        backoff = Duration::from_millis(250);
-                        let mut events = bounds::sse_events(&upstream, resp);
-                        while let Some(event) = events.next().await {
-                            let event = match event {
-                                Ok(e) => e,
-                                Err(e) => {
-                                    if bounds::is_breach(&e) {
-                                        // Logged; a stream that does it again waits longest.
-                                        let _ = bounds::sse_failure(&upstream, &e);
-                                        backoff = MAX_LISTEN_BACKOFF;
-                                        crate::memory::give_back(events);
-                                    }
-                                    break;
-                                }
-                            };
-                            if event.id.is_some() {
-                                last_event = event.id.clone();
-                            }
-                            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
-                                continue;
-                            };
-                            match Message::parse(data.as_bytes()) {
-                                Ok(m) => match handler.upgrade() {
-                                    Some(h) => h.on_message(&upstream, m, None),
-                                    None => return,
-                                },
-                                Err(e) => {
-                                    tracing::warn!(upstream = %upstream.name, error = %e, "ignoring a bad SSE event")
-                                }
-                            }
-                        }
-                    }
-                    // 405: the upstream offers no GET stream; 404: its session is gone (the
-                    // next request re-initializes and opens a new listener).
-                    Ok(resp) if matches!(resp.status().as_u16(), 404 | 405) => return,
-                    Ok(resp) => {
-                        tracing::debug!(upstream = %upstream.name, status = %resp.status(), "GET stream refused")
-                    }
-                    Err(e) => {
-                        tracing::debug!(upstream = %upstream.name, error = %e.without_url(), "GET stream failed")
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
+                    Some(req)
+                },
+                opened: |resp| match resp.status().as_u16() {
+                    _ if resp.status().is_success() => Opened::Stream,
+                    // 405: the upstream offers no GET stream; 404: its session is gone (the next
+                    // request re-initializes and opens a new listener).
+                    404 | 405 => Opened::Stop,
+                    _ => Opened::Retry,
+                },
+                keep: |_| true,
             }
-        });
+            .spawn(),
+        );
+    }
+
+    /// Makes `task` the link's listening stream, ending the one before.
+    pub(super) fn set_listener(&self, task: tokio::task::AbortHandle) {
         let old = self
             .listener
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .replace(task.abort_handle());
+            .replace(task);
         if let Some(old) = old {
             old.abort();
         }
     }
 
     /// Ends the upstream session: stops listening and sends DELETE (best effort).
-    pub fn close(&self) {
+    fn close(&self) {
         if let Some(task) = self
             .listener
             .lock()
@@ -504,11 +392,43 @@ impl HttpLink {
             let (upstream, handler) = (self.upstream.clone(), self.handler.clone());
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    if let Ok(req) = super::credential::authorize(&upstream, &handler, req).await {
+                    if let Ok(req) =
+                        crate::upstream::credential::authorize(&upstream, &handler, req).await
+                    {
                         let _ = req.timeout(Duration::from_secs(5)).send().await;
                     }
                 });
             }
         }
+    }
+}
+
+impl Transport for HttpLink {
+    fn kind(&self) -> &'static str {
+        "streamable-http"
+    }
+
+    fn stateless(&self) -> Option<&Stateless> {
+        self.stateless.as_ref()
+    }
+
+    fn ids(&self) -> &RequestIds {
+        &self.ids
+    }
+
+    /// The answer comes on the POST itself (as JSON, or on the request's SSE stream, which
+    /// also carries what belongs to it); dropping the call closes it.
+    fn request(&self, _id: u64, msg: Message, related: Option<Related>) -> Call<'_> {
+        Box::pin(self.call(msg, related))
+    }
+
+    fn send(&self, msg: Message) -> BoxFuture<'_, Result<(), UpstreamError>> {
+        Box::pin(self.notify(msg))
+    }
+}
+
+impl Drop for HttpLink {
+    fn drop(&mut self) {
+        self.close();
     }
 }

@@ -9,11 +9,7 @@
 //! link; its slot reconnects, with backoff, on the next message. Dropping the link closes
 //! the stream, which ends the upstream's session.
 //!
-//! Which transport an HTTP upstream speaks is pinned by `transport` in its config, or found
-//! out on first contact as the MCP spec's backward-compatibility section describes: POST
-//! `initialize`; a 400, 404 or 405 without a JSON-RPC error means "try GET and expect an
-//! `endpoint` event". The answer is remembered per upstream, so later links go straight to
-//! the right transport (and probe again if a remembered legacy server stops answering so).
+//! Whether an upstream speaks it is pinned in its config or found out (`detect.rs`).
 //!
 //! The link shares the upstream's HTTP client with Streamable HTTP: one keep-alive pool
 //! with `TCP_NODELAY`, the same headers, the same SSE parser.
@@ -22,69 +18,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::Value;
 
-use super::bounds::{self, Bound};
-use super::http::{Client, HttpLink};
-use super::pending::Pending;
-use super::{Hello, InboundHandler, Related, Transport, Upstream, UpstreamError};
-use crate::config::HttpTransport;
+use super::Client;
 use crate::mcp::{Kind, Message, methods};
-
-/// Connects an HTTP upstream over the transport it speaks: the pinned one, the one found
-/// out before, or — first time — Streamable HTTP with a fallback to HTTP+SSE.
-pub(super) async fn connect(
-    upstream: &Arc<Upstream>,
-    client: &Client,
-    hello: &Hello,
-    handler: Weak<dyn InboundHandler>,
-    session_client: bool,
-) -> Result<(Transport, Value), UpstreamError> {
-    let streamable = || async {
-        let (link, init) = HttpLink::start(
-            upstream,
-            client.clone(),
-            hello,
-            handler.clone(),
-            session_client,
-        )
-        .await?;
-        Ok::<_, UpstreamError>((Transport::Http(Box::new(link)), init))
-    };
-    let sse = || async {
-        let (link, init) = SseLink::start(upstream, client.clone(), hello, handler.clone()).await?;
-        Ok::<_, UpstreamError>((Transport::Sse(Box::new(link)), init))
-    };
-    match upstream.config.transport {
-        HttpTransport::StreamableHttp => return streamable().await,
-        HttpTransport::Sse => return sse().await,
-        HttpTransport::Auto => {}
-    }
-    if upstream.speaks_sse.load(Ordering::Relaxed) {
-        let linked = sse().await;
-        if linked.is_err() {
-            // Perhaps it moved to Streamable HTTP: the next attempt finds out again.
-            upstream.speaks_sse.store(false, Ordering::Relaxed);
-        }
-        return linked;
-    }
-    match streamable().await {
-        Err(UpstreamError::NotStreamable { status, .. }) => {
-            tracing::info!(upstream = %upstream.name, status, "Streamable HTTP refused; trying the legacy HTTP+SSE transport");
-            let linked = sse().await.map_err(|e| UpstreamError::Unavailable {
-                upstream: upstream.name.clone(),
-                reason: format!(
-                    "it refused Streamable HTTP (HTTP {status}) and the legacy HTTP+SSE fallback failed: {e}"
-                ),
-            })?;
-            upstream.speaks_sse.store(true, Ordering::Relaxed);
-            tracing::info!(upstream = %upstream.name, "upstream speaks the legacy HTTP+SSE transport");
-            Ok(linked)
-        }
-        other => other,
-    }
-}
+use crate::upstream::bounds::{self, Bound};
+use crate::upstream::pending::{Pending, RequestIds};
+use crate::upstream::transport::{Call, Transport};
+use crate::upstream::{Hello, InboundHandler, Related, Upstream, UpstreamError};
 
 pub struct SseLink {
     name: Arc<str>,
@@ -112,27 +55,20 @@ impl SseLink {
             detail,
         };
         let get = client
-            .http
-            .get(client.url.clone())
-            .headers(client.headers.clone())
+            .request(reqwest::Method::GET, &client.url)
             .header(ACCEPT, "text/event-stream");
-        let resp = super::credential::authorize(upstream, &handler, get)
+        let resp = crate::upstream::credential::authorize(upstream, &handler, get)
             .await?
             .send()
             .await
-            .map_err(|e| unavailable(&name, e))?;
+            .map_err(|e| super::unavailable(upstream, e))?;
         if !resp.status().is_success() {
             return Err(UpstreamError::Http {
                 upstream: name,
                 status: resp.status().as_u16(),
             });
         }
-        let is_sse = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if !is_sse {
+        if !super::is_event_stream(resp.headers()) {
             return Err(protocol("GET did not open an SSE stream".into()));
         }
         let mut events = bounds::sse_events(upstream, resp);
@@ -197,15 +133,8 @@ impl SseLink {
                     if event.event.as_deref().is_some_and(|t| t != "message") {
                         continue;
                     }
-                    let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
+                    let Some(msg) = super::event_message(&upstream, event) else {
                         continue;
-                    };
-                    let msg = match Message::parse(data.as_bytes()) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(upstream = %upstream.name, error = %e, "ignoring a bad SSE event");
-                            continue;
-                        }
                     };
                     if msg.kind() == Kind::Response {
                         if !pending.complete(msg) {
@@ -237,75 +166,35 @@ impl SseLink {
             handler: weak,
         };
         let answer = link.pending.register(0, None, None);
-        link.send(hello.initialize_request()).await?;
+        link.post(hello.initialize_request().to_bytes()).await?;
         let reply = answer.await.map_err(|_| link.closed())??;
-        let result = super::initialize_result(&link.name, reply)?;
-        link.send(Message::notification(methods::INITIALIZED, None))
+        let result = crate::upstream::initialize_result(&link.name, reply)?;
+        link.post(Message::notification(methods::INITIALIZED, None).to_bytes())
             .await?;
         Ok((link, result))
     }
 
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-
-    /// Assigns an upstream id and registers the waiter before posting (the answer may come
-    /// on the stream before the POST returns). The future resolves with the response.
-    pub fn request(
-        &self,
-        msg: &mut Message,
-        related: Option<Related>,
-    ) -> (
-        u64,
-        impl Future<Output = Result<Message, UpstreamError>> + use<>,
-    ) {
-        let (id, answer) = self.pending.start(msg, related);
-        let post = self.post(msg.to_bytes());
-        let (pending, closed) = (self.pending.clone(), self.closed());
-        let fut = async move {
-            if let Err(e) = post.await {
-                pending.remove(id);
-                return Err(e);
-            }
-            answer.await.map_err(|_| closed)?
-        };
-        (id, fut)
-    }
-
-    /// Stops waiting for a request (after a timeout or cancellation).
-    pub fn forget(&self, id: u64) {
-        self.pending.remove(id);
-    }
-
-    /// Sends a notification or a response (to a request the upstream made).
-    pub async fn send(&self, msg: Message) -> Result<(), UpstreamError> {
-        self.post(msg.to_bytes()).await
-    }
-
     fn post(&self, body: Vec<u8>) -> impl Future<Output = Result<(), UpstreamError>> + use<> {
-        let alive = self.is_alive();
+        let alive = self.alive.load(Ordering::Acquire);
         let closed = self.closed();
         let name = self.name.clone();
         let upstream = self.upstream.clone();
         let handler = self.handler.clone();
-        let mut req = self
-            .client
-            .http
-            .post(self.endpoint.clone())
-            .headers(self.client.headers.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
-        if crate::observe::enabled() {
-            let mut trace = http::HeaderMap::new();
-            crate::observe::inject_headers(&mut trace);
-            req = req.headers(trace);
-        }
+        let req = super::traced(
+            self.client
+                .request(reqwest::Method::POST, &self.endpoint)
+                .header(CONTENT_TYPE, "application/json")
+                .body(body),
+        );
         async move {
             if !alive {
                 return Err(closed);
             }
-            let req = super::credential::authorize(&upstream, &handler, req).await?;
-            let resp = req.send().await.map_err(|e| unavailable(&name, e))?;
+            let req = crate::upstream::credential::authorize(&upstream, &handler, req).await?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| super::unavailable(&upstream, e))?;
             let status = resp.status();
             // Read the (short) body so the connection goes back to the pool; a long one is
             // cut off at `max-response-mib` (the connection is then dropped).
@@ -329,17 +218,39 @@ impl SseLink {
     }
 }
 
+impl Transport for SseLink {
+    fn kind(&self) -> &'static str {
+        "sse"
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn ids(&self) -> &RequestIds {
+        &self.pending.ids
+    }
+
+    /// Registers the waiter before posting: the answer may come on the stream before the
+    /// POST returns.
+    fn request(&self, id: u64, msg: Message, related: Option<Related>) -> Call<'_> {
+        let answer = self.pending.register_request(id, &msg, related);
+        let post = self.post(msg.to_bytes());
+        Box::pin(self.pending.call(id, answer, post, self.closed()))
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.remove(id);
+    }
+
+    fn send(&self, msg: Message) -> BoxFuture<'_, Result<(), UpstreamError>> {
+        Box::pin(self.post(msg.to_bytes()))
+    }
+}
+
 impl Drop for SseLink {
     /// Closing the stream ends the upstream's session.
     fn drop(&mut self) {
         self.reader.abort();
-    }
-}
-
-fn unavailable(name: &Arc<str>, e: reqwest::Error) -> UpstreamError {
-    // reqwest errors may contain the URL but never our headers.
-    UpstreamError::Unavailable {
-        upstream: name.clone(),
-        reason: super::cause(e),
     }
 }
