@@ -188,7 +188,7 @@ async fn run_table(name: &str, wasm: &str) {
     check_table(&client, &table, name, &gateway, "as loaded").await;
     if big {
         gateway
-            .wait_for_log(&format!("plugin optimised plugin={name}"), LOAD_WAIT)
+            .wait_for_log(&format!("run Cranelift's code plugin={name}"), LOAD_WAIT)
             .await;
         check_table(&client, &table, name, &gateway, "on Cranelift's code").await;
     }
