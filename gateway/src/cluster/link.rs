@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use redis::AsyncCommands as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 
 use super::{Bus, Command, Outbound, counters};
@@ -25,14 +24,7 @@ pub(super) fn spawn_publisher(
     mut rx: mpsc::Receiver<Outbound>,
 ) -> anyhow::Result<()> {
     let timeout = bus.timeout;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(10))
-        .set_max_delay(timeout);
-    let conn = ConnectionManager::new_lazy_with_config(client, config)
-        .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+    let conn = crate::policy::redis_connection(client, timeout)?;
     let host = bus.host.clone();
     tokio::spawn(async move {
         let mut conn = conn;

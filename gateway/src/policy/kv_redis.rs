@@ -97,6 +97,25 @@ fn ttl_ms(ttl: Option<Duration>) -> u64 {
     })
 }
 
+/// A multiplexed connection to Redis that connects on first use and again after Redis
+/// restarts, each attempt bounded by `timeout` (shared by the key-value store and the
+/// cluster bus's publisher).
+pub(crate) fn lazy_connection(
+    client: redis::Client,
+    timeout: Duration,
+) -> anyhow::Result<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        // Reconnect attempts inside one call stay within the call's timeout; the next call
+        // tries again.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(timeout);
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))
+}
+
 impl RedisKv {
     /// A store on `url`. Does not connect: the first call does (within the timeout), so a
     /// gateway starts while Redis is still coming up and its plugins' fail modes apply
@@ -104,16 +123,7 @@ impl RedisKv {
     pub fn new(url: &RedisUrl, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose())
             .map_err(|e| anyhow::anyhow!("cluster.redis: {}", e.category()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            // Reconnect attempts inside one call stay within the call's timeout; the next
-            // call tries again.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+        let conn = lazy_connection(client, timeout)?;
         Ok(RedisKv {
             conn,
             host: url.host().to_string(),

@@ -39,6 +39,7 @@ pub use chain::{Call, CallView, Chain, Denial, add_attributes};
 pub use engine::RuntimeConfig;
 pub use inspect::{Inspection, inspect};
 pub use kv::{KV_TIMEOUTS, KV_UNAVAILABLE, KvError, KvStore, MemoryKv};
+pub(crate) use kv_redis::lazy_connection as redis_connection;
 pub use kv_redis::{RedisKv, plugin_kv};
 pub use loader::{LoadError, sha256_hex};
 pub use plugin::{Counters, Failure};
