@@ -477,6 +477,10 @@ impl ServerHandler for Fixture {
             ));
         }
         context.peer.set_peer_info(request.clone());
+        // Subscribed here, not in `on_initialized`: rmcp runs handlers concurrently, so a
+        // call right after `notifications/initialized` may change a list before that
+        // handler ran, and its change would be lost.
+        self.forward_changes(context.peer.clone());
         self.negotiate_initialize(&request)
     }
 
@@ -502,8 +506,7 @@ impl ServerHandler for Fixture {
         .with_instructions("Conformance fixture for Portcullis tests.")
     }
 
-    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        self.forward_changes(context.peer);
+    async fn on_initialized(&self, _context: NotificationContext<RoleServer>) {
         let Some(after) = self.options.dynamic_tool_after else {
             return;
         };
