@@ -125,8 +125,9 @@ impl Upstream {
         recorded: Option<Arc<Recording>>,
     ) -> Result<Arc<Self>, UpstreamError> {
         let http = match config.transport() {
-            TransportKind::Http => Some(http::Client::new(name, &config)?),
-            TransportKind::Stdio => None,
+            // A recorded upstream has neither a `url` nor a `command`.
+            TransportKind::Http if recorded.is_none() => Some(http::Client::new(name, &config)?),
+            TransportKind::Http | TransportKind::Stdio => None,
         };
         let credential = match &config.auth {
             Some(auth) if auth.kind == crate::config::AuthKind::TokenExchange => {
