@@ -74,7 +74,11 @@ fn a_progress_notification_with_an_email_reaches_the_client_redacted_before_the_
     let dir = TempDir::new();
     let f = files(
         &dir,
-        &[("call.json", CALL), ("p.json", PROGRESS), ("a.json", ANSWER)],
+        &[
+            ("call.json", CALL),
+            ("p.json", PROGRESS),
+            ("a.json", ANSWER),
+        ],
     );
     let (code, v) = redact(&[
         "--message",
@@ -116,7 +120,11 @@ fn a_sampling_request_carrying_a_secret_reaches_the_client_rewritten() {
     let dir = TempDir::new();
     let f = files(
         &dir,
-        &[("call.json", CALL), ("s.json", SAMPLING), ("a.json", ANSWER)],
+        &[
+            ("call.json", CALL),
+            ("s.json", SAMPLING),
+            ("a.json", ANSWER),
+        ],
     );
     let (code, v) = redact(&[
         "--message",
@@ -144,7 +152,11 @@ fn a_policy_that_drops_a_notification_shows_it_dropped_and_the_answer_still_arri
     let dir = TempDir::new();
     let f = files(
         &dir,
-        &[("call.json", CALL), ("p.json", PROGRESS), ("a.json", ANSWER)],
+        &[
+            ("call.json", CALL),
+            ("p.json", PROGRESS),
+            ("a.json", ANSWER),
+        ],
     );
     let sidecar = dir.write(
         "drop.toml",
@@ -188,12 +200,15 @@ fn a_policy_that_drops_a_notification_shows_it_dropped_and_the_answer_still_arri
 }
 
 #[test]
-fn a_sampling_request_a_policy_refuses_is_answered_to_the_upstream_and_never_reaches_the_client()
-{
+fn a_sampling_request_a_policy_refuses_is_answered_to_the_upstream_and_never_reaches_the_client() {
     let dir = TempDir::new();
     let f = files(
         &dir,
-        &[("call.json", CALL), ("s.json", SAMPLING), ("a.json", ANSWER)],
+        &[
+            ("call.json", CALL),
+            ("s.json", SAMPLING),
+            ("a.json", ANSWER),
+        ],
     );
     let sidecar = dir.write(
         "refuse.toml",
@@ -215,7 +230,9 @@ fn a_sampling_request_a_policy_refuses_is_answered_to_the_upstream_and_never_rea
     assert_eq!(code, 1, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(
-        client(&v).iter().all(|m| m["method"] != "sampling/createMessage"),
+        client(&v)
+            .iter()
+            .all(|m| m["method"] != "sampling/createMessage"),
         "{v:#}"
     );
     let answered = &v["upstream_received"][0];
@@ -233,7 +250,10 @@ fn a_log_line_outside_any_request_reaches_the_session_stream_redacted() {
     let f = files(&dir, &[("log.json", LOG)]);
     let (code, v) = redact(&["--upstream-message", &f[0]]);
     assert_eq!(code, 0, "{v:#}");
-    assert!(client(&v).is_empty(), "no request, no request stream: {v:#}");
+    assert!(
+        client(&v).is_empty(),
+        "no request, no request stream: {v:#}"
+    );
     let got = v["session_stream"].as_array().unwrap();
     assert_eq!(got.len(), 1, "{v:#}");
     assert_eq!(got[0]["method"], "notifications/message", "{v:#}");
@@ -247,7 +267,11 @@ fn a_message_no_plugin_sees_is_reported_unseen_not_allowed() {
     let dir = TempDir::new();
     let f = files(
         &dir,
-        &[("call.json", CALL), ("p.json", PROGRESS), ("a.json", ANSWER)],
+        &[
+            ("call.json", CALL),
+            ("p.json", PROGRESS),
+            ("a.json", ANSWER),
+        ],
     );
     // path-guard reads requests only: the progress and the answer pass unseen.
     let sidecar = dir.write("pg.toml", "[config]\nallowed-prefixes = [\"/srv\"]\n");
@@ -265,10 +289,19 @@ fn a_message_no_plugin_sees_is_reported_unseen_not_allowed() {
         "--json",
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(err.contains("no plugin in the chain handles the response phase"), "{err}");
+    assert!(
+        err.contains("no plugin in the chain handles the response phase"),
+        "{err}"
+    );
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["messages"][0]["plugins"][0]["plugin"], "path-guard", "{v:#}");
-    assert_ne!(v["verdict"], "deny", "path-guard let the call through: {v:#}");
+    assert_eq!(
+        v["messages"][0]["plugins"][0]["plugin"], "path-guard",
+        "{v:#}"
+    );
+    assert_ne!(
+        v["verdict"], "deny",
+        "path-guard let the call through: {v:#}"
+    );
     let got = client(&v);
     assert_eq!(got.len(), 2, "{v:#}");
     assert_eq!(
@@ -276,5 +309,9 @@ fn a_message_no_plugin_sees_is_reported_unseen_not_allowed() {
         "unseen, so unchanged: {v:#}"
     );
     let messages = v["messages"].as_array().unwrap();
-    assert_eq!(messages.len(), 1, "only the call was seen by a plugin: {v:#}");
+    assert_eq!(
+        messages.len(),
+        1,
+        "only the call was seen by a plugin: {v:#}"
+    );
 }

@@ -241,7 +241,9 @@ fn recorded_upstream(
             (up.to_string(), own.to_string())
         }
         None => match asked.split_once("__") {
-            Some((up, own)) if !up.is_empty() && !own.is_empty() && kind != Some(ListKind::Resources) => {
+            Some((up, own))
+                if !up.is_empty() && !own.is_empty() && kind != Some(ListKind::Resources) =>
+            {
                 (up.to_string(), own.to_string())
             }
             _ => ("upstream".to_string(), asked.to_string()),
@@ -307,7 +309,8 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
             HeaderValue::from_str(value.trim())?,
         );
     }
-    let (upstream_name, offers) = recorded_upstream(input.request.as_ref(), args.upstream.as_deref())?;
+    let (upstream_name, offers) =
+        recorded_upstream(input.request.as_ref(), args.upstream.as_deref())?;
 
     let policies = load(args).await?;
     let chain = policies.chain();
@@ -362,12 +365,14 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
         answer: input.answer,
         offers,
         received: Default::default(),
+        sent: Default::default(),
     });
     let upstream = Upstream::recorded(&upstream_name, recording.clone())?;
     let rehearsal = Rehearsal::open(policies.clone(), upstream, supplied.clone())?;
 
     let mut out = json!({ "plugins": plugins, "caller": supplied, "upstream": upstream_name });
     let mut on_request_stream = Vec::new();
+    let has_request = input.request.is_some();
     match input.request {
         Some(request) => match rehearsal.send(request, headers).await {
             Outcome::Denied(denial) => {
@@ -387,14 +392,16 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
             }
         }
     }
-    if !answer_recorded
-        && let Some(last) = on_request_stream.last()
-        && last.kind() == Kind::Response
-    {
+    if on_request_stream.last().is_some_and(stand_in) {
         // The stand-in for an answer nobody recorded is not what a client would see.
         on_request_stream.pop();
     }
-    // What the session screens outside any request ends on its own stream.
+    // What the upstream sent (not all of it, when the request never reached it) went
+    // through the session; what it screens outside any request ends on its own stream.
+    let sent_count = match has_request {
+        true => recording.sent.load(std::sync::atomic::Ordering::Relaxed),
+        false => sent_count,
+    };
     let passes = settle(&trace, screened, sent_count).await;
     let passed = if screened {
         passes
@@ -414,7 +421,7 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
 
     let passes: Vec<Pass> = passes
         .into_iter()
-        .filter(|p| answer_recorded || !p.is_answer())
+        .filter(|p| !p.start.response.as_deref().is_some_and(stand_in))
         .collect();
     out["messages"] = reports(&passes, &recording.received()).into();
     out["client"] = on_request_stream
@@ -436,6 +443,13 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
     out["answer_recorded"] = answer_recorded.into();
     summarize(&mut out, &passes, supplied.as_ref(), &on_request_stream);
     Ok(out)
+}
+
+/// The recorded upstream's answer when none was recorded (the gateway's own answers, to
+/// `ping` or `initialize`, are real).
+fn stand_in(msg: &Message) -> bool {
+    msg.error_value()
+        .is_some_and(|e| e["message"] == portcullis::upstream::NOT_RECORDED)
 }
 
 /// Waits until the chain is done with every message (the session screens what comes
@@ -460,7 +474,9 @@ async fn settle(trace: &Trace, screened: bool, sent: usize) -> Vec<Pass> {
 /// verdict, what became of it.
 fn reports(passes: &[Pass], upstream_received: &[Message]) -> Vec<Value> {
     // The upstream gets one answer per request of its that a policy refused, in order.
-    let mut refusals = upstream_received.iter().filter(|m| m.kind() == Kind::Response);
+    let mut refusals = upstream_received
+        .iter()
+        .filter(|m| m.kind() == Kind::Response);
     passes
         .iter()
         .map(|p| {
@@ -472,7 +488,10 @@ fn reports(passes: &[Pass], upstream_received: &[Message]) -> Vec<Value> {
                 ),
                 (Phase::Response, true) => (
                     "upstream",
-                    p.start.response.as_deref().unwrap_or(p.start.request.as_ref()),
+                    p.start
+                        .response
+                        .as_deref()
+                        .unwrap_or(p.start.request.as_ref()),
                     p.end.as_ref().and_then(|e| e.response.as_deref()),
                 ),
                 (Phase::Response, false) => (
@@ -499,7 +518,9 @@ fn reports(passes: &[Pass], upstream_received: &[Message]) -> Vec<Value> {
                 })
                 .collect();
             let outcome = match (p.phase, &p.end, message.kind()) {
-                _ if p.steps.is_empty() => "passed unseen: no plugin in the chain handles this phase",
+                _ if p.steps.is_empty() => {
+                    "passed unseen: no plugin in the chain handles this phase"
+                }
                 (Phase::Request, Some(_), _) => "forwarded",
                 (Phase::Request, None, _) => "denied; the client gets the error",
                 (_, Some(_), _) => "to the client",
@@ -586,7 +607,11 @@ fn summarize(out: &mut Value, passes: &[Pass], supplied: Option<&Identity>, clie
         out["server_message_attributes"] = set.into();
     }
     if let Some((pass, denial)) = refusal {
-        let phase = if pass.phase == Phase::Request { "request" } else { "response" };
+        let phase = if pass.phase == Phase::Request {
+            "request"
+        } else {
+            "response"
+        };
         let summary = denied(&denial, phase, Value::Null);
         for key in ["phase", "denied_by", "error", "http_status", "http_headers"] {
             out[key] = summary[key].clone();
@@ -674,7 +699,11 @@ fn print_text(o: &Value) {
         for s in m["plugins"].as_array().into_iter().flatten() {
             let detail = match s["verdict"].as_str() {
                 Some("modify") => format!(" ({})", join(&s["changed"])),
-                Some("deny") => format!(" ({} {})", s["error"]["code"], s["error"]["message"].as_str().unwrap_or("")),
+                Some("deny") => format!(
+                    " ({} {})",
+                    s["error"]["code"],
+                    s["error"]["message"].as_str().unwrap_or("")
+                ),
                 Some("failed-open") => format!(" ({})", s["error"].as_str().unwrap_or("")),
                 _ => String::new(),
             };
@@ -689,7 +718,11 @@ fn print_text(o: &Value) {
             println!("  upstream gets: {}", m["upstream_got"]);
         }
     }
-    if o["messages"].as_array().is_some() && o["answer_recorded"] == false && o["verdict"] != "deny" {
+    if o["messages"].as_array().is_some()
+        && o["answer_recorded"] == false
+        && o["response"].is_null()
+        && o["verdict"] != "deny"
+    {
         println!("answer:     not recorded (give it with --upstream-answer)");
     }
     if !o["request"].is_null() {

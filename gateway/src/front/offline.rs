@@ -89,9 +89,11 @@ impl Rehearsal {
                 "clientInfo": { "name": "portcullis plugin test", "version": env!("CARGO_PKG_VERSION") },
             })),
         );
+        // Owned by nobody: the identity authn establishes for the message may be anyone's.
         let (session, _) = front
-            .open_session(hello, assumed.as_ref(), None, version::negotiate)
+            .open_session(hello, None, None, version::negotiate)
             .map_err(|_| anyhow::anyhow!("could not open a session"))?;
+        session.remember_caller(assumed.as_ref());
         let standalone = tokio::sync::Mutex::new(session.standalone.attach(None));
         Ok(Rehearsal {
             front,
@@ -110,7 +112,15 @@ impl Rehearsal {
         let session_id = session.as_ref().map(|s| s.id.to_string());
         let handled = self
             .front
-            .handle_session_message(chain, msg, headers, session, session_id, None, Instant::now())
+            .handle_session_message(
+                chain,
+                msg,
+                headers,
+                session,
+                session_id,
+                None,
+                Instant::now(),
+            )
             .await;
         match handled {
             Err(Refusal::Denied(denial, _)) => Outcome::Denied(denial),
@@ -169,4 +179,21 @@ fn event_data(frame: &[u8]) -> Option<Message> {
     serde_json::from_str::<Value>(data)
         .ok()
         .and_then(|v| Message::from_value(v).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_gives_its_message_and_the_priming_event_none() {
+        let m = event_data(
+            b"id: 0-1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n",
+        );
+        assert_eq!(
+            m.map(|m| m.method().to_string()).as_deref(),
+            Some("notifications/message")
+        );
+        assert!(event_data(b"id: 0-0\ndata: \n\n").is_none());
+    }
 }

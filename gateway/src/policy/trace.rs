@@ -7,8 +7,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::chain::{CallView, Denial};
 use super::Phase;
+use super::chain::{CallView, Denial};
 
 /// What one plugin did to one message.
 #[derive(Debug, Clone)]

@@ -35,7 +35,9 @@ impl Link {
         let deadline = upstream.config.connect_timeout;
         let connect = async {
             if let Some(recording) = &upstream.recorded {
-                return Ok(recorded::RecordedLink::connect(upstream, recording, handler));
+                return Ok(recorded::RecordedLink::connect(
+                    upstream, recording, handler,
+                ));
             }
             match (&upstream.http, &upstream.shared) {
                 (None, Some(pool)) => {

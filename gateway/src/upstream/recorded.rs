@@ -10,6 +10,7 @@
 //! catalog resolves that name as it would against a real server. What the gateway sends it
 //! (answers to its requests, notifications) is kept in [`Recording::received`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use futures_util::future::BoxFuture;
@@ -39,6 +40,8 @@ pub struct Recording {
     pub offers: Option<(ListKind, Value)>,
     /// What the gateway sent it, in order (e.g. a policy's refusal of its sampling request).
     pub received: Mutex<Vec<Message>>,
+    /// How many of [`Recording::before`] it has sent.
+    pub sent: AtomicUsize,
 }
 
 impl Recording {
@@ -129,6 +132,8 @@ impl Transport for RecordedLink {
                 for m in &self.recording.before {
                     handler.on_message(&self.upstream, m.clone(), related.as_ref());
                 }
+                let sent = self.recording.before.len();
+                self.recording.sent.fetch_add(sent, Ordering::Relaxed);
             }
             Ok(self.recording.answer(id, &msg))
         })
@@ -141,5 +146,52 @@ impl Transport for RecordedLink {
             .unwrap_or_else(|p| p.into_inner())
             .push(msg);
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recording(answer: Option<Message>) -> Recording {
+        Recording {
+            method: "tools/call".into(),
+            answer,
+            offers: Some((ListKind::Tools, json!({ "name": "read_file" }))),
+            ..Recording::default()
+        }
+    }
+
+    #[test]
+    fn answers_the_recorded_request_under_the_link_id() {
+        let r = recording(Some(Message::result(json!(3), json!({ "content": [] }))));
+        let call = Message::request(json!(9), "tools/call", Some(json!({ "name": "read_file" })));
+        let answer = r.answer(5, &call);
+        assert_eq!(answer.id(), Some(&json!(5)));
+        assert_eq!(answer.result_value(), Some(&json!({ "content": [] })));
+    }
+
+    #[test]
+    fn an_answer_not_recorded_is_an_error_saying_so() {
+        let call = Message::request(json!(9), "tools/call", None);
+        let answer = recording(None).answer(1, &call);
+        assert_eq!(answer.error_value().unwrap()["message"], NOT_RECORDED);
+    }
+
+    #[test]
+    fn lists_offer_what_the_request_names_and_nothing_else() {
+        let r = recording(None);
+        let tools = r.answer(1, &Message::request(json!(0), "tools/list", None));
+        assert_eq!(
+            tools.result_value(),
+            Some(&json!({ "tools": [{ "name": "read_file" }] }))
+        );
+        let prompts = r.answer(2, &Message::request(json!(0), "prompts/list", None));
+        assert_eq!(prompts.result_value(), Some(&json!({ "prompts": [] })));
+        let other = r.answer(3, &Message::request(json!(0), "completion/complete", None));
+        assert_eq!(
+            other.error_value().unwrap()["code"],
+            codes::METHOD_NOT_FOUND
+        );
     }
 }

@@ -255,10 +255,15 @@ impl Front {
             let (session, answer) = self.open_session(msg, caller, peer, version::negotiate)?;
             return Ok(Handled::Opened(session, answer));
         };
-        Ok(match self.deliver(session.clone(), admitted, chain, started).await {
-            Delivered::Accepted => Handled::Accepted,
-            Delivered::Request(rx) => Handled::Request(session, rx),
-        })
+        Ok(
+            match self
+                .deliver(session.clone(), admitted, chain, started)
+                .await
+            {
+                Delivered::Accepted => Handled::Accepted,
+                Delivered::Request(rx) => Handled::Request(session, rx),
+            },
+        )
     }
 
     /// Step 6: hands an admitted message to its session.
