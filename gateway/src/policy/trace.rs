@@ -147,3 +147,48 @@ fn changes(before: &Arc<CallView>, after: &Arc<CallView>) -> Vec<&'static str> {
     }
     changed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mcp::Message;
+    use serde_json::json;
+
+    fn view() -> CallView {
+        let call = Message::request(json!(1), "tools/call", Some(json!({ "name": "a" })));
+        super::super::Call::new(call, Default::default(), None, None)
+            .view()
+            .clone()
+    }
+
+    #[test]
+    fn a_modify_that_changed_nothing_is_an_allow_and_a_change_is_named() {
+        let trace = Trace::default();
+        let before = Arc::new(view());
+        let pass = trace.begin(Phase::Request, before.clone());
+        let plugin: Arc<str> = "p".into();
+        // A copy with nothing changed (what a `modify` with the same params leaves).
+        let same = Arc::new((*before).clone());
+        trace.step(pass, &plugin, &before, &same, &Ok(()), None);
+        let mut changed = (*before).clone();
+        changed.attributes.insert("k".into(), "v".into());
+        let mut request = (*changed.request).clone();
+        request.set_params(json!({ "name": "b" }));
+        changed.request = Arc::new(request);
+        trace.step(pass, &plugin, &before, &Arc::new(changed), &Ok(()), None);
+        trace.step(
+            pass,
+            &plugin,
+            &before,
+            &before,
+            &Ok(()),
+            Some("trap".into()),
+        );
+        trace.end(pass, None, false);
+        let steps = &trace.passes()[0].steps;
+        assert!(matches!(steps[0].verdict, Verdict::Allow));
+        assert!(matches!(&steps[1].verdict, Verdict::Modify(w) if *w == ["params", "attributes"]));
+        assert!(matches!(steps[2].verdict, Verdict::FailedOpen(_)));
+        assert!(trace.passes()[0].done);
+    }
+}
