@@ -315,3 +315,43 @@ fn a_message_no_plugin_sees_is_reported_unseen_not_allowed() {
         "only the call was seen by a plugin: {v:#}"
     );
 }
+
+#[test]
+fn a_recording_that_does_not_fit_is_refused_before_anything_runs() {
+    let dir = TempDir::new();
+    let f = files(
+        &dir,
+        &[
+            ("call.json", CALL),
+            ("p.json", PROGRESS),
+            ("a.json", ANSWER),
+        ],
+    );
+    let wasm = plugin_wasm("redact");
+    let wasm = wasm.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["--message", &f[0], "--upstream-answer", &f[1]],
+            "is not an answer",
+        ),
+        (
+            vec!["--message", &f[0], "--upstream-message", &f[2]],
+            "is an answer: give it with --upstream-answer",
+        ),
+        (
+            vec!["--upstream-answer", &f[2]],
+            "--message",
+        ),
+        (
+            vec!["--message", &f[0], "--upstream", "other:thing"],
+            "would route `files__read_file` elsewhere",
+        ),
+    ] {
+        let mut all = vec![wasm];
+        all.extend(args);
+        let (code, out, err) = run(&all);
+        assert_eq!(code, 2, "{all:?}: {out}{err}");
+        assert!(err.contains(says), "{all:?}: {err}");
+        assert!(!out.contains("verdict"), "{all:?}: {out}");
+    }
+}
