@@ -80,10 +80,14 @@ fn main() -> ExitCode {
         }
     }
     // The demo upstream's stderr lands in the gateway's log; keep it to what matters there.
-    let default_level = if matches!(cli.command, Command::DemoUpstream) {
-        "warn"
-    } else {
-        "info"
+    let default_level = match &cli.command {
+        Command::DemoUpstream => "warn",
+        // `plugin test` runs a gateway in-process: its plugins' lines matter, its own
+        // session and upstream lines are not the author's business.
+        Command::Plugin {
+            command: cli::plugin::PluginCommand::Test(_),
+        } => "info,portcullis::front=warn,portcullis::session=warn,portcullis::upstream=warn",
+        _ => "info",
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

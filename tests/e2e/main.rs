@@ -31,6 +31,7 @@ mod modern;
 mod observability;
 mod oidc_provider;
 mod plugin_authoring;
+mod plugin_test;
 mod policy;
 mod preinit;
 mod rate_limit;

@@ -12,6 +12,7 @@ mod guard;
 mod legacy_sse;
 mod linger;
 mod metadata;
+pub mod offline;
 mod pipeline;
 mod record;
 mod relay;
@@ -68,6 +69,9 @@ pub struct Front {
     closing: CancellationToken,
     /// The audit trail and the metrics.
     recorder: Arc<Recorder>,
+    /// The identity every message starts with, as if an authn stage had set it: only
+    /// `plugin test --identity` ([`offline`]) has one.
+    assumed: Option<crate::policy::Identity>,
 }
 
 impl Front {
@@ -77,6 +81,17 @@ impl Front {
         policies: Arc<Policies>,
         oauth: Option<&crate::config::OAuthConfig>,
         recorder: Recorder,
+    ) -> Arc<Self> {
+        Self::build(config, sessions, policies, oauth, recorder, None)
+    }
+
+    fn build(
+        config: ServerConfig,
+        sessions: Arc<Sessions>,
+        policies: Arc<Policies>,
+        oauth: Option<&crate::config::OAuthConfig>,
+        recorder: Recorder,
+        assumed: Option<crate::policy::Identity>,
     ) -> Arc<Self> {
         let oauth_metadata = oauth.map(|o| metadata::document(o, &config.path));
         sessions.set_screen(Arc::new(relay::PolicyScreen {
@@ -93,6 +108,7 @@ impl Front {
             parked: stateless::Parked::default(),
             closing: CancellationToken::new(),
             recorder: Arc::new(recorder),
+            assumed,
         });
         if let Some(bus) = front.sessions.bus() {
             stateless::serve_forwarded(&front, bus);

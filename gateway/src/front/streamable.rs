@@ -17,11 +17,10 @@ use tokio::sync::mpsc;
 
 use super::Front;
 use super::era;
-use super::pipeline::{self, Delivered, accepts};
+use super::pipeline::{self, Handled, accepts};
 use super::response::{self, Body};
 use crate::mcp::headers::{LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID};
-use crate::mcp::{Kind, Message, codes, methods, version};
-use crate::policy::Identity;
+use crate::mcp::{Kind, Message, codes, methods};
 use crate::session::{STANDALONE_STREAM, Session, stream::parse_event_id};
 
 impl Front {
@@ -63,23 +62,21 @@ impl Front {
                 Err(r) => return r,
             }
         };
-        let admitted = match self
-            .admit(&chain, msg, headers, session.as_ref(), session_id, started)
-            .await
-        {
-            Ok(a) => a,
-            Err(refusal) => return refusal.into_response(),
-        };
-        let Some(session) = session else {
-            let caller = admitted.call.as_ref().and_then(|c| c.identity());
-            return self.initialize(admitted.msg, caller, peer);
-        };
-        match self
-            .deliver(session.clone(), admitted, chain, started)
-            .await
-        {
-            Delivered::Accepted => response::empty(StatusCode::ACCEPTED),
-            Delivered::Request(rx) => self.render(session, rx).await,
+        let handled = self
+            .handle_session_message(chain, msg, headers, session, session_id, peer, started)
+            .await;
+        match handled {
+            Err(refusal) => refusal.into_response(),
+            Ok(Handled::Opened(session, answer)) => {
+                let mut r = response::json(StatusCode::OK, &answer);
+                if let Ok(v) = HeaderValue::from_str(&session.id) {
+                    r.headers_mut().insert(SESSION_ID, v);
+                }
+                r
+            }
+            Ok(Handled::Answered(answer)) => response::json(StatusCode::OK, &answer),
+            Ok(Handled::Accepted) => response::empty(StatusCode::ACCEPTED),
+            Ok(Handled::Request(session, rx)) => self.render(session, rx).await,
         }
     }
 
@@ -93,26 +90,6 @@ impl Front {
         self.sessions
             .get(id)
             .ok_or_else(response::session_not_found)
-    }
-
-    fn initialize(
-        &self,
-        msg: Message,
-        caller: Option<&Identity>,
-        peer: Option<std::net::IpAddr>,
-    ) -> Response<Body> {
-        if let Err(refused) = self.check_hello(&msg) {
-            return response::json(StatusCode::OK, &refused);
-        }
-        let (session, answer) = match self.open_session(msg, caller, peer, version::negotiate) {
-            Ok(opened) => opened,
-            Err(r) => return r.into_response(),
-        };
-        let mut r = response::json(StatusCode::OK, &answer);
-        if let Ok(v) = HeaderValue::from_str(&session.id) {
-            r.headers_mut().insert(SESSION_ID, v);
-        }
-        r
     }
 
     /// A request's answer: JSON or, once anything related comes first, a resumable SSE

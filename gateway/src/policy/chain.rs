@@ -23,6 +23,7 @@ use super::bindings::types;
 use super::engine::Runtime;
 use super::host::MessageRes;
 use super::plugin::{Failure, Plugin};
+use super::trace::Trace;
 use super::{Identity, Phase};
 use crate::mcp::{Message, codes};
 
@@ -232,6 +233,8 @@ impl Denial {
 pub struct Chain {
     plugins: Vec<Arc<Plugin>>,
     runtime: Option<Arc<Runtime>>,
+    /// What each plugin made of each message, when asked for (`plugin test`).
+    trace: std::sync::OnceLock<Arc<Trace>>,
 }
 
 impl Chain {
@@ -239,6 +242,7 @@ impl Chain {
         Chain {
             plugins: Vec::new(),
             runtime: None,
+            trace: Default::default(),
         }
     }
 
@@ -247,7 +251,56 @@ impl Chain {
         Chain {
             plugins,
             runtime: Some(runtime),
+            trace: Default::default(),
         }
+    }
+
+    /// From now on, records what each plugin makes of each message into `trace`
+    /// (`portcullis plugin test`; see `trace.rs`). Once per chain.
+    pub fn keep_trace(&self, trace: Arc<Trace>) {
+        let _ = self.trace.set(trace);
+    }
+
+    /// The start of a message's pass, when a trace is kept.
+    fn begin(&self, phase: Phase, call: &Call) -> Option<usize> {
+        Some(self.trace.get()?.begin(phase, call.view.clone()))
+    }
+
+    fn end(&self, pass: Option<usize>, call: &Call, passed: bool) {
+        if let (Some(trace), Some(pass)) = (self.trace.get(), pass) {
+            trace.end(pass, passed.then(|| call.view.clone()), call.routed);
+        }
+    }
+
+    /// One plugin over `call`: evaluated, its verdict applied as `run` says (and, when a
+    /// trace is kept, recorded).
+    async fn evaluate(
+        &self,
+        rt: &Arc<Runtime>,
+        plugin: &Arc<Plugin>,
+        call: &mut Call,
+        run: Run,
+        pass: Option<usize>,
+    ) -> Result<(), Box<Denial>> {
+        let msg = MessageRes {
+            phase: match run {
+                Run::Request => types::Phase::Request,
+                Run::Response | Run::ServerMessage => types::Phase::Response,
+            },
+            call: call.view.clone(),
+        };
+        let before = pass.map(|_| call.view.clone());
+        let (outcome, failed) = match plugin.evaluate(rt, msg).await {
+            Ok(verdict) => (apply(plugin, call, verdict, run), None),
+            Err(failure) => (fail(plugin, &failure), Some(failure.to_string())),
+        };
+        if let (Some(trace), Some(pass), Some(before)) = (self.trace.get(), pass, before) {
+            trace.step(pass, &plugin.name, &before, &call.view, &outcome, failed);
+        }
+        if outcome.is_err() {
+            self.end(pass, call, false);
+        }
+        outcome
     }
 
     pub fn plugins(&self) -> &[Arc<Plugin>] {
@@ -290,17 +343,12 @@ impl Chain {
         let Some(rt) = &self.runtime else {
             return Ok(());
         };
+        let pass = self.begin(Phase::Request, call);
         for plugin in self.plugins.iter().filter(|p| p.request && stages(p.stage)) {
-            let msg = MessageRes {
-                phase: types::Phase::Request,
-                call: call.view.clone(),
-            };
             call.ran.push(plugin.sha256.as_str().into());
-            match plugin.evaluate(rt, msg).await {
-                Ok(verdict) => apply(plugin, call, verdict, Run::Request)?,
-                Err(failure) => fail(plugin, &failure)?,
-            }
+            self.evaluate(rt, plugin, call, Run::Request, pass).await?;
         }
+        self.end(pass, call, true);
         Ok(())
     }
 
@@ -317,17 +365,12 @@ impl Chain {
             return Ok(response);
         }
         call.edit().response = Some(Arc::new(response));
+        let pass = self.begin(Phase::Response, call);
         for plugin in self.plugins.iter().filter(|p| p.response) {
-            let msg = MessageRes {
-                phase: types::Phase::Response,
-                call: call.view.clone(),
-            };
             call.ran.push(plugin.sha256.as_str().into());
-            match plugin.evaluate(rt, msg).await {
-                Ok(verdict) => apply(plugin, call, verdict, Run::Response)?,
-                Err(failure) => fail(plugin, &failure)?,
-            }
+            self.evaluate(rt, plugin, call, Run::Response, pass).await?;
         }
+        self.end(pass, call, true);
         let response = call.edit().response.take().map(Arc::unwrap_or_clone);
         Ok(response.unwrap_or_else(|| {
             Message::error(Value::Null, codes::INTERNAL_ERROR, "response lost", None)
@@ -350,16 +393,12 @@ impl Chain {
             ran: Vec::new(),
         };
         if let Some(rt) = &self.runtime {
+            let pass = self.begin(Phase::Response, &call);
             for plugin in self.plugins.iter().filter(|p| p.response) {
-                let msg = MessageRes {
-                    phase: types::Phase::Response,
-                    call: call.view.clone(),
-                };
-                match plugin.evaluate(rt, msg).await {
-                    Ok(verdict) => apply(plugin, &mut call, verdict, Run::ServerMessage)?,
-                    Err(failure) => fail(plugin, &failure)?,
-                }
+                self.evaluate(rt, plugin, &mut call, Run::ServerMessage, pass)
+                    .await?;
             }
+            self.end(pass, &call, true);
         }
         let mut set = call.edit().attributes.clone();
         set.retain(|k, v| before.get(k) != Some(v));

@@ -13,6 +13,7 @@
 //! | `http_grant.rs` | outgoing `wasi:http`, for plugins granted origins in their sidecar |
 //! | `chain.rs` | plugins in order over one message; verdicts applied |
 //! | `watcher.rs` | the plugins folder: initial load, hot reload, status |
+//! | `trace.rs` | what each plugin made of each message, kept for `plugin test` only |
 //! | `sidecar.rs`, `limits.rs`, `kv.rs` | per-plugin settings, limits, storage |
 
 mod bindings;
@@ -30,6 +31,7 @@ pub mod log_budget;
 mod plugin;
 mod sidecar;
 mod snapshot;
+pub mod trace;
 mod watcher;
 
 use serde::{Deserialize, Serialize};

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::transport::Transport;
-use super::{Hello, InboundHandler, Related, Upstream, UpstreamError, http, stdio};
+use super::{Hello, InboundHandler, Related, Upstream, UpstreamError, http, recorded, stdio};
 use crate::mcp::{Kind, Message, methods};
 
 /// An initialized MCP session with one upstream, owned by one client session.
@@ -34,6 +34,11 @@ impl Link {
     ) -> Result<Arc<Link>, UpstreamError> {
         let deadline = upstream.config.connect_timeout;
         let connect = async {
+            if let Some(recording) = &upstream.recorded {
+                return Ok(recorded::RecordedLink::connect(
+                    upstream, recording, handler,
+                ));
+            }
             match (&upstream.http, &upstream.shared) {
                 (None, Some(pool)) => {
                     let (link, init) = pool.attach(upstream, hello, handler).await?;

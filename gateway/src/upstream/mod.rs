@@ -22,7 +22,8 @@
 //! credentials by token exchange; `stateless.rs` which protocol era a link speaks and how MCP 2026-07-28 is spoken;
 //! `pending.rs` request ids and requests awaiting their answer; `slot.rs` a session's link
 //! to one upstream and its restart backoff; `bounds.rs` the bounds on what an upstream
-//! sends; `health.rs` what traffic says about an upstream; `error.rs` [`UpstreamError`].
+//! sends; `health.rs` what traffic says about an upstream; `error.rs` [`UpstreamError`];
+//! `recorded.rs` an upstream that answers from a recording (`plugin test`).
 
 mod bounds;
 mod child;
@@ -32,6 +33,7 @@ mod health;
 mod http;
 mod link;
 mod pending;
+mod recorded;
 mod shared;
 mod slot;
 mod stateless;
@@ -52,6 +54,7 @@ pub use credential::{Subject, SubjectSlot};
 pub use error::UpstreamError;
 pub use health::{Health, LeftOut, UpstreamStatus};
 pub use link::Link;
+pub use recorded::{NOT_RECORDED, Recording};
 pub use slot::{Fresh, Slot};
 
 /// Where messages related to one client request go (progress, logs, server→client requests
@@ -96,13 +99,35 @@ pub struct Upstream {
     health: Health,
     /// `share = "shared"`: the children every client session shares (`shared.rs`).
     shared: Option<shared::Pool>,
+    /// Answers from a recording, not a server (`plugin test`, `recorded.rs`).
+    recorded: Option<Arc<Recording>>,
 }
 
 impl Upstream {
     pub fn new(name: &str, config: UpstreamConfig) -> Result<Arc<Self>, UpstreamError> {
+        Self::build(name, config, None)
+    }
+
+    /// An upstream named `name` that answers from `recording` (`recorded.rs`), for
+    /// `plugin test`: the pipeline runs as with a server, nothing is started or contacted.
+    pub fn recorded(name: &str, recording: Arc<Recording>) -> Result<Arc<Self>, UpstreamError> {
+        let config: UpstreamConfig =
+            toml::from_str("").map_err(|e| UpstreamError::Unavailable {
+                upstream: name.into(),
+                reason: e.to_string(),
+            })?;
+        Self::build(name, config, Some(recording))
+    }
+
+    fn build(
+        name: &str,
+        config: UpstreamConfig,
+        recorded: Option<Arc<Recording>>,
+    ) -> Result<Arc<Self>, UpstreamError> {
         let http = match config.transport() {
-            TransportKind::Http => Some(http::Client::new(name, &config)?),
-            TransportKind::Stdio => None,
+            // A recorded upstream has neither a `url` nor a `command`.
+            TransportKind::Http if recorded.is_none() => Some(http::Client::new(name, &config)?),
+            TransportKind::Http | TransportKind::Stdio => None,
         };
         let credential = match &config.auth {
             Some(auth) if auth.kind == crate::config::AuthKind::TokenExchange => {
@@ -131,6 +156,7 @@ impl Upstream {
             child_slots,
             health: Health::default(),
             shared,
+            recorded,
         }))
     }
 

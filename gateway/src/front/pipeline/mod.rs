@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 
 use super::Front;
 use super::response::{self, Body};
-use crate::mcp::{Kind, Message};
-use crate::policy::{Call, Chain, Denial, Phase};
+use crate::mcp::{Kind, Message, version};
+use crate::policy::{Call, Chain, Denial, Identity, Phase};
 use crate::session::{Resolved, Session};
 pub(super) use body::{accepts, check_post_headers, headers_for, require_json};
 pub(super) use open::{capabilities, oversized_hello, server_info};
@@ -77,6 +77,18 @@ pub(super) struct Admitted {
     pub resolved: Option<Resolved>,
 }
 
+/// What the pipeline made of one session-era message ([`Front::handle_session_message`]).
+pub(super) enum Handled {
+    /// An `initialize`: the session it opened and the answer.
+    Opened(Arc<Session>, Message),
+    /// Answered at once, no session opened (an `initialize` refused for its size).
+    Answered(Message),
+    /// A notification or an answer: handled, nothing to send back.
+    Accepted,
+    /// A request: its related messages, then its answer, arrive here.
+    Request(Arc<Session>, mpsc::UnboundedReceiver<Message>),
+}
+
 /// What became of an admitted message.
 pub(super) enum Delivered {
     /// A notification or an answer: handled, nothing to send back.
@@ -91,6 +103,9 @@ pub(super) enum Delivered {
 ///
 /// An answer to a server→client request passes the `authn` stage only, as the pseudo-message
 /// `session/answer`: who sends it decides whether it may reach the session (its owner's).
+///
+/// `assumed`: the identity every message starts with, as if an authn stage had set it
+/// (`plugin test --identity`; `serve` never has one).
 async fn screen(
     chain: &Chain,
     msg: Message,
@@ -98,6 +113,7 @@ async fn screen(
     session: Option<&Session>,
     session_id: Option<String>,
     resolved: Option<&Resolved>,
+    assumed: Option<&Identity>,
 ) -> Result<(Message, Option<Call>), (Box<Denial>, Call)> {
     if chain.is_empty() {
         return Ok((msg, None));
@@ -105,6 +121,9 @@ async fn screen(
     if msg.kind() == Kind::Response {
         let answer = Message::notification("session/answer", None);
         let mut call = Call::new(answer, headers, session_id, None);
+        if let Some(identity) = assumed {
+            call.set_identity(identity.clone());
+        }
         if let Err(denial) = chain.authenticate(&mut call).await {
             return Err((denial, call));
         }
@@ -112,6 +131,9 @@ async fn screen(
     }
     let hint = session.and_then(|s| s.named(resolved));
     let mut call = Call::new(msg, headers, session_id, hint);
+    if let Some(identity) = assumed {
+        call.set_identity(identity.clone());
+    }
     if let Err(denial) = chain.on_request(&mut call).await {
         return Err((denial, call));
     }
@@ -179,6 +201,7 @@ impl Front {
             session.map(|s| &**s),
             session_id,
             resolved.as_ref(),
+            self.assumed.as_ref(),
         )
         .await;
         let (msg, call) = match screened {
@@ -203,6 +226,44 @@ impl Front {
             call,
             resolved,
         })
+    }
+
+    /// Steps 3 to 6 for a session-era message, once the adapter found its session by its wire
+    /// rules (`None`: an `initialize`, which opens one): admit, then open the session or
+    /// deliver the message. What `serve`'s Streamable HTTP adapter runs for every POST, and
+    /// `plugin test` for its recorded message ([`super::offline`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn handle_session_message(
+        &self,
+        chain: Arc<Chain>,
+        msg: Message,
+        headers: HeaderMap,
+        session: Option<Arc<Session>>,
+        session_id: Option<String>,
+        peer: Option<std::net::IpAddr>,
+        started: Instant,
+    ) -> Result<Handled, Refusal> {
+        let admitted = self
+            .admit(&chain, msg, headers, session.as_ref(), session_id, started)
+            .await?;
+        let Some(session) = session else {
+            if let Err(refused) = self.check_hello(&admitted.msg) {
+                return Ok(Handled::Answered(refused));
+            }
+            let Admitted { msg, call, .. } = admitted;
+            let caller = call.as_ref().and_then(|c| c.identity());
+            let (session, answer) = self.open_session(msg, caller, peer, version::negotiate)?;
+            return Ok(Handled::Opened(session, answer));
+        };
+        Ok(
+            match self
+                .deliver(session.clone(), admitted, chain, started)
+                .await
+            {
+                Delivered::Accepted => Handled::Accepted,
+                Delivered::Request(rx) => Handled::Request(session, rx),
+            },
+        )
     }
 
     /// Step 6: hands an admitted message to its session.
