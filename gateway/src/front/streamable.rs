@@ -72,7 +72,7 @@ impl Front {
         };
         let Some(session) = session else {
             let caller = admitted.call.as_ref().and_then(|c| c.identity());
-            return self.initialize(admitted.msg, caller, peer);
+            return self.initialize(admitted.msg, caller, peer).await;
         };
         match self
             .deliver(session.clone(), admitted, chain, started)
@@ -95,7 +95,7 @@ impl Front {
             .ok_or_else(response::session_not_found)
     }
 
-    fn initialize(
+    async fn initialize(
         &self,
         msg: Message,
         caller: Option<&Identity>,
@@ -104,7 +104,10 @@ impl Front {
         if let Err(refused) = self.check_hello(&msg) {
             return response::json(StatusCode::OK, &refused);
         }
-        let (session, answer) = match self.open_session(msg, caller, peer, version::negotiate) {
+        let opened = self
+            .open_session(msg, caller, peer, version::negotiate)
+            .await;
+        let (session, answer) = match opened {
             Ok(opened) => opened,
             Err(r) => return r.into_response(),
         };
