@@ -128,6 +128,21 @@ mod tests {
     }
 
     #[test]
+    fn what_aes_gcm_sealed_directly_opens() {
+        // The wire shape every user had before sharing this file: nonce ‖ ciphertext ‖ tag.
+        use aes_gcm::aead::{Aead, KeyInit, Payload};
+        let cipher = Aes256Gcm::new(&[4u8; 32].into());
+        let nonce = [7u8; NONCE];
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: b"old", aad: b"ad" })
+            .unwrap();
+        let raw = [&nonce[..], &sealed].concat();
+        let ring = Keyring::new(&[[9; 32], [4; 32]]).unwrap();
+        assert_eq!(ring.open(&raw, b"ad").as_deref(), Some(&b"old"[..]));
+        assert_eq!(Keyring::new(&[[4; 32]]).unwrap().seal_with_nonce(nonce, b"old", b"ad"), raw);
+    }
+
+    #[test]
     fn a_given_nonce_makes_the_same_sealing() {
         let ring = Keyring::new(&[[3; 32]]).unwrap();
         let a = ring.seal_with_nonce([9; 12], b"t", b"aad");

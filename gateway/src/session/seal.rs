@@ -387,6 +387,108 @@ mod tests {
         assert!(s.open(&id).is_none());
     }
 
+    fn upstream(id: &str) -> UpstreamSession {
+        UpstreamSession {
+            id: id.to_string(),
+            version: "2025-11-25".into(),
+            capabilities: json!({ "tools": { "listChanged": true }, "logging": {} }),
+        }
+    }
+
+    #[test]
+    fn upstream_sessions_travel_in_the_id() {
+        let a = Sealer::new(&[[7; 32]], DAY).unwrap();
+        let b = Sealer::new(&[[7; 32]], DAY).unwrap();
+        let sessions = [
+            ("beta", upstream("3f9c2a77-1b0e-4d5c-9a61-0f3f5e2d8c11")),
+            ("gamma", upstream("g-42")),
+        ];
+        let (id, left_out) = a.seal("2025-11-25", &hello(), Some("alice"), &sessions);
+        assert!(left_out.is_empty(), "{left_out:?}");
+        let opened = b.open(&id).expect("opens");
+        let names: Vec<&str> = opened.upstreams.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["beta", "gamma"]);
+        assert_eq!(opened.upstreams[0].1, sessions[0].1);
+        assert_eq!(opened.upstreams[1].1, sessions[1].1);
+        assert_eq!(opened.owner.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn an_id_sealed_before_upstream_sessions_were_carried_still_opens() {
+        // What the previous version sealed: no `u`.
+        let keys = Keyring::new(&[[5; 32]]).unwrap();
+        let text = json!({ "v": "2025-11-25", "c": {}, "i": { "name": "old" }, "t": now() });
+        let id = Keyring::text(PREFIX, &keys.seal(text.to_string().as_bytes(), AAD));
+        let opened = Sealer::new(&[[5; 32]], DAY).unwrap().open(&id).expect("opens");
+        assert!(opened.upstreams.is_empty());
+        assert_eq!(opened.hello.client_info["name"], "old");
+    }
+
+    #[test]
+    fn upstream_sessions_that_do_not_fit_stay_out_and_the_id_stays_bounded() {
+        let s = Sealer::new(&[[1; 32]], DAY).unwrap();
+        let long = "x".repeat(MAX_UPSTREAM_ID + 1);
+        let max = "y".repeat(MAX_UPSTREAM_ID);
+        let mut sessions = vec![
+            ("long", upstream(&long)),
+            ("spaced", upstream("has a space")),
+            ("max", upstream(&max)),
+        ];
+        let names: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
+        for name in &names {
+            sessions.push((name.as_str(), upstream(&"z".repeat(200))));
+        }
+        let (id, left_out) = s.seal("2025-11-25", &hello(), None, &sessions);
+        assert!(id.len() <= MAX_ID, "{} > {MAX_ID}", id.len());
+        assert!(left_out.contains(&"long".to_string()));
+        assert!(left_out.contains(&"spaced".to_string()));
+        assert!(!left_out.contains(&"max".to_string()));
+        assert!(left_out.contains(&"u29".to_string()), "no room for all 30");
+        let opened = s.open(&id).expect("opens");
+        let carried: Vec<&str> = opened.upstreams.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(carried[0], "max");
+        assert_eq!(carried.len() + left_out.len(), sessions.len());
+        assert!(carried.iter().all(|n| !left_out.iter().any(|l| l == n)));
+        // The largest id possible still opens; one byte more is refused unread.
+        assert!(s.open(&format!("{id}{}", "A".repeat(MAX_ID + 1 - id.len()))).is_none());
+    }
+
+    #[test]
+    fn large_upstream_capabilities_keep_what_the_gateway_reads() {
+        let s = Sealer::new(&[[1; 32]], DAY).unwrap();
+        let mut caps = json!({
+            "tools": { "listChanged": true },
+            "logging": {},
+            "tasks": { "list": {}, "requests": { "tools": { "call": {} } } },
+            "experimental": { "big": "e".repeat(2000) },
+        });
+        caps["resources"] = json!({ "subscribe": true, "notes": "n".repeat(1000) });
+        let big = UpstreamSession {
+            capabilities: caps,
+            ..upstream("s1")
+        };
+        let (id, left_out) = s.seal("2025-11-25", &hello(), None, &[("beta", big)]);
+        assert!(left_out.is_empty());
+        let c = &s.open(&id).unwrap().upstreams[0].1.capabilities;
+        assert!(c.get("experimental").is_none(), "{c}");
+        assert_eq!(c["tools"]["listChanged"], true);
+        assert_eq!(c["resources"]["subscribe"], true);
+        assert!(c["logging"].is_object() && c["tasks"]["list"].is_object());
+        assert!(c["tasks"]["requests"]["tools"]["call"].is_object());
+
+        // Capabilities whose shape alone is too large: the upstream stays out.
+        let wide: Map<String, Value> = (0..16)
+            .map(|i| (format!("{i:0>60}"), json!({ "a": {}, "b": {} })))
+            .collect();
+        let huge = UpstreamSession {
+            capabilities: Value::Object(wide),
+            ..upstream("s2")
+        };
+        let (id, left_out) = s.seal("2025-11-25", &hello(), None, &[("wide", huge)]);
+        assert_eq!(left_out, ["wide"]);
+        assert!(s.open(&id).unwrap().upstreams.is_empty());
+    }
+
     #[test]
     fn huge_client_data_keeps_the_id_bounded() {
         let s = Sealer::new(&[[1; 32]], DAY).unwrap();
