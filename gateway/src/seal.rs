@@ -123,7 +123,11 @@ mod tests {
         assert!(rotated.open_text("x1.", 10, &token, b"kind a").is_none());
         let new = Keyring::text("x1.", &rotated.seal(b"hello", b"kind a"));
         assert!(old.open_text("x1.", 100, &new, b"kind a").is_none());
-        assert!(Keyring::random().open_text("x1.", 100, &token, b"kind a").is_none());
+        assert!(
+            Keyring::random()
+                .open_text("x1.", 100, &token, b"kind a")
+                .is_none()
+        );
         assert!(old.open(b"short", b"kind a").is_none());
     }
 
@@ -134,12 +138,23 @@ mod tests {
         let cipher = Aes256Gcm::new(&[4u8; 32].into());
         let nonce = [7u8; NONCE];
         let sealed = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: b"old", aad: b"ad" })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: b"old",
+                    aad: b"ad",
+                },
+            )
             .unwrap();
         let raw = [&nonce[..], &sealed].concat();
         let ring = Keyring::new(&[[9; 32], [4; 32]]).unwrap();
         assert_eq!(ring.open(&raw, b"ad").as_deref(), Some(&b"old"[..]));
-        assert_eq!(Keyring::new(&[[4; 32]]).unwrap().seal_with_nonce(nonce, b"old", b"ad"), raw);
+        assert_eq!(
+            Keyring::new(&[[4; 32]])
+                .unwrap()
+                .seal_with_nonce(nonce, b"old", b"ad"),
+            raw
+        );
     }
 
     #[test]

@@ -325,9 +325,7 @@ impl Front {
                 Err(_) => session_not_found(),
             };
         }
-        let opened = self
-            .open_session(msg, caller, conn.peer, negotiate)
-            .await;
+        let opened = self.open_session(msg, caller, conn.peer, negotiate).await;
         let (session, answer) = match opened {
             Ok(opened) => opened,
             Err(r) => return r.into_response(),

@@ -511,7 +511,10 @@ impl Sessions {
                 let (id, left_out) = s.seal(version, hello, owner, upstreams);
                 (id.into(), left_out)
             }
-            None => (format!("{:032x}", rand::random::<u128>()).into(), Vec::new()),
+            None => (
+                format!("{:032x}", rand::random::<u128>()).into(),
+                Vec::new(),
+            ),
         }
     }
 

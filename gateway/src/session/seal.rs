@@ -241,7 +241,10 @@ impl Sealer {
     fn left_out(&self, upstream: &str, why: &str) {
         let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
         if warned.insert(upstream.to_string()) {
-            tracing::warn!(upstream, "upstream session not sealed into the session id ({why}): each replica opens its own (logged once)");
+            tracing::warn!(
+                upstream,
+                "upstream session not sealed into the session id ({why}): each replica opens its own (logged once)"
+            );
         }
     }
 
@@ -375,7 +378,10 @@ mod tests {
         let id = s.seal("2025-11-25", &hello(), None, &[]).0;
         s.end(&id);
         assert!(s.open(&id).is_none());
-        assert!(s.open(&s.seal("2025-11-25", &hello(), None, &[]).0).is_some());
+        assert!(
+            s.open(&s.seal("2025-11-25", &hello(), None, &[]).0)
+                .is_some()
+        );
     }
 
     #[test]
@@ -419,7 +425,10 @@ mod tests {
         let keys = Keyring::new(&[[5; 32]]).unwrap();
         let text = json!({ "v": "2025-11-25", "c": {}, "i": { "name": "old" }, "t": now() });
         let id = Keyring::text(PREFIX, &keys.seal(text.to_string().as_bytes(), AAD));
-        let opened = Sealer::new(&[[5; 32]], DAY).unwrap().open(&id).expect("opens");
+        let opened = Sealer::new(&[[5; 32]], DAY)
+            .unwrap()
+            .open(&id)
+            .expect("opens");
         assert!(opened.upstreams.is_empty());
         assert_eq!(opened.hello.client_info["name"], "old");
     }
@@ -450,7 +459,10 @@ mod tests {
         assert_eq!(carried.len() + left_out.len(), sessions.len());
         assert!(carried.iter().all(|n| !left_out.iter().any(|l| l == n)));
         // The largest id possible still opens; one byte more is refused unread.
-        assert!(s.open(&format!("{id}{}", "A".repeat(MAX_ID + 1 - id.len()))).is_none());
+        assert!(
+            s.open(&format!("{id}{}", "A".repeat(MAX_ID + 1 - id.len())))
+                .is_none()
+        );
     }
 
     #[test]
@@ -520,7 +532,10 @@ fn seal_and_open_cost() {
     let n = 20_000;
     let started = std::time::Instant::now();
     let ids: Vec<String> = (0..n)
-        .map(|_| s.seal("2025-11-25", &hello, Some("alice@example.com"), &[]).0)
+        .map(|_| {
+            s.seal("2025-11-25", &hello, Some("alice@example.com"), &[])
+                .0
+        })
         .collect();
     let seal = started.elapsed() / n;
     let started = std::time::Instant::now();

@@ -37,7 +37,8 @@ pub(super) fn attach(
     handler: std::sync::Weak<dyn super::InboundHandler>,
     resumed: &super::UpstreamSession,
 ) -> Result<(Box<dyn super::transport::Transport>, serde_json::Value), UpstreamError> {
-    let (link, init) = streamable::HttpLink::attach(upstream, client.clone(), hello, handler, resumed)?;
+    let (link, init) =
+        streamable::HttpLink::attach(upstream, client.clone(), hello, handler, resumed)?;
     Ok((Box::new(link), init))
 }
 
