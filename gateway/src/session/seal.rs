@@ -517,7 +517,7 @@ mod tests {
     }
 }
 
-/// Cost of sealing and opening one id. Run with
+/// Cost of sealing and opening one id carrying one upstream session. Run with
 /// `cargo test --workspace --lib seal_and_open_cost -- --ignored --nocapture` (add
 /// `--release` for optimised numbers).
 #[cfg(test)]
@@ -529,11 +529,19 @@ fn seal_and_open_cost() {
         capabilities: json!({ "roots": { "listChanged": true }, "sampling": {}, "elicitation": {} }),
         client_info: json!({ "name": "claude-code", "version": "2.1.0" }),
     };
+    // One HTTP upstream session carried, as with one session-era HTTP upstream.
+    let upstream = UpstreamSession {
+        id: "0933b7b9-2e3f-41d2-bad0-84d9c1352f95".into(),
+        version: "2025-11-25".into(),
+        capabilities: json!({ "tools": { "listChanged": true }, "prompts": { "listChanged": true },
+            "resources": { "subscribe": true, "listChanged": true }, "logging": {}, "completions": {} }),
+    };
+    let upstreams = [("beta", upstream)];
     let n = 20_000;
     let started = std::time::Instant::now();
     let ids: Vec<String> = (0..n)
         .map(|_| {
-            s.seal("2025-11-25", &hello, Some("alice@example.com"), &[])
+            s.seal("2025-11-25", &hello, Some("alice@example.com"), &upstreams)
                 .0
         })
         .collect();
