@@ -182,10 +182,18 @@ async fn every_replica_goes_on_with_the_upstream_session_opened_at_initialize() 
     // A session-era HTTP upstream (no 2026-07-28): one upstream session per client session.
     let mut beta = Fixture::http_with_args("beta", &["--era", "session"]).await;
     let addr = beta.addr();
+    // Replicas let a session's copy go after a second without traffic.
+    let config = format!(
+        "{}\nsession-idle-timeout = \"1s\"\n\n[cluster]\nsession-key = \"${{PORTCULLIS_SESSION_KEY}}\"\n\n{}{}",
+        server_toml().trim_end(),
+        stdio_fixture_toml("alpha"),
+        beta.upstream_toml("beta"),
+    );
+    let env = [("PORTCULLIS_SESSION_KEY", KEY_1)];
     let replicas = [
-        replica(&beta, KEY_1, None).await,
-        replica(&beta, KEY_1, None).await,
-        replica(&beta, KEY_1, None).await,
+        Gateway::start_with_env(&config, &env).await,
+        Gateway::start_with_env(&config, &env).await,
+        Gateway::start_with_env(&config, &env).await,
     ];
     let (_, session) = RawHttp::new(replicas[0].url()).initialize(&[]).await;
     let (opened, count) = beta_whoami(&session, 1).await;
@@ -217,23 +225,46 @@ async fn every_replica_goes_on_with_the_upstream_session_opened_at_initialize() 
         );
     }
 
+    // A replica that lets its copy go (idle here; shutdown alike) leaves the sealed upstream
+    // session open: the others go on with it.
+    let [a, b, c] = replicas;
+    a.wait_for_log("session idle; closing", Duration::from_secs(10))
+        .await;
+    let on_b = on(&session, &b);
+    assert_eq!(beta_whoami(&on_b, 90).await, (opened.clone(), 1));
+
+    // The client's DELETE ends it upstream too, even sent to A, whose copy had gone (A
+    // resumes the id to end it). C still serves the id (it was not told) and finds the
+    // upstream session gone: its next calls succeed on a new one.
+    assert_eq!(on(&session, &a).delete().await.status, 200);
+    let on_c = on(&session, &c);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 100;
+    let (renewed, count) = loop {
+        let seen = beta_whoami(&on_c, n).await;
+        if seen.0 != opened {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the DELETE never reached beta"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(count, 2);
+    c.wait_for_log("re-initializing", Duration::from_secs(5))
+        .await;
+    assert_eq!(beta_whoami(&on_c, 200).await, (renewed.clone(), 2));
+
     // beta restarts on the same address and forgets every session: the next call, on C,
     // still succeeds, on an upstream session C opened in its place.
     beta.kill();
     let _again = Fixture::http_on_with_args("beta", addr, &["--era", "session"]).await;
-    let on_c = on(&session, &replicas[2]);
-    let (renewed, count) = beta_whoami(&on_c, 100).await;
-    assert_ne!(renewed, opened);
+    let (after_restart, count) = beta_whoami(&on_c, 201).await;
+    assert_ne!(after_restart, renewed);
     assert_eq!(count, 1);
-    replicas[2]
-        .wait_for_log("re-initializing", Duration::from_secs(5))
-        .await;
-    assert_eq!(beta_whoami(&on_c, 101).await, (renewed.clone(), 1));
-    // B, too, finds the sealed one gone and opens its own (the id cannot change).
-    let (on_b, count) = beta_whoami(&on(&session, &replicas[1]), 102).await;
-    assert_ne!(on_b, opened);
-    assert_ne!(on_b, renewed);
-    assert_eq!(count, 2);
+    assert!(echo(&on_c, 202, "beta__echo").await.contains("hi 202"));
 }
 
 const ALICE: &str = "pk_alice_0123456789abcdefghijklmnopqrstuvwxyzABC";

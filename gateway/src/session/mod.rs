@@ -728,7 +728,7 @@ impl Sessions {
         if let Some(s) = self.map.get(id) {
             // The client ended it: so do its upstream sessions, sealed ones too.
             for slot in &s.slots {
-                slot.keep_open(false);
+                slot.end(&s.hello, s.handler());
             }
         }
         self.forget(id)

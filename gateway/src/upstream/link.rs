@@ -92,7 +92,6 @@ impl Link {
         };
         let (transport, init) = http::attach(upstream, client, hello, handler, resumed)?;
         upstream.health.link_opened();
-        tracing::info!(upstream = %upstream.name, protocol = %resumed.version, "upstream session resumed from the sealed session id");
         Ok(Arc::new(Link {
             upstream: upstream.clone(),
             transport,

@@ -73,13 +73,20 @@ impl Slot {
         st.connected_before = true;
     }
 
-    /// Whether dropping the current link leaves its upstream session open (see
-    /// [`Link::keep_open`]); without waiting for a connect in progress.
-    pub fn keep_open(&self, keep: bool) {
-        if let Ok(st) = self.state.try_lock()
-            && let Some((link, _)) = &st.link
+    /// The client ended its session: the upstream session ends with this slot's link, even
+    /// one sealed into the client's session id (see [`Link::keep_open`]), and even when this
+    /// replica never used it. Does not wait for a connect in progress.
+    pub fn end(&self, hello: &Hello, handler: Weak<dyn InboundHandler>) {
+        let Ok(mut st) = self.state.try_lock() else {
+            return;
+        };
+        if let Some((link, _)) = &st.link {
+            link.keep_open(false);
+        } else if let Some(resumed) = st.resume.take()
+            && let Ok(link) = Link::attach(&self.upstream, hello, handler, &resumed)
         {
-            link.keep_open(keep);
+            // Dropped at once: its upstream session is ended.
+            link.keep_open(false);
         }
     }
 
@@ -130,6 +137,7 @@ impl Slot {
         {
             match Link::attach(&self.upstream, hello, handler.clone(), &resumed) {
                 Ok(link) => {
+                    tracing::info!(upstream = %self.upstream.name, protocol = %resumed.version, "upstream session resumed from the sealed session id");
                     st.link = Some((link.clone(), Instant::now()));
                     st.connected_before = true;
                     return Ok((link, Fresh::First));
