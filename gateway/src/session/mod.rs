@@ -20,8 +20,9 @@
 //!
 //! [`Sessions`] is the store. Session ids are 128-bit random values, or, with
 //! `[cluster] session-key`, sealed ids any replica resumes (`seal.rs`), carrying the
-//! upstream sessions opened at `initialize` (`opening.rs`); state lives in this process. With the cluster bus (`cluster/`), what a session sends outside any request
-//! reaches its streams on other replicas too.
+//! upstream sessions opened at `initialize` (`opening.rs`); state lives in this process.
+//! With the cluster bus (`cluster/`), what a session sends outside any request reaches its
+//! streams on other replicas too.
 
 mod handle;
 mod input;
