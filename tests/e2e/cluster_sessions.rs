@@ -267,6 +267,33 @@ async fn every_replica_goes_on_with_the_upstream_session_opened_at_initialize() 
     assert!(echo(&on_c, 202, "beta__echo").await.contains("hi 202"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_down_at_initialize_is_opened_later_on_each_replica() {
+    let mut beta = Fixture::http_with_args("beta", &["--era", "session"]).await;
+    let addr = beta.addr();
+    let a = replica(&beta, KEY_1, None).await;
+    let b = replica(&beta, KEY_1, None).await;
+    beta.kill();
+    // beta is down: initialize still succeeds, without beta's session in the id.
+    let (_, session) = RawHttp::new(a.url()).initialize(&[]).await;
+    a.wait_for_log(
+        "upstream session not opened at initialize",
+        Duration::from_secs(5),
+    )
+    .await;
+    let _again = Fixture::http_on_with_args("beta", addr, &["--era", "session"]).await;
+    // Back up: each replica opens its own upstream session on first use.
+    let on_a = beta_whoami(&session, 1).await;
+    let on_b = beta_whoami(&on(&session, &b), 2).await;
+    assert_ne!(on_a.0, on_b.0);
+    assert_eq!(on_b.1, 2);
+    assert!(
+        echo(&on(&session, &b), 3, "beta__echo")
+            .await
+            .contains("hi 3")
+    );
+}
+
 const ALICE: &str = "pk_alice_0123456789abcdefghijklmnopqrstuvwxyzABC";
 const BOB: &str = "pk_bob_0123456789abcdefghijklmnopqrstuvwxyzABCDE";
 
