@@ -14,6 +14,7 @@ pub mod memory;
 pub mod metrics;
 pub mod observe;
 pub mod policy;
+pub mod seal;
 pub mod session;
 pub mod upstream;
 

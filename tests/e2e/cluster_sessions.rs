@@ -1,13 +1,16 @@
 //! Sealed session ids (`[cluster] session-key`): a session opened on one gateway process is
 //! served by every other process holding the key, request after request on a different
-//! replica each time (stdio upstreams get a fresh child there, HTTP upstream sessions are
-//! opened afresh); forged, tampered and ended ids are HTTP 404 like unknown ones and are
-//! never logged; a key rotation keeps the sessions sealed with the previous key alive.
+//! replica each time (stdio upstreams get a fresh child there; HTTP upstream sessions opened
+//! at `initialize` travel in the id, so every replica goes on with the same one, and one the
+//! upstream forgot is re-initialized); forged, tampered and ended ids are HTTP 404 like
+//! unknown ones and are never logged; a key rotation keeps the sessions sealed with the
+//! previous key alive.
 
 use portcullis_tests::harness::{
     Fixture, Gateway, RawHttp, RawSession, jsonrpc_request, server_toml, stdio_fixture_toml,
 };
 use serde_json::json;
+use std::time::Duration;
 
 const KEY_1: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
 const KEY_2: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -66,7 +69,8 @@ async fn any_replica_with_the_key_serves_any_session() {
     ];
     let (_, session) = RawHttp::new(replicas[0].url()).initialize(&[]).await;
     let id = session.session_id.clone().expect("a session id");
-    assert!(id.starts_with("ps1.") && id.len() < 1024, "{id}");
+    // It carries beta's upstream session now; ids stay within about 4 KiB (docs/cluster.md).
+    assert!(id.starts_with("ps1.") && id.len() <= 4140, "{id}");
 
     // Every request on a different replica than the one before: all succeed.
     for i in 1..=6 {
@@ -151,6 +155,143 @@ async fn a_key_rotation_keeps_existing_sessions() {
         .post(&jsonrpc_request(4, "tools/list", json!({})))
         .await;
     assert_eq!(resp.status, 404, "{}", resp.body);
+}
+
+/// What `beta` saw of a `whoami` call of `session`: the upstream session it came on, and
+/// how many upstream sessions (`initialize` requests) the `beta` process has had so far.
+async fn beta_whoami(session: &RawSession, id: i64) -> (String, u64) {
+    let result = session
+        .call(
+            id,
+            "tools/call",
+            json!({ "name": "beta__whoami", "arguments": {} }),
+        )
+        .await;
+    let report = &result["structuredContent"];
+    let upstream_session = report["headers"]["mcp-session-id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no upstream session id in {result}"));
+    let initializations = report["initializations"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no initializations in {result}"));
+    (upstream_session.to_string(), initializations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_goes_on_with_the_upstream_session_opened_at_initialize() {
+    // A session-era HTTP upstream (no 2026-07-28): one upstream session per client session.
+    let mut beta = Fixture::http_with_args("beta", &["--era", "session"]).await;
+    let addr = beta.addr();
+    // Replicas let a session's copy go after a second without traffic.
+    let config = format!(
+        "{}\nsession-idle-timeout = \"1s\"\n\n[cluster]\nsession-key = \"${{PORTCULLIS_SESSION_KEY}}\"\n\n{}{}",
+        server_toml().trim_end(),
+        stdio_fixture_toml("alpha"),
+        beta.upstream_toml("beta"),
+    );
+    let env = [("PORTCULLIS_SESSION_KEY", KEY_1)];
+    let replicas = [
+        Gateway::start_with_env(&config, &env).await,
+        Gateway::start_with_env(&config, &env).await,
+        Gateway::start_with_env(&config, &env).await,
+    ];
+    let (_, session) = RawHttp::new(replicas[0].url()).initialize(&[]).await;
+    let (opened, count) = beta_whoami(&session, 1).await;
+    assert_eq!(count, 1);
+
+    // B, C, B, C, A: every call reaches the same upstream session; beta never sees another.
+    for (n, r) in [1, 2, 1, 2, 0].into_iter().enumerate() {
+        let here = on(&session, &replicas[r]);
+        let id = 10 + 10 * n as i64;
+        assert_eq!(
+            beta_whoami(&here, id).await,
+            (opened.clone(), 1),
+            "on replica {r}"
+        );
+        assert!(echo(&here, id + 1, "beta__echo").await.contains("hi"));
+        assert!(echo(&here, id + 2, "alpha__echo").await.contains("hi"));
+    }
+    for r in &replicas[1..] {
+        let logs = r.logs();
+        assert!(
+            logs.contains("upstream session resumed from the sealed session id"),
+            "{logs}"
+        );
+        assert!(
+            !logs
+                .lines()
+                .any(|l| l.contains("upstream connected") && l.contains("beta")),
+            "only A initialized beta: {logs}"
+        );
+    }
+
+    // A replica that lets its copy go (idle here; shutdown alike) leaves the sealed upstream
+    // session open: the others go on with it.
+    let [a, b, c] = replicas;
+    a.wait_for_log("session idle; closing", Duration::from_secs(10))
+        .await;
+    let on_b = on(&session, &b);
+    assert_eq!(beta_whoami(&on_b, 90).await, (opened.clone(), 1));
+
+    // The client's DELETE ends it upstream too, even sent to A, whose copy had gone (A
+    // resumes the id to end it). C still serves the id (it was not told) and finds the
+    // upstream session gone: its next calls succeed on a new one.
+    assert_eq!(on(&session, &a).delete().await.status, 200);
+    let on_c = on(&session, &c);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 100;
+    let (renewed, count) = loop {
+        let seen = beta_whoami(&on_c, n).await;
+        if seen.0 != opened {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the DELETE never reached beta"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(count, 2);
+    c.wait_for_log("re-initializing", Duration::from_secs(5))
+        .await;
+    assert_eq!(beta_whoami(&on_c, 200).await, (renewed.clone(), 2));
+
+    // beta restarts on the same address and forgets every session: the next call, on C,
+    // still succeeds, on an upstream session C opened in its place.
+    beta.kill();
+    let _again = Fixture::http_on_with_args("beta", addr, &["--era", "session"]).await;
+    let (after_restart, count) = beta_whoami(&on_c, 201).await;
+    assert_ne!(after_restart, renewed);
+    assert_eq!(count, 1);
+    assert!(echo(&on_c, 202, "beta__echo").await.contains("hi 202"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_down_at_initialize_is_opened_later_on_each_replica() {
+    let mut beta = Fixture::http_with_args("beta", &["--era", "session"]).await;
+    let addr = beta.addr();
+    let a = replica(&beta, KEY_1, None).await;
+    let b = replica(&beta, KEY_1, None).await;
+    beta.kill();
+    // beta is down: initialize still succeeds, without beta's session in the id.
+    let (_, session) = RawHttp::new(a.url()).initialize(&[]).await;
+    a.wait_for_log(
+        "upstream session not opened at initialize",
+        Duration::from_secs(5),
+    )
+    .await;
+    let _again = Fixture::http_on_with_args("beta", addr, &["--era", "session"]).await;
+    // Back up: each replica opens its own upstream session on first use.
+    let on_a = beta_whoami(&session, 1).await;
+    let on_b = beta_whoami(&on(&session, &b), 2).await;
+    assert_ne!(on_a.0, on_b.0);
+    assert_eq!(on_b.1, 2);
+    assert!(
+        echo(&on(&session, &b), 3, "beta__echo")
+            .await
+            .contains("hi 3")
+    );
 }
 
 const ALICE: &str = "pk_alice_0123456789abcdefghijklmnopqrstuvwxyzABC";

@@ -338,10 +338,7 @@ fn a_recording_that_does_not_fit_is_refused_before_anything_runs() {
             vec!["--message", &f[0], "--upstream-message", &f[2]],
             "is an answer: give it with --upstream-answer",
         ),
-        (
-            vec!["--upstream-answer", &f[2]],
-            "--message",
-        ),
+        (vec!["--upstream-answer", &f[2]], "--message"),
         (
             vec!["--message", &f[0], "--upstream", "other:thing"],
             "would route `files__read_file` elsewhere",

@@ -35,7 +35,8 @@
 //! - `whoami` returns, as JSON text and as structured content, the server name, its process
 //!   id, the transport, the client's `clientInfo` and — over HTTP — the request headers it received
 //!   (lower-case names; repeated headers joined with `", "`), so a test can prove which
-//!   headers a gateway forwards;
+//!   headers a gateway forwards, and how many `initialize` requests the process answered
+//!   (`initializations`: how many sessions clients opened);
 //! - `sleep(ms)` sleeps (at most ten minutes), ending early if the call is cancelled;
 //! - `crash(code?)` exits the whole process at once with `code` (default 1);
 //! - `set_dynamic_tool(enabled)` adds or removes `test_dynamic_tool`; every session hears
@@ -182,6 +183,8 @@ struct Shared {
     request_state: RequestStateCodec,
     /// Tasks of the tasks extension ([`tasks`]), for every session of the process.
     tasks: TaskManager,
+    /// `initialize` requests answered: the session-era sessions clients opened.
+    initializations: AtomicU64,
 }
 
 impl Shared {
@@ -199,6 +202,7 @@ impl Shared {
             changes: broadcast::channel(64).0,
             request_state: RequestStateCodec::new_unchecked(key),
             tasks: TaskManager::new(),
+            initializations: AtomicU64::new(0),
         }
     }
 }
@@ -477,6 +481,7 @@ impl ServerHandler for Fixture {
             ));
         }
         context.peer.set_peer_info(request.clone());
+        self.shared.initializations.fetch_add(1, Ordering::SeqCst);
         // Subscribed here, not in `on_initialized`: rmcp runs handlers concurrently, so a
         // call right after `notifications/initialized` may change a list before that
         // handler ran, and its change would be lost.

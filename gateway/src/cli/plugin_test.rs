@@ -368,7 +368,7 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
         sent: Default::default(),
     });
     let upstream = Upstream::recorded(&upstream_name, recording.clone())?;
-    let rehearsal = Rehearsal::open(policies.clone(), upstream, supplied.clone())?;
+    let rehearsal = Rehearsal::open(policies.clone(), upstream, supplied.clone()).await?;
 
     let mut out = json!({ "plugins": plugins, "caller": supplied, "upstream": upstream_name });
     let mut on_request_stream = Vec::new();

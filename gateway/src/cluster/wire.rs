@@ -10,12 +10,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::seal::Keyring;
 
 /// Associated data of bus messages.
 const AAD: &[u8] = b"portcullis cluster bus v1";
@@ -86,54 +84,24 @@ pub fn now_ms() -> u64 {
 
 /// The session keys as ciphers: the first seals, all open.
 pub struct Seal {
-    current: Aes256Gcm,
-    previous: Vec<Aes256Gcm>,
+    keys: Keyring,
 }
 
 impl Seal {
     pub fn new(keys: &[[u8; 32]]) -> Option<Seal> {
-        let (first, rest) = keys.split_first()?;
-        let cipher = |k: &[u8; 32]| Aes256Gcm::new(k.into());
         Some(Seal {
-            current: cipher(first),
-            previous: rest.iter().map(cipher).collect(),
+            keys: Keyring::new(keys)?,
         })
-    }
-
-    fn seal(&self, text: &[u8], aad: &[u8]) -> Vec<u8> {
-        let nonce: [u8; 12] = rand::random();
-        let sealed = self
-            .current
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: text, aad })
-            // AES-GCM fails only on inputs of gigabytes; the bus never sends those.
-            .unwrap_or_default();
-        let mut raw = Vec::with_capacity(12 + sealed.len());
-        raw.extend_from_slice(&nonce);
-        raw.extend_from_slice(&sealed);
-        raw
-    }
-
-    fn open(&self, raw: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-        if raw.len() < 12 + 16 {
-            return None;
-        }
-        let (nonce, sealed) = raw.split_at(12);
-        std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find_map(|c| {
-                c.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
-                    .ok()
-            })
     }
 
     pub fn seal_envelope(&self, envelope: &Envelope) -> Vec<u8> {
         let text = serde_json::to_vec(envelope).unwrap_or_default();
-        self.seal(&text, AAD)
+        self.keys.seal(&text, AAD)
     }
 
     /// The envelope in `raw`, if it was sealed under one of the keys and is recent.
     pub fn open_envelope(&self, raw: &[u8]) -> Result<Envelope, Unreadable> {
-        let text = self.open(raw, AAD).ok_or(Unreadable::Seal)?;
+        let text = self.keys.open(raw, AAD).ok_or(Unreadable::Seal)?;
         let envelope: Envelope = serde_json::from_slice(&text).map_err(|_| Unreadable::Shape)?;
         if now_ms().saturating_sub(envelope.at) > MAX_AGE.as_millis() as u64 {
             return Err(Unreadable::Stale);
@@ -146,21 +114,14 @@ impl Seal {
         let mut text = [0u8; 24];
         text[..8].copy_from_slice(replica);
         text[8..].copy_from_slice(&rand::random::<[u8; 16]>());
-        format!(
-            "{STATE_PREFIX}{}",
-            URL_SAFE_NO_PAD.encode(self.seal(&text, STATE_AAD))
-        )
+        Keyring::text(STATE_PREFIX, &self.keys.seal(&text, STATE_AAD))
     }
 
     /// The replica a `requestState` the gateway issued names; `None` for any other state
     /// (an upstream's, a forged one).
     pub fn state_owner(&self, state: &str) -> Option<[u8; 8]> {
-        let b64 = state.strip_prefix(STATE_PREFIX)?;
-        if b64.len() > 128 {
-            return None;
-        }
-        let raw = URL_SAFE_NO_PAD.decode(b64).ok()?;
-        let text = self.open(&raw, STATE_AAD)?;
+        let max = STATE_PREFIX.len() + 128;
+        let text = self.keys.open_text(STATE_PREFIX, max, state, STATE_AAD)?;
         text.get(..8)?.try_into().ok()
     }
 }

@@ -285,7 +285,7 @@ impl Front {
         };
         let Some(session) = session else {
             let caller = admitted.call.as_ref().and_then(|c| c.identity());
-            return self.legacy_initialize(&conn, admitted.msg, caller);
+            return self.legacy_initialize(&conn, admitted.msg, caller).await;
         };
         if let Delivered::Request(mut rx) = self
             .deliver(session.clone(), admitted, chain, started)
@@ -307,7 +307,7 @@ impl Front {
 
     /// `initialize` on a fresh connection: the session is created as on the Streamable HTTP
     /// endpoint, owned by the caller, and its stream becomes the connection's.
-    fn legacy_initialize(
+    async fn legacy_initialize(
         &self,
         conn: &Connection,
         msg: Message,
@@ -325,7 +325,8 @@ impl Front {
                 Err(_) => session_not_found(),
             };
         }
-        let (session, answer) = match self.open_session(msg, caller, conn.peer, negotiate) {
+        let opened = self.open_session(msg, caller, conn.peer, negotiate).await;
+        let (session, answer) = match opened {
             Ok(opened) => opened,
             Err(r) => return r.into_response(),
         };

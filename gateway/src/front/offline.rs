@@ -52,7 +52,7 @@ pub enum Outcome {
 impl Rehearsal {
     /// A gateway with `policies` and the one `upstream`, and a session open on it.
     /// `assumed`: the identity every message starts with, as if an authn stage had set it.
-    pub fn open(
+    pub async fn open(
         policies: Arc<Policies>,
         upstream: Arc<Upstream>,
         assumed: Option<Identity>,
@@ -92,6 +92,7 @@ impl Rehearsal {
         // Owned by nobody: the identity authn establishes for the message may be anyone's.
         let (session, _) = front
             .open_session(hello, None, None, version::negotiate)
+            .await
             .map_err(|_| anyhow::anyhow!("could not open a session"))?;
         session.remember_caller(assumed.as_ref());
         let standalone = tokio::sync::Mutex::new(session.standalone.attach(None));

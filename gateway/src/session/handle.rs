@@ -14,7 +14,7 @@ use crate::mcp::{IdKey, Kind, Message, codes, methods};
 use crate::upstream::{Fresh, InboundHandler, Link, Related, Upstream, UpstreamError};
 
 impl Session {
-    fn handler(&self) -> std::sync::Weak<dyn InboundHandler> {
+    pub(super) fn handler(&self) -> std::sync::Weak<dyn InboundHandler> {
         self.me.clone() as std::sync::Weak<dyn InboundHandler>
     }
 

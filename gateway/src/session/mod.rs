@@ -19,13 +19,15 @@
 //! the `tasks/*` methods.
 //!
 //! [`Sessions`] is the store. Session ids are 128-bit random values, or, with
-//! `[cluster] session-key`, sealed ids any replica resumes (`seal.rs`); state lives in this
-//! process. With the cluster bus (`cluster/`), what a session sends outside any request
-//! reaches its streams on other replicas too.
+//! `[cluster] session-key`, sealed ids any replica resumes (`seal.rs`), carrying the
+//! upstream sessions opened at `initialize` (`opening.rs`); state lives in this process.
+//! With the cluster bus (`cluster/`), what a session sends outside any request reaches its
+//! streams on other replicas too.
 
 mod handle;
 mod input;
 mod lists;
+mod opening;
 mod router;
 pub mod seal;
 pub mod stream;
@@ -47,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{Names, SessionCatalog};
 use crate::mcp::{IdKey, Kind, Message};
 use crate::policy::Identity;
-use crate::upstream::{Hello, Slot, Upstream};
+use crate::upstream::{Hello, Slot, Upstream, UpstreamSession};
 use stream::EventStream;
 
 /// A routing policy's choice for one request.
@@ -147,7 +149,7 @@ pub struct Session {
     /// The bearer token authn last accepted from the owner: what token-exchange upstreams
     /// exchange (`upstream/credential.rs`). Set by the front once a request is identified.
     pub subject: crate::upstream::SubjectSlot,
-    /// Who opened the session, for `max-sessions-per-caller` (see [`Sessions::open`]).
+    /// Who opened the session, for `max-sessions-per-caller` (see [`Sessions::open_as`]).
     quota: Option<String>,
     /// Byte cap of each of its SSE streams (`max-stream-buffer-kib`).
     stream_cap: usize,
@@ -158,6 +160,9 @@ pub struct Session {
     outbox: OnceLock<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
     /// The cluster bus: other replicas' streams of this session (`cluster/`).
     bus: Option<Arc<crate::cluster::Bus>>,
+    /// The handler of the links opened at `initialize`, before the session existed
+    /// (`opening.rs`); kept here for as long as they live.
+    _handover: Option<Arc<opening::Handover>>,
     me: Weak<Session>,
 }
 
@@ -410,7 +415,7 @@ impl SessionBounds {
 /// All client sessions, plus what they share: the upstreams and the naming rules.
 pub struct Sessions {
     map: DashMap<Arc<str>, Arc<Session>>,
-    /// Sessions open per caller (see [`Sessions::open`]).
+    /// Sessions open per caller (see [`Sessions::open_as`]).
     per_caller: DashMap<String, usize>,
     /// `initialize` requests refused for the per-caller bound, since start.
     pub refused_per_caller: AtomicU64,
@@ -486,39 +491,110 @@ impl Sessions {
         &self.upstreams
     }
 
-    /// Creates a session for a client that sent `initialize`; `None` when at capacity.
+    /// Creates a session (no upstream is contacted); `None` when at capacity.
     pub fn create(&self, version: &'static str, hello: Hello) -> Option<Arc<Session>> {
-        self.open(version, hello, None).ok()
+        let id = self.mint(version, &hello, None, &[]).0;
+        self.insert(id, version, hello, None, None, Vec::new(), None)
+            .ok()
     }
 
-    /// Creates a session for `caller` (a key naming who asks: the authenticated subject, else
-    /// the client's address; `None`: not counted), unless `max-sessions` are open or the
-    /// caller has `max-sessions-per-caller` open. Nothing is allocated when refused.
-    pub fn open(
+    /// A new session id: random, or sealed with what another replica needs (carrying as
+    /// many of `upstreams` as fit; gives the names of those left out).
+    fn mint(
         &self,
-        version: &'static str,
-        hello: Hello,
-        caller: Option<&str>,
-    ) -> Result<Arc<Session>, Refused> {
-        self.open_as(version, hello, caller, None)
+        version: &str,
+        hello: &Hello,
+        owner: Option<&str>,
+        upstreams: &[(&str, UpstreamSession)],
+    ) -> (Arc<str>, Vec<String>) {
+        match self.sealer.get() {
+            Some(s) => {
+                let (id, left_out) = s.seal(version, hello, owner, upstreams);
+                (id.into(), left_out)
+            }
+            None => (
+                format!("{:032x}", rand::random::<u128>()).into(),
+                Vec::new(),
+            ),
+        }
     }
 
-    /// [`Sessions::open`] for a session that belongs to `owner` (the subject authn
-    /// established): only that subject may use it, also on a replica that resumes it.
-    pub fn open_as(
+    /// Creates the session a client's `initialize` asks for, for `caller` (a key naming who
+    /// asks: the authenticated subject, else the client's address; `None`: not counted),
+    /// unless `max-sessions` are open or the caller has `max-sessions-per-caller` open.
+    /// The session belongs to `owner` (the subject authn established), if any: only that
+    /// subject may use it, also on a replica that resumes it.
+    ///
+    /// With sealed ids, the upstream sessions other replicas can resume are opened first
+    /// and sealed into the id (`opening.rs`); nothing is opened for a refused session.
+    pub async fn open_as(
         &self,
         version: &'static str,
         hello: Hello,
         caller: Option<&str>,
         owner: Option<&str>,
     ) -> Result<Arc<Session>, Refused> {
-        let id: Arc<str> = match self.sealer.get() {
-            Some(s) => s.seal(version, &hello, owner).into(),
-            None => format!("{:032x}", rand::random::<u128>()).into(),
-        };
-        self.insert(id, version, hello, caller, owner)
+        if self.sealer.get().is_none() || version == crate::mcp::version::STATELESS {
+            let id = self.mint(version, &hello, owner, &[]).0;
+            return self.insert(id, version, hello, caller, owner, Vec::new(), None);
+        }
+        self.has_room(caller)?;
+        let handover = Arc::new(opening::Handover::default());
+        let links = opening::open_links(&self.upstreams, &hello, &handover).await;
+        let sealable: Vec<(&str, UpstreamSession)> = links
+            .iter()
+            .filter_map(|(idx, link)| Some((&*self.upstreams[*idx].name, link.upstream_session()?)))
+            .collect();
+        let (id, left_out) = self.mint(version, &hello, owner, &sealable);
+        let sealed: Vec<&str> = sealable
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| !left_out.iter().any(|l| l == name))
+            .collect();
+        // Refused now (others took the room meanwhile): the links go, ending their sessions.
+        let session = self.insert(
+            id,
+            version,
+            hello,
+            caller,
+            owner,
+            Vec::new(),
+            Some(handover.clone()),
+        )?;
+        handover.attach(&session);
+        for (idx, link) in links {
+            // Other replicas may use a sealed upstream session: this one does not end it
+            // when it lets its copy go (idle, shutdown); a DELETE from the client does.
+            link.keep_open(sealed.contains(&&*self.upstreams[idx].name));
+            session.slots[idx].install(link).await;
+        }
+        if !sealed.is_empty() {
+            tracing::debug!(session = %session.id, upstreams = ?sealed, "upstream sessions sealed into the session id");
+        }
+        Ok(session)
     }
 
+    /// Whether a session for `caller` may be opened now ([`Sessions::insert`] checks
+    /// again).
+    fn has_room(&self, caller: Option<&str>) -> Result<(), Refused> {
+        if self.map.len() >= self.bounds.max {
+            return Err(Refused::Full);
+        }
+        if let Some(key) = caller
+            && self
+                .per_caller
+                .get(key)
+                .is_some_and(|open| *open >= self.bounds.per_caller)
+        {
+            self.refused_per_caller.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Caller);
+        }
+        Ok(())
+    }
+
+    /// Makes the session `id` names, its first links to the `resumed` upstreams going on
+    /// with their sealed sessions.
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
         id: Arc<str>,
@@ -526,6 +602,8 @@ impl Sessions {
         hello: Hello,
         caller: Option<&str>,
         owner: Option<&str>,
+        mut resumed: Vec<(String, UpstreamSession)>,
+        handover: Option<Arc<opening::Handover>>,
     ) -> Result<Arc<Session>, Refused> {
         if self.map.len() >= self.bounds.max {
             return Err(Refused::Full);
@@ -548,7 +626,14 @@ impl Sessions {
             slots: self
                 .upstreams
                 .iter()
-                .map(|u| Slot::for_client(u.clone(), version != crate::mcp::version::STATELESS))
+                .map(|u| {
+                    let slot =
+                        Slot::for_client(u.clone(), version != crate::mcp::version::STATELESS);
+                    match resumed.iter().position(|(name, _)| **name == *u.name) {
+                        Some(at) => slot.resuming(resumed.swap_remove(at).1),
+                        None => slot,
+                    }
+                })
                 .collect(),
             catalog: SessionCatalog::new(self.names.clone()),
             lists: Default::default(),
@@ -575,6 +660,7 @@ impl Sessions {
                 .clone(),
             outbox: OnceLock::new(),
             bus: self.bus.get().cloned(),
+            _handover: handover,
             me: me.clone(),
         });
         if let Some(owner) = owner {
@@ -625,6 +711,8 @@ impl Sessions {
                 opened.hello,
                 None,
                 opened.owner.as_deref(),
+                opened.upstreams,
+                None,
             )
             .ok()?;
         tracing::info!(session = %crate::observe::clip(id), version = opened.version, "session resumed from its sealed id");
@@ -637,6 +725,12 @@ impl Sessions {
     pub fn remove(&self, id: &str) -> bool {
         if let Some(sealer) = self.sealer.get() {
             sealer.end(id);
+        }
+        if let Some(s) = self.map.get(id) {
+            // The client ended it: so do its upstream sessions, sealed ones too.
+            for slot in &s.slots {
+                slot.end(&s.hello, s.handler());
+            }
         }
         self.forget(id)
     }

@@ -1,37 +1,49 @@
 //! Sealed session ids (`[cluster] session-key`): the `Mcp-Session-Id` a client sees carries,
 //! encrypted and authenticated with AES-256-GCM, what any replica needs to serve the session:
 //! the negotiated version, the owner (the subject that opened it, when authn established
-//! one), the client's capabilities and info, and when it was issued. A replica that does not
-//! hold the session opens the id and re-creates it (`Sessions::get`); upstream sessions are
-//! then opened afresh on that replica, lazily, as on any new session.
+//! one), the client's capabilities and info, when it was issued, and the upstream sessions
+//! of its Streamable HTTP upstreams (opened at `initialize`, before the id is minted). A
+//! replica that does not hold the session opens the id and re-creates it
+//! (`Sessions::get`); its links to those upstreams go on with the sealed upstream sessions,
+//! without `initialize` (`Link::attach`).
 //!
-//! - Format: `ps1.` + base64url(nonce ‖ ciphertext ‖ tag), nonce random (96 bits).
+//! - Format: `ps1.` + base64url(nonce ‖ ciphertext ‖ tag), nonce random (96 bits), sealed by
+//!   [`crate::seal::Keyring`] with this file's associated data.
 //! - Rotation: sealed with the current key; opened with the current or any previous key.
-//! - Bounded: the sealed text is at most [`MAX_SEALED`] bytes of JSON (client info is cut to
-//!   its name, version and title; capabilities too large keep only their top-level names),
-//!   so an id stays under about 1.5 KiB; a longer header is refused before any decryption.
+//! - Bounded: the client's part is at most [`MAX_CLIENT`] bytes of JSON (client info is cut
+//!   to its name, version and title; capabilities too large keep only their top-level
+//!   names); each upstream session's id at most [`MAX_UPSTREAM_ID`] bytes and its
+//!   capabilities at most [`MAX_UPSTREAM_CAPS`]; all of it at most [`MAX_SEALED`], so an id
+//!   is at most [`MAX_ID`] bytes (about 4 KiB), and a longer header is refused before any
+//!   decryption. An upstream session that does not fit stays with the replica that opened
+//!   it (other replicas open their own, as without sealing), logged once per upstream.
 //! - Anything that does not open (forged, tampered, an unknown key, expired, malformed) is
 //!   "no such session": HTTP 404, like an unknown random id. Never logged with its content.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::upstream::Hello;
+use crate::seal::Keyring;
+use crate::upstream::{Hello, UpstreamSession};
 
 const PREFIX: &str = "ps1.";
 /// Associated data: a sealed session id opens only as a session id.
 const AAD: &[u8] = b"portcullis session id v1";
-/// Most bytes of JSON sealed into one id.
-pub const MAX_SEALED: usize = 1024;
-/// Longest id header accepted for opening (base64 of nonce, [`MAX_SEALED`] and tag, and more).
-pub const MAX_ID: usize = 2048;
+/// Most bytes of JSON the client's part (version, owner, capabilities, info, time) takes.
+pub const MAX_CLIENT: usize = 1024;
+/// Most bytes of JSON sealed into one id: the client's part and the upstream sessions.
+pub const MAX_SEALED: usize = 3072;
+/// Longest id header accepted for opening: exactly what [`MAX_SEALED`] seals to.
+pub const MAX_ID: usize = PREFIX.len() + (12 + MAX_SEALED + 16).div_ceil(3) * 4;
+/// Longest upstream session id sealed (longer ones stay with the replica that opened them).
+pub const MAX_UPSTREAM_ID: usize = 256;
+/// Most bytes of an upstream's capabilities sealed, reduced to what the gateway reads.
+pub const MAX_UPSTREAM_CAPS: usize = 512;
 /// Longest client-info string kept.
 const MAX_INFO: usize = 128;
 
@@ -43,6 +55,8 @@ pub struct Opened {
     pub hello: Hello,
     /// Unix seconds.
     pub issued: u64,
+    /// The upstream sessions opened at `initialize`, by upstream name.
+    pub upstreams: Vec<(String, UpstreamSession)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,14 +72,31 @@ struct Body {
     i: Value,
     /// Issued at, Unix seconds.
     t: u64,
+    /// Upstream sessions (absent from ids sealed before they were carried).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    u: Vec<Upstream>,
+}
+
+/// One upstream session in an id.
+#[derive(Serialize, Deserialize)]
+struct Upstream {
+    /// Upstream name.
+    n: String,
+    /// Its `Mcp-Session-Id`.
+    s: String,
+    /// Its negotiated version.
+    v: String,
+    /// Its capabilities.
+    c: Value,
 }
 
 pub struct Sealer {
-    current: Aes256Gcm,
-    previous: Vec<Aes256Gcm>,
+    keys: Keyring,
     lifetime: Duration,
     /// Ids ended here (DELETE), by a 128-bit hash, until they would expire anyway.
     ended: DashMap<[u8; 16], u64>,
+    /// Upstreams whose sessions did not fit an id, already logged (configured names: few).
+    warned: Mutex<HashSet<String>>,
 }
 
 /// Most ended ids remembered; past it, expired ones are swept, then the oldest half goes.
@@ -94,21 +125,60 @@ fn clip(v: &Value) -> Option<Value> {
     Some(Value::String(s[..end].to_string()))
 }
 
+fn json_len(v: &impl Serialize) -> usize {
+    serde_json::to_vec(v).map_or(usize::MAX, |t| t.len())
+}
+
+/// An upstream's capabilities as sealed: as they are when small; else only their shape
+/// (objects and flags, no `experimental`, four levels deep), which is all the gateway reads
+/// (which lists it has, `logging`, `tasks.list`, `tasks.requests.tools.call`). `None` when
+/// even that is over [`MAX_UPSTREAM_CAPS`].
+fn upstream_caps(c: &Value) -> Option<Value> {
+    fn shape(v: &Value, depth: usize) -> Value {
+        match v {
+            Value::Bool(b) => Value::Bool(*b),
+            Value::Object(m) if depth > 0 => Value::Object(
+                m.iter()
+                    .filter(|(k, _)| k.len() <= 64 && *k != "experimental")
+                    .take(16)
+                    .map(|(k, v)| (k.clone(), shape(v, depth - 1)))
+                    .collect(),
+            ),
+            _ => json!({}),
+        }
+    }
+    if json_len(c) <= MAX_UPSTREAM_CAPS {
+        return Some(c.clone());
+    }
+    let reduced = shape(c, 4);
+    (json_len(&reduced) <= MAX_UPSTREAM_CAPS).then_some(reduced)
+}
+
+/// Whether a value can be sent back as an HTTP header as it is (visible ASCII).
+fn header_safe(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| (0x21..=0x7e).contains(&c))
+}
+
 impl Sealer {
     /// `keys[0]` seals; every key opens. `None` without keys.
     pub fn new(keys: &[[u8; 32]], lifetime: Duration) -> Option<Sealer> {
-        let (first, rest) = keys.split_first()?;
-        let cipher = |k: &[u8; 32]| Aes256Gcm::new(k.into());
         Some(Sealer {
-            current: cipher(first),
-            previous: rest.iter().map(cipher).collect(),
+            keys: Keyring::new(keys)?,
             lifetime,
             ended: DashMap::new(),
+            warned: Mutex::new(HashSet::new()),
         })
     }
 
-    /// A new session id for a session with these properties.
-    pub fn seal(&self, version: &str, hello: &Hello, owner: Option<&str>) -> String {
+    /// A new session id for a session with these properties, carrying as many of
+    /// `upstreams` (name, upstream session) as fit; gives the names of those left out.
+    pub fn seal(
+        &self,
+        version: &str,
+        hello: &Hello,
+        owner: Option<&str>,
+        upstreams: &[(&str, UpstreamSession)],
+    ) -> (String, Vec<String>) {
         let mut info = Map::new();
         for key in ["name", "version", "title"] {
             if let Some(v) = hello.client_info.get(key).and_then(clip) {
@@ -121,9 +191,9 @@ impl Sealer {
             c: hello.capabilities.clone(),
             i: Value::Object(info),
             t: now(),
+            u: Vec::new(),
         };
-        let mut text = serde_json::to_vec(&body).unwrap_or_default();
-        if text.len() > MAX_SEALED {
+        if json_len(&body) > MAX_CLIENT {
             // Keep which capabilities the client has, not their details.
             body.c = match &hello.capabilities {
                 Value::Object(m) => Value::Object(
@@ -135,29 +205,47 @@ impl Sealer {
                 ),
                 _ => json!({}),
             };
-            text = serde_json::to_vec(&body).unwrap_or_default();
         }
-        if text.len() > MAX_SEALED {
+        if json_len(&body) > MAX_CLIENT {
             body.o = body.o.map(|o| o.chars().take(256).collect());
             body.c = json!({});
-            text = serde_json::to_vec(&body).unwrap_or_default();
         }
-        let nonce: [u8; 12] = rand::random();
-        let sealed = self
-            .current
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &text,
-                    aad: AAD,
-                },
-            )
-            // AES-GCM fails only on inputs of gigabytes.
-            .unwrap_or_default();
-        let mut raw = Vec::with_capacity(12 + sealed.len());
-        raw.extend_from_slice(&nonce);
-        raw.extend_from_slice(&sealed);
-        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))
+        let mut left_out = Vec::new();
+        for (name, session) in upstreams {
+            let entry = (session.id.len() <= MAX_UPSTREAM_ID && header_safe(&session.id))
+                .then(|| upstream_caps(&session.capabilities))
+                .flatten()
+                .map(|c| Upstream {
+                    n: name.to_string(),
+                    s: session.id.clone(),
+                    v: session.version.clone(),
+                    c,
+                });
+            let Some(entry) = entry else {
+                self.left_out(name, "its session id or capabilities are too long");
+                left_out.push(name.to_string());
+                continue;
+            };
+            body.u.push(entry);
+            if json_len(&body) > MAX_SEALED {
+                body.u.pop();
+                self.left_out(name, "the session id has no room left for it");
+                left_out.push(name.to_string());
+            }
+        }
+        let text = serde_json::to_vec(&body).unwrap_or_default();
+        (Keyring::text(PREFIX, &self.keys.seal(&text, AAD)), left_out)
+    }
+
+    /// Logs, once per upstream, that its sessions stay with the replica that opened them.
+    fn left_out(&self, upstream: &str, why: &str) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.insert(upstream.to_string()) {
+            tracing::warn!(
+                upstream,
+                "upstream session not sealed into the session id ({why}): each replica opens its own (logged once)"
+            );
+        }
     }
 
     /// Remembers that `id` was ended (DELETE) here, until it would expire.
@@ -183,18 +271,7 @@ impl Sealer {
         if id.len() > MAX_ID || self.ended.contains_key(&digest(id)) {
             return None;
         }
-        let raw = URL_SAFE_NO_PAD.decode(id.strip_prefix(PREFIX)?).ok()?;
-        if raw.len() < 12 + 16 {
-            return None;
-        }
-        let (nonce, sealed) = raw.split_at(12);
-        let payload = || Payload {
-            msg: sealed,
-            aad: AAD,
-        };
-        let text = std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find_map(|c| c.decrypt(Nonce::from_slice(nonce), payload()).ok())?;
+        let text = self.keys.open_text(PREFIX, MAX_ID, id, AAD)?;
         let body: Body = serde_json::from_slice(&text).ok()?;
         let age = now().saturating_sub(body.t);
         if age > self.lifetime.as_secs() {
@@ -204,6 +281,18 @@ impl Sealer {
             .iter()
             .find(|v| **v == body.v)
             .copied()?;
+        let upstreams = body
+            .u
+            .into_iter()
+            .map(|u| {
+                let session = UpstreamSession {
+                    id: u.s,
+                    version: u.v,
+                    capabilities: u.c,
+                };
+                (u.n, session)
+            })
+            .collect();
         Some(Opened {
             version,
             owner: body.o,
@@ -212,6 +301,7 @@ impl Sealer {
                 client_info: body.i,
             },
             issued: body.t,
+            upstreams,
         })
     }
 
@@ -239,7 +329,7 @@ mod tests {
     fn an_id_opens_on_any_holder_of_the_key_and_nowhere_else() {
         let a = Sealer::new(&[[7; 32]], DAY).unwrap();
         let b = Sealer::new(&[[7; 32]], DAY).unwrap();
-        let id = a.seal("2025-11-25", &hello(), Some("alice"));
+        let id = a.seal("2025-11-25", &hello(), Some("alice"), &[]).0;
         assert!(id.len() < 400, "{}", id.len());
         assert!(id.bytes().all(|c| (0x21..=0x7e).contains(&c)));
         let opened = b.open(&id).expect("opens");
@@ -252,7 +342,7 @@ mod tests {
         );
         assert_ne!(
             id,
-            a.seal("2025-11-25", &hello(), Some("alice")),
+            a.seal("2025-11-25", &hello(), Some("alice"), &[]).0,
             "fresh nonce"
         );
         let other = Sealer::new(&[[8; 32]], DAY).unwrap();
@@ -262,7 +352,7 @@ mod tests {
     #[test]
     fn tampered_forged_and_random_ids_do_not_open() {
         let s = Sealer::new(&[[1; 32]], DAY).unwrap();
-        let id = s.seal("2025-11-25", &hello(), None);
+        let id = s.seal("2025-11-25", &hello(), None, &[]).0;
         let mut bytes = id.clone().into_bytes();
         let at = bytes.len() - 5;
         bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
@@ -275,29 +365,140 @@ mod tests {
     #[test]
     fn rotation_keeps_old_ids_and_seals_with_the_new_key() {
         let old = Sealer::new(&[[1; 32]], DAY).unwrap();
-        let id = old.seal("2025-06-18", &hello(), None);
+        let id = old.seal("2025-06-18", &hello(), None, &[]).0;
         let rotated = Sealer::new(&[[2; 32], [1; 32]], DAY).unwrap();
         assert_eq!(rotated.open(&id).unwrap().version, "2025-06-18");
-        let new_id = rotated.seal("2025-06-18", &hello(), None);
+        let new_id = rotated.seal("2025-06-18", &hello(), None, &[]).0;
         assert!(old.open(&new_id).is_none(), "sealed with the current key");
     }
 
     #[test]
     fn an_ended_id_does_not_open_again() {
         let s = Sealer::new(&[[1; 32]], DAY).unwrap();
-        let id = s.seal("2025-11-25", &hello(), None);
+        let id = s.seal("2025-11-25", &hello(), None, &[]).0;
         s.end(&id);
         assert!(s.open(&id).is_none());
-        assert!(s.open(&s.seal("2025-11-25", &hello(), None)).is_some());
+        assert!(
+            s.open(&s.seal("2025-11-25", &hello(), None, &[]).0)
+                .is_some()
+        );
     }
 
     #[test]
     fn expired_ids_do_not_open() {
         let s = Sealer::new(&[[1; 32]], Duration::ZERO).unwrap();
-        let id = s.seal("2025-11-25", &hello(), None);
+        let id = s.seal("2025-11-25", &hello(), None, &[]).0;
         // Issued this second; a lifetime of zero seconds ends with it.
         std::thread::sleep(Duration::from_millis(1100));
         assert!(s.open(&id).is_none());
+    }
+
+    fn upstream(id: &str) -> UpstreamSession {
+        UpstreamSession {
+            id: id.to_string(),
+            version: "2025-11-25".into(),
+            capabilities: json!({ "tools": { "listChanged": true }, "logging": {} }),
+        }
+    }
+
+    #[test]
+    fn upstream_sessions_travel_in_the_id() {
+        let a = Sealer::new(&[[7; 32]], DAY).unwrap();
+        let b = Sealer::new(&[[7; 32]], DAY).unwrap();
+        let sessions = [
+            ("beta", upstream("3f9c2a77-1b0e-4d5c-9a61-0f3f5e2d8c11")),
+            ("gamma", upstream("g-42")),
+        ];
+        let (id, left_out) = a.seal("2025-11-25", &hello(), Some("alice"), &sessions);
+        assert!(left_out.is_empty(), "{left_out:?}");
+        let opened = b.open(&id).expect("opens");
+        let names: Vec<&str> = opened.upstreams.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["beta", "gamma"]);
+        assert_eq!(opened.upstreams[0].1, sessions[0].1);
+        assert_eq!(opened.upstreams[1].1, sessions[1].1);
+        assert_eq!(opened.owner.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn an_id_sealed_before_upstream_sessions_were_carried_still_opens() {
+        // What the previous version sealed: no `u`.
+        let keys = Keyring::new(&[[5; 32]]).unwrap();
+        let text = json!({ "v": "2025-11-25", "c": {}, "i": { "name": "old" }, "t": now() });
+        let id = Keyring::text(PREFIX, &keys.seal(text.to_string().as_bytes(), AAD));
+        let opened = Sealer::new(&[[5; 32]], DAY)
+            .unwrap()
+            .open(&id)
+            .expect("opens");
+        assert!(opened.upstreams.is_empty());
+        assert_eq!(opened.hello.client_info["name"], "old");
+    }
+
+    #[test]
+    fn upstream_sessions_that_do_not_fit_stay_out_and_the_id_stays_bounded() {
+        let s = Sealer::new(&[[1; 32]], DAY).unwrap();
+        let long = "x".repeat(MAX_UPSTREAM_ID + 1);
+        let max = "y".repeat(MAX_UPSTREAM_ID);
+        let mut sessions = vec![
+            ("long", upstream(&long)),
+            ("spaced", upstream("has a space")),
+            ("max", upstream(&max)),
+        ];
+        let names: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
+        for name in &names {
+            sessions.push((name.as_str(), upstream(&"z".repeat(200))));
+        }
+        let (id, left_out) = s.seal("2025-11-25", &hello(), None, &sessions);
+        assert!(id.len() <= MAX_ID, "{} > {MAX_ID}", id.len());
+        assert!(left_out.contains(&"long".to_string()));
+        assert!(left_out.contains(&"spaced".to_string()));
+        assert!(!left_out.contains(&"max".to_string()));
+        assert!(left_out.contains(&"u29".to_string()), "no room for all 30");
+        let opened = s.open(&id).expect("opens");
+        let carried: Vec<&str> = opened.upstreams.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(carried[0], "max");
+        assert_eq!(carried.len() + left_out.len(), sessions.len());
+        assert!(carried.iter().all(|n| !left_out.iter().any(|l| l == n)));
+        // The largest id possible still opens; one byte more is refused unread.
+        assert!(
+            s.open(&format!("{id}{}", "A".repeat(MAX_ID + 1 - id.len())))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn large_upstream_capabilities_keep_what_the_gateway_reads() {
+        let s = Sealer::new(&[[1; 32]], DAY).unwrap();
+        let mut caps = json!({
+            "tools": { "listChanged": true },
+            "logging": {},
+            "tasks": { "list": {}, "requests": { "tools": { "call": {} } } },
+            "experimental": { "big": "e".repeat(2000) },
+        });
+        caps["resources"] = json!({ "subscribe": true, "notes": "n".repeat(1000) });
+        let big = UpstreamSession {
+            capabilities: caps,
+            ..upstream("s1")
+        };
+        let (id, left_out) = s.seal("2025-11-25", &hello(), None, &[("beta", big)]);
+        assert!(left_out.is_empty());
+        let c = &s.open(&id).unwrap().upstreams[0].1.capabilities;
+        assert!(c.get("experimental").is_none(), "{c}");
+        assert_eq!(c["tools"]["listChanged"], true);
+        assert_eq!(c["resources"]["subscribe"], true);
+        assert!(c["logging"].is_object() && c["tasks"]["list"].is_object());
+        assert!(c["tasks"]["requests"]["tools"]["call"].is_object());
+
+        // Capabilities whose shape alone is too large: the upstream stays out.
+        let wide: Map<String, Value> = (0..16)
+            .map(|i| (format!("{i:0>60}"), json!({ "a": {}, "b": {} })))
+            .collect();
+        let huge = UpstreamSession {
+            capabilities: Value::Object(wide),
+            ..upstream("s2")
+        };
+        let (id, left_out) = s.seal("2025-11-25", &hello(), None, &[("wide", huge)]);
+        assert_eq!(left_out, ["wide"]);
+        assert!(s.open(&id).unwrap().upstreams.is_empty());
     }
 
     #[test]
@@ -310,13 +511,13 @@ mod tests {
             capabilities: Value::Object(big),
             client_info: json!({ "name": "n".repeat(10_000) }),
         };
-        let id = s.seal("2025-11-25", &h, Some(&"o".repeat(10_000)));
+        let id = s.seal("2025-11-25", &h, Some(&"o".repeat(10_000)), &[]).0;
         assert!(id.len() <= MAX_ID, "{}", id.len());
         assert!(s.open(&id).is_some());
     }
 }
 
-/// Cost of sealing and opening one id. Run with
+/// Cost of sealing and opening one id carrying one upstream session. Run with
 /// `cargo test --workspace --lib seal_and_open_cost -- --ignored --nocapture` (add
 /// `--release` for optimised numbers).
 #[cfg(test)]
@@ -328,10 +529,21 @@ fn seal_and_open_cost() {
         capabilities: json!({ "roots": { "listChanged": true }, "sampling": {}, "elicitation": {} }),
         client_info: json!({ "name": "claude-code", "version": "2.1.0" }),
     };
+    // One HTTP upstream session carried, as with one session-era HTTP upstream.
+    let upstream = UpstreamSession {
+        id: "0933b7b9-2e3f-41d2-bad0-84d9c1352f95".into(),
+        version: "2025-11-25".into(),
+        capabilities: json!({ "tools": { "listChanged": true }, "prompts": { "listChanged": true },
+            "resources": { "subscribe": true, "listChanged": true }, "logging": {}, "completions": {} }),
+    };
+    let upstreams = [("beta", upstream)];
     let n = 20_000;
     let started = std::time::Instant::now();
     let ids: Vec<String> = (0..n)
-        .map(|_| s.seal("2025-11-25", &hello, Some("alice@example.com")))
+        .map(|_| {
+            s.seal("2025-11-25", &hello, Some("alice@example.com"), &upstreams)
+                .0
+        })
         .collect();
     let seal = started.elapsed() / n;
     let started = std::time::Instant::now();

@@ -19,10 +19,6 @@
 //! `notifications/tasks/status`, and the `related-task` `_meta` of any message. The
 //! client's `related-task` `_meta` is mapped back.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -32,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::Session;
 use crate::mcp::methods::{self, meta};
 use crate::mcp::{Message, codes, version};
+use crate::seal::{Keyring, derive};
 use crate::upstream::Related;
 
 const PREFIX: &str = "pt1.";
@@ -45,8 +42,7 @@ const MAX_LIST_PAGES: usize = 10;
 
 /// Seals and opens gateway task ids.
 pub struct TaskIds {
-    current: Aes256Gcm,
-    previous: Vec<Aes256Gcm>,
+    keys: Keyring,
     /// Secret that makes the nonce of an id: the same task gets the same id every time.
     nonce_key: [u8; 32],
 }
@@ -59,14 +55,6 @@ struct Body {
     t: String,
 }
 
-/// A key for task ids derived from a session key, so one key never serves two purposes.
-fn derive(key: &[u8; 32], purpose: &[u8]) -> [u8; 32] {
-    let mut h = sha2::Sha256::new();
-    h.update(purpose);
-    h.update(key);
-    h.finalize().into()
-}
-
 /// The associated data binding an id to its owner.
 fn aad(owner: &str) -> Vec<u8> {
     let mut aad = b"portcullis task id v1:".to_vec();
@@ -77,10 +65,8 @@ fn aad(owner: &str) -> Vec<u8> {
 impl TaskIds {
     /// Ids that open only in this process (no `[cluster] session-key`).
     pub fn random() -> Self {
-        let key: [u8; 32] = rand::random();
         TaskIds {
-            current: Aes256Gcm::new(&key.into()),
-            previous: Vec::new(),
+            keys: Keyring::random(),
             nonce_key: rand::random(),
         }
     }
@@ -88,12 +74,15 @@ impl TaskIds {
     /// Ids every replica holding the session keys opens (`keys[0]` seals); `None` without
     /// keys.
     pub fn from_session_keys(keys: &[[u8; 32]]) -> Option<Self> {
-        let (first, rest) = keys.split_first()?;
-        let cipher = |k: &[u8; 32]| Aes256Gcm::new(&derive(k, b"portcullis task id key v1").into());
+        // A key for task ids derived from each session key, so one key never serves two
+        // purposes.
+        let derived: Vec<[u8; 32]> = keys
+            .iter()
+            .map(|k| derive(k, b"portcullis task id key v1"))
+            .collect();
         Some(TaskIds {
-            current: cipher(first),
-            previous: rest.iter().map(cipher).collect(),
-            nonce_key: derive(first, b"portcullis task id nonce v1"),
+            keys: Keyring::new(&derived)?,
+            nonce_key: derive(keys.first()?, b"portcullis task id nonce v1"),
         })
     }
 
@@ -119,46 +108,14 @@ impl TaskIds {
         let digest: [u8; 32] = h.finalize().into();
         let mut nonce = [0u8; 12];
         nonce.copy_from_slice(&digest[..12]);
-        let sealed = self
-            .current
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &text,
-                    aad: &aad,
-                },
-            )
-            .ok()?;
-        let mut raw = Vec::with_capacity(12 + sealed.len());
-        raw.extend_from_slice(&nonce);
-        raw.extend_from_slice(&sealed);
-        Some(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw)))
+        let raw = self.keys.seal_with_nonce(nonce, &text, &aad);
+        Some(Keyring::text(PREFIX, &raw))
     }
 
     /// (upstream name, its task id) of a gateway id sealed for `owner`; `None` for anything
     /// else (another owner's, forged, malformed).
     pub fn open(&self, owner: &str, id: &str) -> Option<(String, String)> {
-        if id.len() > MAX_ID {
-            return None;
-        }
-        let raw = URL_SAFE_NO_PAD.decode(id.strip_prefix(PREFIX)?).ok()?;
-        if raw.len() < 12 + 16 {
-            return None;
-        }
-        let (nonce, sealed) = raw.split_at(12);
-        let aad = aad(owner);
-        let text = std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find_map(|c| {
-                c.decrypt(
-                    Nonce::from_slice(nonce),
-                    Payload {
-                        msg: sealed,
-                        aad: &aad,
-                    },
-                )
-                .ok()
-            })?;
+        let text = self.keys.open_text(PREFIX, MAX_ID, id, &aad(owner))?;
         let body: Body = serde_json::from_slice(&text).ok()?;
         Some((body.u, body.t))
     }

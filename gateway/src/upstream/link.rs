@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::transport::Transport;
-use super::{Hello, InboundHandler, Related, Upstream, UpstreamError, http, recorded, stdio};
+use super::{
+    Hello, InboundHandler, Related, Upstream, UpstreamError, UpstreamSession, http, recorded, stdio,
+};
 use crate::mcp::{Kind, Message, methods};
 
 /// An initialized MCP session with one upstream, owned by one client session.
@@ -76,6 +78,46 @@ impl Link {
         };
         tracing::info!(upstream = %upstream.name, transport = link.transport.kind(), protocol = version, "upstream connected");
         Ok(link)
+    }
+
+    /// A link on an upstream session another replica opened (sealed into the client's
+    /// session id): no `initialize`. If the upstream no longer knows that session (HTTP 404),
+    /// the link initializes a new one and retries, as for any expired upstream session.
+    pub fn attach(
+        upstream: &Arc<Upstream>,
+        hello: &Hello,
+        handler: Weak<dyn InboundHandler>,
+        resumed: &UpstreamSession,
+    ) -> Result<Arc<Link>, UpstreamError> {
+        let Some(client) = &upstream.http else {
+            return Err(UpstreamError::Unavailable {
+                upstream: upstream.name.clone(),
+                reason: "only HTTP upstream sessions are resumed".into(),
+            });
+        };
+        let (transport, init) = http::attach(upstream, client, hello, handler, resumed)?;
+        upstream.health.link_opened();
+        Ok(Arc::new(Link {
+            upstream: upstream.clone(),
+            transport,
+            init,
+        }))
+    }
+
+    /// This link's upstream session as another replica needs it to use it too; `None` for
+    /// links that have none to share (stdio, legacy SSE, 2026-07-28).
+    pub fn upstream_session(&self) -> Option<UpstreamSession> {
+        Some(UpstreamSession {
+            id: self.transport.session_id()?,
+            version: self.init["protocolVersion"].as_str()?.to_string(),
+            capabilities: self.capabilities().clone(),
+        })
+    }
+
+    /// Whether dropping this link leaves its upstream session open (`true` while it is
+    /// sealed into the client's session id, for other replicas) or ends it (`DELETE`).
+    pub fn keep_open(&self, keep: bool) {
+        self.transport.keep_open(keep);
     }
 
     pub fn is_alive(&self) -> bool {

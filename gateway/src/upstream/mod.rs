@@ -196,6 +196,20 @@ impl Upstream {
         }
     }
 
+    /// Whether a client session's link to this upstream may be opened at `initialize` and its
+    /// upstream session sealed into the client's session id, for other replicas to resume:
+    /// a Streamable HTTP upstream that may speak the session era, without a per-caller
+    /// credential (the caller's token is not known yet at `initialize`). Stdio children,
+    /// legacy HTTP+SSE streams and 2026-07-28 upstreams (no session) stay per replica.
+    pub fn seals_sessions(&self) -> bool {
+        self.http.is_some()
+            && self.credential.is_none()
+            && self.config.transport != HttpTransport::Sse
+            && !self.speaks_sse.load(Ordering::Relaxed)
+            && self.config.protocol != crate::config::UpstreamProtocol::Stateless
+            && self.era() != Era::Stateless
+    }
+
     /// Token exchanges of this upstream since start (`None`: it has none configured).
     pub fn token_exchange_counts(&self) -> Option<&credential::Counts> {
         self.credential.as_ref().map(|c| &c.counts)
@@ -229,6 +243,18 @@ pub(crate) enum Era {
     /// Both: `server/discover` lists session-era versions and 2026-07-28. Each client gets a
     /// link in its own era.
     Dual = 3,
+}
+
+/// An upstream session as another replica needs it to go on using it without `initialize`
+/// (sealed into the client's session id: `session/seal.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSession {
+    /// The upstream's `Mcp-Session-Id`.
+    pub id: String,
+    /// The protocol revision it negotiated.
+    pub version: String,
+    /// Its capabilities (what the gateway reads of them: which lists it has, logging, tasks).
+    pub capabilities: Value,
 }
 
 /// What the gateway tells an upstream about the client in `initialize`: the client's own

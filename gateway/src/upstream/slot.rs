@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{Hello, InboundHandler, Link, Upstream, UpstreamError};
+use super::{Hello, InboundHandler, Link, Upstream, UpstreamError, UpstreamSession};
 
 /// First retry delay after a failure; doubles per consecutive failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -40,6 +40,9 @@ struct State {
     connected_before: bool,
     failures: u32,
     retry_at: Option<Instant>,
+    /// An upstream session another replica opened for this client session (sealed into
+    /// its id): the first link attaches to it instead of initializing.
+    resume: Option<UpstreamSession>,
 }
 
 impl Slot {
@@ -53,6 +56,37 @@ impl Slot {
             upstream,
             session_client,
             state: Mutex::new(State::default()),
+        }
+    }
+
+    /// This slot's first link goes on with `session` (opened by another replica) rather
+    /// than initializing one.
+    pub fn resuming(mut self, session: UpstreamSession) -> Self {
+        self.state.get_mut().resume = Some(session);
+        self
+    }
+
+    /// Makes `link`, connected already (at the client's `initialize`), this slot's link.
+    pub async fn install(&self, link: Arc<Link>) {
+        let mut st = self.state.lock().await;
+        st.link = Some((link, Instant::now()));
+        st.connected_before = true;
+    }
+
+    /// The client ended its session: the upstream session ends with this slot's link, even
+    /// one sealed into the client's session id (see [`Link::keep_open`]), and even when this
+    /// replica never used it. Does not wait for a connect in progress.
+    pub fn end(&self, hello: &Hello, handler: Weak<dyn InboundHandler>) {
+        let Ok(mut st) = self.state.try_lock() else {
+            return;
+        };
+        if let Some((link, _)) = &st.link {
+            link.keep_open(false);
+        } else if let Some(resumed) = st.resume.take()
+            && let Ok(link) = Link::attach(&self.upstream, hello, handler, &resumed)
+        {
+            // Dropped at once: its upstream session is ended.
+            link.keep_open(false);
         }
     }
 
@@ -97,6 +131,21 @@ impl Slot {
                     (at - Instant::now()).as_millis()
                 ),
             });
+        }
+        if !st.connected_before
+            && let Some(resumed) = st.resume.take()
+        {
+            match Link::attach(&self.upstream, hello, handler.clone(), &resumed) {
+                Ok(link) => {
+                    tracing::info!(upstream = %self.upstream.name, protocol = %resumed.version, "upstream session resumed from the sealed session id");
+                    st.link = Some((link.clone(), Instant::now()));
+                    st.connected_before = true;
+                    return Ok((link, Fresh::First));
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %self.upstream.name, error = %e, "sealed upstream session not resumed; opening a new one");
+                }
+            }
         }
         match Link::connect(&self.upstream, hello, handler, self.session_client).await {
             Ok(link) => {

@@ -44,6 +44,17 @@ pub(super) trait Transport: Send + Sync {
         Err(msg)
     }
 
+    /// The upstream's session id, when another replica could go on using this link's
+    /// upstream session (Streamable HTTP in the session era).
+    fn session_id(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether dropping the link leaves its current upstream session open (it is sealed
+    /// into the client's session id, so other replicas may be using it) rather than ending
+    /// it.
+    fn keep_open(&self, _keep: bool) {}
+
     /// Where this link's upstream-side request ids come from.
     fn ids(&self) -> &RequestIds;
 

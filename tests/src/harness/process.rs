@@ -700,6 +700,11 @@ impl Fixture {
         Self::spawn_http(name, &addr.to_string(), &[]).await
     }
 
+    /// [`Fixture::http_on`] with extra command-line arguments.
+    pub async fn http_on_with_args(name: &str, addr: SocketAddr, extra_args: &[&str]) -> Fixture {
+        Self::spawn_http(name, &addr.to_string(), extra_args).await
+    }
+
     async fn spawn_http(name: &str, bind: &str, extra_args: &[&str]) -> Fixture {
         let mut args = vec!["--http", bind, "--name", name];
         args.extend_from_slice(extra_args);

@@ -252,7 +252,9 @@ impl Front {
             }
             let Admitted { msg, call, .. } = admitted;
             let caller = call.as_ref().and_then(|c| c.identity());
-            let (session, answer) = self.open_session(msg, caller, peer, version::negotiate)?;
+            let (session, answer) = self
+                .open_session(msg, caller, peer, version::negotiate)
+                .await?;
             return Ok(Handled::Opened(session, answer));
         };
         Ok(

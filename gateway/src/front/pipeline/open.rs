@@ -94,8 +94,10 @@ impl Front {
 
     /// Creates the session an `initialize` request asks for (owned by the caller, when authn
     /// established one) and the answer to send; `negotiate` picks the protocol revision.
+    /// With sealed ids this opens the upstream sessions the id carries first (bounded by
+    /// each upstream's `list-timeout`).
     /// Sessions are counted per caller: the subject authn established, else `peer`.
-    pub(in crate::front) fn open_session(
+    pub(in crate::front) async fn open_session(
         &self,
         msg: Message,
         caller: Option<&Identity>,
@@ -124,6 +126,7 @@ impl Front {
         let session = match self
             .sessions
             .open_as(version, hello, quota.as_deref(), owner)
+            .await
         {
             Ok(s) => s,
             Err(Refused::Full) => {

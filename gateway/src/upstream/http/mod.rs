@@ -29,6 +29,19 @@ use crate::mcp::Message;
 
 pub(super) use detect::connect;
 
+/// A link on an upstream session another replica opened (`Link::attach`).
+pub(super) fn attach(
+    upstream: &std::sync::Arc<Upstream>,
+    client: &Client,
+    hello: &super::Hello,
+    handler: std::sync::Weak<dyn super::InboundHandler>,
+    resumed: &super::UpstreamSession,
+) -> Result<(Box<dyn super::transport::Transport>, serde_json::Value), UpstreamError> {
+    let (link, init) =
+        streamable::HttpLink::attach(upstream, client.clone(), hello, handler, resumed)?;
+    Ok((Box::new(link), init))
+}
+
 /// The per-upstream HTTP client: pool, URL and static headers.
 #[derive(Clone, Debug)]
 pub struct Client {

@@ -4,7 +4,9 @@
 //! connection pool. A request's response may be JSON or an SSE stream; notifications and
 //! requests on that stream belong to the request and go to its client stream. The upstream's
 //! GET stream (if it offers one) carries everything else. An expired upstream session (HTTP
-//! 404) is re-initialized once, transparently, and the request retried.
+//! 404) is re-initialized once, transparently, and the request retried. That covers a link
+//! attached to an upstream session another replica opened (sealed into the client's session
+//! id, [`HttpLink::attach`]) which the upstream has forgotten.
 //!
 //! An upstream that speaks only MCP 2026-07-28 (or is pinned to it) is spoken to statelessly
 //! instead (`stateless.rs` here and in `upstream/`): no `initialize`, no session id, the
@@ -44,6 +46,9 @@ pub struct HttpLink {
     /// 2026-07-28: tool name → its `x-mcp-header` arguments, from `tools/list` results.
     pub(super) tool_params:
         std::sync::Mutex<std::collections::HashMap<String, crate::mcp::headers::ParamHeaders>>,
+    /// The upstream session id sealed into the client's session id: other replicas may use
+    /// it, so dropping the link does not end it (`Transport::keep_open`).
+    kept: std::sync::Mutex<Option<HeaderValue>>,
 }
 
 #[derive(Clone, Default)]
@@ -66,18 +71,7 @@ impl HttpLink {
         handler: Weak<dyn InboundHandler>,
         session_client: bool,
     ) -> Result<(Self, Value), UpstreamError> {
-        let mut link = HttpLink {
-            upstream: upstream.clone(),
-            client,
-            handler,
-            hello: hello.clone(),
-            ids: RequestIds::default(),
-            state: RwLock::new(SessionState::default()),
-            reinit: Mutex::new(()),
-            listener: std::sync::Mutex::new(None),
-            stateless: None,
-            tool_params: Default::default(),
-        };
+        let mut link = HttpLink::new(upstream, client, hello, handler, SessionState::default());
         let stateless = Stateless::new(upstream.name.clone(), hello.clone());
         let unreachable = |e: &UpstreamError| {
             // A caller without a credential learns nothing about the upstream's era either.
@@ -122,6 +116,57 @@ impl HttpLink {
                 upstream.set_era(Era::Unknown);
             }
         })?;
+        Ok((link, init))
+    }
+
+    fn new(
+        upstream: &Arc<Upstream>,
+        client: Client,
+        hello: &Hello,
+        handler: Weak<dyn InboundHandler>,
+        state: SessionState,
+    ) -> Self {
+        HttpLink {
+            upstream: upstream.clone(),
+            client,
+            handler,
+            hello: hello.clone(),
+            ids: RequestIds::default(),
+            state: RwLock::new(state),
+            reinit: Mutex::new(()),
+            listener: std::sync::Mutex::new(None),
+            stateless: None,
+            tool_params: Default::default(),
+            kept: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A link on an upstream session another replica opened: no `initialize`; the GET
+    /// stream is opened as after one. An upstream that forgot the session answers 404 to
+    /// the first request, which re-initializes (`call`).
+    pub fn attach(
+        upstream: &Arc<Upstream>,
+        client: Client,
+        hello: &Hello,
+        handler: Weak<dyn InboundHandler>,
+        resumed: &crate::upstream::UpstreamSession,
+    ) -> Result<(Self, Value), UpstreamError> {
+        let bad = |what: &str| UpstreamError::Protocol {
+            upstream: upstream.name.clone(),
+            detail: format!("sealed upstream session has an unusable {what}"),
+        };
+        let id = HeaderValue::from_str(&resumed.id).map_err(|_| bad("session id"))?;
+        let state = SessionState {
+            session_id: Some(id.clone()),
+            version: Some(HeaderValue::from_str(&resumed.version).map_err(|_| bad("version"))?),
+        };
+        let link = HttpLink::new(upstream, client, hello, handler, state.clone());
+        *link.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        link.listen(state);
+        let init = serde_json::json!({
+            "protocolVersion": resumed.version,
+            "capabilities": resumed.capabilities,
+        });
         Ok((link, init))
     }
 
@@ -376,7 +421,9 @@ impl HttpLink {
         }
     }
 
-    /// Ends the upstream session: stops listening and sends DELETE (best effort).
+    /// Ends the upstream session: stops listening and sends DELETE (best effort), unless it
+    /// is the one sealed into the client's session id and still kept open for other
+    /// replicas.
     fn close(&self) {
         if let Some(task) = self
             .listener
@@ -387,6 +434,11 @@ impl HttpLink {
             task.abort();
         }
         let state = self.session();
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if state.session_id.is_some() && state.session_id == kept {
+            tracing::debug!(upstream = %self.upstream.name, "upstream session left open: the client's session id carries it");
+            return;
+        }
         if state.session_id.is_some() {
             let req = self.builder(reqwest::Method::DELETE, &state);
             let (upstream, handler) = (self.upstream.clone(), self.handler.clone());
@@ -414,6 +466,19 @@ impl Transport for HttpLink {
 
     fn ids(&self) -> &RequestIds {
         &self.ids
+    }
+
+    fn session_id(&self) -> Option<String> {
+        if self.stateless.is_some() {
+            return None;
+        }
+        let id = self.session().session_id?;
+        id.to_str().ok().map(str::to_string)
+    }
+
+    fn keep_open(&self, keep: bool) {
+        let id = keep.then(|| self.session().session_id).flatten();
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = id;
     }
 
     /// The answer comes on the POST itself (as JSON, or on the request's SSE stream, which
