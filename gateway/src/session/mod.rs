@@ -14,9 +14,10 @@
 //! phase) they pass it first, in order, through the session's outbox task.
 //!
 //! Where the work lives: `handle.rs` client messages and upstream messages (forwarding, id
-//! maps), `router.rs` name/URI resolution and list merging, `lists.rs` gathering each upstream's part of a list under its `list-timeout`, `input.rs` the `input_required`
-//! bridge, `stream.rs` resumable SSE streams, `tasks.rs` task ids (sealed, per owner) and
-//! the `tasks/*` methods.
+//! maps), `links.rs` its links to the upstreams as its router sees them (name/URI
+//! resolution and list merging are the router's, `catalog/router.rs`), `input.rs` the
+//! `input_required` bridge, `stream.rs` resumable SSE streams, `tasks.rs` task ids (sealed,
+//! per owner) and the `tasks/*` methods.
 //!
 //! [`Sessions`] is the store. Session ids are 128-bit random values, or, with
 //! `[cluster] session-key`, sealed ids any replica resumes (`seal.rs`); state lives in this
@@ -25,12 +26,12 @@
 
 mod handle;
 mod input;
-mod lists;
-mod router;
+mod links;
 pub mod seal;
 pub mod stream;
 mod tasks;
 
+pub use crate::catalog::{Resolved, Route};
 pub use tasks::TaskIds;
 
 use std::collections::VecDeque;
@@ -44,42 +45,11 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Names, SessionCatalog};
+use crate::catalog::{Names, Router};
 use crate::mcp::{IdKey, Kind, Message};
 use crate::policy::Identity;
 use crate::upstream::{Hello, Slot, Upstream};
 use stream::EventStream;
-
-/// A routing policy's choice for one request.
-#[derive(Debug, Clone, Default)]
-pub struct Route {
-    pub upstream: Option<String>,
-    pub target: Option<String>,
-}
-
-/// Where the catalog sends one request, found once per call (before the policy chain, which
-/// sees it as the call's destination) and carried to the session that forwards it.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    /// The name or URI the client asked for.
-    asked: String,
-    /// Its owner and the name it has there; `None`: no upstream has it.
-    target: Option<crate::catalog::Target>,
-}
-
-impl Resolved {
-    /// The resolution of `name`, when this is it (a policy may have rewritten the name
-    /// since; then it is resolved again).
-    fn of_name(&self, name: &str) -> Option<Option<&crate::catalog::Target>> {
-        (self.asked == name).then_some(self.target.as_ref())
-    }
-
-    /// The resolution of `msg`'s name or URI, when this is it.
-    fn of(&self, msg: &Message) -> Option<Option<&crate::catalog::Target>> {
-        let asked = msg.param_str("name").or_else(|| msg.param_str("uri"))?;
-        self.of_name(asked)
-    }
-}
 
 /// POST streams kept per session for `Last-Event-ID` resumption.
 const KEPT_STREAMS: usize = 64;
@@ -117,10 +87,8 @@ pub struct Session {
     pub version: &'static str,
     hello: Hello,
     slots: Vec<Slot>,
-    catalog: SessionCatalog,
-    /// Its list fetches in progress (`lists.rs`).
-    lists: lists::ListFetches,
-    page_size: usize,
+    /// Where its requests go: name and URI resolution, list merging (`catalog/router.rs`).
+    router: Arc<Router>,
     /// Messages not tied to a request: the GET stream.
     pub standalone: EventStream,
     /// Change notifications (list changes, resource updates) for `subscriptions/listen`
@@ -248,7 +216,7 @@ impl Session {
                 .position(|s| &*s.upstream.name == upstream)
         {
             for kind in changed {
-                self.catalog.invalidate(*kind, idx);
+                self.router.catalog().invalidate(*kind, idx);
             }
         }
         self.deliver_here(msg, change);
@@ -550,9 +518,7 @@ impl Sessions {
                 .iter()
                 .map(|u| Slot::for_client(u.clone(), version != crate::mcp::version::STATELESS))
                 .collect(),
-            catalog: SessionCatalog::new(self.names.clone()),
-            lists: Default::default(),
-            page_size: self.page_size,
+            router: Arc::new(Router::new(self.names.clone(), self.page_size)),
             standalone: EventStream::new(STANDALONE_STREAM, cap, id.clone()),
             changes: tokio::sync::broadcast::channel(64).0,
             streams: Mutex::new(VecDeque::new()),
