@@ -7,7 +7,6 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::input::MAX_INPUT_ROUNDS;
 use super::{Resolved, Route, Session};
 use crate::catalog::{Dispatch, Forward, ListKind};
 use crate::mcp::{IdKey, Kind, Message, codes, methods};
@@ -187,36 +186,17 @@ impl Session {
                 .result_value()
                 .filter(|r| r["resultType"] == "input_required")
                 .cloned();
-            let (Some(asks), Some(mut again)) = (asks, retry) else {
+            let (Some(asks), Some(again)) = (asks, retry) else {
                 break Ok(response);
             };
             rounds += 1;
-            if rounds > MAX_INPUT_ROUNDS {
-                break Ok(Message::error(
-                    id.clone(),
-                    codes::INTERNAL_ERROR,
-                    &format!("upstream asked for input {MAX_INPUT_ROUNDS} times without finishing"),
-                    None,
-                ));
-            }
-            match self.ask_client(&asks, &out, link.upstream.timeout()).await {
-                Ok(answers) => {
-                    let params = again.params_mut();
-                    params.insert("inputResponses".into(), Value::Object(answers));
-                    match asks.get("requestState") {
-                        Some(state) => params.insert("requestState".into(), state.clone()),
-                        None => params.remove("requestState"),
-                    };
-                    msg = again;
-                }
-                Err(why) => {
-                    break Ok(Message::error(
-                        id.clone(),
-                        codes::INTERNAL_ERROR,
-                        &why,
-                        None,
-                    ));
-                }
+            let timeout = link.upstream.timeout();
+            match self
+                .answer_input(&id, rounds, &asks, again, &out, timeout)
+                .await
+            {
+                Ok(retry) => msg = retry,
+                Err(answer) => break Ok(answer),
             }
         };
         self.inflight.remove(&key);
