@@ -213,16 +213,11 @@ impl Hub {
             self.tell_child(Message::result(id, json!({})));
             return;
         }
-        let capability = match msg.method() {
-            "sampling/createMessage" => Some("sampling"),
-            "elicitation/create" => Some("elicitation"),
-            "roots/list" => Some("roots"),
-            _ => None,
-        };
+        let capability = methods::client_capability(msg.method());
         let mut routes = self.routes();
         let target = match Self::owner(&routes, related) {
             Ok(Some(owner)) => owner,
-            Ok(None) if msg.method() == "roots/list" => match routes.last_active {
+            Ok(None) if msg.method() == methods::ROOTS_LIST => match routes.last_active {
                 Some(s) => (s, None),
                 None => {
                     drop(routes);
