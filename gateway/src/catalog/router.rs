@@ -449,12 +449,18 @@ impl Router {
         self.merged(links, kind).await.route(exposed).or_else(split)
     }
 
+    /// A URI with an upstream's prefix (`<upstream>+<uri>`), split without listing.
+    fn prefixed_uri(&self, uri: &str) -> Option<Target> {
+        let (upstream, name) = self.names().split_uri(uri)?;
+        Some(Target {
+            upstream,
+            name: name.into(),
+        })
+    }
+
     async fn route_uri<L: Links>(self: &Arc<Self>, links: &L, uri: &str) -> Option<Target> {
-        if let Some((upstream, name)) = self.names().split_uri(uri) {
-            return Some(Target {
-                upstream,
-                name: name.into(),
-            });
+        if let Some(t) = self.prefixed_uri(uri) {
+            return Some(t);
         }
         let resources = self.merged(links, ListKind::Resources).await;
         if let Some(t) = resources.route(uri) {
@@ -480,11 +486,8 @@ impl Router {
     }
 
     async fn route_template<L: Links>(self: &Arc<Self>, links: &L, uri: &str) -> Option<Target> {
-        if let Some((upstream, name)) = self.names().split_uri(uri) {
-            return Some(Target {
-                upstream,
-                name: name.into(),
-            });
+        if let Some(t) = self.prefixed_uri(uri) {
+            return Some(t);
         }
         let templates = self.merged(links, ListKind::Templates).await;
         templates.route(uri).or_else(|| {

@@ -51,156 +51,171 @@ impl SharedLink {
         timeout: Duration,
     ) -> Result<Message, UpstreamError> {
         let id = msg.id().cloned().unwrap_or(Value::Null);
+        let _changing = self.hub.changes.lock().await;
+        if msg.method() == methods::LOGGING_SET_LEVEL {
+            return self.set_level(id, &msg, timeout).await;
+        }
+        let Some(uri) = msg.param_str("uri").map(str::to_string) else {
+            return Ok(Message::error(
+                id,
+                codes::INVALID_PARAMS,
+                "missing \"uri\"",
+                None,
+            ));
+        };
+        let mut answer = if msg.method() == methods::RESOURCES_SUBSCRIBE {
+            self.subscribe(id.clone(), uri, msg, timeout).await?
+        } else {
+            self.unsubscribe(id.clone(), uri, msg, timeout).await?
+        };
+        answer.set_id(id);
+        Ok(answer)
+    }
+
+    /// This session's level; the child is told the most verbose level any session asked for.
+    async fn set_level(
+        &self,
+        id: Value,
+        msg: &Message,
+        timeout: Duration,
+    ) -> Result<Message, UpstreamError> {
         let hub = &self.hub;
-        let _changing = hub.changes.lock().await;
-        match msg.method() {
-            methods::LOGGING_SET_LEVEL => {
-                let Some(rank) = msg.param_str("level").and_then(level_rank) else {
-                    return Ok(Message::error(
-                        id,
-                        codes::INVALID_PARAMS,
-                        "\"level\" must be one of debug, info, notice, warning, error, critical, alert, emergency",
-                        None,
-                    ));
-                };
-                let tell = {
-                    let mut routes = hub.routes();
-                    if let Some(m) = routes.sessions.get_mut(&self.key) {
-                        m.level = Some(rank);
-                    }
-                    let min = routes.sessions.values().filter_map(|m| m.level).min();
-                    min.filter(|m| Some(*m) != routes.child_level)
-                };
-                let Some(level) = tell else {
-                    return Ok(Message::result(id, json!({})));
-                };
-                if self.is_stateless() {
-                    // Becomes the child-wide `_meta` log level.
-                    let set = Message::request(
-                        Value::Null,
-                        methods::LOGGING_SET_LEVEL,
-                        Some(json!({ "level": level_name(level) })),
-                    );
-                    self.answer_locally(&set);
-                    hub.routes().child_level = Some(level);
-                    return Ok(Message::result(id, json!({})));
-                }
-                let set = Message::request(
-                    Value::Null,
-                    methods::LOGGING_SET_LEVEL,
-                    Some(json!({ "level": level_name(level) })),
-                );
-                let mut answer = hub.ask_child(set, timeout).await?;
-                if !answer.is_error() {
-                    hub.routes().child_level = Some(level);
-                }
-                answer.set_id(id);
-                Ok(answer)
+        let Some(rank) = msg.param_str("level").and_then(level_rank) else {
+            return Ok(Message::error(
+                id,
+                codes::INVALID_PARAMS,
+                "\"level\" must be one of debug, info, notice, warning, error, critical, alert, emergency",
+                None,
+            ));
+        };
+        let tell = {
+            let mut routes = hub.routes();
+            if let Some(m) = routes.sessions.get_mut(&self.key) {
+                m.level = Some(rank);
             }
-            methods::RESOURCES_SUBSCRIBE => {
-                let Some(uri) = msg.param_str("uri").map(str::to_string) else {
-                    return Ok(Message::error(
-                        id,
-                        codes::INVALID_PARAMS,
-                        "missing \"uri\"",
-                        None,
-                    ));
-                };
-                {
-                    let routes = hub.routes();
-                    if routes
-                        .subscriptions
-                        .get(&uri)
-                        .is_some_and(|s| s.contains(&self.key))
-                    {
-                        return Ok(Message::result(id, json!({})));
-                    }
-                    let held = routes
-                        .sessions
-                        .get(&self.key)
-                        .map_or(0, |m| m.subscriptions);
-                    if held >= MAX_SESSION_SUBSCRIPTIONS
-                        || (!routes.subscriptions.contains_key(&uri)
-                            && routes.subscriptions.len() >= MAX_SUBSCRIPTIONS)
-                    {
-                        return Ok(Message::error(
-                            id,
-                            codes::INVALID_REQUEST,
-                            &format!(
-                                "too many resource subscriptions on shared upstream '{}'",
-                                hub.name
-                            ),
-                            None,
-                        ));
-                    }
-                }
-                let first = !hub.routes().subscriptions.contains_key(&uri);
-                let mut answer = if first {
-                    let mut answer = hub.ask_child(msg, timeout).await?;
-                    if answer.is_error() {
-                        answer.set_id(id);
-                        return Ok(answer);
-                    }
-                    answer.set_id(id);
-                    answer
-                } else {
-                    Message::result(id, json!({}))
-                };
-                let mut routes = hub.routes();
-                if routes.sessions.contains_key(&self.key) {
-                    routes
-                        .subscriptions
-                        .entry(uri)
-                        .or_default()
-                        .insert(self.key);
-                    if let Some(m) = routes.sessions.get_mut(&self.key) {
-                        m.subscriptions += 1;
-                    }
-                }
-                drop(routes);
-                // The result of the first subscriber's request is what every one gets.
-                if let Some(r) = answer.result_mut()
-                    && !r.is_object()
-                {
-                    *r = json!({});
-                }
-                Ok(answer)
+            let min = routes.sessions.values().filter_map(|m| m.level).min();
+            min.filter(|m| Some(*m) != routes.child_level)
+        };
+        let Some(level) = tell else {
+            return Ok(Message::result(id, json!({})));
+        };
+        let set = Message::request(
+            Value::Null,
+            methods::LOGGING_SET_LEVEL,
+            Some(json!({ "level": level_name(level) })),
+        );
+        if self.is_stateless() {
+            // Becomes the child-wide `_meta` log level.
+            self.answer_locally(&set);
+            hub.routes().child_level = Some(level);
+            return Ok(Message::result(id, json!({})));
+        }
+        let mut answer = hub.ask_child(set, timeout).await?;
+        if !answer.is_error() {
+            hub.routes().child_level = Some(level);
+        }
+        answer.set_id(id);
+        Ok(answer)
+    }
+
+    /// Subscribes this session to `uri`; the child is asked only by the first subscriber.
+    async fn subscribe(
+        &self,
+        id: Value,
+        uri: String,
+        msg: Message,
+        timeout: Duration,
+    ) -> Result<Message, UpstreamError> {
+        let hub = &self.hub;
+        {
+            let routes = hub.routes();
+            if routes
+                .subscriptions
+                .get(&uri)
+                .is_some_and(|s| s.contains(&self.key))
+            {
+                return Ok(Message::result(id, json!({})));
             }
-            _ => {
-                // Unsubscribe.
-                let Some(uri) = msg.param_str("uri").map(str::to_string) else {
-                    return Ok(Message::error(
-                        id,
-                        codes::INVALID_PARAMS,
-                        "missing \"uri\"",
-                        None,
-                    ));
-                };
-                let last = {
-                    let mut routes = hub.routes();
-                    let held = routes
-                        .subscriptions
-                        .get_mut(&uri)
-                        .is_some_and(|s| s.remove(&self.key));
-                    if held && let Some(m) = routes.sessions.get_mut(&self.key) {
-                        m.subscriptions = m.subscriptions.saturating_sub(1);
-                    }
-                    let empty = routes
-                        .subscriptions
-                        .get(&uri)
-                        .is_some_and(BTreeSet::is_empty);
-                    if empty {
-                        routes.subscriptions.remove(&uri);
-                    }
-                    held && empty
-                };
-                if !last {
-                    return Ok(Message::result(id, json!({})));
-                }
-                let mut answer = hub.ask_child(msg, timeout).await?;
-                answer.set_id(id);
-                Ok(answer)
+            let held = routes
+                .sessions
+                .get(&self.key)
+                .map_or(0, |m| m.subscriptions);
+            if held >= MAX_SESSION_SUBSCRIPTIONS
+                || (!routes.subscriptions.contains_key(&uri)
+                    && routes.subscriptions.len() >= MAX_SUBSCRIPTIONS)
+            {
+                return Ok(Message::error(
+                    id,
+                    codes::INVALID_REQUEST,
+                    &format!(
+                        "too many resource subscriptions on shared upstream '{}'",
+                        hub.name
+                    ),
+                    None,
+                ));
             }
         }
+        let first = !hub.routes().subscriptions.contains_key(&uri);
+        let mut answer = if first {
+            let answer = hub.ask_child(msg, timeout).await?;
+            if answer.is_error() {
+                return Ok(answer);
+            }
+            answer
+        } else {
+            Message::result(id, json!({}))
+        };
+        let mut routes = hub.routes();
+        if routes.sessions.contains_key(&self.key) {
+            routes
+                .subscriptions
+                .entry(uri)
+                .or_default()
+                .insert(self.key);
+            if let Some(m) = routes.sessions.get_mut(&self.key) {
+                m.subscriptions += 1;
+            }
+        }
+        drop(routes);
+        // The result of the first subscriber's request is what every one gets.
+        if let Some(r) = answer.result_mut()
+            && !r.is_object()
+        {
+            *r = json!({});
+        }
+        Ok(answer)
+    }
+
+    /// Unsubscribes this session from `uri`; the child is told only when it was the last.
+    async fn unsubscribe(
+        &self,
+        id: Value,
+        uri: String,
+        msg: Message,
+        timeout: Duration,
+    ) -> Result<Message, UpstreamError> {
+        let hub = &self.hub;
+        let last = {
+            let mut routes = hub.routes();
+            let held = routes
+                .subscriptions
+                .get_mut(&uri)
+                .is_some_and(|s| s.remove(&self.key));
+            if held && let Some(m) = routes.sessions.get_mut(&self.key) {
+                m.subscriptions = m.subscriptions.saturating_sub(1);
+            }
+            let empty = routes
+                .subscriptions
+                .get(&uri)
+                .is_some_and(BTreeSet::is_empty);
+            if empty {
+                routes.subscriptions.remove(&uri);
+            }
+            held && empty
+        };
+        if !last {
+            return Ok(Message::result(id, json!({})));
+        }
+        hub.ask_child(msg, timeout).await
     }
 }
