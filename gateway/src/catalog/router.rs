@@ -138,6 +138,16 @@ impl Router {
         &self.catalog.names
     }
 
+    /// A `notifications/*/list_changed` from upstream `idx` drops its part of those lists
+    /// (the next list fetches it again). Says whether `method` was one.
+    pub fn upstream_changed(&self, idx: usize, method: &str) -> bool {
+        let kinds = ListKind::from_list_changed(method);
+        for kind in kinds {
+            self.catalog.invalidate(*kind, idx);
+        }
+        !kinds.is_empty()
+    }
+
     /// Where the catalog would send a request: its upstream and its name there, with the
     /// name or URI it was asked for. `None` for a request that names nothing (lists, `ping`)
     /// or leaves its name or URI out.

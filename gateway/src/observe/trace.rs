@@ -100,7 +100,7 @@ pub fn on_message(msg: &Message, session: Option<&str>, version: Option<&str>) {
         methods::PROMPTS_GET => msg
             .param_str("name")
             .inspect(|name| _ = span.record("gen_ai.prompt.name", *name)),
-        m if m.starts_with("resources/") => msg
+        m if m.starts_with(methods::RESOURCES_PREFIX) => msg
             .param_str("uri")
             .inspect(|uri| _ = span.record("mcp.resource.uri", *uri)),
         _ => None,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Resolved, Route, Session};
-use crate::catalog::{Dispatch, Forward, ListKind};
+use crate::catalog::{Dispatch, Forward};
 use crate::mcp::{IdKey, Kind, Message, codes, methods};
 use crate::upstream::{InboundHandler, Related, Upstream, UpstreamError};
 
@@ -276,11 +276,7 @@ impl InboundHandler for Session {
             }
             Kind::Notification => {
                 let method = msg.method().to_string();
-                let changed = ListKind::from_list_changed(&method);
-                if !changed.is_empty() {
-                    for kind in changed {
-                        self.router.catalog().invalidate(*kind, idx);
-                    }
+                if self.router.upstream_changed(idx, &method) {
                     self.send_unrelated(&upstream.name, msg, true);
                     return;
                 }

@@ -92,16 +92,12 @@ impl Session {
     /// Delivers a message this session's copy on another replica sent. A list change also
     /// drops this replica's cached part of that upstream's list: the upstream changed it.
     pub(crate) fn deliver_remote(&self, upstream: &str, msg: &Message, change: bool) {
-        let changed = crate::catalog::ListKind::from_list_changed(msg.method());
-        if !changed.is_empty()
-            && let Some(idx) = self
-                .slots
-                .iter()
-                .position(|s| &*s.upstream.name == upstream)
+        if let Some(idx) = self
+            .slots
+            .iter()
+            .position(|s| &*s.upstream.name == upstream)
         {
-            for kind in changed {
-                self.router.catalog().invalidate(*kind, idx);
-            }
+            self.router.upstream_changed(idx, msg.method());
         }
         self.deliver_here(msg, change);
     }
