@@ -16,6 +16,8 @@
 mod lists;
 mod names;
 mod router;
+#[cfg(test)]
+mod router_tests;
 mod template;
 
 use std::collections::HashMap;
