@@ -131,12 +131,12 @@ async fn nothing_is_lost_in_front_of_a_session_era_only_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_in_front_of_a_2026_07_28_only_upstream() {
-    differential("modern").await;
+    differential("stateless").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_in_front_of_a_dual_era_upstream_advertising_only_2026_07_28() {
-    differential("dual-advertising-modern").await;
+    differential("dual-advertising-stateless").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

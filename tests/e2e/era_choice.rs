@@ -52,12 +52,12 @@ async fn session_client_keeps_everything(gateway: &Gateway, upstream: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dual_era_upstream_advertising_only_2026_serves_each_client_in_its_own_era() {
-    let beta = Fixture::http_with_args("beta", &["--era", "dual-advertising-modern"]).await;
+    let beta = Fixture::http_with_args("beta", &["--era", "dual-advertising-stateless"]).await;
     let config = format!(
         "{}{}{}",
         server_toml(),
         beta.upstream_toml("beta"),
-        stdio_toml("alpha", "dual-advertising-modern")
+        stdio_toml("alpha", "dual-advertising-stateless")
     );
     let gateway = Gateway::start(&config).await;
     for upstream in ["beta", "alpha"] {
@@ -99,12 +99,12 @@ async fn a_dual_era_upstream_advertising_only_2026_serves_each_client_in_its_own
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_refuses_initialize_is_spoken_to_statelessly() {
-    let beta = Fixture::http_with_args("beta", &["--era", "modern"]).await;
+    let beta = Fixture::http_with_args("beta", &["--era", "stateless"]).await;
     let config = format!(
         "{}{}{}",
         server_toml(),
         beta.upstream_toml("beta"),
-        stdio_toml("alpha", "modern")
+        stdio_toml("alpha", "stateless")
     );
     let gateway = Gateway::start(&config).await;
     // Twice: the first session learns the refusal, the second goes straight to 2026-07-28.

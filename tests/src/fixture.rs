@@ -121,10 +121,10 @@ pub enum EraShape {
     /// The session era only: `server/discover` is an unknown method.
     Session,
     /// MCP 2026-07-28 only: `initialize` is refused.
-    Modern,
+    Stateless,
     /// Both eras, but `server/discover` advertises only 2026-07-28 (as the conformance
     /// repository's reference server does).
-    DualAdvertisingModern,
+    DualAdvertisingStateless,
 }
 
 impl std::str::FromStr for EraShape {
@@ -133,10 +133,10 @@ impl std::str::FromStr for EraShape {
         Ok(match s {
             "dual" => EraShape::Dual,
             "session" => EraShape::Session,
-            "modern" => EraShape::Modern,
-            "dual-advertising-modern" => EraShape::DualAdvertisingModern,
+            "stateless" => EraShape::Stateless,
+            "dual-advertising-stateless" => EraShape::DualAdvertisingStateless,
             other => anyhow::bail!(
-                "unknown era shape {other:?} (dual, session, modern, dual-advertising-modern)"
+                "unknown era shape {other:?} (dual, session, stateless, dual-advertising-stateless)"
             ),
         })
     }
@@ -440,8 +440,8 @@ impl ServerHandler for Fixture {
             EraShape::Session => std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(
                 &ProtocolVersion::V_2025_11_25,
             )),
-            EraShape::Modern => std::borrow::Cow::Owned(vec![ProtocolVersion::V_2026_07_28]),
-            EraShape::Dual | EraShape::DualAdvertisingModern => {
+            EraShape::Stateless => std::borrow::Cow::Owned(vec![ProtocolVersion::V_2026_07_28]),
+            EraShape::Dual | EraShape::DualAdvertisingStateless => {
                 std::borrow::Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS)
             }
         }
@@ -459,8 +459,8 @@ impl ServerHandler for Fixture {
                     None,
                 ));
             }
-            EraShape::DualAdvertisingModern => vec![ProtocolVersion::V_2026_07_28],
-            EraShape::Dual | EraShape::Modern => self.supported_protocol_versions().into_owned(),
+            EraShape::DualAdvertisingStateless => vec![ProtocolVersion::V_2026_07_28],
+            EraShape::Dual | EraShape::Stateless => self.supported_protocol_versions().into_owned(),
         };
         Ok(rmcp::model::DiscoverResult::from_server_info(
             versions,
@@ -473,7 +473,7 @@ impl ServerHandler for Fixture {
         request: rmcp::model::InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::InitializeResult, McpError> {
-        if self.options.era == EraShape::Modern {
+        if self.options.era == EraShape::Stateless {
             return Err(McpError::new(
                 rmcp::model::ErrorCode::METHOD_NOT_FOUND,
                 "Method not found: initialize (this server speaks MCP 2026-07-28 only)",

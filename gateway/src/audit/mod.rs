@@ -9,7 +9,8 @@
 //! | `keys.rs` | the chain key and the checkpoint signing key: loading, generating |
 //! | `chain.rs` | sealing a record into the keyed chain; reading a sealed line back |
 //! | `checkpoint.rs` | signing and reading checkpoints |
-//! | `writer.rs` | the writer thread: the file, its rotation, checkpoints, checking and continuing the chain, new segments |
+//! | `writer.rs` | the writer thread: batches, rotation, checkpoints, new segments |
+//! | `files.rs` | the trail's files: stdout or `path`, the rotated `<path>.<n>`, checking the tail a restart continues |
 //! | `verify.rs` | checking a file or a rotated set, naming the first bad record |
 //!
 //! The request path only builds a [`Record`] and hands it over a bounded queue
@@ -20,6 +21,7 @@
 
 mod chain;
 mod checkpoint;
+mod files;
 mod keys;
 mod record;
 mod verify;

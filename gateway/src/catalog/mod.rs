@@ -9,9 +9,15 @@
 //! - Lists are cached per client session and upstream, and dropped when that upstream sends
 //!   `notifications/*/list_changed` (the client is then told in turn) or its link restarts.
 //! - The gateway pages merged lists with its own opaque cursors (`server.list-page-size`).
-//! - Routing maps an exposed name or URI back to `(upstream, its own name)`.
+//! - Routing maps an exposed name or URI back to `(upstream, its own name)` (`router.rs`,
+//!   one [`Router`] per client session); `lists.rs` gathers each upstream's part of a list
+//!   under its `list-timeout`.
 
+mod lists;
 mod names;
+mod router;
+#[cfg(test)]
+mod router_tests;
 mod template;
 
 use std::collections::HashMap;
@@ -23,6 +29,7 @@ use serde_json::Value;
 use crate::config::PrefixMode;
 use crate::mcp::methods;
 pub use names::Names;
+pub use router::{Back, Dispatch, Forward, Links, Resolved, Route, Router};
 
 /// The four list kinds the gateway merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +65,15 @@ impl ListKind {
             methods::PROMPTS_LIST_CHANGED => &[ListKind::Prompts],
             methods::RESOURCES_LIST_CHANGED => &[ListKind::Resources, ListKind::Templates],
             _ => &[],
+        }
+    }
+
+    /// The notification that tells a client its list of this kind changed.
+    pub fn list_changed(self) -> &'static str {
+        match self {
+            ListKind::Tools => methods::TOOLS_LIST_CHANGED,
+            ListKind::Prompts => methods::PROMPTS_LIST_CHANGED,
+            ListKind::Resources | ListKind::Templates => methods::RESOURCES_LIST_CHANGED,
         }
     }
 

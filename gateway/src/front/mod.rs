@@ -215,11 +215,11 @@ impl Front {
             );
             h.insert(
                 ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("content-type, accept, authorization, mcp-session-id, mcp-protocol-version, last-event-id"),
+                HeaderValue::from_static(crate::mcp::headers::CORS_ALLOWED),
             );
             h.insert(
                 ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("mcp-session-id"),
+                HeaderValue::from(crate::mcp::headers::SESSION_ID),
             );
         }
         resp

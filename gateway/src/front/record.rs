@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::audit::{Audit, Decision, Event, Outcome, Record};
-use crate::mcp::{Message, methods};
+use crate::mcp::Message;
 use crate::metrics::{Metrics, method_label};
 use crate::policy::{Call, Denial};
 use crate::session::Session;
@@ -94,7 +94,7 @@ impl Recorder {
             r.method = Some(msg.method().to_string());
             r.target = match call {
                 Some(c) => c.view().target.clone(),
-                None => target(msg),
+                None => msg.target().map(str::to_string),
             };
             if audit.record_arguments {
                 r.arguments = msg.params().and_then(|p| p.get("arguments")).cloned();
@@ -184,14 +184,6 @@ fn deny(r: &mut Record, denial: &Denial) {
         .and_then(Value::as_str)
     {
         r.rule = Some(rule.to_string());
-    }
-}
-
-fn target(msg: &Message) -> Option<String> {
-    match msg.method() {
-        methods::TOOLS_CALL | methods::PROMPTS_GET => msg.param_str("name").map(str::to_string),
-        m if m.starts_with("resources/") => msg.param_str("uri").map(str::to_string),
-        _ => None,
     }
 }
 

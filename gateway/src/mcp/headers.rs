@@ -18,6 +18,10 @@ pub const METHOD: HeaderName = HeaderName::from_static("mcp-method");
 pub const NAME: HeaderName = HeaderName::from_static("mcp-name");
 /// 2026-07-28: the prefix of the headers mirroring annotated tool arguments.
 pub const PARAM_PREFIX: &str = "mcp-param-";
+/// What a browser client may send cross-origin (`Access-Control-Allow-Headers`): the
+/// session-era headers above, with the request's content type, accepted types and token.
+pub const CORS_ALLOWED: &str =
+    "content-type, accept, authorization, mcp-session-id, mcp-protocol-version, last-event-id";
 
 /// A value as the transport spec wants it in a header: as is when plain visible ASCII,
 /// otherwise (or when it looks like the sentinel itself) `=?base64?…?=`.
@@ -94,6 +98,17 @@ pub fn argument_text(arguments: Option<&Value>, path: &[String]) -> Option<Strin
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn browsers_may_send_the_session_era_headers() {
+        let allowed: Vec<&str> = CORS_ALLOWED.split(", ").collect();
+        for h in [SESSION_ID, PROTOCOL_VERSION, LAST_EVENT_ID] {
+            assert!(
+                allowed.contains(&h.as_str()),
+                "{h} missing from {CORS_ALLOWED}"
+            );
+        }
+    }
 
     #[test]
     fn encodes_what_is_not_plain_ascii_and_decodes_it_back() {

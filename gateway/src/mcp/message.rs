@@ -207,6 +207,16 @@ impl Message {
         self.params()?.get(key)?.as_str()
     }
 
+    /// What a request is about, as the audit trail names it: the tool or prompt name of a
+    /// `tools/call` or `prompts/get`, the URI of a `resources/*` request.
+    pub fn target(&self) -> Option<&str> {
+        match self.method() {
+            super::methods::TOOLS_CALL | super::methods::PROMPTS_GET => self.param_str("name"),
+            m if m.starts_with(super::methods::RESOURCES_PREFIX) => self.param_str("uri"),
+            _ => None,
+        }
+    }
+
     pub fn result_value(&self) -> Option<&Value> {
         self.body.get("result")
     }

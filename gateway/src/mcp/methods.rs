@@ -13,6 +13,8 @@ pub const TOOLS_LIST: &str = "tools/list";
 pub const TOOLS_CALL: &str = "tools/call";
 pub const PROMPTS_LIST: &str = "prompts/list";
 pub const PROMPTS_GET: &str = "prompts/get";
+/// Every `resources/*` method names a resource URI (or lists them).
+pub const RESOURCES_PREFIX: &str = "resources/";
 pub const RESOURCES_LIST: &str = "resources/list";
 pub const RESOURCES_TEMPLATES_LIST: &str = "resources/templates/list";
 pub const RESOURCES_READ: &str = "resources/read";
@@ -20,6 +22,23 @@ pub const RESOURCES_SUBSCRIBE: &str = "resources/subscribe";
 pub const RESOURCES_UNSUBSCRIBE: &str = "resources/unsubscribe";
 pub const COMPLETION_COMPLETE: &str = "completion/complete";
 pub const LOGGING_SET_LEVEL: &str = "logging/setLevel";
+
+/// Server→client requests, each needing a client capability ([`client_capability`]).
+pub const SAMPLING_CREATE_MESSAGE: &str = "sampling/createMessage";
+pub const ELICITATION_CREATE: &str = "elicitation/create";
+pub const ROOTS_LIST: &str = "roots/list";
+
+/// The client capability a server→client request needs (`sampling`, `elicitation`,
+/// `roots`); `None` for a request every client answers (`ping`) or one the gateway does not
+/// know.
+pub fn client_capability(method: &str) -> Option<&'static str> {
+    match method {
+        SAMPLING_CREATE_MESSAGE => Some("sampling"),
+        ELICITATION_CREATE => Some("elicitation"),
+        ROOTS_LIST => Some("roots"),
+        _ => None,
+    }
+}
 
 /// The tasks extension (`io.modelcontextprotocol/tasks`, 2026-07-28) and the 2025-11-25
 /// tasks utility: poll, feed, stop a task the receiver created.

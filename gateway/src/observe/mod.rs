@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use clip::{Clip, LOG_FIELD_BYTES, clip};
 pub use telemetry::{Telemetry, init, init_default};
 pub use trace::{
-    SPAN_TARGET, inject_headers, inject_meta, on_message, plugin_span, record_denial,
-    record_plugin_verdict, record_response, record_upstream, record_upstream_outcome, request_span,
-    upstream_span,
+    Failure, Peer, SPAN_TARGET, inject_headers, inject_meta, on_message, plugin_span,
+    record_denial, record_plugin_verdict, record_response, record_upstream,
+    record_upstream_outcome, request_span, upstream_span,
 };
 
 /// Whether spans are exported: set once, at start-up, before any request.

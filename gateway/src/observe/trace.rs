@@ -30,9 +30,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::enabled;
-use crate::config::TransportKind;
 use crate::mcp::{Message, methods};
-use crate::upstream::{Upstream, UpstreamError};
 
 /// The `tracing` target of the exported spans: the exporter takes these and the log lines
 /// leave them out.
@@ -102,7 +100,7 @@ pub fn on_message(msg: &Message, session: Option<&str>, version: Option<&str>) {
         methods::PROMPTS_GET => msg
             .param_str("name")
             .inspect(|name| _ = span.record("gen_ai.prompt.name", *name)),
-        m if m.starts_with("resources/") => msg
+        m if m.starts_with(methods::RESOURCES_PREFIX) => msg
             .param_str("uri")
             .inspect(|uri| _ = span.record("mcp.resource.uri", *uri)),
         _ => None,
@@ -195,8 +193,24 @@ pub fn record_plugin_verdict(span: &Span, verdict: &'static str) {
     }
 }
 
-/// The span of one request sent to `upstream`.
-pub fn upstream_span(upstream: &Upstream, msg: &Message) -> Span {
+/// How an upstream is reached, as its request spans name it.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer<'a> {
+    /// A child's stdin/stdout.
+    Pipe,
+    /// An HTTP endpoint: its host and port, when the URL names them.
+    Tcp(Option<(&'a str, u16)>),
+}
+
+/// A failed upstream request, as a span records it: its message (which names the upstream
+/// and the failure, never credentials) and a short type.
+pub trait Failure: std::fmt::Display {
+    /// `error.type`: `timeout`, `exited`, `http_error`, …
+    fn error_type(&self) -> &'static str;
+}
+
+/// The span of one request sent to the upstream named `upstream`, reached over `peer`.
+pub fn upstream_span(upstream: &str, peer: Peer<'_>, msg: &Message) -> Span {
     if !enabled() {
         return Span::none();
     }
@@ -205,10 +219,10 @@ pub fn upstream_span(upstream: &Upstream, msg: &Message) -> Span {
         .then(|| msg.param_str("name"))
         .flatten();
     let target = tool.or_else(|| msg.param_str("name").or_else(|| msg.param_str("uri")));
-    let (transport, address, port) = match upstream.config.transport() {
-        TransportKind::Stdio => ("pipe", None, None),
-        TransportKind::Http => {
-            let (host, port) = upstream.endpoint_address().unzip();
+    let (transport, address, port) = match peer {
+        Peer::Pipe => ("pipe", None, None),
+        Peer::Tcp(endpoint) => {
+            let (host, port) = endpoint.unzip();
             ("tcp", host, port)
         }
     };
@@ -221,7 +235,7 @@ pub fn upstream_span(upstream: &Upstream, msg: &Message) -> Span {
         otel.status_message = Empty,
         mcp.method.name = method,
         gen_ai.tool.name = tool,
-        portcullis.upstream = &*upstream.name,
+        portcullis.upstream = upstream,
         network.transport = transport,
         server.address = address,
         server.port = port,
@@ -232,7 +246,7 @@ pub fn upstream_span(upstream: &Upstream, msg: &Message) -> Span {
 }
 
 /// Records how an upstream request ended on its span.
-pub fn record_upstream_outcome(span: &Span, outcome: &Result<Message, UpstreamError>) {
+pub fn record_upstream_outcome<E: Failure>(span: &Span, outcome: &Result<Message, E>) {
     if span.is_none() {
         return;
     }
@@ -240,7 +254,7 @@ pub fn record_upstream_outcome(span: &Span, outcome: &Result<Message, UpstreamEr
         Ok(m) => record_response(span, m),
         Err(e) => {
             span.record("portcullis.outcome", "error");
-            span.record("error.type", error_type(e));
+            span.record("error.type", e.error_type());
             span.record("otel.status_code", "ERROR");
             // Upstream errors name the upstream and the failure, never credentials.
             span.record("otel.status_message", e.to_string().as_str());
@@ -288,23 +302,6 @@ fn span_name(method: &str, target: Option<&str>) -> String {
 
 fn meta(msg: &Message) -> Option<&Map<String, Value>> {
     msg.params()?.get("_meta")?.as_object()
-}
-
-fn error_type(e: &UpstreamError) -> &'static str {
-    match e {
-        UpstreamError::Spawn { .. } => "spawn_failed",
-        UpstreamError::Unavailable { .. } => "unavailable",
-        UpstreamError::Timeout { .. } => "timeout",
-        UpstreamError::Exited { .. } => "exited",
-        UpstreamError::Http { .. } => "http_error",
-        UpstreamError::Protocol { .. } => "protocol_error",
-        UpstreamError::SessionExpired { .. } => "session_expired",
-        UpstreamError::NotStreamable { .. } => "not_streamable",
-        UpstreamError::TooLarge { .. } => "too_large",
-        UpstreamError::TooManyChildren { .. } => "too_many_children",
-        UpstreamError::Credential { .. } => "no_credential",
-        UpstreamError::Cancelled => "cancelled",
-    }
 }
 
 struct MetaExtractor<'a>(&'a Map<String, Value>);

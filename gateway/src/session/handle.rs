@@ -7,54 +7,21 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::input::MAX_INPUT_ROUNDS;
 use super::{Resolved, Route, Session};
-use crate::catalog::ListKind;
+use crate::catalog::{Dispatch, Forward};
 use crate::mcp::{IdKey, Kind, Message, codes, methods};
-use crate::upstream::{Fresh, InboundHandler, Link, Related, Upstream, UpstreamError};
+use crate::upstream::{InboundHandler, Related, Upstream, UpstreamError};
 
 impl Session {
-    pub(super) fn handler(&self) -> std::sync::Weak<dyn InboundHandler> {
-        self.me.clone() as std::sync::Weak<dyn InboundHandler>
-    }
-
-    /// The link to upstream `idx`, connecting on first use. A new link after a restart drops
-    /// the cached catalog of that upstream and gets the client's log level again.
-    pub(super) async fn link(&self, idx: usize) -> Result<Arc<Link>, UpstreamError> {
-        let (link, fresh) = self.slots[idx].get(&self.hello, self.handler()).await?;
-        if fresh == Fresh::Restarted {
-            self.catalog.invalidate_upstream(idx);
-        }
-        if fresh != Fresh::No {
-            let level = self
-                .log_level
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if let Some(level) = level
-                && link.capabilities().get("logging").is_some()
-            {
-                let set = Message::request(
-                    json!(0),
-                    methods::LOGGING_SET_LEVEL,
-                    Some(json!({ "level": level })),
-                );
-                let link = link.clone();
-                tokio::spawn(async move {
-                    let _ = link.request(set, None, &CancellationToken::new()).await;
-                });
-            }
-        }
-        Ok(link)
-    }
-
     /// Handles one client request; the result is the response to send. Related messages
     /// (progress, logs, server→client requests) are sent to `out` meanwhile.
     ///
     /// `route` is a routing policy's choice of upstream and/or target name; it overrides
     /// what the catalog would pick. `resolved` is where the catalog sent the request when
     /// the pipeline asked before the policy chain ran ([`Session::resolve`]): reused as long
-    /// as the chain left the name or URI alone, so a call is resolved once.
+    /// as the chain left the name or URI alone, so a call is resolved once. Where it goes is
+    /// the router's call (`catalog/router.rs`); the session answers what concerns only it
+    /// and forwards.
     pub async fn handle_request(
         &self,
         msg: Message,
@@ -71,34 +38,32 @@ impl Session {
         if msg.method() == methods::TASKS_LIST {
             return self.task_list(&msg).await;
         }
-        if let Some(r) = route {
-            return self.routed(msg, out, r, resolved).await;
+        if route.is_none() {
+            match msg.method() {
+                methods::PING => return Message::result(id, json!({})),
+                methods::INITIALIZE => {
+                    return Message::error(
+                        id,
+                        codes::INVALID_REQUEST,
+                        "session is already initialized",
+                        None,
+                    );
+                }
+                methods::LOGGING_SET_LEVEL => return self.set_level(msg).await,
+                _ => {}
+            }
         }
-        match msg.method() {
-            methods::PING => Message::result(id, json!({})),
-            methods::INITIALIZE => Message::error(
-                id,
-                codes::INVALID_REQUEST,
-                "session is already initialized",
-                None,
-            ),
-            methods::LOGGING_SET_LEVEL => self.set_level(msg).await,
-            methods::TOOLS_CALL => self.by_name(ListKind::Tools, msg, out, resolved).await,
-            methods::PROMPTS_GET => self.by_name(ListKind::Prompts, msg, out, resolved).await,
-            methods::RESOURCES_READ
-            | methods::RESOURCES_SUBSCRIBE
-            | methods::RESOURCES_UNSUBSCRIBE => self.by_uri(msg, out, resolved).await,
-            methods::COMPLETION_COMPLETE => self.complete(msg, out).await,
-            method => match ListKind::from_method(method) {
-                Some(kind) => self.list(kind, &msg).await,
-                None if self.slots.len() == 1 => self.forward(0, msg, out).await,
-                None => Message::error(
-                    id,
-                    codes::METHOD_NOT_FOUND,
-                    &format!("Method not found: {method}"),
-                    None,
-                ),
-            },
+        match self.router.dispatch(self, msg, route, resolved).await {
+            Dispatch::Answer(answer) => answer,
+            Dispatch::Forward(Forward {
+                upstream,
+                msg,
+                back,
+            }) => {
+                let mut answer = self.forward(upstream, msg, out).await;
+                self.router.restore(back, upstream, &mut answer);
+                answer
+            }
         }
     }
 
@@ -221,36 +186,17 @@ impl Session {
                 .result_value()
                 .filter(|r| r["resultType"] == "input_required")
                 .cloned();
-            let (Some(asks), Some(mut again)) = (asks, retry) else {
+            let (Some(asks), Some(again)) = (asks, retry) else {
                 break Ok(response);
             };
             rounds += 1;
-            if rounds > MAX_INPUT_ROUNDS {
-                break Ok(Message::error(
-                    id.clone(),
-                    codes::INTERNAL_ERROR,
-                    &format!("upstream asked for input {MAX_INPUT_ROUNDS} times without finishing"),
-                    None,
-                ));
-            }
-            match self.ask_client(&asks, &out, link.upstream.timeout()).await {
-                Ok(answers) => {
-                    let params = again.params_mut();
-                    params.insert("inputResponses".into(), Value::Object(answers));
-                    match asks.get("requestState") {
-                        Some(state) => params.insert("requestState".into(), state.clone()),
-                        None => params.remove("requestState"),
-                    };
-                    msg = again;
-                }
-                Err(why) => {
-                    break Ok(Message::error(
-                        id.clone(),
-                        codes::INTERNAL_ERROR,
-                        &why,
-                        None,
-                    ));
-                }
+            let timeout = link.upstream.timeout();
+            match self
+                .answer_input(&id, rounds, &asks, again, &out, timeout)
+                .await
+            {
+                Ok(retry) => msg = retry,
+                Err(answer) => break Ok(answer),
             }
         };
         self.inflight.remove(&key);
@@ -264,7 +210,7 @@ impl Session {
         response
     }
 
-    pub(super) async fn set_level(&self, msg: Message) -> Message {
+    async fn set_level(&self, msg: Message) -> Message {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let Some(level) = msg.params().and_then(|p| p.get("level")).cloned() else {
             return Message::error(id, codes::INVALID_PARAMS, "missing \"level\"", None);
@@ -330,18 +276,14 @@ impl InboundHandler for Session {
             }
             Kind::Notification => {
                 let method = msg.method().to_string();
-                let changed = ListKind::from_list_changed(&method);
-                if !changed.is_empty() {
-                    for kind in changed {
-                        self.catalog.invalidate(*kind, idx);
-                    }
+                if self.router.upstream_changed(idx, &method) {
                     self.send_unrelated(&upstream.name, msg, true);
                     return;
                 }
                 match method.as_str() {
                     methods::RESOURCES_UPDATED => {
                         if let Some(uri) = msg.param_str("uri").map(str::to_string) {
-                            let exposed = self.catalog.expose_uri(idx, &uri);
+                            let exposed = self.router.catalog().expose_uri(idx, &uri);
                             msg.params_mut()
                                 .insert("uri".into(), Value::String(exposed));
                         }

@@ -1,7 +1,8 @@
 //! Client sessions: what the gateway remembers about one connected MCP client.
 //!
 //! A [`Session`] owns one lazily created upstream link per upstream it uses (see
-//! `upstream/`), the client's catalog cache, its SSE streams, and the id maps that let
+//! `upstream/`), its router (`catalog/router.rs`: where its requests go, and its catalog
+//! cache), its SSE streams, and the id maps that let
 //! notifications and server→client requests travel both ways:
 //! - client request ids are restored on the way back (upstream ids are the gateway's own);
 //! - progress tokens pass unchanged (each link serves one client, so they cannot collide);
@@ -11,14 +12,15 @@
 //! Messages an upstream sends outside any request (list changes, resource updates, late log
 //! lines, requests to the client) go to the standalone stream, and changes also to
 //! `subscriptions/listen` streams. When a [`Screen`] is active (a policy reads the response
-//! phase) they pass it first, in order, through the session's outbox task.
+//! phase) they pass it first, in order, through the session's outbox task (`outbox.rs`).
 //!
 //! Where the work lives: `handle.rs` client messages and upstream messages (forwarding, id
-//! maps), `router.rs` name/URI resolution and list merging, `lists.rs` gathering each upstream's part of a list under its `list-timeout`, `input.rs` the `input_required`
-//! bridge, `stream.rs` resumable SSE streams, `tasks.rs` task ids (sealed, per owner) and
-//! the `tasks/*` methods.
+//! maps), `links.rs` its links to the upstreams as its router sees them (name/URI
+//! resolution and list merging are the router's, `catalog/router.rs`), `input.rs` the
+//! `input_required` bridge, `stream.rs` resumable SSE streams, `tasks.rs` task ids (sealed,
+//! per owner) and the `tasks/*` methods.
 //!
-//! [`Sessions`] is the store. Session ids are 128-bit random values, or, with
+//! [`Sessions`] is the store (`store.rs`). Session ids are 128-bit random values, or, with
 //! `[cluster] session-key`, sealed ids any replica resumes (`seal.rs`), carrying the
 //! upstream sessions opened at `initialize` (`opening.rs`); state lives in this process.
 //! With the cluster bus (`cluster/`), what a session sends outside any request reaches its
@@ -26,13 +28,18 @@
 
 mod handle;
 mod input;
-mod lists;
+mod links;
 mod opening;
-mod router;
+mod outbox;
 pub mod seal;
+mod store;
 pub mod stream;
 mod tasks;
 
+pub use crate::catalog::{Resolved, Route};
+use outbox::Outgoing;
+pub use outbox::Screen;
+pub use store::{Refused, SessionBounds, Sessions};
 pub use tasks::TaskIds;
 
 use std::collections::VecDeque;
@@ -42,46 +49,14 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
-use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Names, SessionCatalog};
-use crate::mcp::{IdKey, Kind, Message};
+use crate::catalog::Router;
+use crate::mcp::{IdKey, Message};
 use crate::policy::Identity;
-use crate::upstream::{Hello, Slot, Upstream, UpstreamSession};
+use crate::upstream::{Hello, Slot};
 use stream::EventStream;
-
-/// A routing policy's choice for one request.
-#[derive(Debug, Clone, Default)]
-pub struct Route {
-    pub upstream: Option<String>,
-    pub target: Option<String>,
-}
-
-/// Where the catalog sends one request, found once per call (before the policy chain, which
-/// sees it as the call's destination) and carried to the session that forwards it.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    /// The name or URI the client asked for.
-    asked: String,
-    /// Its owner and the name it has there; `None`: no upstream has it.
-    target: Option<crate::catalog::Target>,
-}
-
-impl Resolved {
-    /// The resolution of `name`, when this is it (a policy may have rewritten the name
-    /// since; then it is resolved again).
-    fn of_name(&self, name: &str) -> Option<Option<&crate::catalog::Target>> {
-        (self.asked == name).then_some(self.target.as_ref())
-    }
-
-    /// The resolution of `msg`'s name or URI, when this is it.
-    fn of(&self, msg: &Message) -> Option<Option<&crate::catalog::Target>> {
-        let asked = msg.param_str("name").or_else(|| msg.param_str("uri"))?;
-        self.of_name(asked)
-    }
-}
 
 /// POST streams kept per session for `Last-Event-ID` resumption.
 const KEPT_STREAMS: usize = 64;
@@ -89,40 +64,14 @@ const KEPT_STREAMS: usize = 64;
 /// Id of the session's standalone (GET) stream; POST streams count up from 1.
 pub const STANDALONE_STREAM: u64 = 0;
 
-/// Checks server→client messages (notifications, requests) that no request caused before
-/// any client sees them (the policy chain's response phase; see `front/relay.rs`).
-pub trait Screen: Send + Sync {
-    /// Whether messages need screening now. When not, they go out at once.
-    fn active(&self) -> bool;
-    /// The message as it may go out, or `None` when it must not (the screen answered a
-    /// refused request itself).
-    fn message<'a>(
-        &'a self,
-        session: &'a Session,
-        upstream: &'a str,
-        msg: Message,
-    ) -> BoxFuture<'a, Option<Message>>;
-}
-
-/// A message waiting in the session's outbox.
-struct Outgoing {
-    upstream: Arc<str>,
-    msg: Message,
-    /// A change (list changed, resource updated): for the GET stream and listen streams.
-    /// Otherwise for the GET stream only.
-    change: bool,
-}
-
 pub struct Session {
     pub id: Arc<str>,
     /// Negotiated protocol revision.
     pub version: &'static str,
     hello: Hello,
     slots: Vec<Slot>,
-    catalog: SessionCatalog,
-    /// Its list fetches in progress (`lists.rs`).
-    lists: lists::ListFetches,
-    page_size: usize,
+    /// Where its requests go: name and URI resolution, list merging (`catalog/router.rs`).
+    router: Arc<Router>,
     /// Messages not tied to a request: the GET stream.
     pub standalone: EventStream,
     /// Change notifications (list changes, resource updates) for `subscriptions/listen`
@@ -189,85 +138,6 @@ impl Session {
         self.caller.load_full()
     }
 
-    /// Sends a message no request caused to the client: a `change` to the GET stream and
-    /// listen streams, anything else to the GET stream. Through the screen when it is
-    /// active (and, once the outbox exists, always, to keep the order).
-    pub(crate) fn send_unrelated(&self, upstream: &Arc<str>, msg: Message, change: bool) {
-        let outbox = match (self.outbox.get(), &self.screen) {
-            (Some(tx), _) => Some(tx),
-            (None, Some(screen)) if screen.active() => {
-                Some(self.outbox.get_or_init(|| self.open_outbox(screen.clone())))
-            }
-            _ => None,
-        };
-        let outgoing = Outgoing {
-            upstream: upstream.clone(),
-            msg,
-            change,
-        };
-        let outgoing = match outbox {
-            Some(tx) => match tx.send(outgoing) {
-                Ok(()) => return,
-                Err(e) => e.0,
-            },
-            None => outgoing,
-        };
-        self.deliver(&outgoing);
-    }
-
-    fn deliver(&self, outgoing: &Outgoing) {
-        let Some(bus) = &self.bus else {
-            self.deliver_here(&outgoing.msg, outgoing.change);
-            return;
-        };
-        // A stream of this session here takes it; otherwise another replica may hold one.
-        // Changes go out always: 2026-07-28 callers may listen on several replicas.
-        let (upstream, msg, change) = (&outgoing.upstream, &outgoing.msg, outgoing.change);
-        let here = self.standalone.has_listener() || (change && self.changes.receiver_count() > 0);
-        if here {
-            self.deliver_here(msg, change);
-            if change {
-                bus.publish_session(self, upstream, msg, change, None);
-            }
-            return;
-        }
-        // Nobody heard it (or Redis is down): kept here, for a stream opened here later.
-        let me = self.me.clone();
-        let kept = msg.clone();
-        let unheard = Box::new(move || {
-            if let Some(session) = me.upgrade() {
-                session.deliver_here(&kept, change);
-            }
-        });
-        bus.publish_session(self, upstream, msg, change, Some(unheard));
-    }
-
-    /// Delivers a message this session's copy on another replica sent. A list change also
-    /// drops this replica's cached part of that upstream's list: the upstream changed it.
-    pub(crate) fn deliver_remote(&self, upstream: &str, msg: &Message, change: bool) {
-        let changed = crate::catalog::ListKind::from_list_changed(msg.method());
-        if !changed.is_empty()
-            && let Some(idx) = self
-                .slots
-                .iter()
-                .position(|s| &*s.upstream.name == upstream)
-        {
-            for kind in changed {
-                self.catalog.invalidate(*kind, idx);
-            }
-        }
-        self.deliver_here(msg, change);
-    }
-
-    /// Delivers to this replica's streams of the session (and its replay buffer).
-    pub(crate) fn deliver_here(&self, msg: &Message, change: bool) {
-        if change {
-            self.announce(msg);
-        } else {
-            self.standalone.push(msg);
-        }
-    }
-
     /// A fresh id for a request to the client: `s<n>`, and in a cluster `s<n>.<replica>`, so
     /// the client's answer finds this replica wherever it is posted.
     fn server_request_id(&self) -> String {
@@ -286,36 +156,6 @@ impl Session {
             format!("c:{}", self.owner.get().map_or("", String::as_str))
         } else {
             format!("s:{}", self.id)
-        }
-    }
-
-    /// The task that screens this session's unrelated messages one at a time, in order. It
-    /// ends with the session (the sender lives in it).
-    fn open_outbox(&self, screen: Arc<dyn Screen>) -> tokio::sync::mpsc::UnboundedSender<Outgoing> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
-        let me = self.me.clone();
-        tokio::spawn(async move {
-            while let Some(mut outgoing) = rx.recv().await {
-                let Some(session) = me.upgrade() else { return };
-                if outgoing.msg.kind() != Kind::Response && screen.active() {
-                    let msg = std::mem::replace(&mut outgoing.msg, Message::notification("", None));
-                    match screen.message(&session, &outgoing.upstream, msg).await {
-                        Some(m) => outgoing.msg = m,
-                        None => continue,
-                    }
-                }
-                session.deliver(&outgoing);
-            }
-        });
-        tx
-    }
-
-    /// Sends a change notification to whoever listens: the GET stream and any
-    /// `subscriptions/listen` stream.
-    pub(crate) fn announce(&self, msg: &Message) {
-        self.standalone.push(msg);
-        if self.changes.receiver_count() > 0 {
-            let _ = self.changes.send(msg.clone());
         }
     }
 
@@ -378,417 +218,6 @@ impl Session {
         }
         for (_, token) in self.inflight.clone() {
             token.cancel();
-        }
-    }
-}
-
-/// Why no session was created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// `max-sessions` sessions are open.
-    Full,
-    /// This caller has `max-sessions-per-caller` sessions open.
-    Caller,
-}
-
-/// The bounds on what clients may make the sessions hold (`[server]` keys).
-#[derive(Debug, Clone, Copy)]
-pub struct SessionBounds {
-    /// `max-sessions`.
-    pub max: usize,
-    /// `max-sessions-per-caller`.
-    pub per_caller: usize,
-    /// `max-stream-buffer-kib`, in bytes.
-    pub stream_buffer: usize,
-}
-
-impl SessionBounds {
-    pub fn from_config(c: &crate::config::ServerConfig) -> Self {
-        SessionBounds {
-            max: c.max_sessions,
-            per_caller: c.max_sessions_per_caller,
-            stream_buffer: c.max_stream_buffer_kib.saturating_mul(1024),
-        }
-    }
-}
-
-/// All client sessions, plus what they share: the upstreams and the naming rules.
-pub struct Sessions {
-    map: DashMap<Arc<str>, Arc<Session>>,
-    /// Sessions open per caller (see [`Sessions::open_as`]).
-    per_caller: DashMap<String, usize>,
-    /// `initialize` requests refused for the per-caller bound, since start.
-    pub refused_per_caller: AtomicU64,
-    /// Stateless (2026-07-28) callers → the internal session that serves them.
-    callers: DashMap<String, Arc<str>>,
-    upstreams: Vec<Arc<Upstream>>,
-    names: Arc<Names>,
-    page_size: usize,
-    bounds: SessionBounds,
-    screen: OnceLock<Arc<dyn Screen>>,
-    /// Seals new session ids and resumes sealed ones (`[cluster] session-key`).
-    sealer: OnceLock<Arc<seal::Sealer>>,
-    /// Seals task ids: from the session key when there is one, else a key of this process.
-    task_ids: OnceLock<Arc<TaskIds>>,
-    /// Shares sessions' streams with other replicas (`[cluster]` redis and key).
-    bus: OnceLock<Arc<crate::cluster::Bus>>,
-}
-
-impl Sessions {
-    pub fn new(
-        upstreams: Vec<Arc<Upstream>>,
-        names: Arc<Names>,
-        page_size: usize,
-        bounds: SessionBounds,
-    ) -> Self {
-        Sessions {
-            map: DashMap::new(),
-            per_caller: DashMap::new(),
-            refused_per_caller: AtomicU64::new(0),
-            callers: DashMap::new(),
-            upstreams,
-            names,
-            page_size,
-            bounds,
-            screen: OnceLock::new(),
-            sealer: OnceLock::new(),
-            task_ids: OnceLock::new(),
-            bus: OnceLock::new(),
-        }
-    }
-
-    /// Seals task ids with these (derived from `[cluster] session-key`), so every replica
-    /// opens them. Without it, task ids open only in this process.
-    pub fn set_task_ids(&self, ids: TaskIds) {
-        let _ = self.task_ids.set(Arc::new(ids));
-    }
-
-    /// Seals session ids from now on, and resumes sealed ids this process does not hold.
-    pub fn set_sealer(&self, sealer: Arc<seal::Sealer>) {
-        let _ = self.sealer.set(sealer);
-    }
-
-    /// Shares the streams of sessions created from now on with the other replicas.
-    pub fn set_bus(&self, bus: Arc<crate::cluster::Bus>) {
-        let _ = self.bus.set(bus);
-    }
-
-    /// The cluster bus, when replicas share streams.
-    pub fn bus(&self) -> Option<&Arc<crate::cluster::Bus>> {
-        self.bus.get()
-    }
-
-    pub fn bounds(&self) -> &SessionBounds {
-        &self.bounds
-    }
-
-    /// Screens what sessions send outside any request (sessions created from now on).
-    pub fn set_screen(&self, screen: Arc<dyn Screen>) {
-        let _ = self.screen.set(screen);
-    }
-
-    pub fn upstreams(&self) -> &[Arc<Upstream>] {
-        &self.upstreams
-    }
-
-    /// Creates a session (no upstream is contacted); `None` when at capacity.
-    pub fn create(&self, version: &'static str, hello: Hello) -> Option<Arc<Session>> {
-        let id = self.mint(version, &hello, None, &[]).0;
-        self.insert(id, version, hello, None, None, Vec::new(), None)
-            .ok()
-    }
-
-    /// A new session id: random, or sealed with what another replica needs (carrying as
-    /// many of `upstreams` as fit; gives the names of those left out).
-    fn mint(
-        &self,
-        version: &str,
-        hello: &Hello,
-        owner: Option<&str>,
-        upstreams: &[(&str, UpstreamSession)],
-    ) -> (Arc<str>, Vec<String>) {
-        match self.sealer.get() {
-            Some(s) => {
-                let (id, left_out) = s.seal(version, hello, owner, upstreams);
-                (id.into(), left_out)
-            }
-            None => (
-                format!("{:032x}", rand::random::<u128>()).into(),
-                Vec::new(),
-            ),
-        }
-    }
-
-    /// Creates the session a client's `initialize` asks for, for `caller` (a key naming who
-    /// asks: the authenticated subject, else the client's address; `None`: not counted),
-    /// unless `max-sessions` are open or the caller has `max-sessions-per-caller` open.
-    /// The session belongs to `owner` (the subject authn established), if any: only that
-    /// subject may use it, also on a replica that resumes it.
-    ///
-    /// With sealed ids, the upstream sessions other replicas can resume are opened first
-    /// and sealed into the id (`opening.rs`); nothing is opened for a refused session.
-    pub async fn open_as(
-        &self,
-        version: &'static str,
-        hello: Hello,
-        caller: Option<&str>,
-        owner: Option<&str>,
-    ) -> Result<Arc<Session>, Refused> {
-        if self.sealer.get().is_none() || version == crate::mcp::version::STATELESS {
-            let id = self.mint(version, &hello, owner, &[]).0;
-            return self.insert(id, version, hello, caller, owner, Vec::new(), None);
-        }
-        self.has_room(caller)?;
-        let handover = Arc::new(opening::Handover::default());
-        let links = opening::open_links(&self.upstreams, &hello, &handover).await;
-        let sealable: Vec<(&str, UpstreamSession)> = links
-            .iter()
-            .filter_map(|(idx, link)| Some((&*self.upstreams[*idx].name, link.upstream_session()?)))
-            .collect();
-        let (id, left_out) = self.mint(version, &hello, owner, &sealable);
-        let sealed: Vec<&str> = sealable
-            .iter()
-            .map(|(name, _)| *name)
-            .filter(|name| !left_out.iter().any(|l| l == name))
-            .collect();
-        // Refused now (others took the room meanwhile): the links go, ending their sessions.
-        let session = self.insert(
-            id,
-            version,
-            hello,
-            caller,
-            owner,
-            Vec::new(),
-            Some(handover.clone()),
-        )?;
-        handover.attach(&session);
-        for (idx, link) in links {
-            // Other replicas may use a sealed upstream session: this one does not end it
-            // when it lets its copy go (idle, shutdown); a DELETE from the client does.
-            link.keep_open(sealed.contains(&&*self.upstreams[idx].name));
-            session.slots[idx].install(link).await;
-        }
-        if !sealed.is_empty() {
-            tracing::debug!(session = %session.id, upstreams = ?sealed, "upstream sessions sealed into the session id");
-        }
-        Ok(session)
-    }
-
-    /// Whether a session for `caller` may be opened now ([`Sessions::insert`] checks
-    /// again).
-    fn has_room(&self, caller: Option<&str>) -> Result<(), Refused> {
-        if self.map.len() >= self.bounds.max {
-            return Err(Refused::Full);
-        }
-        if let Some(key) = caller
-            && self
-                .per_caller
-                .get(key)
-                .is_some_and(|open| *open >= self.bounds.per_caller)
-        {
-            self.refused_per_caller.fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::Caller);
-        }
-        Ok(())
-    }
-
-    /// Makes the session `id` names, its first links to the `resumed` upstreams going on
-    /// with their sealed sessions.
-    #[allow(clippy::too_many_arguments)]
-    fn insert(
-        &self,
-        id: Arc<str>,
-        version: &'static str,
-        hello: Hello,
-        caller: Option<&str>,
-        owner: Option<&str>,
-        mut resumed: Vec<(String, UpstreamSession)>,
-        handover: Option<Arc<opening::Handover>>,
-    ) -> Result<Arc<Session>, Refused> {
-        if self.map.len() >= self.bounds.max {
-            return Err(Refused::Full);
-        }
-        if let Some(key) = caller {
-            // The entry holds its shard's lock: check and count are one step.
-            let mut open = self.per_caller.entry(key.to_string()).or_insert(0);
-            if *open >= self.bounds.per_caller {
-                drop(open);
-                self.refused_per_caller.fetch_add(1, Ordering::Relaxed);
-                return Err(Refused::Caller);
-            }
-            *open += 1;
-        }
-        let cap = self.bounds.stream_buffer;
-        let session = Arc::new_cyclic(|me| Session {
-            id: id.clone(),
-            version,
-            hello,
-            slots: self
-                .upstreams
-                .iter()
-                .map(|u| {
-                    let slot =
-                        Slot::for_client(u.clone(), version != crate::mcp::version::STATELESS);
-                    match resumed.iter().position(|(name, _)| **name == *u.name) {
-                        Some(at) => slot.resuming(resumed.swap_remove(at).1),
-                        None => slot,
-                    }
-                })
-                .collect(),
-            catalog: SessionCatalog::new(self.names.clone()),
-            lists: Default::default(),
-            page_size: self.page_size,
-            standalone: EventStream::new(STANDALONE_STREAM, cap, id.clone()),
-            changes: tokio::sync::broadcast::channel(64).0,
-            streams: Mutex::new(VecDeque::new()),
-            next_stream: AtomicU64::new(0),
-            inflight: DashMap::new(),
-            server_requests: DashMap::new(),
-            local_requests: DashMap::new(),
-            next_server_request: AtomicU64::new(0),
-            log_level: Mutex::new(None),
-            last_seen: Mutex::new(Instant::now()),
-            owner: std::sync::OnceLock::new(),
-            caller: ArcSwapOption::empty(),
-            subject: Default::default(),
-            quota: caller.map(str::to_string),
-            stream_cap: cap,
-            screen: self.screen.get().cloned(),
-            task_ids: self
-                .task_ids
-                .get_or_init(|| Arc::new(TaskIds::random()))
-                .clone(),
-            outbox: OnceLock::new(),
-            bus: self.bus.get().cloned(),
-            _handover: handover,
-            me: me.clone(),
-        });
-        if let Some(owner) = owner {
-            let _ = session.owner.set(owner.to_string());
-        }
-        // A resumed id may race with itself: the first one in wins.
-        Ok(self.map.entry(id).or_insert(session).clone())
-    }
-
-    /// The internal session serving a stateless (2026-07-28) caller, created on first use.
-    /// `caller` is the subject authn established ("" without authn: every unauthenticated
-    /// caller is the same caller). Callers never share a session, hence never an upstream
-    /// session or child process. `None` when at capacity.
-    pub fn for_caller(&self, caller: &str, hello: impl FnOnce() -> Hello) -> Option<Arc<Session>> {
-        if let Some(id) = self.callers.get(caller)
-            && let Some(s) = self.get(&id)
-        {
-            return Some(s);
-        }
-        // Two first requests of one caller may race here; the loser's session idles out.
-        let session = self.create(crate::mcp::version::STATELESS, hello())?;
-        if !caller.is_empty() {
-            let _ = session.owner.set(caller.to_string());
-        }
-        tracing::info!(session = %session.id, caller, "internal session for a stateless caller");
-        self.callers.insert(caller.to_string(), session.id.clone());
-        Some(session)
-    }
-
-    /// The session `id` names: held here, or resumed from a sealed id another replica (or
-    /// this one before a restart) issued. `None`: unknown, ended here, forged, expired.
-    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        if let Some(s) = self.map.get(id) {
-            return Some(s.clone());
-        }
-        let opened = self.sealer.get()?.open(id);
-        let Some(opened) = opened else {
-            tracing::debug!(
-                len = id.len(),
-                "session id not held here and not a valid sealed id"
-            );
-            return None;
-        };
-        let session = self
-            .insert(
-                id.into(),
-                opened.version,
-                opened.hello,
-                None,
-                opened.owner.as_deref(),
-                opened.upstreams,
-                None,
-            )
-            .ok()?;
-        tracing::info!(session = %crate::observe::clip(id), version = opened.version, "session resumed from its sealed id");
-        Some(session)
-    }
-
-    /// Ends a session: its streams close, its in-flight requests are cancelled, and its
-    /// upstream links (child processes, upstream sessions) go when the last request finishes.
-    /// A sealed id is remembered as ended, so this replica does not resume it.
-    pub fn remove(&self, id: &str) -> bool {
-        if let Some(sealer) = self.sealer.get() {
-            sealer.end(id);
-        }
-        if let Some(s) = self.map.get(id) {
-            // The client ended it: so do its upstream sessions, sealed ones too.
-            for slot in &s.slots {
-                slot.end(&s.hello, s.handler());
-            }
-        }
-        self.forget(id)
-    }
-
-    /// Frees what this process holds for a session. A sealed id stays valid: the next
-    /// request resumes it (idle reaping and shutdown; a DELETE uses [`Sessions::remove`]).
-    fn forget(&self, id: &str) -> bool {
-        match self.map.remove(id) {
-            Some((_, s)) => {
-                self.callers.retain(|_, sid| &**sid != id);
-                if let Some(key) = &s.quota {
-                    self.per_caller.remove_if_mut(key, |_, open| {
-                        *open = open.saturating_sub(1);
-                        *open == 0
-                    });
-                }
-                s.close();
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// Ends sessions idle for longer than `timeout` (a connected GET stream counts as use).
-    pub fn reap_idle(&self, timeout: Duration) -> usize {
-        let idle: Vec<Arc<str>> = self
-            .map
-            .iter()
-            .filter(|s| {
-                s.idle_for() > timeout
-                    && !s.standalone.has_listener()
-                    && s.changes.receiver_count() == 0
-                    && s.inflight.is_empty()
-            })
-            .map(|s| s.id.clone())
-            .collect();
-        for id in &idle {
-            tracing::info!(session = %id, "session idle; closing");
-            self.forget(id);
-        }
-        idle.len()
-    }
-
-    pub fn ids(&self) -> Vec<Arc<str>> {
-        self.map.iter().map(|s| s.id.clone()).collect()
-    }
-
-    pub fn close_all(&self) {
-        for id in self.ids() {
-            self.forget(&id);
         }
     }
 }

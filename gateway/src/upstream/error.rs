@@ -81,3 +81,22 @@ impl UpstreamError {
         Message::error(id, code, &self.to_string(), data)
     }
 }
+/// The `error.type` of a failed upstream request's span (`observe/trace.rs`).
+impl crate::observe::Failure for UpstreamError {
+    fn error_type(&self) -> &'static str {
+        match self {
+            UpstreamError::Spawn { .. } => "spawn_failed",
+            UpstreamError::Unavailable { .. } => "unavailable",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Exited { .. } => "exited",
+            UpstreamError::Http { .. } => "http_error",
+            UpstreamError::Protocol { .. } => "protocol_error",
+            UpstreamError::SessionExpired { .. } => "session_expired",
+            UpstreamError::NotStreamable { .. } => "not_streamable",
+            UpstreamError::TooLarge { .. } => "too_large",
+            UpstreamError::TooManyChildren { .. } => "too_many_children",
+            UpstreamError::Credential { .. } => "no_credential",
+            UpstreamError::Cancelled => "cancelled",
+        }
+    }
+}

@@ -15,7 +15,9 @@ use super::transport::Transport;
 use super::{
     Hello, InboundHandler, Related, Upstream, UpstreamError, UpstreamSession, http, recorded, stdio,
 };
+use crate::config::TransportKind;
 use crate::mcp::{Kind, Message, methods};
+use crate::observe::Peer;
 
 /// An initialized MCP session with one upstream, owned by one client session.
 pub struct Link {
@@ -161,7 +163,11 @@ impl Link {
         }
         let client_id = msg.id().cloned().unwrap_or(Value::Null);
         let timeout = self.upstream.timeout();
-        let span = crate::observe::upstream_span(&self.upstream, &msg);
+        let peer = match self.upstream.config.transport() {
+            TransportKind::Stdio => Peer::Pipe,
+            TransportKind::Http => Peer::Tcp(self.upstream.endpoint_address()),
+        };
+        let span = crate::observe::upstream_span(&self.upstream.name, peer, &msg);
         crate::observe::inject_meta(&span, &mut msg, self.transport.traces_in_meta());
         let upstream_id = self.transport.ids().number(&mut msg);
         // Requests are built inside the span, so an HTTP upstream gets its trace context.

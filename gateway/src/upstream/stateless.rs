@@ -169,7 +169,7 @@ where
 {
     // A 2026-07-28-only advertisement: a session-era client tries `initialize` unless the
     // upstream was seen refusing it.
-    let only_modern = |discovered: Value| match (session_client, upstream.accepts_initialize()) {
+    let only_stateless = |discovered: Value| match (session_client, upstream.accepts_initialize()) {
         (true, Some(false)) | (false, _) => Choice::Stateless(discovered),
         (true, _) => Choice::TryInitialize(discovered),
     };
@@ -198,7 +198,7 @@ where
             let discovered = discover().await.inspect_err(|_| {
                 upstream.set_era(Era::Unknown);
             })?;
-            return Ok(only_modern(discovered));
+            return Ok(only_stateless(discovered));
         }
         (UpstreamProtocol::Auto, Era::Unknown) => {}
     }
@@ -227,7 +227,7 @@ where
     tracing::info!(upstream = %upstream.name, ?era, versions = %discovered["supportedVersions"], "upstream discovered");
     upstream.set_era(era);
     Ok(match era {
-        Era::Stateless => only_modern(discovered),
+        Era::Stateless => only_stateless(discovered),
         Era::Dual if !session_client => Choice::Stateless(discovered),
         _ => Choice::Initialize,
     })

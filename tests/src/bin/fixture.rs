@@ -5,14 +5,14 @@
 //! `listening on http://BOUND/mcp`, and serves MCP Streamable HTTP at `/mcp`. `--stdio`
 //! serves one client on stdin/stdout until EOF; with `--initialize-first` it exits if the first
 //! message is not `initialize`, as older SDKs do. `--name` sets `serverInfo.name`. `--era`
-//! picks the eras it serves: `dual` (default), `session`, `modern` (2026-07-28 only) or
-//! `dual-advertising-modern` (both, but `server/discover` names only 2026-07-28).
+//! picks the eras it serves: `dual` (default), `session`, `stateless` (2026-07-28 only) or
+//! `dual-advertising-stateless` (both, but `server/discover` names only 2026-07-28).
 
 use std::{io::Write as _, time::Duration};
 
 use portcullis_tests::fixture::{self, Options};
 
-const USAGE: &str = "usage: fixture (--stdio [--initialize-first] | --http ADDR) [--name NAME] [--dynamic-tool-after MS] [--era dual|session|modern|dual-advertising-modern]";
+const USAGE: &str = "usage: fixture (--stdio [--initialize-first] | --http ADDR) [--name NAME] [--dynamic-tool-after MS] [--era dual|session|stateless|dual-advertising-stateless]";
 
 enum Mode {
     Stdio,

@@ -138,7 +138,7 @@ impl Front {
             }
             Kind::Request => {
                 let gateway_id = m.id().cloned().unwrap_or(Value::Null);
-                let needed = needed_capability(m.method());
+                let needed = methods::client_capability(m.method());
                 let capable = needed.is_some_and(|c| shape.capabilities.get(c).is_some());
                 if !NAMED.contains(&shape.method.as_str()) || !capable {
                     // The client cannot take this input request: the upstream gets an error.
@@ -190,16 +190,6 @@ pub(super) enum Next {
     Ask(Vec<(String, Value, Value)>),
     /// The request cannot be served to this client (400): the call is cancelled.
     Refuse(Message),
-}
-
-/// The capability an input request needs from the client.
-fn needed_capability(method: &str) -> Option<&'static str> {
-    match method {
-        "sampling/createMessage" => Some("sampling"),
-        "elicitation/create" => Some("elicitation"),
-        "roots/list" => Some("roots"),
-        _ => None,
-    }
 }
 
 /// Shapes a final response for a 2026-07-28 client: its own id, `resultType`, caching

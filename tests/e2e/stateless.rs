@@ -40,7 +40,7 @@ fn request(id: i64, method: &str, mut params: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
 }
 
-/// POSTs a modern request with the headers a conforming client sends.
+/// POSTs a stateless-era request with the headers a conforming client sends.
 async fn post(gateway: &Gateway, body: &Value) -> portcullis_tests::harness::RawResponse {
     let method = body["method"].as_str().unwrap().to_string();
     let name = body["params"]["name"]

@@ -21,12 +21,16 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared, join_all};
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
-use super::Session;
-use crate::catalog::{ListKind, Merged};
-use crate::mcp::{Message, methods};
-use crate::upstream::LeftOut;
+use super::router::{Links, Router};
+use super::{ListKind, Merged};
+use crate::mcp::{Message, codes};
+use crate::upstream::{LeftOut, UpstreamError};
+
+/// Most pages fetched from one upstream for one list (guards against a cursor loop).
+const MAX_UPSTREAM_PAGES: usize = 100;
 
 /// How often a part is fetched again when the upstream announced a change while it was being
 /// fetched.
@@ -43,35 +47,30 @@ struct Fetch {
 
 /// The list fetches of one session that are running, by list kind and upstream.
 #[derive(Default)]
-pub(super) struct ListFetches {
+pub(super) struct Lists {
     running: Mutex<HashMap<(ListKind, usize), Fetch>>,
 }
 
-impl ListFetches {
+impl Lists {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(ListKind, usize), Fetch>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// The notification that tells a client a list of this kind changed.
-fn list_changed(kind: ListKind) -> &'static str {
-    match kind {
-        ListKind::Tools => methods::TOOLS_LIST_CHANGED,
-        ListKind::Prompts => methods::PROMPTS_LIST_CHANGED,
-        ListKind::Resources | ListKind::Templates => methods::RESOURCES_LIST_CHANGED,
-    }
-}
-
-impl Session {
+impl Router {
     /// The merged list of `kind`: from the cache, or with every missing part fetched (each
     /// waited for at most its upstream's `list-timeout`).
-    pub(super) async fn gather(&self, kind: ListKind) -> Arc<Merged> {
-        if let Some(m) = self.catalog.cached(kind) {
+    pub(super) async fn gather<L: Links>(
+        self: &Arc<Self>,
+        links: &L,
+        kind: ListKind,
+    ) -> Arc<Merged> {
+        if let Some(m) = self.catalog().cached(kind) {
             return m;
         }
-        let waits = self.catalog.missing(kind).into_iter().map(|(idx, _)| {
-            let (part, left_out) = self.part(kind, idx);
-            let upstream = self.slots[idx].upstream.clone();
+        let waits = self.catalog().missing(kind).into_iter().map(|(idx, _)| {
+            let (part, left_out) = self.part(links, kind, idx);
+            let upstream = links.upstream(idx).clone();
             async move {
                 let limit = upstream.list_timeout();
                 match tokio::time::timeout(limit, part).await {
@@ -104,13 +103,14 @@ impl Session {
             }
         });
         let parts: Vec<_> = join_all(waits).await.into_iter().flatten().collect();
-        self.catalog.merge_with(kind, &parts)
+        self.catalog().merge_with(kind, &parts)
     }
 
     /// The running fetch of upstream `idx`'s part of `kind`, started if there is none. It runs
     /// on its own task, so an answer that stops waiting for it does not stop it.
-    fn part(
-        &self,
+    fn part<L: Links>(
+        self: &Arc<Self>,
+        links: &L,
         kind: ListKind,
         idx: usize,
     ) -> (Shared<BoxFuture<'static, Part>>, Arc<AtomicBool>) {
@@ -119,7 +119,7 @@ impl Session {
             return (f.part.clone(), f.left_out.clone());
         }
         let left_out = Arc::new(AtomicBool::new(false));
-        let Some(me) = self.me.upgrade() else {
+        let Some(links) = links.owned() else {
             let closing: Part = Err("the session is closing".into());
             return (
                 futures_util::future::ready(closing).boxed().shared(),
@@ -127,18 +127,15 @@ impl Session {
             );
         };
         let flag = left_out.clone();
+        let me = self.clone();
         let task = tokio::spawn(async move {
-            let part = me.fetch_part(kind, idx).await;
+            let part = me.fetch_part(&*links, kind, idx).await;
             me.lists.lock().remove(&(kind, idx));
             if part.is_ok() && flag.load(Ordering::Relaxed) {
-                let upstream = me.slots[idx].upstream.clone();
+                let upstream = links.upstream(idx);
                 tracing::info!(upstream = %upstream.name, "late {} arrived; telling the client its list changed", kind.method());
                 upstream.list_arrived();
-                me.send_unrelated(
-                    &upstream.name,
-                    Message::notification(list_changed(kind), None),
-                    true,
-                );
+                links.list_changed(idx, kind);
             }
             part
         });
@@ -159,24 +156,63 @@ impl Session {
     }
 
     /// Fetches and caches upstream `idx`'s part of `kind`.
-    async fn fetch_part(&self, kind: ListKind, idx: usize) -> Part {
-        let why = |e: crate::upstream::UpstreamError| Arc::<str>::from(e.to_string());
+    async fn fetch_part<L: Links>(&self, links: &L, kind: ListKind, idx: usize) -> Part {
+        let why = |e: UpstreamError| Arc::<str>::from(e.to_string());
         let mut stale = None;
         for _ in 0..=REFETCHES {
             // Connected first, so what the upstream said during its handshake is counted
             // before the generation is read.
-            self.link(idx).await.map_err(why)?;
-            let generation = self.catalog.generation(kind, idx);
-            let items = Arc::new(self.fetch_list(idx, kind).await.map_err(why)?);
+            links.connect(idx).await.map_err(why)?;
+            let generation = self.catalog().generation(kind, idx);
+            let items = Arc::new(fetch_list(links, idx, kind).await.map_err(why)?);
             if self
-                .catalog
+                .catalog()
                 .store_shared(kind, idx, generation, items.clone())
             {
                 return Ok(items);
             }
-            tracing::debug!(upstream = %self.slots[idx].upstream.name, "{} changed while it was fetched; fetching again", kind.method());
+            tracing::debug!(upstream = %links.upstream(idx).name, "{} changed while it was fetched; fetching again", kind.method());
             stale = Some(items);
         }
         Ok(stale.unwrap_or_default())
     }
+}
+
+/// Every page of one upstream's list.
+async fn fetch_list<L: Links>(
+    links: &L,
+    idx: usize,
+    kind: ListKind,
+) -> Result<Vec<Value>, UpstreamError> {
+    let link = links.connect(idx).await?;
+    if link.capabilities().get(kind.capability()).is_none() {
+        return Ok(Vec::new());
+    }
+    let mut items = Vec::new();
+    let mut cursor: Option<Value> = None;
+    for _ in 0..MAX_UPSTREAM_PAGES {
+        let params = cursor.take().map(|c| json!({ "cursor": c }));
+        let request = Message::request(json!(0), kind.method(), params);
+        let mut response = link
+            .request(request, None, &CancellationToken::new())
+            .await?;
+        if let Some(err) = response.error_value() {
+            if err["code"] == codes::METHOD_NOT_FOUND {
+                return Ok(items); // e.g. resources without templates
+            }
+            return Err(UpstreamError::Protocol {
+                upstream: link.upstream.name.clone(),
+                detail: format!("{} failed: {err}", kind.method()),
+            });
+        }
+        let mut result = response.take_result().unwrap_or_default();
+        if let Some(Value::Array(page)) = result.get_mut(kind.items_key()).map(Value::take) {
+            items.extend(page);
+        }
+        match result.get("nextCursor") {
+            Some(c @ Value::String(_)) => cursor = Some(c.clone()),
+            _ => return Ok(items),
+        }
+    }
+    Ok(items)
 }
