@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo build --release -p portcullis -p portcullis-tests --bins
 //! target/release/loadgen [--seconds 10] [--sessions 1000] [--memory-only]
+//! target/release/loadgen --calls-only [--seconds 10]
 //! target/release/loadgen --tracing [--seconds 10]
 //! target/release/loadgen --audit [--seconds 10]
 //! target/release/loadgen --cluster [--seconds 10] [--sessions 1000]
@@ -26,6 +27,9 @@
 //! `--tracing` measures the cost of OpenTelemetry export instead: the same gateway (one
 //! allow-all policy, one HTTP upstream) with `[tracing]` off and on, exporting to an
 //! OTLP/HTTP sink in this process (needs `scripts/build-plugins` for the policy).
+//!
+//! `--calls-only` skips the memory table and `tools/list`: `tools/call` direct and through
+//! the gateway only, the bare proxy's cost (issue 18).
 //!
 //! Prints a Markdown report (see docs/BENCHMARKS.md). Each virtual client is one MCP session
 //! on its own keep-alive connection, sending its next request as soon as the last answer
@@ -82,6 +86,8 @@ struct Cell {
     p50: Duration,
     p99: Duration,
     cpu_per_call: Duration,
+    /// CPU per call of each of the target's `pids`, in their order (see [`cpu_split`]).
+    cpu_each: Vec<Duration>,
 }
 
 fn client() -> reqwest::Client {
@@ -205,16 +211,16 @@ async fn measure(
     };
     // Warm up: connections, upstream links, caches.
     run(Instant::now() + Duration::from_secs(1), false).await;
-    let cpu0: Duration = target.pids.iter().map(|p| cpu_time(*p)).sum();
+    let cpu0 = cpu_times(&target.pids);
     let start = Instant::now();
     let results = run(start + Duration::from_secs_f64(seconds), true).await;
     let elapsed = start.elapsed();
-    let cpu = target
-        .pids
+    let cpu_spent: Vec<Duration> = cpu_times(&target.pids)
         .iter()
-        .map(|p| cpu_time(*p))
-        .sum::<Duration>()
-        .saturating_sub(cpu0);
+        .zip(&cpu0)
+        .map(|(after, before)| after.saturating_sub(*before))
+        .collect();
+    let cpu: Duration = cpu_spent.iter().sum();
     let mut lat = Vec::new();
     let mut errors = 0;
     for r in results {
@@ -236,7 +242,25 @@ async fn measure(
         p50: pct(0.50),
         p99: pct(0.99),
         cpu_per_call: cpu / calls.max(1) as u32,
+        cpu_each: cpu_spent.iter().map(|c| *c / calls.max(1) as u32).collect(),
     })
+}
+
+/// User+system CPU time so far of each of `pids`.
+fn cpu_times(pids: &[u32]) -> Vec<Duration> {
+    pids.iter().map(|p| cpu_time(*p)).collect()
+}
+
+/// The main table's split of a cell's CPU per call: the gateway's own (`–` for the direct
+/// target, whose only process is the upstream) and the upstream's, in µs. The gateway
+/// target's pids are `[gateway, upstream]`.
+fn cpu_split(target: &Target<'_>, cell: &Cell) -> String {
+    let us = |d: &Duration| format!("{:.0}", d.as_secs_f64() * 1e6);
+    match cell.cpu_each.as_slice() {
+        [upstream] if target.label == "direct" => format!("– | {}", us(upstream)),
+        [gateway, upstream] => format!("{} | {}", us(gateway), us(upstream)),
+        _ => "? | ?".into(),
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -251,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
     let mut tracing = false;
     let mut audit = false;
     let mut cluster = false;
+    let mut calls_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -260,8 +285,9 @@ async fn main() -> anyhow::Result<()> {
             "--tracing" => tracing = true,
             "--audit" => audit = true,
             "--cluster" => cluster = true,
+            "--calls-only" => calls_only = true,
             other => bail!(
-                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--tracing] [--audit] [--cluster]"
+                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--calls-only] [--tracing] [--audit] [--cluster]"
             ),
         }
     }
@@ -282,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
     // Memory, on a gateway of its own (so the throughput runs do not pre-grow its heap):
     // sessions that only initialized, then the same sessions after one call each (which
     // opens one upstream session per client session).
-    {
+    if !calls_only {
         let fresh = Gateway::start(&config).await;
         let http = client();
         let base = rss_kib(fresh.pid());
@@ -334,23 +360,29 @@ async fn main() -> anyhow::Result<()> {
     };
 
     println!(
-        "\n| op | clients | target | calls/s | p50 ms | p99 ms | CPU µs/call (servers) | errors |"
+        "\n| op | clients | target | calls/s | p50 ms | p99 ms | CPU µs/call (servers) | gateway CPU µs/call | upstream CPU µs/call | errors |"
     );
-    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut ratios = Vec::new();
-    for op in [Op::Call, Op::List] {
+    let ops: &[Op] = if calls_only {
+        &[Op::Call]
+    } else {
+        &[Op::Call, Op::List]
+    };
+    for &op in ops {
         for c in CONCURRENCY {
             let d = measure(&direct, op, c, seconds).await?;
             let g = measure(&through, op, c, seconds).await?;
             for (t, cell) in [(&direct, &d), (&through, &g)] {
                 println!(
-                    "| {} | {c} | {} | {:.0} | {} | {} | {:.0} | {} |",
+                    "| {} | {c} | {} | {:.0} | {} | {} | {:.0} | {} | {} |",
                     op.label(),
                     t.label,
                     cell.rps,
                     ms(cell.p50),
                     ms(cell.p99),
                     cell.cpu_per_call.as_secs_f64() * 1e6,
+                    cpu_split(t, cell),
                     cell.errors
                 );
             }
