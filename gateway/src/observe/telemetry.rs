@@ -15,7 +15,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider};
 use tracing::Level;
-use tracing_subscriber::filter::{EnvFilter, FilterExt as _, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, Registry};
@@ -79,13 +79,17 @@ pub fn init(
             .with_location(false)
             .with_target(false)
             // The gateway's own spans, plus its warnings and errors as span events.
-            .with_filter(filter_fn(|m| {
-                if m.is_span() {
-                    m.target() == SPAN_TARGET
-                } else {
-                    m.target().starts_with("portcullis") && *m.level() <= Level::WARN
-                }
-            }))
+            .with_filter(
+                filter_fn(|m| {
+                    if m.is_span() {
+                        m.target() == SPAN_TARGET
+                    } else {
+                        m.target().starts_with("portcullis") && *m.level() <= Level::WARN
+                    }
+                })
+                // The spans are `info`: nothing more verbose reaches this layer.
+                .with_max_level_hint(LevelFilter::INFO),
+            )
     });
     Registry::default()
         .with(fmt_layer(log.format, filter))
@@ -104,7 +108,13 @@ fn fmt_layer(
     format: LogFormat,
     filter: EnvFilter,
 ) -> Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync> {
-    let filter = filter.and(filter_fn(|m| !(m.is_span() && m.target() == SPAN_TARGET)));
+    // The hint keeps the level filter's own: without it the pair has none, the global
+    // maximum is TRACE and every `debug!`/`trace!` callsite (and dependency `log` record)
+    // is built and asked on the hot path only to be dropped.
+    let filter = filter.and(
+        filter_fn(|m| !(m.is_span() && m.target() == SPAN_TARGET))
+            .with_max_level_hint(LevelFilter::TRACE),
+    );
     match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
