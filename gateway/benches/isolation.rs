@@ -16,6 +16,10 @@
 //!
 //! ```sh
 //! scripts/build-plugins && cargo bench -p portcullis --bench isolation
+//! # only some rows: cases whose label starts with, modes whose label contains, one of the
+//! # comma-separated words
+//! ISOLATION_CASES=redact,whole ISOLATION_MODES=pre,warm cargo bench -p portcullis --bench isolation
+//! # ISOLATION_CACHE=<dir>: use a compile cache there (none by default)
 //! ```
 //!
 //! Numbers are in docs/BENCHMARKS.md.
@@ -153,16 +157,32 @@ fn main() {
             &["authn", "authz", "rate-limit", "redact"],
         ),
     ];
+    // Cases by the start of their label (`redact` is not the whole chain), modes by any part.
+    let wanted = |var: &str, label: &str| {
+        std::env::var(var)
+            .map(|v| {
+                v.split(',').any(|w| match var {
+                    "ISOLATION_CASES" => label.starts_with(w.trim()),
+                    _ => label.contains(w.trim()),
+                })
+            })
+            .unwrap_or(true)
+    };
     println!("| case | mode | wall µs/call | CPU µs/call |");
     println!("| --- | --- | ---: | ---: |");
     for (label, plugins) in cases {
         for (mode, warm, preinit) in modes {
+            if !wanted("ISOLATION_CASES", label) || !wanted("ISOLATION_MODES", mode) {
+                continue;
+            }
             let dir = folder(plugins, warm, preinit);
             let (wall, cpu) = rt.block_on(async {
                 let policies = Policies::open(
                     Some(&dir),
                     RuntimeConfig {
-                        cache: None,
+                        // ISOLATION_CACHE=<dir> keeps the compilations (and snapshots) there,
+                        // e.g. to see the size of a pre-initialized plugin.
+                        cache: std::env::var_os("ISOLATION_CACHE").map(PathBuf::from),
                         ..RuntimeConfig::default()
                     },
                     Vec::new(),

@@ -178,7 +178,11 @@ pub struct Config {
 impl<'de> Deserialize<'de> for Config {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Raw::deserialize(d)?;
-        compile(raw).map_err(serde::de::Error::custom)
+        let config = compile(raw).map_err(serde::de::Error::custom)?;
+        // Fill the lazy DFA caches now, so the snapshot the gateway takes after `init` holds
+        // them (`warm.rs`).
+        crate::warm::warm(&config);
+        Ok(config)
     }
 }
 

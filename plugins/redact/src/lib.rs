@@ -27,6 +27,7 @@ mod mcp;
 mod normalize;
 mod scan;
 pub mod validate;
+mod warm;
 
 use portcullis_sdk::prelude::*;
 
