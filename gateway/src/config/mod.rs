@@ -232,10 +232,22 @@ pub enum OnError {
 impl PolicyConfig {
     /// The compile cache's directory: `cache`, else the per-user default.
     pub fn cache_dir(&self) -> Option<PathBuf> {
-        self.cache
-            .clone()
-            .or_else(crate::policy::CompileCache::default_dir)
+        self.cache.clone().or_else(default_cache_dir)
     }
+}
+
+/// The compile cache's default location: `$XDG_CACHE_HOME/portcullis/plugins`, else
+/// `$HOME/.cache/portcullis/plugins`. `None` when neither variable is set.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("portcullis").join("plugins"))
 }
 
 /// `[oauth]`: the gateway as an OAuth 2.0 protected resource (RFC 9728). Clients that get a

@@ -68,20 +68,6 @@ impl std::fmt::Debug for CompileCache {
 }
 
 impl CompileCache {
-    /// The default location: `$XDG_CACHE_HOME/portcullis/plugins`, else
-    /// `$HOME/.cache/portcullis/plugins`. `None` when neither variable is set.
-    pub fn default_dir() -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(|h| PathBuf::from(h).join(".cache"))
-            })?;
-        Some(base.join("portcullis").join("plugins"))
-    }
-
     /// Opens (creating if needed) the cache at `dir`, with its key.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
         let io = |e| CacheError::Io(dir.to_path_buf(), e);

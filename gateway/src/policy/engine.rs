@@ -62,7 +62,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             max_instances: 256,
             max_memory: 64 << 20,
-            cache: CompileCache::default_dir(),
+            cache: crate::config::default_cache_dir(),
             kv: None,
             baseline: false,
         }
