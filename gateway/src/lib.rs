@@ -81,9 +81,10 @@ impl Gateway {
         if let Some(ids) = session::TaskIds::from_session_keys(&config.cluster.session_keys.0) {
             sessions.set_task_ids(ids);
         }
-        if let Some(bus) = cluster::Bus::start(&config.cluster)? {
+        let bus = cluster::Bus::start(&config.cluster)?;
+        if let Some(bus) = &bus {
             bus.set_sessions(Arc::downgrade(&sessions));
-            sessions.set_bus(bus);
+            sessions.set_bus(bus.clone());
         }
         if config.namespacing.prefix == PrefixMode::Never {
             check_collisions(&sessions).await?;
@@ -128,7 +129,12 @@ impl Gateway {
             true => Some(Arc::new(audit::Audit::open(&config.audit)?)),
             false => None,
         };
-        let metrics = metrics::Metrics::new(sessions.clone(), policies.clone(), audit.clone());
+        let metrics = metrics::Metrics::new(
+            sessions.clone(),
+            policies.clone(),
+            audit.clone(),
+            bus.clone(),
+        );
         let mut admin = match &config.admin {
             Some(cfg) => Some(admin::Admin::bind(cfg, sessions.clone(), policies.clone()).await?),
             None => None,
@@ -143,6 +149,7 @@ impl Gateway {
             policies.clone(),
             config.oauth.as_ref(),
             front::Recorder::new(metrics.clone(), audit.clone()),
+            bus,
         );
         Ok(Gateway {
             listener,

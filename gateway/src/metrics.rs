@@ -126,6 +126,7 @@ impl Metrics {
         sessions: Arc<Sessions>,
         policies: Arc<Policies>,
         audit: Option<Arc<Audit>>,
+        bus: Option<Arc<crate::cluster::Bus>>,
     ) -> Arc<Self> {
         let mut registry = Registry::with_prefix("portcullis");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -165,6 +166,7 @@ impl Metrics {
             sessions,
             policies,
             audit,
+            bus,
         }));
         Arc::new(Metrics {
             registry,
@@ -236,6 +238,7 @@ struct Live {
     sessions: Arc<Sessions>,
     policies: Arc<Policies>,
     audit: Option<Arc<Audit>>,
+    bus: Option<Arc<crate::cluster::Bus>>,
 }
 
 impl std::fmt::Debug for Live {
@@ -393,7 +396,7 @@ impl Collector for Live {
                 ),
             ],
         )?;
-        if let Some(bus) = self.sessions.bus() {
+        if let Some(bus) = &self.bus {
             encode_bus(e, bus)?;
         }
 

@@ -466,3 +466,28 @@ impl Bus {
         }
     }
 }
+
+impl crate::session::SessionBus for Bus {
+    fn replica(&self) -> &str {
+        Bus::replica(self)
+    }
+
+    fn asker(&self, gateway_id: &str) -> Option<String> {
+        Bus::asker(self, gateway_id)
+    }
+
+    fn publish_answer(&self, replica: String, session: &str, msg: Message) {
+        Bus::publish_answer(self, replica, session, msg);
+    }
+
+    fn publish_session(
+        &self,
+        session: &Session,
+        upstream: &str,
+        msg: &Message,
+        change: bool,
+        unheard: Option<Box<dyn FnOnce() + Send>>,
+    ) {
+        Bus::publish_session(self, session, upstream, msg, change, unheard);
+    }
+}

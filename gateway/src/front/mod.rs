@@ -72,6 +72,8 @@ pub struct Front {
     /// The identity every message starts with, as if an authn stage had set it: only
     /// `plugin test --identity` ([`offline`]) has one.
     assumed: Option<crate::policy::Identity>,
+    /// The cluster bus, when replicas share streams and parked calls.
+    bus: Option<Arc<crate::cluster::Bus>>,
 }
 
 impl Front {
@@ -81,8 +83,9 @@ impl Front {
         policies: Arc<Policies>,
         oauth: Option<&crate::config::OAuthConfig>,
         recorder: Recorder,
+        bus: Option<Arc<crate::cluster::Bus>>,
     ) -> Arc<Self> {
-        Self::build(config, sessions, policies, oauth, recorder, None)
+        Self::build(config, sessions, policies, oauth, recorder, None, bus)
     }
 
     fn build(
@@ -92,6 +95,7 @@ impl Front {
         oauth: Option<&crate::config::OAuthConfig>,
         recorder: Recorder,
         assumed: Option<crate::policy::Identity>,
+        bus: Option<Arc<crate::cluster::Bus>>,
     ) -> Arc<Self> {
         let oauth_metadata = oauth.map(|o| metadata::document(o, &config.path));
         sessions.set_screen(Arc::new(relay::PolicyScreen {
@@ -109,8 +113,9 @@ impl Front {
             closing: CancellationToken::new(),
             recorder: Arc::new(recorder),
             assumed,
+            bus,
         });
-        if let Some(bus) = front.sessions.bus() {
+        if let Some(bus) = &front.bus {
             stateless::serve_forwarded(&front, bus);
         }
         front

@@ -71,7 +71,7 @@ impl Rehearsal {
             config.list_page_size,
             SessionBounds::from_config(&config),
         ));
-        let metrics = crate::metrics::Metrics::new(sessions.clone(), policies.clone(), None);
+        let metrics = crate::metrics::Metrics::new(sessions.clone(), policies.clone(), None, None);
         let front = Front::build(
             config,
             sessions,
@@ -79,6 +79,7 @@ impl Rehearsal {
             None,
             Recorder::new(metrics, None),
             assumed.clone(),
+            None,
         );
         let hello = Message::request(
             json!(0),

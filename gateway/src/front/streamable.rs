@@ -160,7 +160,7 @@ impl Front {
             }
         };
         // Other replicas' messages of this session reach this stream while it is open.
-        if let Some(bus) = self.sessions.bus() {
+        if let Some(bus) = self.bus.as_ref() {
             bus.follow(&session, frames.gone()).await;
         }
         response::sse(frames)

@@ -26,6 +26,7 @@
 //! With the cluster bus (`cluster/`), what a session sends outside any request reaches its
 //! streams on other replicas too.
 
+mod bus;
 mod handle;
 mod input;
 mod links;
@@ -37,6 +38,7 @@ pub mod stream;
 mod tasks;
 
 pub use crate::catalog::{Resolved, Route};
+pub use bus::SessionBus;
 use outbox::Outgoing;
 pub use outbox::Screen;
 pub use store::{Refused, SessionBounds, Sessions};
@@ -108,7 +110,7 @@ pub struct Session {
     /// Messages outside any request, in order, through the screen (created on first need).
     outbox: OnceLock<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
     /// The cluster bus: other replicas' streams of this session (`cluster/`).
-    bus: Option<Arc<crate::cluster::Bus>>,
+    bus: Option<Arc<dyn SessionBus>>,
     /// The handler of the links opened at `initialize`, before the session existed
     /// (`opening.rs`); kept here for as long as they live.
     _handover: Option<Arc<opening::Handover>>,

@@ -63,7 +63,7 @@ pub struct Sessions {
     /// Seals task ids: from the session key when there is one, else a key of this process.
     task_ids: OnceLock<Arc<TaskIds>>,
     /// Shares sessions' streams with other replicas (`[cluster]` redis and key).
-    bus: OnceLock<Arc<crate::cluster::Bus>>,
+    bus: OnceLock<Arc<dyn super::SessionBus>>,
 }
 
 impl Sessions {
@@ -101,13 +101,8 @@ impl Sessions {
     }
 
     /// Shares the streams of sessions created from now on with the other replicas.
-    pub fn set_bus(&self, bus: Arc<crate::cluster::Bus>) {
+    pub fn set_bus(&self, bus: Arc<dyn super::SessionBus>) {
         let _ = self.bus.set(bus);
-    }
-
-    /// The cluster bus, when replicas share streams.
-    pub fn bus(&self) -> Option<&Arc<crate::cluster::Bus>> {
-        self.bus.get()
     }
 
     pub fn bounds(&self) -> &SessionBounds {

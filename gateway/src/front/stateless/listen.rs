@@ -90,7 +90,7 @@ impl Front {
         );
         let _ = frames_tx.send(frame(&tag(ack)));
         // Changes the caller's sessions on other replicas hear reach this stream too.
-        if let Some(bus) = self.sessions.bus() {
+        if let Some(bus) = self.bus.as_ref() {
             bus.follow(&session, frames.gone()).await;
         }
         let closing = self.closing.clone();

@@ -303,7 +303,7 @@ impl Front {
         }
         // In a cluster, a state the gateway issued names the replica holding the call.
         if let Some(state) = msg.param_str("requestState")
-            && let Some(bus) = self.sessions.bus()
+            && let Some(bus) = self.bus.as_ref()
             && let Some(owner) = bus.state_owner(state)
         {
             return match owner {

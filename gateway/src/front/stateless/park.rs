@@ -57,7 +57,7 @@ impl Front {
             .calls
             .retain(|_, p| p.expires > Instant::now() || abandon(p));
         // In a cluster the state names (sealed) this replica, so a retry elsewhere finds it.
-        let state = match self.sessions.bus() {
+        let state = match self.bus.as_ref() {
             Some(bus) => bus.seal_state(),
             None => format!("{:032x}", rand::random::<u128>()),
         };
