@@ -8,7 +8,13 @@
 //! target/release/loadgen --tracing [--seconds 10]
 //! target/release/loadgen --audit [--seconds 10]
 //! target/release/loadgen --cluster [--seconds 10] [--sessions 1000]
+//! target/release/loadgen --compare [--seconds 10]
 //! ```
+//!
+//! `--compare` runs one comparison in one run (`loadgen/compare.rs`): direct, Portcullis
+//! without policies, with the shipped chain, with a stdio upstream, and mcp-proxy (PyPI)
+//! with the same stdio upstream (needs `scripts/build-plugins`; installs mcp-proxy with
+//! `scripts/ensure-mcp-proxy`).
 //!
 //! `--cluster` measures scale-out (needs `scripts/build-plugins`, `redis-server` and
 //! `haproxy`: `scripts/ensure-redis`, `scripts/ensure-haproxy`): the rate-limit plugin with a
@@ -35,6 +41,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+#[path = "loadgen/compare.rs"]
+mod compare;
 use portcullis_tests::harness::{
     Fixture, Gateway, Haproxy, PluginDir, RedisServer, TempDir, toml_str,
 };
@@ -251,6 +260,7 @@ async fn main() -> anyhow::Result<()> {
     let mut tracing = false;
     let mut audit = false;
     let mut cluster = false;
+    let mut peers = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -260,10 +270,14 @@ async fn main() -> anyhow::Result<()> {
             "--tracing" => tracing = true,
             "--audit" => audit = true,
             "--cluster" => cluster = true,
+            "--compare" => peers = true,
             other => bail!(
-                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--tracing] [--audit] [--cluster]"
+                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--tracing] [--audit] [--cluster] [--compare]"
             ),
         }
+    }
+    if peers {
+        return compare::compare(seconds).await;
     }
     if cluster {
         return cluster_overhead(seconds, idle_sessions, memory_only).await;
