@@ -18,7 +18,8 @@ use portcullis::policy::{Call, Chain, Policies, RuntimeConfig};
 use serde_json::json;
 
 /// The public half of an RSA-2048 key made for this benchmark, and a token it signed
-/// (`exp` in 2100, `aud` the gateway's resource URI, role `dev`).
+/// (`exp` in 2100, `aud` the gateway's resource URI, role `dev`; the sidecar's
+/// `max-lifetime` is raised to accept that `exp`).
 const BENCH_JWK: &str = r#"{ kty = "RSA", kid = "bench-rsa", alg = "RS256", n = "4k5ZJJZA3f-J3EXXmwpFrCfMdFm_FvQcONRPh8Y_U04ZVifV95DCNpv8pA2kL3lAawIMgl79cOwph6qX4URMlFRJKwW13eQhpvtUuNtsJuXcRxq-PRvOY8EQTwvbOWaZ2OM-vkfN6oeQU1Ykk_7k-LbxSYDwiOk5NEu_5sacz4fTUC-I3f20TtSSJP1Zo8tDobKMMDqKsZX4Ku-u-vGqV9xJLBgGSR64RzTdOfKpptgbJaui9Wu5Klb0CuScI1JYQIJHf8v7DHqG6i1K5xRLpB9CqemC0Z04kHOxcR3lNylydvjtW9HCgCJJmQP0xZpsDcGzxxuBxvhSJtB5BuCPkQ", e = "AQAB" }"#;
 const BENCH_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImJlbmNoLXJzYSJ9.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlLmNvbSIsImF1ZCI6Imh0dHBzOi8vbWNwLmV4YW1wbGUuY29tL21jcCIsInN1YiI6ImJlbmNoIiwicm9sZXMiOlsiZGV2Il0sInNjb3BlIjoibWNwOnRvb2xzIiwiZXhwIjo0MTAyNDQ0ODAwLCJuYmYiOjE3MDAwMDAwMDB9.g2UasDc77Iwft-qRjOtL4b0cTrLC-19hiV2Y6-itEWMfgtKrIsLaVgcR6an9AZvzLoZK7uhbcCEWOAnUPOp8dtuJ-w_M-tvXykdfeVgxaVa2lefQakuFoTCnCqG5vCcpM7GW3fxbPqoA_69ZcXJ3Q1lwYXB4-i7c-QZjhmo0-8XdsvsMU3rQE48BQhV_u4NZy9fWLDWv-w8EX3fddiTceFPtaZZ_Be0hMnolxih6qI-kquliai_P9YrA8vDcVJPfs2rwOMkT03CFYLo4XJh0YlgbNEAApRD6o7hv23ZEBlSsvP600wE1h1xKCyJ6_PepODfyJHVJ_HymjXHjvDs8Kg";
 /// An API key whose SHA-256 is the last of the 100 configured (the worst case of the scan).
@@ -49,7 +50,7 @@ fn authn_sidecar(warm: u32, cache_seconds: u32) -> String {
         sha256_hex(API_KEY)
     );
     s += &format!(
-        "[config.jwt]\nissuer = \"https://idp.example.com\"\naudience = \"https://mcp.example.com/mcp\"\nroles-claim = \"roles\"\ncache-seconds = {cache_seconds}\njwks = {{ keys = [{BENCH_JWK}] }}\n"
+        "[config.jwt]\nissuer = \"https://idp.example.com\"\naudience = \"https://mcp.example.com/mcp\"\nroles-claim = \"roles\"\ncache-seconds = {cache_seconds}\nmax-lifetime = 2500000000\njwks = {{ keys = [{BENCH_JWK}] }}\n"
     );
     s
 }

@@ -6,12 +6,14 @@
 //! proxy, so the tests see the `Authorization` of every request it received. The token
 //! endpoint is the harness's minimal RFC 8693 endpoint (`harness/token_endpoint.rs`): the
 //! OpenID provider the suite runs elsewhere (npm `oidc-provider`) does not implement RFC 8693.
+//! The same endpoint serves its provider's discovery document, for configurations that give
+//! the provider's `issuer` instead of `token-endpoint`.
 
 use std::time::Duration;
 
 use portcullis_tests::harness::{
-    ConnectOptions, Fixture, Gateway, McpClient, PluginDir, RecordingClient, RecordingProxy,
-    TokenEndpoint, call_tool, connect, server_toml, text_of, toml_str,
+    ConnectOptions, DiscoveryAt, Fixture, Gateway, McpClient, PluginDir, RecordingClient,
+    RecordingProxy, TokenEndpoint, call_tool, connect, server_toml, text_of, toml_str,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -25,6 +27,23 @@ const CLIENT_SECRET: &str = "exchange-client-secret";
 /// The gateway with authn (three API keys), and `beta` behind `proxy` exchanging tokens at
 /// `endpoint`; the plugins folder lives as long as the returned handle.
 async fn gateway(endpoint: &TokenEndpoint, proxy: &RecordingProxy) -> (Gateway, PluginDir) {
+    let at = format!("token-endpoint = {}", toml_str(&endpoint.url()));
+    gateway_with(&at, proxy).await
+}
+
+/// The same, with `endpoint`'s provider given by its issuer only: the token endpoint is
+/// discovered.
+async fn gateway_by_issuer(
+    endpoint: &TokenEndpoint,
+    proxy: &RecordingProxy,
+) -> (Gateway, PluginDir) {
+    let at = format!("issuer = {}", toml_str(&endpoint.issuer()));
+    gateway_with(&at, proxy).await
+}
+
+/// The gateway, with `locate` (`token-endpoint = …` or `issuer = …`) saying where `beta`'s
+/// tokens are exchanged.
+async fn gateway_with(locate: &str, proxy: &RecordingProxy) -> (Gateway, PluginDir) {
     let plugins = PluginDir::new();
     let keys: String = [(ALICE, "alice"), (BOB, "bob"), (CAROL, "carol")]
         .iter()
@@ -39,11 +58,10 @@ async fn gateway(endpoint: &TokenEndpoint, proxy: &RecordingProxy) -> (Gateway, 
     plugins.add("authn", "authn", &format!("[config]\n{keys}"));
     let upstream = format!(
         "[upstreams.beta]\nurl = {url}\n\n[upstreams.beta.auth]\nkind = \"token-exchange\"\n\
-         token-endpoint = {endpoint}\nclient-id = \"{CLIENT_ID}\"\n\
+         {locate}\nclient-id = \"{CLIENT_ID}\"\n\
          client-secret = \"${{EXCHANGE_SECRET}}\"\naudience = \"beta-mcp\"\nresource = {url}\n\
          scope = \"tools:call\"\n",
         url = toml_str(&proxy.url("/mcp")),
-        endpoint = toml_str(&endpoint.url()),
     );
     let config = format!("{}{}{upstream}", server_toml(), plugins.policy_toml());
     let gateway = Gateway::start_with_env(&config, &[("EXCHANGE_SECRET", CLIENT_SECRET)]).await;
@@ -225,4 +243,100 @@ async fn no_exchanged_token_means_nothing_reaches_the_upstream() {
     assert_no_secret_in(&gateway.logs(), "the gateway's log");
     alice.cancel().await.unwrap();
     carol.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_endpoint_is_discovered_from_the_issuer() {
+    let endpoint = TokenEndpoint::start(CLIENT_ID, CLIENT_SECRET).await;
+    let beta = Fixture::http("beta").await;
+    let proxy = RecordingProxy::start(beta.addr()).await;
+    let (gateway, _plugins) = gateway_by_issuer(&endpoint, &proxy).await;
+
+    let alice = caller(&gateway, ALICE).await;
+    assert_eq!(upstream_saw(&alice).await.unwrap(), "Bearer exchanged-1");
+    let bob = caller(&gateway, BOB).await;
+    assert_eq!(upstream_saw(&bob).await.unwrap(), "Bearer exchanged-2");
+    // Two exchanges at the discovered endpoint, with the client's credentials, and one
+    // discovery for both: the endpoint is kept.
+    let received = endpoint.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!(
+        received[1].form.get("subject_token").map(String::as_str),
+        Some(BOB)
+    );
+    assert!(received.iter().all(|r| r.issued.is_some()));
+    assert_eq!(
+        endpoint.discovery_fetches(),
+        ["/realms/test/.well-known/openid-configuration"]
+    );
+    for f in proxy.forwarded() {
+        let auth = f.authorization.as_deref().unwrap_or("<none>");
+        assert!(
+            auth == "Bearer exchanged-1" || auth == "Bearer exchanged-2",
+            "{} reached the upstream with {auth}",
+            f.method
+        );
+    }
+    let logs = gateway.logs();
+    assert!(logs.contains("token endpoint discovered"), "{logs}");
+    assert_no_secret_in(&logs, "the gateway's log");
+    alice.cancel().await.unwrap();
+    bob.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc_8414_metadata_serves_a_provider_without_openid_discovery() {
+    let endpoint = TokenEndpoint::start(CLIENT_ID, CLIENT_SECRET).await;
+    endpoint.serve_discovery(DiscoveryAt::OAuth);
+    let beta = Fixture::http("beta").await;
+    let proxy = RecordingProxy::start(beta.addr()).await;
+    let (gateway, _plugins) = gateway_by_issuer(&endpoint, &proxy).await;
+    let alice = caller(&gateway, ALICE).await;
+    assert_eq!(upstream_saw(&alice).await.unwrap(), "Bearer exchanged-1");
+    assert_eq!(
+        endpoint.discovery_fetches(),
+        [
+            "/realms/test/.well-known/openid-configuration",
+            "/.well-known/oauth-authorization-server/realms/test",
+        ]
+    );
+    alice.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_document_for_another_issuer_is_refused() {
+    let endpoint = TokenEndpoint::start(CLIENT_ID, CLIENT_SECRET).await;
+    // The document names a different issuer (here: a trailing `/` more, the commonest
+    // real mismatch); its token endpoint is not used.
+    endpoint.name_issuer(&format!("{}/", endpoint.issuer()));
+    let beta = Fixture::http("beta").await;
+    let proxy = RecordingProxy::start(beta.addr()).await;
+    let (gateway, _plugins) = gateway_by_issuer(&endpoint, &proxy).await;
+    let alice = caller(&gateway, ALICE).await;
+    let e = upstream_saw(&alice)
+        .await
+        .expect_err("no credential, no call");
+    assert!(
+        e.contains("beta")
+            && e.contains("no credential")
+            && e.contains("token endpoint cannot be discovered")
+            && e.contains("not the configured"),
+        "{e}"
+    );
+    assert_no_secret_in(&e, "the client's error");
+    assert!(
+        endpoint.received().is_empty(),
+        "no exchange: neither the caller's token nor the client secret went anywhere"
+    );
+    assert!(!endpoint.discovery_fetches().is_empty());
+    settled(&proxy).await;
+    let forwarded = proxy.forwarded();
+    assert!(
+        forwarded.is_empty(),
+        "nothing reached the upstream without an exchanged token: {forwarded:?}"
+    );
+    let logs = gateway.logs();
+    assert!(logs.contains("token endpoint discovery failed"), "{logs}");
+    assert_no_secret_in(&logs, "the gateway's log");
+    alice.cancel().await.unwrap();
 }

@@ -38,7 +38,7 @@ pub use raw::{
 };
 pub use recording_proxy::{Forwarded, RecordingProxy};
 pub use redis::RedisServer;
-pub use token_endpoint::{ExchangeRequest, TokenEndpoint};
+pub use token_endpoint::{DiscoveryAt, ExchangeRequest, TokenEndpoint};
 
 /// Installs rustls' ring provider for this process. reqwest is built with
 /// `rustls-no-provider` in this workspace (see the gateway), and building a reqwest client

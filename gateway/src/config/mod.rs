@@ -27,7 +27,10 @@ pub use cluster::{ClusterConfig, RedisUrl};
 pub use load::{ConfigError, embedded_default, load, parse};
 pub use observe::{AdminConfig, LogConfig, LogFormat, TracingConfig};
 pub use tls::{ClientAuth, TlsConfig};
-pub use upstream_auth::{AuthKind, ClientAuthMethod, MAX_TOKEN_BYTES, UpstreamAuth};
+pub use upstream_auth::{
+    AuthKind, ClientAuthMethod, DEFAULT_DISCOVERY_TTL, MAX_TOKEN_BYTES, UpstreamAuth,
+    secure_endpoint,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]

@@ -5,7 +5,9 @@
 //! a static secret (`kind = "static"`, the same as the older `bearer-token` key), or a token
 //! made for it and for this caller (`kind = "token-exchange"`: RFC 8693 at the provider's
 //! token endpoint, the caller's accepted bearer token as the subject, the upstream's
-//! `audience` / RFC 8707 `resource`). The runtime side is `upstream/credential.rs`.
+//! `audience` / RFC 8707 `resource`). The token endpoint is given (`token-endpoint`) or found
+//! from the provider's `issuer` by discovery (OpenID Connect Discovery, then RFC 8414). The
+//! runtime side is `upstream/credential.rs` and `upstream/credential/discovery.rs`.
 
 use std::time::Duration;
 
@@ -24,8 +26,16 @@ pub struct UpstreamAuth {
     /// `static`: sent as `Authorization: Bearer …`.
     pub token: Option<String>,
     /// `token-exchange`: the provider's OAuth token endpoint (`https://`; `http://` only on
-    /// a loopback address).
+    /// a loopback address). Or give `issuer` instead.
     pub token_endpoint: Option<String>,
+    /// `token-exchange`: the provider's issuer identifier; the token endpoint is discovered
+    /// from `<issuer>/.well-known/openid-configuration` (then RFC 8414's
+    /// `/.well-known/oauth-authorization-server`), whose `issuer` must equal this exactly.
+    pub issuer: Option<String>,
+    /// `token-exchange` with `issuer`: how long a discovered token endpoint is used before
+    /// the document is fetched again. Default 1h, at most 24h.
+    #[serde(default, with = "humantime_serde")]
+    pub discovery_ttl: Option<Duration>,
     /// `token-exchange`: the gateway's client id at the provider.
     pub client_id: Option<String>,
     /// `token-exchange`: its secret. Write `${ENV_NAME}` to keep it out of the file.
@@ -82,6 +92,7 @@ impl std::fmt::Debug for UpstreamAuth {
             .field("kind", &self.kind)
             .field("token", &self.token.as_ref().map(|_| "…"))
             .field("token_endpoint", &self.token_endpoint)
+            .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret.as_ref().map(|_| "…"))
             .field("client_auth", &self.client_auth)
@@ -94,6 +105,13 @@ impl std::fmt::Debug for UpstreamAuth {
 
 /// A token endpoint answer cannot carry a longer access token (bounds what the cache holds).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// A discovered token endpoint is used this long before the discovery document is fetched
+/// again: providers move their endpoints rarely, and an hour bounds how long a move (or a
+/// provider that was replaced) goes unnoticed. `discovery-ttl` overrides it.
+pub const DEFAULT_DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// Longest `discovery-ttl`: a day.
+pub const MAX_DISCOVERY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 fn default_refresh_before() -> Duration {
     Duration::from_secs(30)
@@ -131,6 +149,7 @@ pub(super) fn check(
     for (key, value) in [
         ("token", &mut auth.token),
         ("token-endpoint", &mut auth.token_endpoint),
+        ("issuer", &mut auth.issuer),
         ("client-id", &mut auth.client_id),
         ("client-secret", &mut auth.client_secret),
         ("audience", &mut auth.audience),
@@ -169,6 +188,8 @@ pub(super) fn check(
     }
     let exchange_keys = [
         ("token-endpoint", auth.token_endpoint.is_some()),
+        ("issuer", auth.issuer.is_some()),
+        ("discovery-ttl", auth.discovery_ttl.is_some()),
         ("client-id", auth.client_id.is_some()),
         ("client-secret", auth.client_secret.is_some()),
         ("audience", auth.audience.is_some()),
@@ -194,25 +215,51 @@ pub(super) fn check(
             if auth.token.is_some() {
                 return Err(err("token", "applies to kind = \"static\" only".into()));
             }
-            for (key, set) in &exchange_keys[..3] {
+            for (key, set) in &exchange_keys[3..5] {
                 if !set {
                     return Err(err(key, "kind = \"token-exchange\" needs it".into()));
                 }
             }
-            let endpoint = auth.token_endpoint.as_deref().unwrap_or_default();
-            match reqwest::Url::parse(endpoint) {
-                Ok(u) if u.scheme() == "https" => {}
-                Ok(u) if u.scheme() == "http" && is_loopback(&u) => {}
-                Ok(u) if u.scheme() == "http" => {
+            match (&auth.token_endpoint, &auth.issuer) {
+                (None, None) => {
                     return Err(err(
                         "token-endpoint",
-                        "must be https:// (the client secret and tokens cross it); http:// is accepted on a loopback address only".into(),
+                        "kind = \"token-exchange\" needs `token-endpoint`, or `issuer` to discover it".into(),
                     ));
                 }
-                Ok(_) => {
-                    return Err(err("token-endpoint", "must be an https:// URL".into()));
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "issuer",
+                        "set `token-endpoint` or `issuer` (to discover it), not both".into(),
+                    ));
                 }
-                Err(e) => return Err(err("token-endpoint", format!("invalid URL: {e}"))),
+                (Some(endpoint), None) => {
+                    let u = reqwest::Url::parse(endpoint)
+                        .map_err(|e| err("token-endpoint", format!("invalid URL: {e}")))?;
+                    secure_endpoint(&u).map_err(|m| err("token-endpoint", m))?;
+                    if auth.discovery_ttl.is_some() {
+                        return Err(err("discovery-ttl", "applies with `issuer` only".into()));
+                    }
+                }
+                (None, Some(issuer)) => {
+                    let u = reqwest::Url::parse(issuer)
+                        .map_err(|e| err("issuer", format!("invalid URL: {e}")))?;
+                    secure_endpoint(&u).map_err(|m| err("issuer", m))?;
+                    // RFC 8414 §2 and OpenID Connect Discovery §2: an issuer has neither.
+                    if u.query().is_some() || u.fragment().is_some() {
+                        return Err(err(
+                            "issuer",
+                            "must not contain a query or a fragment (an issuer identifier has neither)".into(),
+                        ));
+                    }
+                    let ttl = auth.discovery_ttl.get_or_insert(DEFAULT_DISCOVERY_TTL);
+                    if ttl.is_zero() || *ttl > MAX_DISCOVERY_TTL {
+                        return Err(err(
+                            "discovery-ttl",
+                            "must be positive and at most 24h".into(),
+                        ));
+                    }
+                }
             }
             if auth.audience.is_none() && auth.resource.is_none() {
                 return Err(err(
@@ -246,6 +293,17 @@ pub(super) fn check(
         }
     }
     Ok(())
+}
+
+/// The rule for every URL the client secret or tokens cross (a token endpoint, given or
+/// discovered) and for an issuer: `https://`, or `http://` on a loopback address.
+pub fn secure_endpoint(u: &reqwest::Url) -> Result<(), String> {
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(u) => Ok(()),
+        "http" => Err("must be https:// (the client secret and tokens cross it); http:// is accepted on a loopback address only".into()),
+        _ => Err("must be an https:// URL".into()),
+    }
 }
 
 fn is_loopback(u: &reqwest::Url) -> bool {
@@ -301,7 +359,7 @@ mod tests {
     fn mistakes_get_errors_naming_the_key() {
         let cases = [
             (EXCHANGE.to_string(), "upstreams.gh.auth.audience: set `audience` or `resource`"),
-            ("kind = \"token-exchange\"\nclient-id = \"a\"\nclient-secret = \"b\"\naudience = \"x\"\n".into(), "auth.token-endpoint: kind = \"token-exchange\" needs it"),
+            ("kind = \"token-exchange\"\nclient-id = \"a\"\nclient-secret = \"b\"\naudience = \"x\"\n".into(), "auth.token-endpoint: kind = \"token-exchange\" needs `token-endpoint`, or `issuer`"),
             (EXCHANGE.replace("https://login", "http://login") + "audience = \"x\"\n", "http:// is accepted on a loopback address only"),
             (format!("{EXCHANGE}resource = \"https://gh/#x\"\n"), "must not contain a fragment"),
             (format!("{EXCHANGE}resource = \"gh\"\n"), "must be an absolute URI"),
@@ -328,5 +386,77 @@ mod tests {
         let both = "[upstreams.gh]\nurl = \"https://gh/mcp\"\nbearer-token = \"a\"\n\n[upstreams.gh.auth]\nkind = \"static\"\ntoken = \"t\"\n";
         let e = parse(both, "t.toml", &|_| None).unwrap_err().to_string();
         assert!(e.contains("not both"), "{e}");
+    }
+
+    /// `token-exchange` by issuer: the token endpoint is left to discovery.
+    const BY_ISSUER: &str = "kind = \"token-exchange\"\nissuer = \"https://login.example.com/realms/acme\"\nclient-id = \"portcullis\"\nclient-secret = \"${SECRET}\"\naudience = \"gh\"\n";
+
+    #[test]
+    fn an_issuer_stands_in_for_the_token_endpoint() {
+        let c = check(BY_ISSUER).unwrap();
+        let auth = c.upstreams["gh"].auth.as_ref().unwrap();
+        assert_eq!(
+            auth.issuer.as_deref(),
+            Some("https://login.example.com/realms/acme")
+        );
+        assert!(auth.token_endpoint.is_none());
+        assert_eq!(
+            auth.discovery_ttl,
+            Some(super::DEFAULT_DISCOVERY_TTL),
+            "the default lifetime is filled in"
+        );
+        let c = check(&format!("{BY_ISSUER}discovery-ttl = \"5m\"\n")).unwrap();
+        assert_eq!(
+            c.upstreams["gh"].auth.as_ref().unwrap().discovery_ttl,
+            Some(std::time::Duration::from_secs(300))
+        );
+        check(&BY_ISSUER.replace("https://login.example.com", "http://[::1]:8080"))
+            .expect("http on loopback");
+    }
+
+    #[test]
+    fn issuer_mistakes_get_errors_naming_the_key() {
+        let cases = [
+            (
+                format!("{BY_ISSUER}token-endpoint = \"https://login.example.com/token\"\n"),
+                "auth.issuer: set `token-endpoint` or `issuer` (to discover it), not both",
+            ),
+            (
+                BY_ISSUER.replace("https://login", "http://login"),
+                "auth.issuer: must be https://",
+            ),
+            (
+                BY_ISSUER.replace("/realms/acme", "/realms/acme?x=1"),
+                "auth.issuer: must not contain a query or a fragment",
+            ),
+            (
+                BY_ISSUER.replace("https://login", "ftp://login"),
+                "auth.issuer: must be an https:// URL",
+            ),
+            (
+                BY_ISSUER.replace("https://login.example.com", "login.example.com"),
+                "auth.issuer: invalid URL",
+            ),
+            (
+                format!("{BY_ISSUER}discovery-ttl = \"25h\"\n"),
+                "auth.discovery-ttl: must be positive and at most 24h",
+            ),
+            (
+                format!("{BY_ISSUER}discovery-ttl = \"0s\"\n"),
+                "auth.discovery-ttl: must be positive",
+            ),
+            (
+                format!("{EXCHANGE}audience = \"x\"\ndiscovery-ttl = \"1h\"\n"),
+                "auth.discovery-ttl: applies with `issuer` only",
+            ),
+            (
+                "kind = \"static\"\ntoken = \"t\"\nissuer = \"https://x\"\n".into(),
+                "auth.issuer: applies to kind = \"token-exchange\" only",
+            ),
+        ];
+        for (auth, want) in cases {
+            let e = check(&auth).expect_err(&auth);
+            assert!(e.contains(want), "{auth}\n→ {e}");
+        }
     }
 }

@@ -10,7 +10,8 @@
 //!   token. A caller without one (anonymous, or authenticated by something other than a
 //!   bearer token) gets no upstream credential: the request **fails closed** with a JSON-RPC
 //!   error naming the upstream, and nothing is sent to it.
-//! - **The exchange** is a form POST to `token-endpoint` with
+//! - **The exchange** is a form POST to `token-endpoint` (given, or discovered from the
+//!   provider's `issuer`: `credential/discovery.rs`) with
 //!   `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`, the subject token (type
 //!   `access_token`), `requested_token_type` `access_token`, the upstream's `audience`,
 //!   `resource` (RFC 8707) and `scope`, and the gateway's client authentication (HTTP Basic
@@ -40,6 +41,8 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
+
+mod discovery;
 
 use super::{InboundHandler, Upstream, UpstreamError};
 use crate::config::{ClientAuthMethod, MAX_TOKEN_BYTES, UpstreamAuth};
@@ -137,7 +140,7 @@ pub(super) async fn authorize(
 /// One upstream's token exchange: its token endpoint client and its cache.
 pub struct Exchange {
     http: reqwest::Client,
-    endpoint: reqwest::Url,
+    endpoint: Endpoint,
     /// `Authorization: Basic …` for `client-auth = "basic"`.
     client_auth: Option<HeaderValue>,
     /// The form fields every exchange sends besides the subject token.
@@ -156,6 +159,14 @@ pub struct Counts {
     pub failed: AtomicU64,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+}
+
+/// Where the token endpoint comes from.
+enum Endpoint {
+    /// `token-endpoint`.
+    Given(reqwest::Url),
+    /// `issuer`: discovered, and kept for `discovery-ttl`.
+    Discovered(Box<discovery::Discovery>),
 }
 
 #[derive(Default)]
@@ -188,17 +199,29 @@ impl Entry {
 
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Exchange")
-            .field("endpoint", &self.endpoint.origin().ascii_serialization())
-            .finish_non_exhaustive()
+        let mut f = f.debug_struct("Exchange");
+        match &self.endpoint {
+            Endpoint::Given(url) => f.field("endpoint", &url.origin().ascii_serialization()),
+            Endpoint::Discovered(d) => f.field("issuer", &d.issuer()),
+        };
+        f.finish_non_exhaustive()
     }
 }
 
 impl Exchange {
     /// The exchange `auth` describes (validated by `config::upstream_auth`).
     pub fn new(auth: &UpstreamAuth) -> Result<Exchange, String> {
-        let endpoint = reqwest::Url::parse(auth.token_endpoint.as_deref().unwrap_or_default())
-            .map_err(|e| format!("invalid token-endpoint: {e}"))?;
+        let endpoint = match (&auth.token_endpoint, &auth.issuer) {
+            (_, Some(issuer)) => Endpoint::Discovered(Box::new(discovery::Discovery::new(
+                issuer,
+                auth.discovery_ttl
+                    .unwrap_or(crate::config::DEFAULT_DISCOVERY_TTL),
+            )?)),
+            (endpoint, None) => Endpoint::Given(
+                reqwest::Url::parse(endpoint.as_deref().unwrap_or_default())
+                    .map_err(|e| format!("invalid token-endpoint: {e}"))?,
+            ),
+        };
         let (id, secret) = (
             auth.client_id.clone().unwrap_or_default(),
             auth.client_secret.clone().unwrap_or_default(),
@@ -321,9 +344,13 @@ impl Exchange {
             form.append_pair("subject_token", &subject.token);
             form.finish()
         };
+        let endpoint = match &self.endpoint {
+            Endpoint::Given(url) => url.clone(),
+            Endpoint::Discovered(d) => d.token_endpoint(&self.http).await?,
+        };
         let mut req = self
             .http
-            .post(self.endpoint.clone())
+            .post(endpoint)
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(form);
@@ -340,7 +367,7 @@ impl Exchange {
             format!("the token endpoint {what}")
         })?;
         let status = resp.status();
-        let body = read_capped(resp).await?;
+        let body = read_capped(resp, MAX_ANSWER_BYTES, "the token endpoint's answer").await?;
         if !status.is_success() {
             return Err(refusal(status.as_u16(), &body));
         }
@@ -353,23 +380,23 @@ impl Exchange {
     }
 }
 
-/// Reads a token endpoint answer up to [`MAX_ANSWER_BYTES`].
-async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
-    let too_long = || format!("the token endpoint answered more than {MAX_ANSWER_BYTES} bytes");
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
-    {
+/// Reads an answer (`what`, for errors) up to `limit` bytes.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let too_long = || format!("{what} is longer than {limit} bytes");
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
         return Err(too_long());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| {
-        format!(
-            "the token endpoint's answer broke off: {}",
-            super::http::cause(e)
-        )
-    })? {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("{what} broke off: {}", super::http::cause(e)))?
+    {
+        if body.len() + chunk.len() > limit {
             return Err(too_long());
         }
         body.extend_from_slice(&chunk);

@@ -9,7 +9,13 @@
 //! target/release/loadgen --tracing [--seconds 10]
 //! target/release/loadgen --audit [--seconds 10]
 //! target/release/loadgen --cluster [--seconds 10] [--sessions 1000]
+//! target/release/loadgen --compare [--seconds 10]
 //! ```
+//!
+//! `--compare` runs one comparison in one run (`loadgen/compare.rs`): direct, Portcullis
+//! without policies, with the shipped chain, with a stdio upstream, and mcp-proxy (PyPI)
+//! with the same stdio upstream (needs `scripts/build-plugins`; installs mcp-proxy with
+//! `scripts/ensure-mcp-proxy`).
 //!
 //! `--cluster` measures scale-out (needs `scripts/build-plugins`, `redis-server` and
 //! `haproxy`: `scripts/ensure-redis`, `scripts/ensure-haproxy`): the rate-limit plugin with a
@@ -39,6 +45,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+#[path = "loadgen/compare.rs"]
+mod compare;
 use portcullis_tests::harness::{
     Fixture, Gateway, Haproxy, PluginDir, RedisServer, TempDir, toml_str,
 };
@@ -276,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
     let mut audit = false;
     let mut cluster = false;
     let mut calls_only = false;
+    let mut peers = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -286,10 +296,14 @@ async fn main() -> anyhow::Result<()> {
             "--audit" => audit = true,
             "--cluster" => cluster = true,
             "--calls-only" => calls_only = true,
+            "--compare" => peers = true,
             other => bail!(
-                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--calls-only] [--tracing] [--audit] [--cluster]"
+                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--calls-only] [--tracing] [--audit] [--cluster] [--compare]"
             ),
         }
+    }
+    if peers {
+        return compare::compare(seconds).await;
     }
     if cluster {
         return cluster_overhead(seconds, idle_sessions, memory_only).await;

@@ -6,6 +6,12 @@
 //! subject token), records every form it received, and issues a fresh token per exchange
 //! (`exchanged-<n>`), with the `expires_in` the test sets. It can be told to refuse
 //! (`invalid_grant`) or be stopped (connections refused).
+//!
+//! It is also its provider's discovery side: the issuer is [`TokenEndpoint::issuer`] (a
+//! path under the endpoint's origin, as Keycloak's realms have), and a `GET` of
+//! `<issuer>/.well-known/openid-configuration` (OpenID Connect Discovery) answers the
+//! provider's metadata with that issuer and the token endpoint. A test can serve the
+//! document at RFC 8414's location instead, or nowhere, or have it name another issuer.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,7 +45,27 @@ struct State {
     refuse: AtomicBool,
     issued: AtomicU64,
     basic: String,
+    discovery: Mutex<DiscoveryAt>,
+    /// The `issuer` the discovery document names; `None`: the endpoint's own.
+    named_issuer: Mutex<Option<String>>,
+    /// The paths of every discovery request, in order.
+    fetched: Mutex<Vec<String>>,
 }
+
+/// Where the endpoint serves its discovery document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiscoveryAt {
+    /// `<issuer>/.well-known/openid-configuration` (OpenID Connect Discovery).
+    #[default]
+    OpenId,
+    /// `/.well-known/oauth-authorization-server<issuer path>` (RFC 8414) only.
+    OAuth,
+    /// Nowhere: every discovery request gets 404.
+    Nowhere,
+}
+
+/// The path of the issuer under the endpoint's origin.
+const ISSUER_PATH: &str = "/realms/test";
 
 /// A running token endpoint; stops on drop.
 pub struct TokenEndpoint {
@@ -86,6 +112,27 @@ impl TokenEndpoint {
         format!("http://{}/oauth/token", self.addr)
     }
 
+    /// The issuer identifier its discovery document names (unless told otherwise).
+    pub fn issuer(&self) -> String {
+        format!("http://{}{ISSUER_PATH}", self.addr)
+    }
+
+    /// Serve the discovery document `at` from now on.
+    pub fn serve_discovery(&self, at: DiscoveryAt) {
+        *self.state.discovery.lock().unwrap() = at;
+    }
+
+    /// The discovery document names `issuer` from now on (a provider that is not the one
+    /// configured, or a location that serves someone else's metadata).
+    pub fn name_issuer(&self, issuer: &str) {
+        *self.state.named_issuer.lock().unwrap() = Some(issuer.to_string());
+    }
+
+    /// The path of every discovery request so far, in order.
+    pub fn discovery_fetches(&self) -> Vec<String> {
+        self.state.fetched.lock().unwrap().clone()
+    }
+
     /// Every exchange request so far, in order.
     pub fn received(&self) -> Vec<ExchangeRequest> {
         self.state.received.lock().unwrap().clone()
@@ -115,10 +162,49 @@ impl Drop for TokenEndpoint {
     }
 }
 
+/// The discovery document, or 404 where the test serves none.
+fn discovery(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    state.fetched.lock().unwrap().push(path.clone());
+    let served = match *state.discovery.lock().unwrap() {
+        DiscoveryAt::OpenId => Some(format!("{ISSUER_PATH}/.well-known/openid-configuration")),
+        DiscoveryAt::OAuth => Some(format!(
+            "/.well-known/oauth-authorization-server{ISSUER_PATH}"
+        )),
+        DiscoveryAt::Nowhere => None,
+    };
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let own = format!("http://{host}{ISSUER_PATH}");
+    if served.as_deref() != Some(path.as_str()) {
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
+    let issuer = state.named_issuer.lock().unwrap().clone().unwrap_or(own);
+    let doc = json!({
+        "issuer": issuer,
+        "token_endpoint": format!("http://{host}/oauth/token"),
+        "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(doc.to_string())))
+        .unwrap()
+}
+
 async fn answer(
     state: Arc<State>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    if req.method() == hyper::Method::GET {
+        return Ok(discovery(&state, &req));
+    }
     let authorization = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
