@@ -12,12 +12,13 @@
 //!   (a Redis round trip is awaited, not waited for), the others stay synchronous.
 //! - **A semaphore of `max-instances` permits**: a burst of requests waits for an instance
 //!   slot (backpressure) instead of failing when the pool is exhausted.
-//! - **A baseline compiler for big newcomers**: Cranelift needs seconds for a JavaScript or
-//!   Python engine (12–18 MB). A component of at least [`BASELINE_MIN_SIZE`] that is not in the
-//!   compile cache is first compiled by wasmtime's single-pass compiler, Winch (a second
-//!   [`Baseline`] engine), so it is enforced within about a second of being dropped into the
-//!   folder; Cranelift compiles it in the background and calls move to that code once ready
-//!   (`plugin.rs`). Same sandbox either way: the same limits, deadline and imports.
+//! - **A baseline compiler for newcomers**: Cranelift needs ~0.75 s (release) for the demo's
+//!   authn and authz and seconds for a JavaScript or Python engine (12–18 MB). In `serve`, a
+//!   component of at least [`BASELINE_MIN_SIZE`] that is not in the compile cache is first
+//!   compiled by wasmtime's single-pass compiler, Winch (a second [`Baseline`] engine), so a
+//!   cold start and a policy dropped into the folder are enforced sooner; Cranelift compiles
+//!   it in the background and calls move to that code once ready (`plugin.rs`). Same sandbox
+//!   either way: the same limits, deadline and imports.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,9 +37,11 @@ use super::kv::{KvStore, MemoryKv};
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Components at least this large, not in the compile cache, are compiled by the baseline
-/// compiler first (Cranelift takes ~30 ms for a small Rust policy, not worth a second
-/// compilation; seconds for a JavaScript or Python engine).
-pub const BASELINE_MIN_SIZE: usize = 2 << 20;
+/// compiler first. Below it Cranelift takes tens of milliseconds (a 190 KB Rust policy), not
+/// worth a second compilation; the demo's built-in authn (550 KB) and authz (280 KB) are above
+/// it, so a first start serves on Winch's code instead of waiting ~0.75 s (release) for
+/// Cranelift's (docs/BENCHMARKS.md, "Start-up").
+pub const BASELINE_MIN_SIZE: usize = 256 << 10;
 
 /// Knobs of the policy runtime, from `[policy]` in the gateway config.
 #[derive(Debug, Clone)]
@@ -185,7 +188,13 @@ impl Baseline {
         let mut cfg = Config::new();
         cfg.wasm_component_model(true)
             .epoch_interruption(true)
-            .strategy(wasmtime::Strategy::Winch);
+            .strategy(wasmtime::Strategy::Winch)
+            // Winch compiles the functions, but wasmtime still has Cranelift compile a
+            // trampoline for every function the component exports or puts in a table (about
+            // 8,000 in an 18 MB Python policy): as much work as Winch's own. They only move
+            // arguments between calling conventions, and Cranelift's code replaces them within
+            // seconds, so they are not worth optimising: ~10 % less CPU for that policy.
+            .cranelift_opt_level(wasmtime::OptLevel::None);
         let engine = Engine::new(&cfg)?;
         let linker = plugin_linker(&engine)?;
         Ok(Baseline { engine, linker })
