@@ -192,30 +192,6 @@ impl Bus {
         let _ = self.sessions.set(sessions);
     }
 
-    /// The replica that sent the client the request with this gateway id (`s<n>.<replica>`),
-    /// when it is another one.
-    pub fn asker(&self, gateway_id: &str) -> Option<String> {
-        let (_, replica) = gateway_id.rsplit_once('.')?;
-        (replica.len() == 16
-            && replica.bytes().all(|b| b.is_ascii_hexdigit())
-            && replica != self.replica_hex)
-            .then(|| replica.to_string())
-    }
-
-    /// Sends a client's answer to the replica that asked.
-    pub fn publish_answer(&self, replica: String, session: &str, msg: Message) {
-        let body = Body::Answer {
-            session: session.to_string(),
-            msg: msg.into_value(),
-        };
-        self.publish(self.replica_channel(&replica), body, None);
-    }
-
-    /// This replica's id on the bus.
-    pub fn replica(&self) -> &str {
-        &self.replica_hex
-    }
-
     fn replica_channel(&self, replica_hex: &str) -> String {
         format!("{}r:{replica_hex}", self.prefix)
     }
@@ -276,34 +252,6 @@ impl Bus {
                 done(None);
             }
         }
-    }
-
-    /// Hands a message of `session` to the replicas that hold streams of it. When none
-    /// received it, `unheard` runs (the caller keeps it for a stream opened here later).
-    pub fn publish_session(
-        &self,
-        session: &Session,
-        upstream: &str,
-        msg: &Message,
-        change: bool,
-        unheard: Option<Box<dyn FnOnce() + Send>>,
-    ) {
-        let topic = session.bus_topic();
-        let channel = self.session_channel(&topic);
-        let body = Body::Session {
-            topic,
-            upstream: upstream.to_string(),
-            msg: msg.clone().into_value(),
-            change,
-        };
-        let done = unheard.map(|f| {
-            Box::new(move |heard: Option<usize>| {
-                if heard.unwrap_or(0) == 0 {
-                    f()
-                }
-            }) as Box<dyn FnOnce(Option<usize>) + Send>
-        });
-        self.publish(channel, body, done);
     }
 
     /// Subscribes this replica to `session`'s channel until `gone` is cancelled (the stream
@@ -468,18 +416,32 @@ impl Bus {
 }
 
 impl crate::session::SessionBus for Bus {
+    /// This replica's id on the bus.
     fn replica(&self) -> &str {
-        Bus::replica(self)
+        &self.replica_hex
     }
 
+    /// The replica that sent the client the request with this gateway id (`s<n>.<replica>`),
+    /// when it is another one.
     fn asker(&self, gateway_id: &str) -> Option<String> {
-        Bus::asker(self, gateway_id)
+        let (_, replica) = gateway_id.rsplit_once('.')?;
+        (replica.len() == 16
+            && replica.bytes().all(|b| b.is_ascii_hexdigit())
+            && replica != self.replica_hex)
+            .then(|| replica.to_string())
     }
 
+    /// Sends a client's answer to the replica that asked.
     fn publish_answer(&self, replica: String, session: &str, msg: Message) {
-        Bus::publish_answer(self, replica, session, msg);
+        let body = Body::Answer {
+            session: session.to_string(),
+            msg: msg.into_value(),
+        };
+        self.publish(self.replica_channel(&replica), body, None);
     }
 
+    /// Hands a message of `session` to the replicas that hold streams of it. When none
+    /// received it, `unheard` runs (the caller keeps it for a stream opened here later).
     fn publish_session(
         &self,
         session: &Session,
@@ -488,6 +450,21 @@ impl crate::session::SessionBus for Bus {
         change: bool,
         unheard: Option<Box<dyn FnOnce() + Send>>,
     ) {
-        Bus::publish_session(self, session, upstream, msg, change, unheard);
+        let topic = session.bus_topic();
+        let channel = self.session_channel(&topic);
+        let body = Body::Session {
+            topic,
+            upstream: upstream.to_string(),
+            msg: msg.clone().into_value(),
+            change,
+        };
+        let done = unheard.map(|f| {
+            Box::new(move |heard: Option<usize>| {
+                if heard.unwrap_or(0) == 0 {
+                    f()
+                }
+            }) as Box<dyn FnOnce(Option<usize>) + Send>
+        });
+        self.publish(channel, body, done);
     }
 }

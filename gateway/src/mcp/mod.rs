@@ -7,8 +7,10 @@
 
 pub mod codes;
 pub mod headers;
+mod list_kind;
 mod message;
 pub mod methods;
 pub mod version;
 
+pub use list_kind::ListKind;
 pub use message::{Id, IdKey, Kind, Message, ParseError};

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::pending::RequestIds;
 use super::transport::{Call, Transport};
 use super::{InboundHandler, Related, Upstream, UpstreamError};
-use crate::catalog::ListKind;
+use crate::mcp::ListKind;
 use crate::mcp::{Message, codes};
 
 /// What the recorded answer says when none was recorded.
