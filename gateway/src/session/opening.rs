@@ -35,23 +35,29 @@ impl Handover {
     /// From now on, messages go to `session`; those kept meanwhile first, in order.
     pub(super) fn attach(&self, session: &Arc<Session>) {
         let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self.session.set(Arc::downgrade(session));
         for (upstream, msg) in early.drain(..) {
             InboundHandler::on_message(&**session, &upstream, msg, None);
         }
+        // Set once the kept ones are delivered (still under the lock): a message that finds
+        // the session set cannot overtake them.
+        let _ = self.session.set(Arc::downgrade(session));
     }
 }
 
 impl InboundHandler for Handover {
     fn on_message(&self, upstream: &Arc<Upstream>, msg: Message, related: Option<&Related>) {
-        // Held while delivering, so nothing overtakes what `attach` hands over.
+        let deliver = |session: &Weak<Session>, msg| {
+            if let Some(session) = session.upgrade() {
+                InboundHandler::on_message(&*session, upstream, msg, related);
+            }
+        };
+        // Once attached, no lock: everything kept before was delivered first.
+        if let Some(session) = self.session.get() {
+            return deliver(session, msg);
+        }
         let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
         match self.session.get() {
-            Some(session) => {
-                if let Some(session) = session.upgrade() {
-                    InboundHandler::on_message(&*session, upstream, msg, related);
-                }
-            }
+            Some(session) => deliver(session, msg),
             None if early.len() < MAX_EARLY => early.push((upstream.clone(), msg)),
             None => {
                 tracing::debug!(upstream = %upstream.name, "message before the session existed; dropped")
