@@ -59,7 +59,8 @@ mod callers {
 
     use base64::Engine as _;
     use portcullis_tests::harness::{
-        Gateway, PluginDir, RawHttp, initialize_request, jsonrpc_request, stdio_fixture_toml,
+        Gateway, PluginDir, RawHttp, initialize_request, jsonrpc_request, sha256_hex,
+        stdio_fixture_toml,
     };
     use serde_json::{Value, json};
     use sha2::{Digest, Sha256};
@@ -68,13 +69,6 @@ mod callers {
     const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!!";
     const DEV_KEY: &str = "pk_dev_0123456789abcdefghijklmnopqrstuvwxyzABCD";
     const ADMIN_KEY: &str = "pk_admin_0123456789abcdefghijklmnopqrstuvwxyzAB";
-
-    fn sha256_hex(s: &str) -> String {
-        Sha256::digest(s.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
 
     fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
         let mut k = [0u8; 64];

@@ -7,7 +7,8 @@
 //! previous key alive.
 
 use portcullis_tests::harness::{
-    Fixture, Gateway, RawHttp, RawSession, jsonrpc_request, server_toml, stdio_fixture_toml,
+    Fixture, Gateway, RawHttp, RawSession, jsonrpc_request, server_toml, sha256_hex,
+    stdio_fixture_toml,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -296,14 +297,6 @@ async fn an_upstream_down_at_initialize_is_opened_later_on_each_replica() {
 
 const ALICE: &str = "pk_alice_0123456789abcdefghijklmnopqrstuvwxyzABC";
 const BOB: &str = "pk_bob_0123456789abcdefghijklmnopqrstuvwxyzABCDE";
-
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_travels_in_the_sealed_id() {

@@ -9,23 +9,15 @@ use std::time::{Duration, Instant};
 
 use portcullis_tests::harness::{
     Gateway, PluginDir, RawHttp, RawSession, TempDir, bin_path, initialize_request,
-    jsonrpc_request, server_toml, stdio_fixture_toml, toml_str,
+    jsonrpc_request, server_toml, session_tag, sha256_hex, stdio_fixture_toml, toml_str,
 };
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const DEV_KEY: &str = "pk_dev_0123456789abcdefghijklmnopqrstuvwxyzABCD";
 const ADMIN_KEY: &str = "pk_admin_0123456789abcdefghijklmnopqrstuvwxyzAB";
 const ADMIN_TOKEN: &str = "e2e-governance-admin-token";
 /// `prev` of a segment's first record.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// authn (two API keys: dev-bot of tenant acme, root), authz (devs may use echo and whoami,
 /// admins anything), chaos denying `tools/call` of `add`, and redact on results and arguments.
@@ -287,7 +279,18 @@ async fn the_audit_trail_says_who_did_what_and_which_policies_decided() {
     assert_eq!(allowed["upstream"], "alpha");
     assert_eq!(allowed["method"], "tools/call");
     assert_eq!(allowed["protocol"], "2025-11-25");
-    assert_eq!(allowed["session"], dev.session_id.as_deref().unwrap());
+    // The session by its tag, never by its id (the id is the session's bearer value).
+    let dev_id = dev.session_id.as_deref().unwrap();
+    assert_eq!(allowed["session"], session_tag(dev_id), "{allowed}");
+    let trail_text = std::fs::read_to_string(&trail).unwrap();
+    assert!(
+        !trail_text.contains(dev_id),
+        "the audit trail holds a session id"
+    );
+    assert!(
+        !gateway.logs().contains(dev_id),
+        "the log holds a session id"
+    );
     assert_eq!(allowed["redactions"]["email"], 1, "{allowed}");
     assert!(allowed["latency_us"].as_u64().unwrap() > 0);
     assert!(allowed["upstream_us"].as_u64().unwrap() <= allowed["latency_us"].as_u64().unwrap());

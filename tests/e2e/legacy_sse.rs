@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use portcullis_tests::harness::{
     Fixture, Gateway, PluginDir, RawHttp, SseReader, call_tool, client, initialize_request,
-    jsonrpc_notification, jsonrpc_request, node, server_toml, stdio_fixture_toml, text_of,
-    toml_str,
+    jsonrpc_notification, jsonrpc_request, node, server_toml, sha256_hex, stdio_fixture_toml,
+    text_of, toml_str,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -397,13 +396,6 @@ async fn stream_and_session_end_together() {
         "the stream closes at shutdown"
     );
     assert!(gateway.stop().await.success());
-}
-
-fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use portcullis_tests::harness::{
     Gateway, PluginDir, RawHttp, RawSession, initialize_request, jsonrpc_request, server_toml,
-    stdio_fixture_toml,
+    session_tag, stdio_fixture_toml,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -324,11 +324,11 @@ async fn unread_sse_streams_are_cut_off_and_their_memory_returned() {
     let logs = wait_for_count(&gateway, "fell behind", STREAMS).await;
     let peak = sampler.peak().await;
     for session in &sessions {
-        let id = session.session_id.as_deref().unwrap_or_default();
+        let tag = session_tag(session.session_id.as_deref().unwrap_or_default());
         assert!(
             logs.lines()
-                .any(|l| l.contains("fell behind") && l.contains(id)),
-            "no cut-off logged for session {id}"
+                .any(|l| l.contains("fell behind") && l.contains(&tag)),
+            "no cut-off logged for session {tag}"
         );
     }
     // The connections are closed: what the kernel holds drains, then the end.

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use portcullis_tests::harness::{
-    Fixture, Gateway, PluginDir, RawHttp, TempDir, bin_path, init_tls, server_toml,
+    Fixture, Gateway, PluginDir, RawHttp, TempDir, bin_path, init_tls, server_toml, session_tag,
     stdio_fixture_toml, toml_str,
 };
 use prost::Message as _;
@@ -344,9 +344,10 @@ async fn a_client_trace_runs_through_plugin_and_upstream_spans_to_the_collector(
             string_attr(a, "gen_ai.operation.name").as_deref(),
             Some("execute_tool")
         );
+        // The span names the session by its tag: the first 16 hex digits of the id's SHA-256.
         assert_eq!(
             string_attr(a, "mcp.session.id").as_deref(),
-            Some(sid.as_str())
+            Some(session_tag(&sid).as_str())
         );
         assert_eq!(
             string_attr(a, "portcullis.upstream").as_deref(),

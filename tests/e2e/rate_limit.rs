@@ -4,20 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis_tests::harness::{Gateway, PluginDir, RawHttp, RawSession, stdio_fixture_toml};
+use portcullis_tests::harness::{
+    Gateway, PluginDir, RawHttp, RawSession, sha256_hex, stdio_fixture_toml,
+};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const ALICE: &str = "pk_alice_0123456789abcdefghijklmnopqrstuvwxyzABC";
 const BOB: &str = "pk_bob_0123456789abcdefghijklmnopqrstuvwxyzABCDE";
 const WAIT: Duration = Duration::from_secs(15);
-
-fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// `authn` with API keys for alice (tenant acme) and bob (tenant globex).
 fn authn_sidecar() -> String {

@@ -5,21 +5,13 @@
 use std::time::Duration;
 
 use portcullis_tests::harness::{
-    Fixture, Gateway, PluginDir, RawHttp, RawSession, server_toml, stdio_fixture_toml,
+    Fixture, Gateway, PluginDir, RawHttp, RawSession, server_toml, sha256_hex, stdio_fixture_toml,
 };
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const ALICE: &str = "pk_alice_0123456789abcdefghijklmnopqrstuvwxyzABC";
 const BOB: &str = "pk_bob_0123456789abcdefghijklmnopqrstuvwxyzABCDE";
 const CAROL: &str = "pk_carol_0123456789abcdefghijklmnopqrstuvwxyzABC";
-
-fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// alice: tenant acme, role dev; bob: tenant globex, role dev; carol: tenant acme, role ops.
 fn authn_sidecar() -> String {

@@ -10,6 +10,7 @@
 //! The binaries must be built first: `cargo build --workspace`.
 
 pub mod balancer;
+pub mod digest;
 pub mod haproxy;
 pub mod mcp;
 pub mod node;
@@ -21,6 +22,7 @@ pub mod redis;
 pub mod token_endpoint;
 
 pub use balancer::RoundRobin;
+pub use digest::{session_tag, sha256_hex};
 pub use haproxy::{Haproxy, ServerState};
 pub use mcp::{
     ClientEvent, ConnectOptions, McpClient, RecordingClient, call_tool, call_tool_tracked, client,

@@ -181,7 +181,8 @@ impl Front {
         let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
         let peer = req.extensions().get::<super::Peer>().map(|p| p.0.ip());
         let cap = self.sessions.bounds().stream_buffer;
-        let (out, frames) = stream::channel(cap, id.clone());
+        let tag: Arc<str> = crate::observe::session_tag(&id).into();
+        let (out, frames) = stream::channel(cap, tag.clone());
         let out = Arc::new(out);
         let endpoint = format!(
             "event: endpoint\ndata: {}?sessionId={id}\n\n",
@@ -198,8 +199,8 @@ impl Front {
             peer,
         });
         self.legacy.map.insert(id.clone(), conn);
-        tokio::spawn(self.clone().pump(id.clone(), attached, out));
-        tracing::info!(connection = %id, "legacy SSE stream opened");
+        tokio::spawn(self.clone().pump(id.clone(), tag.clone(), attached, out));
+        tracing::info!(connection = %tag, "legacy SSE stream opened");
         response::sse(frames)
     }
 
@@ -208,6 +209,7 @@ impl Front {
     async fn pump(
         self: Arc<Self>,
         id: Arc<str>,
+        tag: Arc<str>,
         attached: oneshot::Receiver<Frames>,
         out: Arc<Feed>,
     ) {
@@ -215,7 +217,7 @@ impl Front {
             f = attached => f.ok(),
             _ = out.closed() => None,
             _ = tokio::time::sleep(self.config.session_idle_timeout) => {
-                tracing::info!(connection = %id, "legacy SSE stream sent no initialize; closing");
+                tracing::info!(connection = %tag, "legacy SSE stream sent no initialize; closing");
                 None
             }
         };
@@ -236,7 +238,7 @@ impl Front {
         {
             self.legacy.sessions.remove(&session.id);
             if self.sessions.remove(&session.id) {
-                tracing::info!(connection = %id, session = %session.id, "legacy SSE stream closed; session ended");
+                tracing::info!(connection = %tag, session = %session.tag, "legacy SSE stream closed; session ended");
             }
         }
     }
@@ -315,7 +317,7 @@ impl Front {
     ) -> Response<Body> {
         let subject = caller.map(|i| i.subject.clone());
         if conn.owner.is_some() && subject != conn.owner {
-            tracing::warn!(connection = %conn.id, "legacy stream used by a caller other than its owner; refused");
+            tracing::warn!(connection = %crate::observe::session_tag(&conn.id), "legacy stream used by a caller other than its owner; refused");
             return session_not_found();
         }
         if let Err(refused) = self.check_hello(&msg) {
@@ -348,7 +350,7 @@ impl Front {
             self.sessions.remove(&session.id);
             return session_not_found();
         }
-        tracing::info!(connection = %conn.id, session = %session.id, "legacy SSE session started");
+        tracing::info!(connection = %crate::observe::session_tag(&conn.id), session = %session.tag, "legacy SSE session started");
         response::empty(StatusCode::ACCEPTED)
     }
 }

@@ -65,7 +65,7 @@ impl Recorder {
         let mut r = Record::new(Event::Request);
         r.decision = Some(Decision::Deny);
         r.protocol = protocol;
-        r.session = session.map(str::to_string);
+        r.session = session.map(crate::observe::session_tag);
         r.method = Some(view.method.clone());
         r.target = view.target.clone();
         r.upstream = view.upstream.clone();
@@ -136,7 +136,7 @@ impl Recorder {
             return;
         };
         r.protocol = Some(session.version);
-        r.session = Some(session.id.to_string());
+        r.session = Some(session.tag.to_string());
         r.upstream = pending.upstream;
         r.outcome = Some(outcome);
         r.latency_us = Some(micros(latency));

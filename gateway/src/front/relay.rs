@@ -101,7 +101,7 @@ async fn stopped(session: &Session, denial: &Denial, method: &str, id: Option<Va
         plugin = %denial.plugin,
         code = denial.code,
         method,
-        session = %session.id,
+        session = %session.tag,
         "server-to-client message stopped by policy"
     );
     if let Some(id) = id {

@@ -184,7 +184,7 @@ impl Front {
             return r.into_response();
         }
         self.sessions.remove(id);
-        tracing::info!(session = %id, "session ended by the client");
+        tracing::info!(session = %session.tag, "session ended by the client");
         response::empty(StatusCode::OK)
     }
 }

@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `telemetry.rs` | the `tracing` subscriber: log format and filter, the OTLP pipeline, flush |
 //! | `clip.rs` | client-controlled text in log lines, cut to a bounded length |
+//! | `tag.rs` | the session tag: a session's name in logs, spans and audit records, never its id |
 //! | `otlp.rs` | the OTLP/HTTP exporter's HTTP client: the workspace's reqwest on our runtime |
 //! | `trace.rs` | the spans (client request, plugin, upstream call) and W3C trace context |
 //!
@@ -13,12 +14,14 @@
 
 mod clip;
 mod otlp;
+mod tag;
 mod telemetry;
 mod trace;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use clip::{Clip, LOG_FIELD_BYTES, clip};
+pub use tag::{SESSION_TAG_LEN, session_tag};
 pub use telemetry::{Telemetry, init, init_default};
 pub use trace::{
     Failure, Peer, SPAN_TARGET, inject_headers, inject_meta, on_message, plugin_span,

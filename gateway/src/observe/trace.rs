@@ -76,6 +76,7 @@ pub fn request_span(headers: &HeaderMap) -> Span {
 
 /// Names the current request span after the parsed message, and makes a `traceparent` in
 /// its `_meta` the span's parent. Call inside the request span, before any child span.
+/// `session` is the client's `Mcp-Session-Id`; the span records its tag (`tag.rs`).
 pub fn on_message(msg: &Message, session: Option<&str>, version: Option<&str>) {
     if !enabled() {
         return;
@@ -87,7 +88,7 @@ pub fn on_message(msg: &Message, session: Option<&str>, version: Option<&str>) {
         span.record("jsonrpc.request.id", tracing::field::display(id));
     }
     if let Some(s) = session {
-        span.record("mcp.session.id", s);
+        span.record("mcp.session.id", super::session_tag(s));
     }
     if let Some(v) = version {
         span.record("mcp.protocol.version", v);

@@ -139,7 +139,7 @@ impl Session {
                 bus.publish_answer(owner, &self.id, msg);
                 return;
             }
-            tracing::debug!(session = %self.id, id = %key, "response to no pending server request");
+            tracing::debug!(session = %self.tag, id = %key, "response to no pending server request");
             return;
         };
         msg.set_id(upstream_id);
@@ -202,7 +202,7 @@ impl Session {
         self.inflight.remove(&key);
         let mut response = result.unwrap_or_else(|e| {
             if !matches!(e, UpstreamError::Cancelled) {
-                tracing::warn!(session = %self.id, error = %e, "upstream request failed");
+                tracing::warn!(session = %self.tag, error = %e, "upstream request failed");
             }
             e.to_response(id)
         });

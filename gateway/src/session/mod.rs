@@ -68,6 +68,8 @@ pub const STANDALONE_STREAM: u64 = 0;
 
 pub struct Session {
     pub id: Arc<str>,
+    /// What logs, spans and audit records name it by, never the id: [`crate::observe::session_tag`].
+    pub tag: Arc<str>,
     /// Negotiated protocol revision.
     pub version: &'static str,
     hello: Hello,
@@ -175,7 +177,7 @@ impl Session {
     /// A new POST stream, kept for resumption.
     pub fn open_stream(&self) -> Arc<EventStream> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
-        let stream = Arc::new(EventStream::new(id, self.stream_cap, self.id.clone()));
+        let stream = Arc::new(EventStream::new(id, self.stream_cap, self.tag.clone()));
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         // Finished streams are kept for resumption within one stream's byte cap in all, the
         // oldest dropped first: a session that made many streaming calls does not hold

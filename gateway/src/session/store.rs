@@ -196,7 +196,7 @@ impl Sessions {
             session.slots[idx].install(link).await;
         }
         if !sealed.is_empty() {
-            tracing::debug!(session = %session.id, upstreams = ?sealed, "upstream sessions sealed into the session id");
+            tracing::debug!(session = %session.tag, upstreams = ?sealed, "upstream sessions sealed into the session id");
         }
         Ok(session)
     }
@@ -246,8 +246,10 @@ impl Sessions {
             *open += 1;
         }
         let cap = self.bounds.stream_buffer;
+        let tag: Arc<str> = crate::observe::session_tag(&id).into();
         let session = Arc::new_cyclic(|me| Session {
             id: id.clone(),
+            tag: tag.clone(),
             version,
             hello,
             slots: self
@@ -263,7 +265,7 @@ impl Sessions {
                 })
                 .collect(),
             router: Arc::new(Router::new(self.names.clone(), self.page_size)),
-            standalone: EventStream::new(STANDALONE_STREAM, cap, id.clone()),
+            standalone: EventStream::new(STANDALONE_STREAM, cap, tag),
             changes: tokio::sync::broadcast::channel(64).0,
             streams: Mutex::new(VecDeque::new()),
             next_stream: AtomicU64::new(0),
@@ -310,7 +312,7 @@ impl Sessions {
         if !caller.is_empty() {
             let _ = session.owner.set(caller.to_string());
         }
-        tracing::info!(session = %session.id, caller, "internal session for a stateless caller");
+        tracing::info!(session = %session.tag, caller, "internal session for a stateless caller");
         self.callers.insert(caller.to_string(), session.id.clone());
         Some(session)
     }
@@ -340,7 +342,7 @@ impl Sessions {
                 None,
             )
             .ok()?;
-        tracing::info!(session = %crate::observe::clip(id), version = opened.version, "session resumed from its sealed id");
+        tracing::info!(session = %session.tag, version = opened.version, "session resumed from its sealed id");
         Some(session)
     }
 
@@ -389,7 +391,7 @@ impl Sessions {
 
     /// Ends sessions idle for longer than `timeout` (a connected GET stream counts as use).
     pub fn reap_idle(&self, timeout: Duration) -> usize {
-        let idle: Vec<Arc<str>> = self
+        let idle: Vec<(Arc<str>, Arc<str>)> = self
             .map
             .iter()
             .filter(|s| {
@@ -398,10 +400,10 @@ impl Sessions {
                     && s.changes.receiver_count() == 0
                     && s.inflight.is_empty()
             })
-            .map(|s| s.id.clone())
+            .map(|s| (s.id.clone(), s.tag.clone()))
             .collect();
-        for id in &idle {
-            tracing::info!(session = %id, "session idle; closing");
+        for (id, tag) in &idle {
+            tracing::info!(session = %tag, "session idle; closing");
             self.forget(id);
         }
         idle.len()

@@ -34,6 +34,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// [`Frames::on_cut`]), a log line names the session, and `portcullis_client_streams_cut_total`
 /// counts it. One frame is always accepted into an empty queue, so a single large answer is
 /// never refused to a reader that keeps up.
+/// `session` is the session's tag, for that log line.
 pub fn channel(cap: usize, session: Arc<str>) -> (Feed, Frames) {
     let queue = Arc::new(Queue {
         state: Mutex::new(QueueState::default()),
@@ -241,7 +242,7 @@ struct Inner {
 }
 
 impl EventStream {
-    /// A stream of `session` whose replay buffer and live connection each hold at most
+    /// A stream of the session tagged `session` whose replay buffer and live connection each hold at most
     /// `cap` bytes (see [`channel`]).
     pub fn new(id: u64, cap: usize, session: Arc<str>) -> Self {
         EventStream {

@@ -215,7 +215,7 @@ impl Front {
         if let Some(session) = session {
             let subject = call.as_ref().and_then(|c| c.identity()).map(|i| &i.subject);
             if !session.admits(subject.map(String::as_str)) {
-                tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
+                tracing::warn!(session = %session.tag, "session used by a caller other than its owner; refused");
                 return Err(Refusal::SessionNotFound);
             }
             // Its owner's token, now that authn accepted it, for token-exchange upstreams.
@@ -305,7 +305,7 @@ impl Front {
         }
         let subject = identify(&chain, headers, method, Some(&session.id)).await?;
         if !session.admits(subject.as_deref()) {
-            tracing::warn!(session = %session.id, "session used by a caller other than its owner; refused");
+            tracing::warn!(session = %session.tag, "session used by a caller other than its owner; refused");
             return Err(Refusal::SessionNotFound);
         }
         Ok(())

@@ -158,7 +158,7 @@ impl Front {
         }
         session.remember_caller(caller);
         let client = params["clientInfo"]["name"].as_str().unwrap_or("?");
-        tracing::info!(session = %session.id, version, client = %crate::observe::clip(client), "session started");
+        tracing::info!(session = %session.tag, version, client = %crate::observe::clip(client), "session started");
         let result = json!({
             "protocolVersion": version,
             "capabilities": capabilities(),

@@ -92,7 +92,7 @@ impl Front {
             Next::Skip => return response::empty(StatusCode::ACCEPTED),
         };
         let (frames_tx, frames) =
-            stream::channel(self.sessions.bounds().stream_buffer, session.id.clone());
+            stream::channel(self.sessions.bounds().stream_buffer, session.tag.clone());
         let _ = frames_tx.send(frame(&first));
         let front = self.clone();
         self.tasks.spawn(async move {

@@ -83,7 +83,7 @@ impl Front {
         };
         let mut changes = session.changes.subscribe();
         let (frames_tx, frames) =
-            stream::channel(self.sessions.bounds().stream_buffer, session.id.clone());
+            stream::channel(self.sessions.bounds().stream_buffer, session.tag.clone());
         let ack = Message::notification(
             methods::SUBSCRIPTIONS_ACKNOWLEDGED,
             Some(json!({ "notifications": agreed })),
