@@ -267,7 +267,7 @@ async fn the_audit_trail_says_who_did_what_and_which_policies_decided() {
     assert_eq!(all[0]["event"], "start");
     let hashes: Vec<String> = ["authn", "authz", "chaos", "redact"]
         .iter()
-        .map(|p| sha256_hex(&std::fs::read(plugins.path().join(format!("{p}.wasm"))).unwrap()))
+        .map(|p| sha256_hex(std::fs::read(plugins.path().join(format!("{p}.wasm"))).unwrap()))
         .collect();
 
     let allowed = find(&all, |r| r["target"] == "alpha__echo");
