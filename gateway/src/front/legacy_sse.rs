@@ -327,7 +327,10 @@ impl Front {
                 Err(_) => session_not_found(),
             };
         }
-        let opened = self.open_session(msg, caller, conn.peer, negotiate).await;
+        // Its client never sees the session id (only the connection's): no replica resumes it.
+        let opened = self
+            .open_session(msg, caller, conn.peer, negotiate, false)
+            .await;
         let (session, answer) = match opened {
             Ok(opened) => opened,
             Err(r) => return r.into_response(),

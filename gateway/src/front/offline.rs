@@ -92,7 +92,7 @@ impl Rehearsal {
         );
         // Owned by nobody: the identity authn establishes for the message may be anyone's.
         let (session, _) = front
-            .open_session(hello, None, None, version::negotiate)
+            .open_session(hello, None, None, version::negotiate, true)
             .await
             .map_err(|_| anyhow::anyhow!("could not open a session"))?;
         session.remember_caller(assumed.as_ref());

@@ -152,16 +152,18 @@ impl Sessions {
     /// The session belongs to `owner` (the subject authn established), if any: only that
     /// subject may use it, also on a replica that resumes it.
     ///
-    /// With sealed ids, the upstream sessions other replicas can resume are opened first
-    /// and sealed into the id (`opening.rs`); nothing is opened for a refused session.
+    /// With sealed ids and a `resumable` session (one whose client holds its id: not a
+    /// legacy SSE connection's), the upstream sessions other replicas can resume are opened
+    /// first and sealed into the id (`opening.rs`); nothing is opened for a refused session.
     pub async fn open_as(
         &self,
         version: &'static str,
         hello: Hello,
         caller: Option<&str>,
         owner: Option<&str>,
+        resumable: bool,
     ) -> Result<Arc<Session>, Refused> {
-        if self.sealer.get().is_none() || version == crate::mcp::version::STATELESS {
+        if !resumable || self.sealer.get().is_none() || version == crate::mcp::version::STATELESS {
             let id = self.mint(version, &hello, owner, &[]).0;
             return self.insert(id, version, hello, caller, owner, Vec::new(), None);
         }

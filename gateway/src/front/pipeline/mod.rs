@@ -253,7 +253,7 @@ impl Front {
             let Admitted { msg, call, .. } = admitted;
             let caller = call.as_ref().and_then(|c| c.identity());
             let (session, answer) = self
-                .open_session(msg, caller, peer, version::negotiate)
+                .open_session(msg, caller, peer, version::negotiate, true)
                 .await?;
             return Ok(Handled::Opened(session, answer));
         };

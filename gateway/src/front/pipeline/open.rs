@@ -103,6 +103,7 @@ impl Front {
         caller: Option<&Identity>,
         peer: Option<std::net::IpAddr>,
         negotiate: fn(Option<&str>) -> &'static str,
+        resumable: bool,
     ) -> Result<(Arc<Session>, Message), Refusal> {
         let id = msg.id().cloned().unwrap_or(Value::Null);
         let params = msg.params().cloned().unwrap_or_default();
@@ -125,7 +126,7 @@ impl Front {
         let owner = caller.map(|c| c.subject.as_str());
         let session = match self
             .sessions
-            .open_as(version, hello, quota.as_deref(), owner)
+            .open_as(version, hello, quota.as_deref(), owner, resumable)
             .await
         {
             Ok(s) => s,
