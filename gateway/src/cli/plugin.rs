@@ -1,4 +1,4 @@
-//! `portcullis plugin …`: `new` (`plugin_new.rs`), `test` (`plugin_test.rs`), `list` and
+//! `portcullis plugin …`: `new` (`plugin_new.rs`), `test` (`plugin_test/`), `list` and
 //! `inspect`.
 
 use std::path::PathBuf;
