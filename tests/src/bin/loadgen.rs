@@ -276,32 +276,49 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
+/// The gateway's load harness: prints a Markdown report (see the module docs and
+/// docs/BENCHMARKS.md). Without a mode flag: tools/call and tools/list direct and through the
+/// gateway at 1, 16 and 64 clients, then the memory table.
+#[derive(clap::Parser)]
+struct Args {
+    /// Measured seconds per cell.
+    #[arg(long, value_name = "N", default_value_t = 10.0)]
+    seconds: f64,
+    /// Sessions for the memory table (idle, then after one call each).
+    #[arg(long = "sessions", value_name = "N", default_value_t = 1000)]
+    idle_sessions: usize,
+    /// Only the memory table.
+    #[arg(long)]
+    memory_only: bool,
+    /// tools/call direct and through the gateway only: the bare proxy's cost.
+    #[arg(long)]
+    calls_only: bool,
+    /// OpenTelemetry export off and on.
+    #[arg(long)]
+    tracing: bool,
+    /// The audit trail off and on.
+    #[arg(long)]
+    audit: bool,
+    /// One process, one process with `[cluster]`, three replicas behind HAProxy.
+    #[arg(long)]
+    cluster: bool,
+    /// One comparison in one run: direct, Portcullis (bare, shipped chain, stdio), mcp-proxy.
+    #[arg(long = "compare")]
+    peers: bool,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut seconds = 10.0;
-    let mut idle_sessions = 1000;
-    let mut memory_only = false;
-    let mut tracing = false;
-    let mut audit = false;
-    let mut cluster = false;
-    let mut calls_only = false;
-    let mut peers = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--seconds" => seconds = args.next().context("--seconds N")?.parse()?,
-            "--sessions" => idle_sessions = args.next().context("--sessions N")?.parse()?,
-            "--memory-only" => memory_only = true,
-            "--tracing" => tracing = true,
-            "--audit" => audit = true,
-            "--cluster" => cluster = true,
-            "--calls-only" => calls_only = true,
-            "--compare" => peers = true,
-            other => bail!(
-                "unknown argument {other}; usage: loadgen [--seconds N] [--sessions N] [--memory-only] [--calls-only] [--tracing] [--audit] [--cluster] [--compare]"
-            ),
-        }
-    }
+    let Args {
+        seconds,
+        idle_sessions,
+        memory_only,
+        calls_only,
+        tracing,
+        audit,
+        cluster,
+        peers,
+    } = <Args as clap::Parser>::parse();
     if peers {
         return compare::compare(seconds).await;
     }
