@@ -9,7 +9,7 @@
 //! target/release/loadgen --tracing [--seconds 10]
 //! target/release/loadgen --audit [--seconds 10]
 //! target/release/loadgen --cluster [--seconds 10] [--sessions 1000]
-//! target/release/loadgen --compare [--seconds 10]
+//! target/release/loadgen --compare [--seconds 10] [--only stdio]
 //! ```
 //!
 //! `--compare` runs one comparison in one run (`loadgen/compare.rs`): direct, Portcullis
@@ -305,6 +305,9 @@ struct Args {
     /// One comparison in one run: direct, Portcullis (bare, shipped chain, stdio), mcp-proxy.
     #[arg(long = "compare")]
     peers: bool,
+    /// With --compare: only the targets whose label contains this text (e.g. `stdio`).
+    #[arg(long, value_name = "TEXT", requires = "peers")]
+    only: Option<String>,
 }
 
 #[tokio::main]
@@ -318,9 +321,10 @@ async fn main() -> anyhow::Result<()> {
         audit,
         cluster,
         peers,
+        only,
     } = <Args as clap::Parser>::parse();
     if peers {
-        return compare::compare(seconds).await;
+        return compare::compare(seconds, only.as_deref()).await;
     }
     if cluster {
         return cluster_overhead(seconds, idle_sessions, memory_only).await;

@@ -324,7 +324,7 @@ fn load_average() -> String {
 }
 
 /// `--compare`.
-pub(super) async fn compare(seconds: f64) -> anyhow::Result<()> {
+pub(super) async fn compare(seconds: f64, only: Option<&str>) -> anyhow::Result<()> {
     let mcp_proxy = ensure_mcp_proxy()?;
     println!("load average at start: {}", load_average());
     let upstream = Fixture::http("bench").await;
@@ -395,6 +395,10 @@ pub(super) async fn compare(seconds: f64) -> anyhow::Result<()> {
     for c in CONCURRENCY {
         let mut rows = Vec::new();
         for peer in &peers {
+            if only.is_some_and(|o| !peer.label.contains(o)) {
+                rows.push(None);
+                continue;
+            }
             let row = measure(peer, c, seconds).await?;
             println!(
                 "| {c} | {} | {:.0} | {} | {} | {:.0} | {} |",
@@ -411,9 +415,11 @@ pub(super) async fn compare(seconds: f64) -> anyhow::Result<()> {
                     peer.label, row.errors
                 );
             }
-            rows.push(row);
+            rows.push(Some(row));
         }
-        let (ours, theirs) = (&rows[3], &rows[5]);
+        let (Some(ours), Some(theirs)) = (&rows[3], &rows[5]) else {
+            continue;
+        };
         if ours.calls == 0 || theirs.calls == 0 {
             continue;
         }
