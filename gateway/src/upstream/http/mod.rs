@@ -124,16 +124,18 @@ impl Client {
             .map_err(|e| bad(e.to_string()))?;
         // A URL with `user:password@` gets reqwest's Basic credentials from it: left to
         // reqwest, as is TLS.
-        let plain = (url.scheme() == "http" && url.username().is_empty() && url.password().is_none())
-            .then(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(cfg.connect_timeout));
-                hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(idle)
-                    .pool_timer(TokioTimer::new())
-                    .build(connector)
-            });
+        let plain = (url.scheme() == "http"
+            && url.username().is_empty()
+            && url.password().is_none())
+        .then(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(cfg.connect_timeout));
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(idle)
+                .pool_timer(TokioTimer::new())
+                .build(connector)
+        });
         Ok(Client {
             http,
             plain,
@@ -190,13 +192,14 @@ impl Client {
                 return Ok(Sent::Answer(http::Response::from(resp).map(Either::Right)));
             }
         };
-        let resp = plain
-            .request(req.map(Full::new))
-            .await
-            .map_err(|e| UpstreamError::Unavailable {
-                upstream: upstream.name.clone(),
-                reason: chain(&e),
-            })?;
+        let resp =
+            plain
+                .request(req.map(Full::new))
+                .await
+                .map_err(|e| UpstreamError::Unavailable {
+                    upstream: upstream.name.clone(),
+                    reason: chain(&e),
+                })?;
         if matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
             // Starlette, for one, redirects `/mcp` to `/mcp/`: from now on this upstream's
             // POSTs go through reqwest, which follows redirects as it always did.

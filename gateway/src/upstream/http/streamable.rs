@@ -16,9 +16,9 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -331,7 +331,12 @@ impl HttpLink {
                 }
             }
         };
-        let (http::response::Parts { status, headers, .. }, body) = resp.into_parts();
+        let (
+            http::response::Parts {
+                status, headers, ..
+            },
+            body,
+        ) = resp.into_parts();
         if status == http::StatusCode::NOT_FOUND && state.session_id.is_some() {
             return Err(UpstreamError::SessionExpired {
                 upstream: self.name(),
