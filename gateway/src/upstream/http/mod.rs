@@ -7,10 +7,13 @@
 //! - `legacy_sse.rs`: the legacy HTTP+SSE transport (2024-11-05).
 //! - `listen.rs`: the listening streams that stay open, reconnecting with backoff.
 //!
-//! Every request to an upstream is built by [`Client::request`], the one place where the
+//! Every request to an upstream is built by [`Client::request`] (reqwest) or
+//! [`Client::post_request`] (the POSTs that carry messages), the two places where the
 //! configured headers and bearer token are put on it; an upstream with a token exchange
 //! also gets the caller's credential, just before each request is sent
-//! (`credential::authorize`, async, as it may ask the token endpoint).
+//! (`credential::authorize` / `credential::authorization`, async, as they may ask the token
+//! endpoint). Nothing of the client's own request (its `Authorization` above all) is copied
+//! onto these.
 
 mod detect;
 mod legacy_sse;
@@ -290,6 +293,39 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod cause_tests {
+    use super::Client;
+    use crate::upstream::{Upstream, UpstreamError};
+
+    #[tokio::test]
+    async fn the_forward_path_says_why_an_upstream_is_unreachable_without_its_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = format!("http://127.0.0.1:{port}/mcp");
+        let cfg = toml::from_str(&format!("url = \"{url}\"")).unwrap();
+        let upstream = Upstream::new("beta", cfg).unwrap();
+        let client = Client::new("beta", &upstream.config).unwrap();
+        assert!(
+            client.plain.is_some(),
+            "http:// goes through hyper-util's client"
+        );
+        let req = client.post_request(bytes::Bytes::from_static(b"{}"));
+        let Err(UpstreamError::Unavailable { reason, .. }) = client.send(&upstream, req).await
+        else {
+            panic!("a closed port must be unreachable");
+        };
+        assert!(
+            reason.to_lowercase().contains("connection refused"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("127.0.0.1"),
+            "no URL in the cause: {reason}"
+        );
+    }
+
     #[tokio::test]
     async fn a_refused_connection_says_so() {
         // A port nothing listens on: bind, note it, close.
