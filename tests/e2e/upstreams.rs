@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use portcullis_tests::harness::{
-    ConnectOptions, FIXTURE_SIMPLE_TEXT, Fixture, Gateway, RawHttp, RecordingClient, call_tool,
-    client, connect, server_toml, stdio_fixture_toml, text_of, toml_str,
+    ConnectOptions, FIXTURE_SIMPLE_TEXT, Fixture, Gateway, RawHttp, RecordingClient,
+    RecordingProxy, call_tool, client, connect, server_toml, stdio_fixture_toml, text_of, toml_str,
 };
 use serde_json::{Value, json};
 
@@ -36,6 +36,44 @@ async fn configured_credentials_go_upstream_and_the_clients_never_do() {
     assert!(
         !gateway.logs().contains("upstream-secret"),
         "a secret reached the log"
+    );
+    client.cancel().await.unwrap();
+}
+
+/// Web frameworks answer `/mcp` with a redirect to `/mcp/`: the gateway follows it for the
+/// POSTs that carry calls as well (its forward path's client does not follow redirects by
+/// itself), with the upstream's credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_redirects_its_posts_is_still_reached() {
+    let beta = Fixture::http("beta").await;
+    let proxy = RecordingProxy::redirecting(beta.addr(), "/moved", "/mcp").await;
+    let config = format!(
+        "{}[upstreams.beta]\nurl = {}\nbearer-token = \"upstream-secret\"\n",
+        server_toml(),
+        toml_str(&proxy.url("/moved"))
+    );
+    let gateway = Gateway::start(&config).await;
+    let client = client(gateway.url()).await;
+    for _ in 0..2 {
+        let r = call_tool(&client, "beta__whoami", Value::Null)
+            .await
+            .unwrap();
+        let who: Value = serde_json::from_str(&text_of(&r)).unwrap();
+        assert_eq!(
+            who["headers"]["authorization"], "Bearer upstream-secret",
+            "{who}"
+        );
+    }
+    let posts: Vec<String> = proxy
+        .forwarded()
+        .into_iter()
+        .filter(|f| f.method == "POST")
+        .map(|f| f.path)
+        .collect();
+    assert!(posts.contains(&"/moved".to_string()), "{posts:?}");
+    assert!(
+        posts.iter().filter(|p| *p == "/mcp").count() >= 3,
+        "{posts:?}"
     );
     client.cancel().await.unwrap();
 }

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use http_body_util::BodyExt;
 use sse_stream::{Sse, SseStream};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
@@ -23,13 +24,15 @@ use super::{Upstream, UpstreamError};
 
 /// An upstream's answer body, read up to `max-response-mib`. A declared `Content-Length`
 /// over the bound is refused before a byte is read; a body without one is cut off as soon
-/// as it passes. Either way the connection is dropped, not drained.
-pub(super) async fn read_body(
-    upstream: &Upstream,
-    mut resp: reqwest::Response,
-) -> Result<Bytes, UpstreamError> {
+/// as it passes. Either way the connection is dropped, not drained. A body that arrives in
+/// one piece is handed on as it came, without a copy.
+pub(super) async fn read_body<B>(upstream: &Upstream, mut body: B) -> Result<Bytes, UpstreamError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let limit = upstream.config.max_response_bytes();
-    let declared = resp.content_length();
+    let declared = body.size_hint().exact();
     if let Some(len) = declared.filter(|&len| len > limit as u64) {
         return Err(too_large(
             upstream,
@@ -37,34 +40,65 @@ pub(super) async fn read_body(
             format!("a response body of {len} bytes (Content-Length)"),
         ));
     }
-    // What the upstream declared (within the bound) is a fine first guess; a body without a
-    // length starts small.
-    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(chunk) = resp.chunk().await.map_err(|e| UpstreamError::Unavailable {
-        upstream: upstream.name.clone(),
-        reason: e.without_url().to_string(),
-    })? {
-        if body.len() + chunk.len() > limit {
-            crate::memory::give_back(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UpstreamError::Unavailable {
+            upstream: upstream.name.clone(),
+            reason: body_error(&e.into()),
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + joined.len();
+        if held + chunk.len() > limit {
+            crate::memory::give_back(joined);
             return Err(too_large(
                 upstream,
                 Bound::Response,
                 "a response body".into(),
             ));
         }
-        body.extend_from_slice(&chunk);
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            held => {
+                if let Some(held) = held {
+                    // What the upstream declared (within the bound) is a fine first guess.
+                    joined.reserve(declared.map_or(held.len() + chunk.len(), |l| l as usize));
+                    joined.extend_from_slice(&held);
+                }
+                joined.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(body.into())
+    Ok(first.unwrap_or_else(|| joined.into()))
 }
 
-/// The SSE events of `resp`, none larger than `max-sse-event-mib`. A stream that passes the
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a body could not be read, without the URL a reqwest error may carry.
+fn body_error(e: &BoxError) -> String {
+    match e.downcast_ref::<reqwest::Error>() {
+        Some(e) => match std::error::Error::source(e) {
+            Some(source) => format!("error reading the response body: {source}"),
+            None => "error reading the response body".into(),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// The SSE events of `body`, none larger than `max-sse-event-mib`. A stream that passes the
 /// bound yields an error (see [`sse_failure`]) and then ends.
-pub(super) fn sse_events(
+pub(super) fn sse_events<B>(
     upstream: &Upstream,
-    resp: reqwest::Response,
-) -> impl Stream<Item = Result<Sse, sse_stream::Error>> + Send + Unpin + use<> {
+    body: B,
+) -> impl Stream<Item = Result<Sse, sse_stream::Error>> + Send + Unpin + use<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     SseStream::from_bytes_stream(EventBound::new(
-        Box::pin(resp.bytes_stream()),
+        http_body_util::BodyDataStream::new(body),
         upstream.config.max_sse_event_bytes(),
     ))
 }
@@ -132,20 +166,18 @@ pub(super) fn breach(upstream: &Upstream, bound: Bound, what: impl Into<String>)
 /// Why a bounded byte stream stopped.
 #[derive(Debug, thiserror::Error)]
 enum BoundError {
-    #[error("{0}")]
-    Body(reqwest::Error),
+    #[error("{}", body_error(.0))]
+    Body(BoxError),
     #[error("an SSE event passed the size bound")]
     EventTooLarge,
 }
-
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 /// A byte stream that fails once more than `limit` bytes arrive without an SSE event
 /// boundary (an empty line: two line ends, each `\n`, `\r` or `\r\n`) between them. The
 /// chunk that passes the bound is never handed on, so the parser behind holds at most
 /// `limit` bytes of one event.
-struct EventBound {
-    inner: ByteStream,
+struct EventBound<S> {
+    inner: S,
     limit: usize,
     /// Bytes since the last event boundary.
     pending: usize,
@@ -156,8 +188,8 @@ struct EventBound {
     done: bool,
 }
 
-impl EventBound {
-    fn new(inner: ByteStream, limit: usize) -> Self {
+impl<S> EventBound<S> {
+    fn new(inner: S, limit: usize) -> Self {
         EventBound {
             inner,
             limit,
@@ -206,14 +238,18 @@ impl EventBound {
     }
 }
 
-impl Stream for EventBound {
+impl<S, E> Stream for EventBound<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<BoxError>,
+{
     type Item = Result<Bytes, BoundError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.inner.as_mut().poll_next(cx) {
+        match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 if self.admit(&chunk) {
                     Poll::Ready(Some(Ok(chunk)))
@@ -222,7 +258,7 @@ impl Stream for EventBound {
                     Poll::Ready(Some(Err(BoundError::EventTooLarge)))
                 }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoundError::Body(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoundError::Body(e.into())))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -302,10 +338,13 @@ mod tests {
 
     use super::*;
 
-    fn bounded(chunks: &[&'static [u8]], limit: usize) -> EventBound {
-        let items: Vec<reqwest::Result<Bytes>> =
+    fn bounded(
+        chunks: &[&'static [u8]],
+        limit: usize,
+    ) -> EventBound<impl Stream<Item = Result<Bytes, BoxError>> + Unpin> {
+        let items: Vec<Result<Bytes, BoxError>> =
             chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
-        EventBound::new(Box::pin(futures_util::stream::iter(items)), limit)
+        EventBound::new(futures_util::stream::iter(items), limit)
     }
 
     async fn events(chunks: &[&'static [u8]], limit: usize) -> (Vec<String>, bool) {

@@ -121,8 +121,20 @@ pub(super) async fn authorize(
     handler: &Weak<dyn InboundHandler>,
     req: reqwest::RequestBuilder,
 ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+    Ok(match authorization(upstream, handler).await? {
+        Some(header) => req.header(AUTHORIZATION, header),
+        None => req,
+    })
+}
+
+/// The `Authorization` header [`authorize`] adds: none for an upstream without a token
+/// exchange.
+pub(super) async fn authorization(
+    upstream: &Upstream,
+    handler: &Weak<dyn InboundHandler>,
+) -> Result<Option<HeaderValue>, UpstreamError> {
     let Some(exchange) = &upstream.credential else {
-        return Ok(req);
+        return Ok(None);
     };
     let failed = |reason: String| UpstreamError::Credential {
         upstream: upstream.name.clone(),
@@ -133,8 +145,7 @@ pub(super) async fn authorize(
             "it takes a token exchanged for the caller, and this caller presented no bearer token that authn accepted".into(),
         ));
     };
-    let header = exchange.token_for(&subject).await.map_err(failed)?;
-    Ok(req.header(AUTHORIZATION, header))
+    exchange.token_for(&subject).await.map(Some).map_err(failed)
 }
 
 /// One upstream's token exchange: its token endpoint client and its cache.

@@ -1,6 +1,8 @@
-//! An HTTP reverse proxy in front of an HTTP upstream that records the `Authorization`
-//! header of every request it passes on: what the upstream received, request by request
-//! (POSTs, GET streams, DELETEs), not only on the calls a tool reports.
+//! An HTTP reverse proxy in front of an HTTP upstream that records the method, path and
+//! `Authorization` header of every request it passes on: what the upstream received,
+//! request by request (POSTs, GET streams, DELETEs), not only on the calls a tool reports.
+//! Optionally it answers one path with a `307` to another, as web frameworks redirect
+//! `/mcp` to `/mcp/`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,7 @@ type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 #[derive(Debug, Clone)]
 pub struct Forwarded {
     pub method: String,
+    pub path: String,
     pub authorization: Option<String>,
 }
 
@@ -34,6 +37,19 @@ pub struct RecordingProxy {
 impl RecordingProxy {
     /// Proxies to the HTTP server at `target`.
     pub async fn start(target: SocketAddr) -> RecordingProxy {
+        Self::start_with(target, None).await
+    }
+
+    /// Proxies to `target`, answering requests for `from` with `307 Temporary Redirect` to
+    /// `to` (recorded too).
+    pub async fn redirecting(target: SocketAddr, from: &str, to: &str) -> RecordingProxy {
+        Self::start_with(target, Some(Arc::new((from.into(), to.into())))).await
+    }
+
+    async fn start_with(
+        target: SocketAddr,
+        redirect: Option<Arc<(String, String)>>,
+    ) -> RecordingProxy {
         super::init_tls();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -47,10 +63,10 @@ impl RecordingProxy {
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let _ = stream.set_nodelay(true);
-                    let (seen, client) = (seen.clone(), client.clone());
+                    let (seen, client, redirect) = (seen.clone(), client.clone(), redirect.clone());
                     tokio::spawn(async move {
                         let service = service_fn(move |req| {
-                            forward(client.clone(), target, seen.clone(), req)
+                            forward(client.clone(), target, seen.clone(), redirect.clone(), req)
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -92,11 +108,13 @@ async fn forward(
     client: reqwest::Client,
     target: SocketAddr,
     seen: Arc<Mutex<Vec<Forwarded>>>,
+    redirect: Option<Arc<(String, String)>>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let (parts, body) = req.into_parts();
     seen.lock().unwrap().push(Forwarded {
         method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
         authorization: parts
             .headers
             .get(hyper::header::AUTHORIZATION)
@@ -107,6 +125,18 @@ async fn forward(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if let Some((from, to)) = redirect.as_deref()
+        && parts.uri.path() == from
+    {
+        let empty = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let mut r = Response::new(empty);
+        *r.status_mut() = hyper::StatusCode::TEMPORARY_REDIRECT;
+        r.headers_mut()
+            .insert(hyper::header::LOCATION, to.parse().unwrap());
+        return Ok(r);
+    }
     let path = parts
         .uri
         .path_and_query()

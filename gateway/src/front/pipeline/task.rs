@@ -108,9 +108,11 @@ impl Front {
             );
             let _ = tx.send(response);
         };
-        // The request's span (export on) goes with it into its task.
+        // The request's span (export on) goes with it into its task. Boxed: the future holds
+        // the whole forward path's state, and tokio would otherwise copy all of it on spawn
+        // and again on completion (docs/BENCHMARKS.md, "The bare proxy").
         self.tasks
-            .spawn(tracing::Instrument::instrument(task, span));
+            .spawn(Box::pin(tracing::Instrument::instrument(task, span)));
         rx
     }
 }

@@ -71,7 +71,7 @@ impl SseLink {
         if !super::is_event_stream(resp.headers()) {
             return Err(protocol("GET did not open an SSE stream".into()));
         }
-        let mut events = bounds::sse_events(upstream, resp);
+        let mut events = bounds::sse_events(upstream, http::Response::from(resp).into_body());
 
         // The first event says where to post.
         let endpoint = loop {
@@ -198,7 +198,7 @@ impl SseLink {
             let status = resp.status();
             // Read the (short) body so the connection goes back to the pool; a long one is
             // cut off at `max-response-mib` (the connection is then dropped).
-            let _ = bounds::read_body(&upstream, resp).await;
+            let _ = bounds::read_body(&upstream, http::Response::from(resp).into_body()).await;
             if status.is_success() {
                 Ok(())
             } else {

@@ -84,7 +84,8 @@ where
                 Ok(resp) => match opened(&resp) {
                     Opened::Stream => {
                         backoff = FIRST_BACKOFF;
-                        let mut events = bounds::sse_events(&upstream, resp);
+                        let body = http::Response::from(resp).into_body();
+                        let mut events = bounds::sse_events(&upstream, body);
                         while let Some(event) = events.next().await {
                             let event = match event {
                                 Ok(e) => e,

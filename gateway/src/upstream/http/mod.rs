@@ -7,10 +7,13 @@
 //! - `legacy_sse.rs`: the legacy HTTP+SSE transport (2024-11-05).
 //! - `listen.rs`: the listening streams that stay open, reconnecting with backoff.
 //!
-//! Every request to an upstream is built by [`Client::request`], the one place where the
+//! Every request to an upstream is built by [`Client::request`] (reqwest) or
+//! [`Client::post_request`] (the POSTs that carry messages), the two places where the
 //! configured headers and bearer token are put on it; an upstream with a token exchange
 //! also gets the caller's credential, just before each request is sent
-//! (`credential::authorize`, async, as it may ask the token endpoint).
+//! (`credential::authorize` / `credential::authorization`, async, as they may ask the token
+//! endpoint). Nothing of the client's own request (its `Authorization` above all) is copied
+//! onto these.
 
 mod detect;
 mod legacy_sse;
@@ -18,9 +21,15 @@ mod listen;
 mod stateless;
 mod streamable;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{Either, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sse_stream::Sse;
 
 use super::{Upstream, UpstreamError};
@@ -42,13 +51,39 @@ pub(super) fn attach(
     Ok((Box::new(link), init))
 }
 
-/// The per-upstream HTTP client: pool, URL and static headers.
+/// The body of an answer to a POST: hyper's own (a plain `http://` upstream) or reqwest's.
+pub(super) type Body = Either<hyper::body::Incoming, reqwest::Body>;
+
+/// hyper-util's pooled client, for the POSTs to a plain `http://` upstream.
+type Plain = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+/// The per-upstream HTTP client: pools, URL and static headers.
+///
+/// The POSTs that carry every forwarded message (`HttpLink::post`, the hot path) go
+/// through hyper-util's pooled client when the upstream is plain `http://` without
+/// credentials in its URL: the URI and the fixed headers are built once, here, and nothing
+/// per request re-parses the URL (reqwest turns its redirect layer's `Uri` back into a `Url`
+/// on every response: docs/BENCHMARKS.md, "The bare proxy"). That client follows no
+/// redirect: an upstream that answers a POST with one is sent its POSTs through reqwest
+/// from then on (the redirected POST is sent again there). An `https://` upstream
+/// (reqwest's rustls configuration and verifier) and everything else — the listening
+/// streams, `DELETE`, the legacy HTTP+SSE transport — use reqwest. Both pools keep
+/// connections alive with `TCP_NODELAY`, the same connect timeout and idle timeout.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
+    /// The forward path's client, for a plain `http://` upstream.
+    plain: Option<Plain>,
     pub(super) url: reqwest::Url,
+    /// `url` as the URI every POST goes to, parsed once.
+    uri: http::Uri,
     /// Configured headers and bearer token, marked sensitive.
     headers: HeaderMap,
+    /// `headers` plus the `Accept` and `Content-Type` of an MCP POST: a POST's headers start
+    /// as a clone of these.
+    post_headers: HeaderMap,
+    /// The upstream answered a POST with a redirect: its POSTs go through reqwest.
+    redirects: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -58,6 +93,10 @@ impl Client {
             reason,
         };
         let url = reqwest::Url::parse(cfg.url.as_deref().unwrap_or_default())
+            .map_err(|e| bad(format!("invalid URL: {e}")))?;
+        let uri: http::Uri = url
+            .as_str()
+            .parse()
             .map_err(|e| bad(format!("invalid URL: {e}")))?;
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
@@ -72,24 +111,115 @@ impl Client {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
+        let mut post_headers = headers.clone();
+        post_headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        post_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let idle = Duration::from_secs(90);
         let http = reqwest::Client::builder()
             // Nagle + delayed ACK stalls small SSE events by ~40 ms on loopback.
             .tcp_nodelay(true)
             .connect_timeout(cfg.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(idle)
             .build()
             .map_err(|e| bad(e.to_string()))?;
-        Ok(Client { http, url, headers })
+        // A URL with `user:password@` gets reqwest's Basic credentials from it: left to
+        // reqwest, as is TLS.
+        let plain = (url.scheme() == "http"
+            && url.username().is_empty()
+            && url.password().is_none())
+        .then(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(cfg.connect_timeout));
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(idle)
+                .pool_timer(TokioTimer::new())
+                .build(connector)
+        });
+        Ok(Client {
+            http,
+            plain,
+            url,
+            uri,
+            headers,
+            post_headers,
+            redirects: Arc::default(),
+        })
     }
 
     /// A request to `url` (the upstream's own, or a legacy server's `endpoint`, which has
     /// the same origin) with the configured headers and bearer token. Every transport
-    /// builds its requests here, so credentials are added in this one place.
+    /// builds its requests here or in [`Client::post_request`], so credentials are added
+    /// in these two places.
     fn request(&self, method: reqwest::Method, url: &reqwest::Url) -> reqwest::RequestBuilder {
         self.http
             .request(method, url.clone())
             .headers(self.headers.clone())
     }
+
+    /// An MCP POST of `body` to the upstream's URL with the configured headers, bearer token,
+    /// `Accept` and `Content-Type` (more headers are added by the caller before [`send`]).
+    ///
+    /// [`send`]: Client::send
+    fn post_request(&self, body: Bytes) -> http::Request<Bytes> {
+        let mut req = http::Request::new(body);
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.post_headers.clone();
+        req
+    }
+
+    /// Sends a request built by [`Client::post_request`]. [`Sent::Redirected`]: build it
+    /// again and send it once more (it then goes through reqwest, which follows redirects).
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        req: http::Request<Bytes>,
+    ) -> Result<Sent, UpstreamError> {
+        let plain = match &self.plain {
+            Some(plain) if !self.redirects.load(Ordering::Relaxed) => plain,
+            _ => {
+                let (parts, body) = req.into_parts();
+                // Through the builder, which takes `user:password@` out of the URL.
+                let resp = self
+                    .http
+                    .request(parts.method, self.url.clone())
+                    .headers(parts.headers)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable(upstream, e))?;
+                return Ok(Sent::Answer(http::Response::from(resp).map(Either::Right)));
+            }
+        };
+        let resp =
+            plain
+                .request(req.map(Full::new))
+                .await
+                .map_err(|e| UpstreamError::Unavailable {
+                    upstream: upstream.name.clone(),
+                    reason: chain(&e),
+                })?;
+        if matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+            // Starlette, for one, redirects `/mcp` to `/mcp/`: from now on this upstream's
+            // POSTs go through reqwest, which follows redirects as it always did.
+            if !self.redirects.swap(true, Ordering::Relaxed) {
+                tracing::info!(upstream = %upstream.name, status = resp.status().as_u16(), "the upstream redirects its POSTs; following them from now on");
+            }
+            return Ok(Sent::Redirected);
+        }
+        Ok(Sent::Answer(resp.map(Either::Left)))
+    }
+}
+
+/// What [`Client::send`] got.
+pub(super) enum Sent {
+    Answer(http::Response<Body>),
+    /// A redirect from the forward path's client, which does not follow them.
+    Redirected,
 }
 
 /// Adds the current span's trace context (`traceparent`) to a request, when tracing is on.
@@ -100,6 +230,13 @@ fn traced(builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     let mut trace = HeaderMap::new();
     crate::observe::inject_headers(&mut trace);
     builder.headers(trace)
+}
+
+/// [`traced`] for a request built by [`Client::post_request`].
+fn trace_headers(headers: &mut HeaderMap) {
+    if crate::observe::enabled() {
+        crate::observe::inject_headers(headers);
+    }
 }
 
 /// Whether a response is an SSE stream.
@@ -135,9 +272,14 @@ fn unavailable(upstream: &Upstream, e: reqwest::Error) -> UpstreamError {
 /// "error sending request"; its sources say "connection refused", a DNS failure, a TLS error.
 /// The URL is left out (it may carry credentials); headers never appear in reqwest's errors.
 pub(super) fn cause(e: reqwest::Error) -> String {
-    let e = e.without_url();
+    chain(&e.without_url())
+}
+
+/// An error and its sources, each once. hyper-util's errors name neither the URL nor a
+/// header.
+fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         let s_text = s.to_string();
         if !text.contains(&s_text) {
@@ -151,6 +293,39 @@ pub(super) fn cause(e: reqwest::Error) -> String {
 
 #[cfg(test)]
 mod cause_tests {
+    use super::Client;
+    use crate::upstream::{Upstream, UpstreamError};
+
+    #[tokio::test]
+    async fn the_forward_path_says_why_an_upstream_is_unreachable_without_its_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = format!("http://127.0.0.1:{port}/mcp");
+        let cfg = toml::from_str(&format!("url = \"{url}\"")).unwrap();
+        let upstream = Upstream::new("beta", cfg).unwrap();
+        let client = Client::new("beta", &upstream.config).unwrap();
+        assert!(
+            client.plain.is_some(),
+            "http:// goes through hyper-util's client"
+        );
+        let req = client.post_request(bytes::Bytes::from_static(b"{}"));
+        let Err(UpstreamError::Unavailable { reason, .. }) = client.send(&upstream, req).await
+        else {
+            panic!("a closed port must be unreachable");
+        };
+        assert!(
+            reason.to_lowercase().contains("connection refused"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("127.0.0.1"),
+            "no URL in the cause: {reason}"
+        );
+    }
+
     #[tokio::test]
     async fn a_refused_connection_says_so() {
         // A port nothing listens on: bind, note it, close.

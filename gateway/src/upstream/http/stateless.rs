@@ -17,6 +17,16 @@ use crate::upstream::stateless::{Stateless, discover_result};
 /// the tool a `tools/call` calls, mirrored as `Mcp-Param-*`.
 pub(super) fn request_headers(msg: &Message, params: &headers::ParamHeaders) -> HeaderMap {
     let mut h = HeaderMap::new();
+    add_request_headers(&mut h, msg, params);
+    h
+}
+
+/// [`request_headers`], added to `h` (replacing any of the same names).
+pub(super) fn add_request_headers(
+    h: &mut HeaderMap,
+    msg: &Message,
+    params: &headers::ParamHeaders,
+) {
     h.insert(
         PROTOCOL_VERSION,
         HeaderValue::from_static(version::STATELESS),
@@ -47,7 +57,6 @@ pub(super) fn request_headers(msg: &Message, params: &headers::ParamHeaders) -> 
             h.insert(name, value);
         }
     }
-    h
 }
 
 impl HttpLink {

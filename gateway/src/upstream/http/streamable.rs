@@ -16,14 +16,15 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::listen::{Listen, Opened};
-use super::{Client, stateless as http_stateless};
+use super::{Client, Sent, stateless as http_stateless};
 use crate::mcp::headers::{LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID};
 use crate::mcp::{Kind, Message, methods, version};
 use crate::upstream::pending::RequestIds;
@@ -283,38 +284,70 @@ impl HttpLink {
             .headers(headers)
     }
 
+    /// The POST that carries `msg`: the client's fixed headers, the session's, the trace
+    /// context, the caller's exchanged credential and, for 2026-07-28, the request headers.
+    async fn post_request(
+        &self,
+        msg: &Message,
+        body: &Bytes,
+        state: &SessionState,
+    ) -> Result<http::Request<Bytes>, UpstreamError> {
+        let mut req = self.client.post_request(body.clone());
+        let headers = req.headers_mut();
+        if let Some(v) = &state.session_id {
+            headers.insert(SESSION_ID, v.clone());
+        }
+        if let Some(v) = &state.version {
+            headers.insert(PROTOCOL_VERSION, v.clone());
+        }
+        super::trace_headers(headers);
+        if let Some(credential) =
+            crate::upstream::credential::authorization(&self.upstream, &self.handler).await?
+        {
+            req.headers_mut().insert(AUTHORIZATION, credential);
+        }
+        if self.stateless.is_some() || msg.method() == methods::SERVER_DISCOVER {
+            let params = self.param_annotations(msg);
+            http_stateless::add_request_headers(req.headers_mut(), msg, &params);
+        }
+        Ok(req)
+    }
+
     pub(super) async fn post(
         &self,
         msg: &Message,
         related: Option<&Related>,
         state: &SessionState,
     ) -> Result<(Posted, HeaderMap), UpstreamError> {
-        let mut builder = super::traced(self.builder(reqwest::Method::POST, state));
-        builder =
-            crate::upstream::credential::authorize(&self.upstream, &self.handler, builder).await?;
-        if self.stateless.is_some() || msg.method() == methods::SERVER_DISCOVER {
-            let params = self.param_annotations(msg);
-            builder = builder.headers(http_stateless::request_headers(msg, &params));
-        }
-        let resp = builder
-            .header(ACCEPT, "application/json, text/event-stream")
-            .header(CONTENT_TYPE, "application/json")
-            .body(msg.to_bytes())
-            .send()
-            .await
-            .map_err(|e| super::unavailable(&self.upstream, e))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND && state.session_id.is_some() {
+        let body = Bytes::from(msg.to_bytes());
+        let req = self.post_request(msg, &body, state).await?;
+        let resp = match self.client.send(&self.upstream, req).await? {
+            Sent::Answer(resp) => resp,
+            Sent::Redirected => {
+                let req = self.post_request(msg, &body, state).await?;
+                match self.client.send(&self.upstream, req).await? {
+                    Sent::Answer(resp) => resp,
+                    Sent::Redirected => return Err(self.protocol("redirected twice")),
+                }
+            }
+        };
+        let (
+            http::response::Parts {
+                status, headers, ..
+            },
+            body,
+        ) = resp.into_parts();
+        if status == http::StatusCode::NOT_FOUND && state.session_id.is_some() {
             return Err(UpstreamError::SessionExpired {
                 upstream: self.name(),
             });
         }
-        if status == reqwest::StatusCode::ACCEPTED {
-            return Ok((Posted::Accepted, resp.headers().clone()));
+        if status == http::StatusCode::ACCEPTED {
+            return Ok((Posted::Accepted, headers));
         }
         if !status.is_success() {
             // An error body too large to read is no answer: the HTTP status is.
-            let body = bounds::read_body(&self.upstream, resp)
+            let body = bounds::read_body(&self.upstream, body)
                 .await
                 .unwrap_or_default();
             let answer = Message::parse(&body)
@@ -341,17 +374,16 @@ impl HttpLink {
                 status: status.as_u16(),
             });
         }
-        let headers = resp.headers().clone();
         let is_sse = super::is_event_stream(&headers);
         if msg.kind() != Kind::Request {
             return Ok((Posted::Accepted, headers));
         }
         if !is_sse {
-            let bytes = bounds::read_body(&self.upstream, resp).await?;
+            let bytes = bounds::read_body(&self.upstream, body).await?;
             let m = Message::parse(&bytes).map_err(|e| self.protocol(&e.to_string()))?;
             return Ok((Posted::Response(m), headers));
         }
-        let mut events = bounds::sse_events(&self.upstream, resp);
+        let mut events = bounds::sse_events(&self.upstream, body);
         while let Some(event) = events.next().await {
             let event = match event {
                 Ok(event) => event,
