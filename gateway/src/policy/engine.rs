@@ -8,6 +8,9 @@
 //! - **Epoch interruption**, ticking every [`EPOCH_TICK`]: compiled code checks a counter at
 //!   loop heads and calls, far cheaper than fuel. At each tick a running plugin yields to the
 //!   tokio runtime (it never holds a worker thread for long) and, once past its deadline, traps.
+//!   The ticker thread ticks only while a plugin store exists ([`EpochHold`], held by every
+//!   store from its creation): a gateway without policies, or between calls, does not wake
+//!   every millisecond. No wasm runs outside a store, so no code runs without its deadline.
 //! - **Async calls**: required for that yielding; the key-value host imports are async too
 //!   (a Redis round trip is awaited, not waited for), the others stay synchronous.
 //! - **A semaphore of `max-instances` permits**: a burst of requests waits for an instance
@@ -21,7 +24,8 @@
 //!   either way: the same limits, deadline and imports.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -82,10 +86,15 @@ pub struct Runtime {
     /// Where compilations are kept between runs, when the configured directory is usable.
     pub cache: Option<CompileCache>,
     pub config: RuntimeConfig,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl Runtime {
+    /// Keeps the epoch ticking for as long as it lives: every plugin store holds one.
+    pub fn epoch_hold(&self) -> EpochHold {
+        self.ticker.hold()
+    }
+
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(config.max_instances)
@@ -126,7 +135,7 @@ impl Runtime {
         };
         let mut ticked = vec![engine.clone()];
         ticked.extend(baseline.as_ref().map(|b| b.engine.clone()));
-        let ticker = EpochTicker::start(ticked);
+        let ticker = EpochTicker::start(ticked)?;
         // A cache that cannot be used only costs compile time: say so and go on without it.
         let cache = config
             .cache
@@ -149,7 +158,7 @@ impl Runtime {
             instances: Semaphore::new(config.max_instances as usize),
             cache,
             config,
-            _ticker: ticker,
+            ticker,
         }))
     }
 
@@ -201,31 +210,78 @@ impl Baseline {
     }
 }
 
-/// A thread that advances the engines' epoch every [`EPOCH_TICK`] until dropped.
+/// A thread that advances the engines' epoch every [`EPOCH_TICK`] while an [`EpochHold`]
+/// exists, and sleeps (parked) while none does; it ends when dropped.
 struct EpochTicker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    shared: Arc<TickerShared>,
+}
+
+struct TickerShared {
+    /// Live holds: plugin stores.
+    holds: AtomicUsize,
+    stop: AtomicBool,
+    /// The ticker thread, to wake when the first hold appears (unset if it could not start).
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// Keeps the epoch ticking while it lives (see [`Runtime::epoch_hold`]).
+pub struct EpochHold {
+    shared: Arc<TickerShared>,
 }
 
 impl EpochTicker {
-    fn start(engines: Vec<Engine>) -> Self {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let _ = std::thread::Builder::new()
+    fn start(engines: Vec<Engine>) -> anyhow::Result<Self> {
+        let shared = Arc::new(TickerShared {
+            holds: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            thread: OnceLock::new(),
+        });
+        let state = shared.clone();
+        let handle = std::thread::Builder::new()
             .name("portcullis-epoch".into())
             .spawn(move || {
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                while !state.stop.load(Ordering::Acquire) {
+                    if state.holds.load(Ordering::Acquire) == 0 {
+                        // Woken by the first hold (or the stop); a wake-up that came before
+                        // the park makes it return at once.
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     for engine in &engines {
                         engine.increment_epoch();
                     }
                 }
-            });
-        EpochTicker { stop }
+            })
+            // Without the ticker no deadline would ever fire: refuse to run plugins at all.
+            .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker thread: {e}"))?;
+        let _ = shared.thread.set(handle.thread().clone());
+        Ok(EpochTicker { shared })
+    }
+
+    fn hold(&self) -> EpochHold {
+        if self.shared.holds.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(t) = self.shared.thread.get()
+        {
+            t.unpark();
+        }
+        EpochHold {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for EpochHold {
+    fn drop(&mut self) {
+        self.shared.holds.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.shared.thread.get() {
+            t.unpark();
+        }
     }
 }

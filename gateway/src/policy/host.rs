@@ -42,6 +42,8 @@ pub struct HostState {
     /// `wasi:http`: refuses everything unless the plugin's grant is set (`http_grant.rs`).
     pub http: HttpState,
     log_lines: u32,
+    /// Keeps the epoch ticking, so the plugin's CPU deadline can fire (`engine.rs`).
+    pub epoch: Option<super::engine::EpochHold>,
 }
 
 impl HostState {
@@ -65,6 +67,7 @@ impl HostState {
             stdout,
             stderr,
             log_lines: 0,
+            epoch: None,
         }
     }
 

@@ -301,6 +301,7 @@ impl Plugin {
             stderr,
         );
         let mut store = Store::new(engine, state);
+        store.data_mut().epoch = Some(rt.epoch_hold());
         if self.http.is_some() {
             store.data_mut().http = HttpState::new(self.name.clone(), self.http.clone());
         }
