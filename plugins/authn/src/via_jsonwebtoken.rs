@@ -15,7 +15,6 @@
 
 use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{Algorithm, DecodingKey};
-use jsonwebtoken::signature::Verifier as _;
 use rsa::traits::PublicKeyParts;
 
 use crate::jwk::{Alg, Verifier};
