@@ -180,7 +180,9 @@ pub fn parse_jwks(set: &Value, mode: Mode) -> Result<Parsed, String> {
             None => format!("keys[{i}]"),
         };
         match parse_jwk(jwk) {
-            Ok(Some(verifier)) => parsed.keys.push(Key::new(kid.map(str::to_string), verifier)),
+            Ok(Some(verifier)) => parsed
+                .keys
+                .push(Key::new(kid.map(str::to_string), verifier)),
             Ok(None) => parsed.skipped.push(format!("{at}: not for signatures")),
             Err(e) if mode == Mode::Lenient => parsed.skipped.push(format!("{at}: {e}")),
             Err(e) => return Err(format!("{at}: {e}")),

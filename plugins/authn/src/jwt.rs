@@ -181,10 +181,7 @@ fn check_signature(
     };
     let inline = selected(&config.keys, alg, Some(kid));
     let mut tried = inline.len();
-    if inline
-        .iter()
-        .any(|key| key.verify(input, signature))
-    {
+    if inline.iter().any(|key| key.verify(input, signature)) {
         return Ok(());
     }
     if let Some(path) = &config.jwks_file {
