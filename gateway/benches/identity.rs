@@ -4,14 +4,19 @@
 //!
 //! ```sh
 //! scripts/build-plugins && cargo bench -p portcullis --bench identity
+//! # process CPU per call (user + system, all threads) instead of wall time: steadier than
+//! # wall time on a machine that other work shares
+//! IDENTITY_CPU=1 cargo bench -p portcullis --bench identity
 //! ```
 //!
 //! Numbers are in docs/BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::Criterion;
+use criterion::measurement::{Measurement, ValueFormatter};
 use http::{HeaderMap, HeaderValue};
 use portcullis::mcp::Message;
 use portcullis::policy::{Call, Chain, Policies, RuntimeConfig};
@@ -95,7 +100,7 @@ async fn run(chain: &Chain, msg: &Arc<Message>, token: &str) {
     }
 }
 
-fn identity(c: &mut Criterion) {
+fn identity<M: Measurement + 'static>(c: &mut Criterion<M>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -151,5 +156,75 @@ fn identity(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, identity);
-criterion_main!(benches);
+/// Process CPU time (user + system, every thread: the bench's runtime and the engine's own),
+/// the measurement with `IDENTITY_CPU` set.
+struct ProcessCpu;
+
+impl Measurement for ProcessCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        cpu_time()
+    }
+    fn end(&self, started: Duration) -> Duration {
+        cpu_time().saturating_sub(started)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuMicros
+    }
+}
+
+fn cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass and has no other effect.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Nanoseconds of CPU shown as microseconds.
+struct CpuMicros;
+
+impl ValueFormatter for CpuMicros {
+    fn scale_values(&self, _typical: f64, values: &mut [f64]) -> &'static str {
+        values.iter_mut().for_each(|v| *v /= 1e3);
+        "µs CPU"
+    }
+    fn scale_throughputs(
+        &self,
+        _typical: f64,
+        _throughput: &criterion::Throughput,
+        _values: &mut [f64],
+    ) -> &'static str {
+        "(no throughput)"
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn main() {
+    if std::env::var_os("IDENTITY_CPU").is_some() {
+        let mut c = Criterion::default()
+            .with_measurement(ProcessCpu)
+            .configure_from_args();
+        identity(&mut c);
+        c.final_summary();
+    } else {
+        let mut c = Criterion::default().configure_from_args();
+        identity(&mut c);
+        c.final_summary();
+    }
+}

@@ -417,10 +417,7 @@ fn jwt_config(raw: RawJwt, config_text: Box<RawValue>) -> Result<JwtConfig, Stri
                 jwk::MIN_HMAC_BYTES
             ));
         }
-        keys.push(Key {
-            kid: None,
-            verifier: Verifier::Hmac(secret.into_bytes()),
-        });
+        keys.push(Key::new(None, Verifier::Hmac(secret.into_bytes())));
     }
     if let Some(path) = &raw.jwks_file
         && !path.starts_with('/')

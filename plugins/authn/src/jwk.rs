@@ -117,6 +117,30 @@ pub struct Key {
     pub kid: Option<String>,
     /// The key.
     pub verifier: Verifier,
+    /// The same key as `jsonwebtoken` holds it (HS256, RS256, ES256), made once.
+    #[cfg(feature = "jsonwebtoken")]
+    jws: Option<jsonwebtoken::DecodingKey>,
+}
+
+impl Key {
+    /// A key, checked already, with its `kid`.
+    pub fn new(kid: Option<String>, verifier: Verifier) -> Key {
+        Key {
+            #[cfg(feature = "jsonwebtoken")]
+            jws: crate::via_jsonwebtoken::decoding_key(&verifier),
+            kid,
+            verifier,
+        }
+    }
+
+    /// True if `signature` is this key's signature of `input` (the JWS signing input).
+    pub fn verify(&self, input: &[u8], signature: &[u8]) -> bool {
+        #[cfg(feature = "jsonwebtoken")]
+        if let Some(key) = &self.jws {
+            return crate::via_jsonwebtoken::verify(self.verifier.alg(), key, input, signature);
+        }
+        self.verifier.verify(input, signature)
+    }
 }
 
 /// The smallest HMAC secret accepted: as long as the hash output (RFC 7518 §3.2).
@@ -156,10 +180,9 @@ pub fn parse_jwks(set: &Value, mode: Mode) -> Result<Parsed, String> {
             None => format!("keys[{i}]"),
         };
         match parse_jwk(jwk) {
-            Ok(Some(verifier)) => parsed.keys.push(Key {
-                kid: kid.map(str::to_string),
-                verifier,
-            }),
+            Ok(Some(verifier)) => parsed
+                .keys
+                .push(Key::new(kid.map(str::to_string), verifier)),
             Ok(None) => parsed.skipped.push(format!("{at}: not for signatures")),
             Err(e) if mode == Mode::Lenient => parsed.skipped.push(format!("{at}: {e}")),
             Err(e) => return Err(format!("{at}: {e}")),

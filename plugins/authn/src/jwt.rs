@@ -170,7 +170,7 @@ fn check_signature(
             .collect::<Vec<_>>()[..]
         {
             [] => invalid(format!("no configured key verifies alg {}", alg.name())),
-            [key] if key.verifier.verify(input, signature) => Ok(()),
+            [key] if key.verify(input, signature) => Ok(()),
             [_] => invalid(format!("bad signature (alg {}, no kid)", alg.name())),
             _ => invalid(format!(
                 "no `kid` in the header, and more than one configured key verifies alg {}: \
@@ -181,17 +181,14 @@ fn check_signature(
     };
     let inline = selected(&config.keys, alg, Some(kid));
     let mut tried = inline.len();
-    if inline
-        .iter()
-        .any(|key| key.verifier.verify(input, signature))
-    {
+    if inline.iter().any(|key| key.verify(input, signature)) {
         return Ok(());
     }
     if let Some(path) = &config.jwks_file {
         let file = load_jwks_file(path).map_err(Rejection::Unavailable)?;
         let keys = selected(&file, alg, Some(kid));
         tried += keys.len();
-        if keys.iter().any(|key| key.verifier.verify(input, signature)) {
+        if keys.iter().any(|key| key.verify(input, signature)) {
             return Ok(());
         }
     }
@@ -206,7 +203,7 @@ fn check_signature(
         }
         let keys = selected(&keys, alg, Some(kid));
         tried += keys.len();
-        if keys.iter().any(|key| key.verifier.verify(input, signature)) {
+        if keys.iter().any(|key| key.verify(input, signature)) {
             return Ok(());
         }
     }

@@ -26,6 +26,8 @@ mod jwk;
 mod jwt;
 mod remote;
 mod time;
+#[cfg(feature = "jsonwebtoken")]
+mod via_jsonwebtoken;
 
 use portcullis_sdk::prelude::*;
 

@@ -431,6 +431,30 @@ fn rejects_bad_signatures() {
     assert_rejected(&cfg, &t, "bad signature");
 }
 
+/// Ed25519 verified strictly: a small-order public key verifies, under a lax check, the
+/// signature `R` = identity, `s` = 0 for every message. A set that carries such a key (by
+/// mistake or by someone who can write the set) must not make every token good.
+#[test]
+fn refuses_eddsa_signatures_that_only_a_lax_check_accepts() {
+    // The identity point: y = 1, encoded little-endian.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = json!({ "kty": "OKP", "crv": "Ed25519", "kid": "ed-weak", "x": b64(&identity) });
+    let cfg = config(json!({ "jwt": { "jwks": { "keys": [weak] } } }));
+    let header = json!({ "alg": "EdDSA", "kid": "ed-weak" });
+    let forged = token_with(header, &claims_with(json!({ "sub": "admin" })), |_| {
+        let mut signature = identity.to_vec();
+        signature.extend_from_slice(&[0u8; 32]);
+        signature
+    });
+    // The lax check would take it: this test is about the strict one.
+    let lax = ed25519_dalek::VerifyingKey::from_bytes(&identity).unwrap();
+    let (input, sig) = forged.rsplit_once('.').unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+    assert!(ed25519_dalek::Verifier::verify(&lax, input.as_bytes(), &sig).is_ok());
+    assert_rejected(&cfg, &forged, "bad signature");
+}
+
 #[test]
 fn never_accepts_alg_none() {
     let cfg = config(json!({}));
