@@ -343,7 +343,15 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
     let plugins: Value = chain
         .plugins()
         .iter()
-        .map(|p| json!({ "name": &*p.name, "version": p.version, "stage": p.stage, "sha256": p.sha256 }))
+        .map(|p| {
+            json!({
+                "name": &*p.name, "version": p.version, "stage": p.stage, "sha256": p.sha256,
+                "phases": {
+                    "request": p.methods(Phase::Request).describe(),
+                    "response": p.methods(Phase::Response).describe(),
+                },
+            })
+        })
         .collect::<Vec<_>>()
         .into();
     let trace = Arc::new(Trace::default());
@@ -515,11 +523,18 @@ fn reports(passes: &[Pass], upstream_received: &[Message]) -> Vec<Value> {
                     Verdict::FailedOpen(why) => {
                         json!({ "plugin": &*s.plugin, "verdict": "failed-open", "error": why })
                     }
+                    Verdict::Skipped => json!({
+                        "plugin": &*s.plugin, "verdict": "skipped",
+                        "reason": "its sidecar's [phases] leaves this method out: not called",
+                    }),
                 })
                 .collect();
             let outcome = match (p.phase, &p.end, message.kind()) {
                 _ if p.steps.is_empty() => {
                     "passed unseen: no plugin in the chain handles this phase"
+                }
+                _ if !p.seen() => {
+                    "passed unseen: every plugin of this phase skips this method ([phases])"
                 }
                 (Phase::Request, Some(_), _) => "forwarded",
                 (Phase::Request, None, _) => "denied; the client gets the error",
@@ -559,7 +574,7 @@ fn reports(passes: &[Pass], upstream_received: &[Message]) -> Vec<Value> {
 /// The overall verdict and the summary fields (request as forwarded, identity, route,
 /// answer, server message) from the passes.
 fn summarize(out: &mut Value, passes: &[Pass], supplied: Option<&Identity>, client: &[Message]) {
-    let seen: Vec<&Pass> = passes.iter().filter(|p| !p.steps.is_empty()).collect();
+    let seen: Vec<&Pass> = passes.iter().filter(|p| p.seen()).collect();
     let refusal = seen.iter().find_map(|p| {
         p.steps.iter().find_map(|s| match &s.verdict {
             Verdict::Deny(d) => Some((*p, d.clone())),
@@ -705,6 +720,7 @@ fn print_text(o: &Value) {
                     s["error"]["message"].as_str().unwrap_or("")
                 ),
                 Some("failed-open") => format!(" ({})", s["error"].as_str().unwrap_or("")),
+                Some("skipped") => " (not called: [phases] in its sidecar)".to_string(),
                 _ => String::new(),
             };
             println!(
