@@ -115,10 +115,16 @@ impl Methods {
     /// One phase's value: `declared` says whether the plugin's `describe` lists the phase.
     fn parse(key: &str, value: Option<&toml::Value>, declared: bool) -> Result<Self, String> {
         let Some(value) = value else {
-            return Ok(if declared { Methods::All } else { Methods::Skip });
+            return Ok(if declared {
+                Methods::All
+            } else {
+                Methods::Skip
+            });
         };
         let widens = || {
-            format!("`phases.{key}`: the plugin does not declare the {key} phase, and `[phases]` only narrows what it declares (leave the key out or set it to false)")
+            format!(
+                "`phases.{key}`: the plugin does not declare the {key} phase, and `[phases]` only narrows what it declares (leave the key out or set it to false)"
+            )
         };
         match value {
             toml::Value::Boolean(false) => Ok(Methods::Skip),
@@ -263,9 +269,8 @@ mod tests {
             none.filters(true, false, Authz).unwrap(),
             (Methods::All, Methods::Skip)
         );
-        let p = phases(
-            "[phases]\nrequest = false\nresponse = [\"tools/list\", \"notifications/*\"]\n",
-        );
+        let p =
+            phases("[phases]\nrequest = false\nresponse = [\"tools/list\", \"notifications/*\"]\n");
         let (req, resp) = p.filters(true, true, Redaction).unwrap();
         assert_eq!(req, Methods::Skip);
         assert!(!req.matches("tools/call"));
@@ -298,7 +303,12 @@ mod tests {
         };
         let e = refused("[phases]\nresponse = true\n", true, false, Authz);
         assert!(e.contains("does not declare the response phase"), "{e}");
-        let e = refused("[phases]\nresponse = [\"tools/list\"]\n", true, false, Authz);
+        let e = refused(
+            "[phases]\nresponse = [\"tools/list\"]\n",
+            true,
+            false,
+            Authz,
+        );
         assert!(e.contains("only narrows"), "{e}");
         let e = refused("[phases]\nrequest = false\n", true, false, Authz);
         assert!(e.contains("enabled = false"), "{e}");
