@@ -19,7 +19,11 @@
 //! # only some rows: cases whose label starts with, modes whose label contains, one of the
 //! # comma-separated words
 //! ISOLATION_CASES=redact,whole ISOLATION_MODES=pre,warm cargo bench -p portcullis --bench isolation
-//! # ISOLATION_CACHE=<dir>: use a compile cache there (none by default)
+//! # ISOLATION_CACHE=<dir>: use a compile cache there (none by default); a second run then
+//! # finds the pre-initialized plugins there at once
+//! # ISOLATION_NO_PHASES=1: drop the sidecars' `[phases]` (each plugin in every phase it
+//! # declares, as before the shipped sidecars narrowed them)
+//! # ISOLATION_CALLS=<n>: measured calls per row (default 4000), e.g. more under `perf record`
 //! ```
 //!
 //! Numbers are in docs/BENCHMARKS.md.
@@ -34,6 +38,13 @@ use portcullis::policy::{Call, Chain, Identity, Policies, RuntimeConfig};
 use serde_json::json;
 
 const CALLS: u32 = 4000;
+
+fn calls() -> u32 {
+    std::env::var("ISOLATION_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(CALLS)
+}
 const WARMUP: u32 = 300;
 
 fn repo(path: &str) -> PathBuf {
@@ -54,7 +65,17 @@ fn sidecar(name: &str, warm: u32, preinit: bool) -> String {
     };
     let text = String::from_utf8(read(&shipped)).unwrap();
     let mut out = format!("warm = {warm}\npreinit = {preinit}\n");
+    // ISOLATION_NO_PHASES=1: without the shipped `[phases]` (every declared phase, every
+    // method: what the sidecars did before they narrowed them).
+    let no_phases = std::env::var("ISOLATION_NO_PHASES").is_ok_and(|v| v == "1");
+    let mut in_phases = false;
     for line in text.lines() {
+        if line.starts_with('[') {
+            in_phases = line.trim() == "[phases]";
+        }
+        if no_phases && in_phases {
+            continue;
+        }
         if line.trim_start().starts_with("warm ") || line.trim_start().starts_with("warm=") {
             continue;
         }
@@ -209,10 +230,10 @@ fn main() {
                     one_call(&chain, &msg).await;
                 }
                 let (cpu0, wall0) = (cpu_time(), Instant::now());
-                for _ in 0..CALLS {
+                for _ in 0..calls() {
                     one_call(&chain, &msg).await;
                 }
-                (wall0.elapsed() / CALLS, (cpu_time() - cpu0) / CALLS)
+                (wall0.elapsed() / calls(), (cpu_time() - cpu0) / calls())
             });
             println!(
                 "| {label} | {mode} | {:.1} | {:.1} |",

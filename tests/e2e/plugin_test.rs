@@ -110,9 +110,16 @@ fn a_progress_notification_with_an_email_reaches_the_client_redacted_before_the_
         .collect();
     assert_eq!(
         verdicts,
-        ["allow", "modify", "modify"],
-        "the call untouched, the progress and the answer redacted: {v:#}"
+        ["skipped", "modify", "modify"],
+        "the call not even shown to redact (its shipped sidecar's [phases] leaves tools/call \
+         out of the request phase), the progress and the answer redacted: {v:#}"
     );
+    assert_eq!(
+        v["plugins"][0]["phases"]["request"],
+        serde_json::json!(["notifications/progress", "notifications/message"]),
+        "{v:#}"
+    );
+    assert_eq!(v["plugins"][0]["phases"]["response"], "all", "{v:#}");
 }
 
 #[test]

@@ -225,6 +225,7 @@ async fn broken_plugins_refuse_the_start_unless_skipping_is_asked_for() {
     plugins.write_wasm("core", b"\0asm\x01\0\0\0");
     plugins.write_wasm("garbage", b"this is not webassembly at all");
     plugins.add("picky", "chaos", "[config]\nmode = \"reject-config\"\n");
+    plugins.add("narrow", "chaos", "[phases]\nrequest = []\n");
     let reasons = [
         (
             "wrong",
@@ -233,6 +234,7 @@ async fn broken_plugins_refuse_the_start_unless_skipping_is_asked_for() {
         ("core", "a core WebAssembly module, not a component"),
         ("garbage", "not a WebAssembly file"),
         ("picky", "configuration rejected"),
+        ("narrow", "`phases.request`: an empty list"),
     ];
     let config = format!(
         "{}{}{}",
@@ -608,6 +610,58 @@ async fn notifications_pass_the_response_phase_and_a_denial_drops_them() {
             .any(|l| l.contains("stopped") && l.contains("nightly export")),
         "the dropped content is not logged:\n{log}"
     );
+}
+
+/// `[phases]` in a sidecar: a plugin is not called where its sidecar narrows it out, and
+/// still is everywhere else. The plugin here denies every message it sees, in both phases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_narrows_the_phases_a_plugin_is_called_in() {
+    let plugins = PluginDir::new();
+    plugins.add(
+        "wall",
+        "chaos",
+        "[phases]\nrequest = [\"tools/list\"]\nresponse = [\"tools/call\"]\n\
+         [config]\nmode = \"deny\"\nmessage = \"stopped by the wall\"\n",
+    );
+    // `initialize` passed: the request phase is narrowed to `tools/list`.
+    let (gateway, session) = gateway(&plugins).await;
+
+    let listed = session
+        .post(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {} }))
+        .await;
+    let listed = listed.response(&json!(1)).expect("an answer to tools/list");
+    assert_eq!(
+        listed["error"]["message"], "stopped by the wall",
+        "called in the request phase for tools/list: {listed}"
+    );
+
+    let body = json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {
+            "name": "alpha__report",
+            "arguments": { "text": "nightly export" },
+            "_meta": { "progressToken": "p1" },
+        },
+    });
+    let resp = session.post(&body).await;
+    let messages = resp.messages();
+    let progress: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(
+        progress.len(),
+        1,
+        "not called in the request phase for tools/call (the upstream ran), nor in the \
+         response phase for its progress notification: {messages:#?}"
+    );
+    assert_eq!(progress[0]["params"]["message"], "nightly export");
+    let answer = resp.response(&json!(2)).expect("an answer to tools/call");
+    assert_eq!(
+        answer["error"]["message"], "stopped by the wall",
+        "called in the response phase for the tools/call answer: {answer}"
+    );
+    drop(gateway);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,6 +266,16 @@ impl Chain {
         Some(self.trace.get()?.begin(phase, call.view.clone()))
     }
 
+    /// A plugin that declares `phase` but whose sidecar's `[phases]` leaves this message out:
+    /// not called (no instance), and, when a trace is kept, recorded as skipped.
+    fn skipped(&self, pass: Option<usize>, plugin: &Plugin, phase: Phase) {
+        if let (Some(trace), Some(pass)) = (self.trace.get(), pass)
+            && plugin.declares(phase)
+        {
+            trace.skipped(pass, &plugin.name);
+        }
+    }
+
     fn end(&self, pass: Option<usize>, call: &Call, passed: bool) {
         if let (Some(trace), Some(pass)) = (self.trace.get(), pass) {
             trace.end(pass, passed.then(|| call.view.clone()), call.routed);
@@ -344,7 +354,11 @@ impl Chain {
             return Ok(());
         };
         let pass = self.begin(Phase::Request, call);
-        for plugin in self.plugins.iter().filter(|p| p.request && stages(p.stage)) {
+        for plugin in self.plugins.iter().filter(|p| stages(p.stage)) {
+            if !plugin.calls(Phase::Request, &call.view.method) {
+                self.skipped(pass, plugin, Phase::Request);
+                continue;
+            }
             call.ran.push(plugin.sha256.as_str().into());
             self.evaluate(rt, plugin, call, Run::Request, pass).await?;
         }
@@ -366,7 +380,11 @@ impl Chain {
         }
         call.edit().response = Some(Arc::new(response));
         let pass = self.begin(Phase::Response, call);
-        for plugin in self.plugins.iter().filter(|p| p.response) {
+        for plugin in &self.plugins {
+            if !plugin.calls(Phase::Response, &call.view.method) {
+                self.skipped(pass, plugin, Phase::Response);
+                continue;
+            }
             call.ran.push(plugin.sha256.as_str().into());
             self.evaluate(rt, plugin, call, Run::Response, pass).await?;
         }
@@ -394,7 +412,11 @@ impl Chain {
         };
         if let Some(rt) = &self.runtime {
             let pass = self.begin(Phase::Response, &call);
-            for plugin in self.plugins.iter().filter(|p| p.response) {
+            for plugin in &self.plugins {
+                if !plugin.calls(Phase::Response, &call.view.method) {
+                    self.skipped(pass, plugin, Phase::Response);
+                    continue;
+                }
                 self.evaluate(rt, plugin, &mut call, Run::ServerMessage, pass)
                     .await?;
             }

@@ -33,7 +33,7 @@ use super::host::{CappedOutput, HostState, MessageRes};
 use super::http_grant::{HttpGrant, HttpState};
 use super::limits::Limits;
 use super::loader::{self, LoadError};
-use super::sidecar::{Grants, Sidecar};
+use super::sidecar::{Grants, Methods, Sidecar};
 use super::snapshot;
 use super::{Phase, Stage};
 
@@ -67,8 +67,13 @@ pub struct Plugin {
     pub version: String,
     pub stage: Stage,
     pub priority: i32,
+    /// The phases its `describe` declares.
     pub request: bool,
     pub response: bool,
+    /// The messages it is called for in each phase: what it declares, narrowed by the
+    /// sidecar's `[phases]`. A message it is not called for costs no instance.
+    pub request_methods: Methods,
+    pub response_methods: Methods,
     pub file: PathBuf,
     pub sha256: String,
     pub size: usize,
@@ -205,6 +210,8 @@ impl Plugin {
             priority: sidecar.priority.unwrap_or(0),
             request: true,
             response: false,
+            request_methods: Methods::All,
+            response_methods: Methods::Skip,
             file: wasm.to_path_buf(),
             sha256: compiled.sha256,
             size: compiled.size,
@@ -255,6 +262,10 @@ impl Plugin {
         plugin.stage = sidecar.stage.unwrap_or(declared);
         plugin.request = info.phases.contains(&types::Phase::Request);
         plugin.response = info.phases.contains(&types::Phase::Response);
+        (plugin.request_methods, plugin.response_methods) = sidecar
+            .phases
+            .filters(plugin.request, plugin.response, plugin.stage)
+            .map_err(LoadError::Sidecar)?;
         if !info.name.is_empty() && info.name != file_stem {
             tracing::warn!(
                 file = %wasm.display(), declared = %info.name, name = %file_stem,
@@ -667,8 +678,27 @@ impl Plugin {
         Ok(())
     }
 
-    /// Whether the plugin wants to see this phase.
+    /// Whether the plugin is called in this phase, for some method at least.
     pub fn handles(&self, phase: Phase) -> bool {
+        self.methods(phase) != &Methods::Skip
+    }
+
+    /// The methods it is called for in `phase` (its declared phases, narrowed by the
+    /// sidecar's `[phases]`).
+    pub fn methods(&self, phase: Phase) -> &Methods {
+        match phase {
+            Phase::Request => &self.request_methods,
+            Phase::Response => &self.response_methods,
+        }
+    }
+
+    /// Whether the plugin is called for a message with this method in `phase`.
+    pub fn calls(&self, phase: Phase, method: &str) -> bool {
+        self.methods(phase).matches(method)
+    }
+
+    /// Whether it declares `phase` (whatever its sidecar narrowed).
+    pub fn declares(&self, phase: Phase) -> bool {
         match phase {
             Phase::Request => self.request,
             Phase::Response => self.response,

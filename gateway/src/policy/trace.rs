@@ -21,6 +21,9 @@ pub enum Verdict {
     Deny(Box<Denial>),
     /// Failed, and its sidecar says `fail-open`: the chain went on.
     FailedOpen(String),
+    /// Not called: it declares the phase, but its sidecar's `[phases]` leaves this method
+    /// out (no instance was made).
+    Skipped,
 }
 
 /// One plugin's step over one message.
@@ -51,6 +54,13 @@ impl Pass {
     /// an upstream sends the client).
     pub fn is_answer(&self) -> bool {
         self.start.response.is_some()
+    }
+
+    /// Whether any plugin was called for this message (a skipped one was not).
+    pub fn seen(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| !matches!(s.verdict, Verdict::Skipped))
     }
 }
 
@@ -111,6 +121,16 @@ impl Trace {
             p.steps.push(Step {
                 plugin: plugin.clone(),
                 verdict,
+            });
+        }
+    }
+
+    /// Records that `plugin` was not called for this message (see [`Verdict::Skipped`]).
+    pub(super) fn skipped(&self, pass: usize, plugin: &Arc<str>) {
+        if let Some(p) = self.lock().get_mut(pass) {
+            p.steps.push(Step {
+                plugin: plugin.clone(),
+                verdict: Verdict::Skipped,
             });
         }
     }

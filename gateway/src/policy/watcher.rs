@@ -302,7 +302,9 @@ impl Policies {
                     tracing::info!(
                         plugin = %plugin.name, version = %plugin.version, stage = ?plugin.stage,
                         sha256 = %&plugin.sha256[..12], cached = plugin.cached,
-                        baseline = plugin.baseline, compile_ms = plugin.compile_time.as_millis() as u64, "plugin loaded"
+                        baseline = plugin.baseline, compile_ms = plugin.compile_time.as_millis() as u64,
+                        request = %plugin.methods(super::Phase::Request).describe(),
+                        response = %plugin.methods(super::Phase::Response).describe(), "plugin loaded"
                     );
                     report.loaded.push(name.clone());
                     let status = PluginStatus {

@@ -184,7 +184,15 @@ async fn evaluate(args: &TestArgs) -> anyhow::Result<Value> {
     let plugins: Value = chain
         .plugins()
         .iter()
-        .map(|p| json!({ "name": &*p.name, "version": p.version, "stage": p.stage, "sha256": p.sha256 }))
+        .map(|p| {
+            json!({
+                "name": &*p.name, "version": p.version, "stage": p.stage, "sha256": p.sha256,
+                "phases": {
+                    "request": p.methods(Phase::Request).describe(),
+                    "response": p.methods(Phase::Response).describe(),
+                },
+            })
+        })
         .collect::<Vec<_>>()
         .into();
     let trace = Arc::new(Trace::default());

@@ -51,11 +51,18 @@ pub(super) fn reports(passes: &[Pass], upstream_received: &[Message]) -> Vec<Val
                     Verdict::FailedOpen(why) => {
                         json!({ "plugin": &*s.plugin, "verdict": "failed-open", "error": why })
                     }
+                    Verdict::Skipped => json!({
+                        "plugin": &*s.plugin, "verdict": "skipped",
+                        "reason": "its sidecar's [phases] leaves this method out: not called",
+                    }),
                 })
                 .collect();
             let outcome = match (p.phase, &p.end, message.kind()) {
                 _ if p.steps.is_empty() => {
                     "passed unseen: no plugin in the chain handles this phase"
+                }
+                _ if !p.seen() => {
+                    "passed unseen: every plugin of this phase skips this method ([phases])"
                 }
                 (Phase::Request, Some(_), _) => "forwarded",
                 (Phase::Request, None, _) => "denied; the client gets the error",
@@ -100,7 +107,7 @@ pub(super) fn summarize(
     supplied: Option<&Identity>,
     client: &[Message],
 ) {
-    let seen: Vec<&Pass> = passes.iter().filter(|p| !p.steps.is_empty()).collect();
+    let seen: Vec<&Pass> = passes.iter().filter(|p| p.seen()).collect();
     let refusal = seen.iter().find_map(|p| {
         p.steps.iter().find_map(|s| match &s.verdict {
             Verdict::Deny(d) => Some((*p, d.clone())),
@@ -246,6 +253,7 @@ pub(super) fn print_text(o: &Value) {
                     s["error"]["message"].as_str().unwrap_or("")
                 ),
                 Some("failed-open") => format!(" ({})", s["error"].as_str().unwrap_or("")),
+                Some("skipped") => " (not called: [phases] in its sidecar)".to_string(),
                 _ => String::new(),
             };
             println!(
