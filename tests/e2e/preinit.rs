@@ -92,6 +92,32 @@ async fn fresh_instances_never_see_an_earlier_calls_memory() {
     }
 }
 
+/// A plugin whose `init` is expensive is pre-initialized once its calls took 100 ms
+/// altogether, long before its 64th call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expensive_init_is_snapshotted_after_a_few_calls() {
+    let plugins = PluginDir::new();
+    plugins.add(
+        "slow-init",
+        "chaos",
+        &remember("[limits]\ntimeout = \"2s\"\n").replace("[config]\n", "[config]\ninit-ms = 40\n"),
+    );
+    let cache = TempDir::new();
+    let (gateway, session) = start(&plugins, &cache).await;
+    // Each call runs the 40 ms init in its instance until the snapshot is ready: 100 ms of
+    // calls come after three; 10 are well short of the 64 that would ask otherwise.
+    for id in 1..=10 {
+        assert_eq!(echo(&session, id).await, "calls-seen-1");
+    }
+    let logs = gateway
+        .wait_for_log("plugin pre-initialized", PREINIT)
+        .await;
+    assert!(preinit_line(&logs).contains("slow-init"), "{logs}");
+    for id in 11..=15 {
+        assert_eq!(echo(&session, id).await, "calls-seen-1");
+    }
+}
+
 /// The same plugin reused (`warm`) does remember: the test above would see it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_instance_remembers_earlier_calls() {

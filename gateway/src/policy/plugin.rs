@@ -19,7 +19,7 @@
 //! the background, and once that is ready new instances come from the optimised code.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ use super::{Phase, Stage};
 /// Calls after which a plugin not found pre-initialized in the compile cache is
 /// pre-initialized (see [`Plugin::preinitialize_in_background`]).
 pub const PREINIT_AFTER_CALLS: u64 = 64;
+
+/// ... or sooner, once its calls before the snapshot took this long altogether: a plugin
+/// whose `init` is expensive (redact builds its detectors and warms them, ~30 ms) does not
+/// pay it 64 times.
+pub const PREINIT_AFTER_SPENT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why an evaluation failed (as opposed to the plugin denying).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,6 +107,10 @@ pub struct Plugin {
     /// The `.wasm` bytes, kept from load until pre-initialization takes them (`None` for a
     /// plugin that is not to be pre-initialized).
     source: Mutex<Option<Vec<u8>>>,
+    /// Microseconds its calls took before the snapshot was ready ([`PREINIT_AFTER_SPENT`]).
+    spent_before_preinit_us: AtomicU64,
+    /// Pre-initialization was asked for after calls (once).
+    preinit_asked: AtomicBool,
     warm_pool: Mutex<Vec<WarmInstance>>,
     /// Calls, denials and failures (traps, timeouts, limit breaches) since load.
     pub counters: Counters,
@@ -231,6 +240,8 @@ impl Plugin {
             unoptimized: Mutex::new(compiled.baseline.then(|| bytes.clone())),
             preinit: OnceLock::new(),
             source: Mutex::new(preinit.then_some(bytes)),
+            spent_before_preinit_us: AtomicU64::new(0),
+            preinit_asked: AtomicBool::new(false),
             warm_pool: Mutex::new(Vec::new()),
             counters: Counters::default(),
         };
@@ -383,14 +394,23 @@ impl Plugin {
         );
         let calls = self.counters.calls.fetch_add(1, Ordering::Relaxed) + 1;
         if calls == PREINIT_AFTER_CALLS {
-            self.preinitialize_in_background(rt, false);
+            self.ask_preinit(rt);
         }
         let started = std::time::Instant::now();
         let outcome =
             tracing::Instrument::instrument(self.evaluate_counted(rt, msg), span.clone()).await;
-        self.counters
-            .latency
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.counters.latency.observe(took.as_secs_f64());
+        if !self.preinit_asked.load(Ordering::Relaxed) && self.preinit.get().is_none() {
+            let us = took.as_micros() as u64;
+            let spent = self
+                .spent_before_preinit_us
+                .fetch_add(us, Ordering::Relaxed)
+                + us;
+            if spent >= PREINIT_AFTER_SPENT.as_micros() as u64 {
+                self.ask_preinit(rt);
+            }
+        }
         crate::observe::record_plugin_verdict(
             &span,
             match &outcome {
@@ -585,9 +605,17 @@ impl Plugin {
     /// pre-initialized keeps doing so (logged once).
     ///
     /// The loader asks for the cached snapshot only; the compilation waits for the plugin's
-    /// [`PREINIT_AFTER_CALLS`]th call, so a plugin that serves a handful of calls (a test, a
+    /// [`PREINIT_AFTER_CALLS`]th call (or [`PREINIT_AFTER_SPENT`] of calls), so a plugin that serves a handful of calls (a test, a
     /// demo's first minute, a plugin replaced soon after) never pays for it, and start-up
     /// and reloads do not compile twice.
+    /// Asks for pre-initialization after calls ([`PREINIT_AFTER_CALLS`] or
+    /// [`PREINIT_AFTER_SPENT`], whichever comes first), once.
+    fn ask_preinit(self: &Arc<Self>, rt: &Arc<Runtime>) {
+        if !self.preinit_asked.swap(true, Ordering::Relaxed) {
+            self.preinitialize_in_background(rt, false);
+        }
+    }
+
     pub fn preinitialize_in_background(self: &Arc<Self>, rt: &Arc<Runtime>, cached_only: bool) {
         let wasm = {
             let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());

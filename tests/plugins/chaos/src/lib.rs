@@ -173,6 +173,8 @@ pub struct Config {
     pub limit: Option<i64>,
     /// `kv-count`: the counter's expiry.
     pub ttl_ms: Option<u64>,
+    /// Any mode: `init` busies itself for this many milliseconds (an expensive `init`).
+    pub init_ms: Option<u64>,
 }
 
 /// Fits in the 8 MiB memory cap the gateway's tests give hostile plugins, and is over any
@@ -190,6 +192,13 @@ impl Policy for Chaos {
     }
 
     fn init(config: &Config) -> Result<(), String> {
+        if let Some(ms) = config.init_ms {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            let mut x = 0u64;
+            while std::time::Instant::now() < until {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
         match config.mode {
             Mode::RejectConfig => {
                 Err("chaos: mode reject-config rejects every configuration".into())
