@@ -222,6 +222,9 @@ async fn serve(
     } else {
         None
     };
+    // Armed before the address is announced: a SIGTERM sent as soon as the line below is read
+    // (a test, an orchestrator) is never lost to the moment before the handler exists.
+    let signals = Signals::arm();
     let gateway = portcullis::Gateway::bind(cfg).await?;
     // Tests and scripts read this line to learn the bound address.
     println!("portcullis listening on {}", gateway.url());
@@ -249,7 +252,7 @@ async fn serve(
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.wait().await;
             tracing::info!("shutdown requested");
             shutdown.cancel();
         });
@@ -260,20 +263,32 @@ async fn serve(
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+/// SIGTERM and SIGINT, listened for from [`Signals::arm`] on.
+struct Signals {
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    int: std::io::Result<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn arm() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()),
+            int: signal(SignalKind::interrupt()),
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn wait(self) {
+        match (self.term, self.int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
