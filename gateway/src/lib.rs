@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod body;
 pub mod catalog;
 pub mod cluster;
 pub mod config;

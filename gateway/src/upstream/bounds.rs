@@ -16,62 +16,38 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use http_body_util::BodyExt;
 use sse_stream::{Sse, SseStream};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use super::{Upstream, UpstreamError};
+use crate::body::ReadError;
 
-/// An upstream's answer body, read up to `max-response-mib`. A declared `Content-Length`
-/// over the bound is refused before a byte is read; a body without one is cut off as soon
-/// as it passes. Either way the connection is dropped, not drained. A body that arrives in
-/// one piece is handed on as it came, without a copy.
-pub(super) async fn read_body<B>(upstream: &Upstream, mut body: B) -> Result<Bytes, UpstreamError>
+/// An upstream's answer body, read up to `max-response-mib` ([`crate::body::read_bounded`]).
+/// Either way a breach drops the connection rather than draining it.
+pub(super) async fn read_body<B>(upstream: &Upstream, body: B) -> Result<Bytes, UpstreamError>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     let limit = upstream.config.max_response_bytes();
-    let declared = body.size_hint().exact();
-    if let Some(len) = declared.filter(|&len| len > limit as u64) {
-        return Err(too_large(
-            upstream,
-            Bound::Response,
-            format!("a response body of {len} bytes (Content-Length)"),
-        ));
-    }
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| UpstreamError::Unavailable {
-            upstream: upstream.name.clone(),
-            reason: body_error(&e.into()),
-        })?;
-        let Ok(chunk) = frame.into_data() else {
-            continue; // trailers
-        };
-        let held = first.as_ref().map_or(0, Bytes::len) + joined.len();
-        if held + chunk.len() > limit {
-            crate::memory::give_back(joined);
-            return Err(too_large(
+    crate::body::read_bounded(body, limit)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge {
+                declared: Some(len),
+            } => too_large(
                 upstream,
                 Bound::Response,
-                "a response body".into(),
-            ));
-        }
-        match first.take() {
-            None if joined.is_empty() => first = Some(chunk),
-            held => {
-                if let Some(held) = held {
-                    // What the upstream declared (within the bound) is a fine first guess.
-                    joined.reserve(declared.map_or(held.len() + chunk.len(), |l| l as usize));
-                    joined.extend_from_slice(&held);
-                }
-                joined.extend_from_slice(&chunk);
+                format!("a response body of {len} bytes (Content-Length)"),
+            ),
+            ReadError::TooLarge { declared: None } => {
+                too_large(upstream, Bound::Response, "a response body".into())
             }
-        }
-    }
-    Ok(first.unwrap_or_else(|| joined.into()))
+            ReadError::Body(e) => UpstreamError::Unavailable {
+                upstream: upstream.name.clone(),
+                reason: body_error(&e.into()),
+            },
+        })
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

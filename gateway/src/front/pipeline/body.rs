@@ -2,11 +2,11 @@
 //! media-type checks every transport makes before reading it.
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::body::ReadError;
 use crate::front::Front;
 use crate::front::response::{self, Body};
 use crate::mcp::Message;
@@ -92,25 +92,18 @@ impl Front {
                 &format!("Payload Too Large: the limit is {limit} bytes"),
             )
         };
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        let read = Limited::new(req.into_body(), limit).collect();
+        let read = crate::body::read_bounded(req.into_body(), limit);
         match tokio::time::timeout(self.config.request_timeout, read).await {
             Err(_) => Err(response::status_error(
                 StatusCode::REQUEST_TIMEOUT,
                 "Request Timeout: body not received in time",
             )),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Ok(Err(_)) => Err(response::status_error(
+            Ok(Err(ReadError::TooLarge { .. })) => Err(too_large()),
+            Ok(Err(ReadError::Body(_))) => Err(response::status_error(
                 StatusCode::BAD_REQUEST,
                 "Bad Request: the body could not be read",
             )),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Ok(body)) => Ok(body),
         }
     }
 }
