@@ -19,7 +19,7 @@ fn limiter(fail_open: bool, limit: u32) -> PluginDir {
         "rate-limit",
         "rate-limit",
         &format!(
-            "fail-open = {fail_open}\n[limits]\ntimeout = \"20ms\"\n[config]\n[[config.limits]]\nname = \"per-tool\"\nper = [\"tool\"]\nrate = \"{limit}/min\"\n"
+            "fail-open = {fail_open}\n[limits]\ntimeout = \"2s\"\n[config]\n[[config.limits]]\nname = \"per-tool\"\nper = [\"tool\"]\nrate = \"{limit}/min\"\n"
         ),
     );
     plugins

@@ -260,7 +260,7 @@ async fn every_replica_goes_on_with_the_upstream_session_opened_at_initialize() 
     // A replica that lets its copy go (idle here; shutdown alike) leaves the sealed upstream
     // session open: the others go on with it.
     let [a, b, c] = replicas;
-    a.wait_for_log("session idle; closing", Duration::from_secs(10))
+    a.wait_for_log("session idle; closing", Duration::from_secs(30))
         .await;
     let on_b = on(&session, &b);
     assert_eq!(beta_whoami(&on_b, 90).await, (opened.clone(), 1));
@@ -272,7 +272,7 @@ async fn every_replica_goes_on_with_the_upstream_session_opened_at_initialize() 
     // session, or race its end (the upstream then closes that call's stream).
     assert_eq!(on(&session, &a).delete().await.status, 200);
     let on_c = on(&session, &c);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut n = 100;
     let (renewed, count) = loop {
         if let Some(seen) = beta_whoami_racing_delete(&on_c, n).await
@@ -288,7 +288,7 @@ async fn every_replica_goes_on_with_the_upstream_session_opened_at_initialize() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(count, 2);
-    c.wait_for_log("re-initializing", Duration::from_secs(5))
+    c.wait_for_log("re-initializing", Duration::from_secs(30))
         .await;
     assert_eq!(beta_whoami(&on_c, 200).await, (renewed.clone(), 2));
 

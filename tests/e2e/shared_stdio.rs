@@ -161,6 +161,12 @@ async fn progress_reaches_only_the_caller() {
             })
             .collect()
     };
+    // The client's handler records a notification in its own task: it may land just
+    // after the answer.
+    for h in [&ha, &hb] {
+        h.wait_for(WAIT, |e| matches!(e, ClientEvent::Progress(_)))
+            .await;
+    }
     assert_eq!(ha.progress_for(&token_a).len(), 1, "{:?}", ha.events());
     assert_eq!(hb.progress_for(&token_b).len(), 1, "{:?}", hb.events());
     assert_eq!(progress(&ha), ["from a"]);
