@@ -6,14 +6,19 @@
 //! **theoretical arrival time** `TAT`: the time at which the bucket is full again. With
 //! `tau = (burst - 1) * T`, a request at `now`:
 //!
-//! 1. reads `TAT` (none: the bucket is full) and takes `tat = max(TAT, now)`;
+//! 1. reads `TAT` (none: the bucket is full), **then** the clock, and takes
+//!    `tat = max(TAT, now)`;
 //! 2. if `tat - now > tau`, the bucket is empty: the request is refused, and would pass at
 //!    `tat - tau`;
 //! 3. otherwise stores `tat + T` with a compare-and-swap against what it read in step 1; if
 //!    another request changed the value in between, it starts again from step 1.
 //!
 //! **Exactness.** Every request that passes replaces exactly the value it decided on, so the
-//! requests that pass on a bucket form one sequence, each seeing all before it: of requests
+//! requests that pass on a bucket form one sequence, each seeing all before it. Each reads
+//! the clock after the value it swaps against, and a swap that landed in between sends it
+//! back to step 1 (and so to a fresh clock): the sequence's clock readings never go
+//! backwards, so a request that read the clock early but reached the store late is not
+//! refused for a token a later reading took. Of requests
 //! that read the clock at `t1 ≤ … ≤ tn`, all pass only if `tn - t1 ≥ (n - burst) * T`. That
 //! is, at most `burst + L / T` pass in any interval of length `L`, however many instances
 //! run at once, and steady traffic at exactly `rate` always passes. `T` is counted in
@@ -71,10 +76,11 @@ fn ttl(ns: u64) -> Option<Duration> {
     Some(Duration::from_millis(ns.div_ceil(NS_PER_MS)))
 }
 
-/// Takes one request from the bucket `key` at `now` (nanoseconds since 1970).
-pub fn acquire(key: &str, b: Bucket, now: u64) -> Outcome {
+/// Takes one request from the bucket `key`; `clock` is now, in nanoseconds since 1970.
+pub fn acquire(key: &str, b: Bucket, clock: impl Fn() -> u64) -> Outcome {
     for _ in 0..MAX_ATTEMPTS {
         let seen = kv::get(key);
+        let now = clock();
         let tat = seen.as_deref().and_then(decode).unwrap_or(0).max(now);
         if tat - now > b.tolerance_ns {
             let wait = tat - b.tolerance_ns - now;
@@ -132,7 +138,7 @@ mod tests {
     const T0: u64 = 1_700_000_000_000 * MS;
 
     fn take(key: &str, b: Bucket, now: u64) -> Result<u64, u64> {
-        match acquire(key, b, now) {
+        match acquire(key, b, || now) {
             Outcome::Granted { tat } => Ok(tat),
             Outcome::Refused { retry_ms } => Err(retry_ms),
             Outcome::Contended => panic!("no contention in a single thread"),

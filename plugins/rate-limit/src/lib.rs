@@ -84,11 +84,10 @@ pub fn check(config: &Config, msg: &Message, clock: impl Fn() -> Duration) -> Ve
         upstream_target: OnceCell::new(),
         session: OnceCell::new(),
     };
-    let now = nanos(clock());
     let mut taken: Vec<(String, &Limit, u64)> = Vec::new();
     for limit in config.limits.iter().filter(|l| facts.applies(l)) {
         let key = facts.bucket(limit);
-        let retry_ms = match bucket::acquire(&key, limit.bucket, now) {
+        let retry_ms = match bucket::acquire(&key, limit.bucket, || nanos(clock())) {
             Outcome::Granted { tat } => {
                 taken.push((key, limit, tat));
                 continue;
