@@ -18,6 +18,7 @@
 mod detect;
 mod legacy_sse;
 mod listen;
+mod pool;
 mod stateless;
 mod streamable;
 
@@ -26,10 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{Either, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sse_stream::Sse;
 
 use super::{Upstream, UpstreamError};
@@ -51,32 +50,44 @@ pub(super) fn attach(
     Ok((Box::new(link), init))
 }
 
-/// The body of an answer to a POST: hyper's own (a plain `http://` upstream) or reqwest's.
-pub(super) type Body = Either<hyper::body::Incoming, reqwest::Body>;
+/// The body of an answer to a POST: the forward path's own (a plain `http://` upstream,
+/// [`pool::Driven`]) or reqwest's.
+pub(super) type Body = Either<pool::Driven, reqwest::Body>;
 
-/// hyper-util's pooled client, for the POSTs to a plain `http://` upstream.
-type Plain = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+/// The forward path to a plain `http://` upstream: its connections, and what every POST's
+/// request line and `Host` header say, built once.
+#[derive(Clone)]
+struct Plain {
+    pool: Arc<pool::Pool>,
+    /// The URL's path and query: the request line's origin form.
+    path: http::Uri,
+    host: HeaderValue,
+}
+
+impl std::fmt::Debug for Plain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plain").finish_non_exhaustive()
+    }
+}
 
 /// The per-upstream HTTP client: pools, URL and static headers.
 ///
 /// The POSTs that carry every forwarded message (`HttpLink::post`, the hot path) go
-/// through hyper-util's pooled client when the upstream is plain `http://` without
+/// over [`pool`]'s connections when the upstream is plain `http://` without
 /// credentials in its URL: the URI and the fixed headers are built once, here, and nothing
 /// per request re-parses the URL (reqwest turns its redirect layer's `Uri` back into a `Url`
-/// on every response: docs/BENCHMARKS.md, "The bare proxy"). That client follows no
+/// on every response: docs/BENCHMARKS.md, "The bare proxy"). The forward path follows no
 /// redirect: an upstream that answers a POST with one is sent its POSTs through reqwest
 /// from then on (the redirected POST is sent again there). An `https://` upstream
 /// (reqwest's rustls configuration and verifier) and everything else — the listening
-/// streams, `DELETE`, the legacy HTTP+SSE transport — use reqwest. Both pools keep
-/// connections alive with `TCP_NODELAY`, the same connect timeout and idle timeout.
+/// streams, `DELETE`, the legacy HTTP+SSE transport — use reqwest. Both keep connections
+/// alive with `TCP_NODELAY`, the same connect timeout and a 90 s idle timeout.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
     /// The forward path's client, for a plain `http://` upstream.
     plain: Option<Plain>,
     pub(super) url: reqwest::Url,
-    /// `url` as the URI every POST goes to, parsed once.
-    uri: http::Uri,
     /// Configured headers and bearer token, marked sensitive.
     headers: HeaderMap,
     /// `headers` plus the `Accept` and `Content-Type` of an MCP POST: a POST's headers start
@@ -127,23 +138,31 @@ impl Client {
             .map_err(|e| bad(e.to_string()))?;
         // A URL with `user:password@` gets reqwest's Basic credentials from it: left to
         // reqwest, as is TLS.
-        let plain = (url.scheme() == "http"
-            && url.username().is_empty()
-            && url.password().is_none())
-        .then(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(cfg.connect_timeout));
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(idle)
-                .pool_timer(TokioTimer::new())
-                .build(connector)
-        });
+        let plain =
+            if url.scheme() == "http" && url.username().is_empty() && url.password().is_none() {
+                // `http::Uri` keeps an IPv6 host in brackets, as both of these want it.
+                let host = uri.host().unwrap_or_default();
+                let port = url.port_or_known_default().unwrap_or(80);
+                let authority = format!("{host}:{port}");
+                let host_header = uri.authority().map_or(host, |a| a.as_str());
+                let path = uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .parse()
+                    .map_err(|e| bad(format!("invalid URL: {e}")))?;
+                Some(Plain {
+                    pool: pool::Pool::new(authority, cfg.connect_timeout),
+                    path,
+                    host: HeaderValue::from_str(host_header)
+                        .map_err(|_| bad("invalid URL: host".into()))?,
+                })
+            } else {
+                None
+            };
         Ok(Client {
             http,
             plain,
             url,
-            uri,
             headers,
             post_headers,
             redirects: Arc::default(),
@@ -167,7 +186,9 @@ impl Client {
     fn post_request(&self, body: Bytes) -> http::Request<Bytes> {
         let mut req = http::Request::new(body);
         *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = self.uri.clone();
+        if let Some(plain) = &self.plain {
+            *req.uri_mut() = plain.path.clone();
+        }
         *req.headers_mut() = self.post_headers.clone();
         req
     }
@@ -195,14 +216,16 @@ impl Client {
                 return Ok(Sent::Answer(http::Response::from(resp).map(Either::Right)));
             }
         };
-        let resp =
-            plain
-                .request(req.map(Full::new))
-                .await
-                .map_err(|e| UpstreamError::Unavailable {
-                    upstream: upstream.name.clone(),
-                    reason: chain(&e),
-                })?;
+        let (mut parts, body) = req.into_parts();
+        parts.headers.insert(HOST, plain.host.clone());
+        let resp = plain
+            .pool
+            .send(http::Request::from_parts(parts, Full::new(body)))
+            .await
+            .map_err(|e| UpstreamError::Unavailable {
+                upstream: upstream.name.clone(),
+                reason: chain(&e),
+            })?;
         if matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
             // Starlette, for one, redirects `/mcp` to `/mcp/`: from now on this upstream's
             // POSTs go through reqwest, which follows redirects as it always did.
@@ -275,7 +298,7 @@ pub(super) fn cause(e: reqwest::Error) -> String {
     chain(&e.without_url())
 }
 
-/// An error and its sources, each once. hyper-util's errors name neither the URL nor a
+/// An error and its sources, each once. The forward path's errors name neither the URL nor a
 /// header.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -309,7 +332,7 @@ mod cause_tests {
         let client = Client::new("beta", &upstream.config).unwrap();
         assert!(
             client.plain.is_some(),
-            "http:// goes through hyper-util's client"
+            "http:// goes over the forward path's own connections"
         );
         let req = client.post_request(bytes::Bytes::from_static(b"{}"));
         let Err(UpstreamError::Unavailable { reason, .. }) = client.send(&upstream, req).await
