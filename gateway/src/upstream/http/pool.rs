@@ -82,7 +82,7 @@ pub(super) struct Pool {
     authority: String,
     connect_timeout: Duration,
     /// Oldest first; the newest is taken first.
-    idle: Mutex<VecDeque<(Conn, Instant)>>,
+    idle: Mutex<VecDeque<(Box<Conn>, Instant)>>,
 }
 
 /// Why a request was not answered.
@@ -157,7 +157,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection that still works.
-    fn take(&self) -> Option<Conn> {
+    fn take(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((mut conn, since)) = idle.pop_back() {
             if since.elapsed() < IDLE_FOR && conn.usable() {
@@ -168,7 +168,7 @@ impl Pool {
     }
 
     /// A connection whose answer was read to its end comes back here.
-    fn put_back(&self, mut conn: Conn) {
+    fn put_back(&self, mut conn: Box<Conn>) {
         if !conn.usable() {
             return;
         }
@@ -184,7 +184,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn connect(&self) -> Result<Box<Conn>, SendError> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(self.authority.as_str()),
@@ -202,10 +202,11 @@ impl Pool {
         let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Http)?;
-        Ok(Conn {
+        // Boxed once, here: a connection (its buffers inline) moves with every answer.
+        Ok(Box::new(Conn {
             sender,
             driver: Some(driver),
-        })
+        }))
     }
 }
 
@@ -219,7 +220,7 @@ impl Pool {
 pub(in crate::upstream) struct Driven {
     /// Taken only by `drop`.
     body: Option<Incoming>,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: Weak<Pool>,
 }
 
