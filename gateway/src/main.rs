@@ -89,13 +89,6 @@ fn main() -> ExitCode {
         } => "info,portcullis::front=warn,portcullis::session=warn,portcullis::upstream=warn",
         _ => "info",
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("portcullis: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     // `serve` reads its configuration first: `[log]` and `[tracing]` shape the subscriber.
     let mut serve_config = match &cli.command {
         Command::Serve {
@@ -109,6 +102,18 @@ fn main() -> ExitCode {
         },
         Command::Serve { config: None, .. } => Some(config::embedded_default()),
         _ => None,
+    };
+    // After the configuration: `[server] worker-threads` shapes the runtime.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = serve_config.as_ref().and_then(|c| c.server.worker_threads) {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let telemetry = match &serve_config {
         Some(cfg) => match observe::init(&cfg.log, &cfg.tracing, runtime.handle().clone()) {

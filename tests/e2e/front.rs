@@ -1296,3 +1296,30 @@ async fn delete_ends_the_session_and_its_stdio_upstream_process() {
     let after = session.post(&jsonrpc_request(2, "ping", json!({}))).await;
     assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.body);
 }
+
+/// The gateway's worker threads (tokio names them `tokio-rt-worker`), from `/proc`.
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.trim() == "tokio-rt-worker")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sets_how_many_threads_serve() {
+    let config = format!(
+        "{}\nworker-threads = 3\n\n{}",
+        server_toml().trim_end(),
+        stdio_fixture_toml("alpha")
+    );
+    let gateway = Gateway::start(&config).await;
+    let http = RawHttp::new(gateway.url());
+    let (_, session) = http.initialize(&[]).await;
+    let result = session.call(2, "tools/list", json!({})).await;
+    assert!(result["tools"].is_array(), "{result}");
+    assert_eq!(worker_threads(gateway.pid()), 3);
+}

@@ -30,6 +30,13 @@ pub(super) fn check(config: &Config, text: &str, file: &str) -> Result<(), Confi
             "must be between 1 and 1048576 (1 GiB)".into(),
         ));
     }
+    if s.worker_threads.is_some_and(|n| n == 0 || n > 1024) {
+        return Err(err(
+            "server",
+            "worker-threads",
+            "must be between 1 and 1024".into(),
+        ));
+    }
     if s.max_sessions_per_caller == 0 {
         return Err(err(
             "server",
@@ -87,6 +94,17 @@ mod tests {
         assert_eq!(
             check("[server]\nmax-stream-buffer-kib = 0").unwrap_err(),
             "t.toml:2: server.max-stream-buffer-kib: must be between 1 and 1048576 (1 GiB)"
+        );
+        assert_eq!(
+            check("[server]\nworker-threads = 0").unwrap_err(),
+            "t.toml:2: server.worker-threads: must be between 1 and 1024"
+        );
+        assert_eq!(
+            check("[server]\nworker-threads = 1")
+                .unwrap()
+                .server
+                .worker_threads,
+            Some(1)
         );
         assert_eq!(
             check("[server]\nmax-client-info-bytes = 10").unwrap_err(),

@@ -126,6 +126,9 @@ pub struct ServerConfig {
     pub max_sessions_per_caller: usize,
     /// `[server.tls]`: HTTPS (and optionally mutual TLS). Absent: plain HTTP/1.1.
     pub tls: Option<TlsConfig>,
+    /// Threads that run the gateway's work: connections, sessions and the plugins' wasm.
+    /// Absent: one per CPU available to the process (a container's CPU quota included).
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -155,6 +158,7 @@ impl Default for ServerConfig {
             // One agent needs one or two; 64 covers a team behind one NAT address.
             max_sessions_per_caller: 64,
             tls: None,
+            worker_threads: None,
         }
     }
 }
