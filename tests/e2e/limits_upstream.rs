@@ -420,3 +420,77 @@ async fn a_stdio_upstream_runs_at_most_max_children() {
         c.cancel().await.unwrap();
     }
 }
+
+/// A stdio server that answers `initialize` and `tools/list`, then, on the first
+/// `tools/call`, says so on stderr and never reads its stdin again.
+const DEAF_SH: &str = r#"#!/bin/sh
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/.*"id":\([0-9][0-9]*\).*/\1/p')
+  case "$line" in
+    *'"initialize"'*)
+      printf '%s\n' '{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"deaf","version":"0"}}}' ;;
+    *'"tools/list"'*)
+      printf '{"jsonrpc":"2.0","id":%s,"result":{"tools":[{"name":"stop","inputSchema":{"type":"object"}}]}}\n' "$id" ;;
+    *'"tools/call"'*)
+      echo "deaf from now on" >&2
+      exec sleep 3600 ;;
+  esac
+done
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_stops_reading_its_stdin_is_sent_no_more_than_its_bound() {
+    use portcullis_tests::harness::{RawHttp, jsonrpc_request};
+    let dir = TempDir::new();
+    let script = dir.write("deaf.sh", DEAF_SH);
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = format!(
+        "{}[upstreams.deaf]\ncommand = {}\nprotocol = \"2025-11-25\"\nmax-line-mib = 1\n\n{}",
+        server_toml(),
+        toml_str(&script.to_string_lossy()),
+        stdio_fixture_toml("good"),
+    );
+    let gateway = Gateway::start(&config).await;
+    let (_, session) = RawHttp::new(gateway.url()).initialize(&[]).await;
+    let call = |id: i64, text: String| {
+        let session = session.clone();
+        async move {
+            let params = json!({ "name": "deaf__stop", "arguments": { "text": text } });
+            session
+                .post(&jsonrpc_request(id, "tools/call", params))
+                .await
+        }
+    };
+    // The first call makes the child stop reading; it never answers.
+    let first = tokio::spawn(call(1, "stop".into()));
+    gateway
+        .wait_for_log("deaf from now on", Duration::from_secs(30))
+        .await;
+    // 2 MB more: taken (nothing waits unread), and stuck in the pipe. Its client gives up
+    // waiting (the gateway has long queued it by then; a disconnect does not cancel it).
+    let big = tokio::time::timeout(Duration::from_secs(5), call(2, "x".repeat(2 << 20))).await;
+    assert!(big.is_err(), "the child cannot have answered: {big:?}");
+    // Anything more is refused at once, naming the upstream and the key, not queued.
+    let answer = tokio::time::timeout(Duration::from_secs(30), call(3, "more".into()))
+        .await
+        .expect("refused, not left waiting");
+    let refused = answer.response(&json!(3)).map(|m| m["error"].clone());
+    let error = refused.expect("an answer to the third call");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("deaf")
+            && message.contains("not reading its stdin")
+            && message.contains("max-line-mib"),
+        "{error}"
+    );
+    // The other upstream is not affected.
+    let good = session
+        .call(
+            500,
+            "tools/call",
+            json!({ "name": "good__echo", "arguments": { "text": "hi" } }),
+        )
+        .await;
+    assert!(good.to_string().contains("hi"), "{good}");
+    first.abort();
+}

@@ -11,7 +11,7 @@
 //! stdio probe); a 2026-07-28-only server is then spoken to statelessly, with `_meta` on every
 //! request and a `subscriptions/listen` request open for list changes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures_util::future::BoxFuture;
@@ -41,6 +41,12 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 pub struct StdioLink {
     name: Arc<str>,
     outbox: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes sent to the outbox that the child has not taken from its stdin yet.
+    unread: Arc<AtomicUsize>,
+    /// `max-line-mib`: more unread than this and a message is refused (see [`send_bytes`]).
+    ///
+    /// [`send_bytes`]: StdioLink::send_bytes
+    max_unread: usize,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
     /// Spoken to as MCP 2026-07-28 (stateless) rather than with `initialize`.
@@ -124,12 +130,15 @@ impl StdioLink {
             life.closed.clone(),
             move || ended.end(),
         );
-        let outbox = write_stdin(stdin);
+        let unread = Arc::new(AtomicUsize::new(0));
+        let outbox = write_stdin(stdin, unread.clone());
         child::log_stderr(name.clone(), stderr);
         let init_rx = read_stdout(upstream.clone(), stdout, handler, life.clone());
         let link = StdioLink {
             name,
             outbox,
+            unread,
+            max_unread: upstream.config.max_line_bytes(),
             pending: life.pending,
             alive: life.alive,
             stateless: None,
@@ -271,11 +280,31 @@ impl StdioLink {
         });
     }
 
+    /// Queues one message for the child's stdin. A child that stopped reading it (hung,
+    /// or hostile) would otherwise make the gateway hold every message sent to it: once more
+    /// than `max-line-mib` waits unread, further messages are refused (one message is always
+    /// accepted when nothing waits, however large).
     fn send_bytes(&self, bytes: Vec<u8>) -> Result<(), UpstreamError> {
         if !self.alive.load(Ordering::Acquire) {
             return Err(UpstreamError::Exited {
                 upstream: self.name.clone(),
             });
+        }
+        let len = bytes.len() + 1; // and its newline
+        let waiting = self.unread.fetch_add(len, Ordering::AcqRel);
+        if waiting > 0 && waiting + len > self.max_unread {
+            self.unread.fetch_sub(len, Ordering::AcqRel);
+            let e = UpstreamError::Unavailable {
+                upstream: self.name.clone(),
+                reason: format!(
+                    "it is not reading its stdin: {} KiB wait unread, and the limit is {} MiB (upstreams.{}.max-line-mib)",
+                    waiting / 1024,
+                    self.max_unread >> 20,
+                    self.name
+                ),
+            };
+            tracing::warn!(upstream = %self.name, "{e}; message refused");
+            return Err(e);
         }
         self.outbox.send(bytes).map_err(|_| UpstreamError::Exited {
             upstream: self.name.clone(),
@@ -358,8 +387,9 @@ impl Life {
 }
 
 /// The writer: one task owns stdin, so writes never interleave; each message becomes one
-/// line. It ends when the link is dropped or the pipe breaks.
-fn write_stdin(mut stdin: ChildStdin) -> mpsc::UnboundedSender<Vec<u8>> {
+/// line, taken off `unread` once the pipe has taken it. It ends when the link is dropped or
+/// the pipe breaks.
+fn write_stdin(mut stdin: ChildStdin, unread: Arc<AtomicUsize>) -> mpsc::UnboundedSender<Vec<u8>> {
     let (outbox, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
         while let Some(mut line) = rx.recv().await {
@@ -367,6 +397,7 @@ fn write_stdin(mut stdin: ChildStdin) -> mpsc::UnboundedSender<Vec<u8>> {
             if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
                 break;
             }
+            unread.fetch_sub(line.len(), Ordering::AcqRel);
         }
     });
     outbox
