@@ -37,6 +37,7 @@ mod recorded;
 mod shared;
 mod slot;
 mod stateless;
+mod stdin;
 mod stdio;
 mod transport;
 

@@ -11,14 +11,16 @@
 //! stdio probe); a 2026-07-28-only server is then spoken to statelessly, with `_meta` on every
 //! request and a `subscriptions/listen` request open for list changes.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::process::{ChildStdin, ChildStdout};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::BufReader;
+use tokio::process::ChildStdout;
+
+use super::stdin::{Refused, Stdin};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::bounds::{self, Bound, Line};
@@ -40,13 +42,10 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct StdioLink {
     name: Arc<str>,
-    outbox: mpsc::UnboundedSender<Vec<u8>>,
-    /// Bytes sent to the outbox that the child has not taken from its stdin yet.
-    unread: Arc<AtomicUsize>,
-    /// `max-line-mib`: more unread than this and a message is refused (see [`send_bytes`]).
+    /// Bounded by `max-line-mib` of what waits unread (see [`send_bytes`]).
     ///
     /// [`send_bytes`]: StdioLink::send_bytes
-    max_unread: usize,
+    stdin: Stdin,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
     /// Spoken to as MCP 2026-07-28 (stateless) rather than with `initialize`.
@@ -130,15 +129,17 @@ impl StdioLink {
             life.closed.clone(),
             move || ended.end(),
         );
-        let unread = Arc::new(AtomicUsize::new(0));
-        let outbox = write_stdin(stdin, unread.clone());
+        let stdin = Stdin::new(stdin, upstream.config.max_line_bytes()).map_err(|e| {
+            UpstreamError::Unavailable {
+                upstream: name.clone(),
+                reason: format!("cannot write to the child's stdin: {e}"),
+            }
+        })?;
         child::log_stderr(name.clone(), stderr);
         let init_rx = read_stdout(upstream.clone(), stdout, handler, life.clone());
         let link = StdioLink {
             name,
-            outbox,
-            unread,
-            max_unread: upstream.config.max_line_bytes(),
+            stdin,
             pending: life.pending,
             alive: life.alive,
             stateless: None,
@@ -290,25 +291,25 @@ impl StdioLink {
                 upstream: self.name.clone(),
             });
         }
-        let len = bytes.len() + 1; // and its newline
-        let waiting = self.unread.fetch_add(len, Ordering::AcqRel);
-        if waiting > 0 && waiting + len > self.max_unread {
-            self.unread.fetch_sub(len, Ordering::AcqRel);
-            let e = UpstreamError::Unavailable {
+        match self.stdin.send(bytes) {
+            Ok(()) => Ok(()),
+            Err(Refused::Closed) => Err(UpstreamError::Exited {
                 upstream: self.name.clone(),
-                reason: format!(
-                    "it is not reading its stdin: {} KiB wait unread, and the limit is {} MiB (upstreams.{}.max-line-mib)",
-                    waiting / 1024,
-                    self.max_unread >> 20,
-                    self.name
-                ),
-            };
-            tracing::warn!(upstream = %self.name, "{e}; message refused");
-            return Err(e);
+            }),
+            Err(Refused::NotReading { waiting }) => {
+                let e = UpstreamError::Unavailable {
+                    upstream: self.name.clone(),
+                    reason: format!(
+                        "it is not reading its stdin: {} KiB wait unread, and the limit is {} MiB (upstreams.{}.max-line-mib)",
+                        waiting / 1024,
+                        self.stdin.max_waiting() >> 20,
+                        self.name
+                    ),
+                };
+                tracing::warn!(upstream = %self.name, "{e}; message refused");
+                Err(e)
+            }
         }
-        self.outbox.send(bytes).map_err(|_| UpstreamError::Exited {
-            upstream: self.name.clone(),
-        })
     }
 }
 
@@ -384,23 +385,6 @@ impl Life {
         self.alive.store(false, Ordering::Release);
         self.pending.fail_all();
     }
-}
-
-/// The writer: one task owns stdin, so writes never interleave; each message becomes one
-/// line, taken off `unread` once the pipe has taken it. It ends when the link is dropped or
-/// the pipe breaks.
-fn write_stdin(mut stdin: ChildStdin, unread: Arc<AtomicUsize>) -> mpsc::UnboundedSender<Vec<u8>> {
-    let (outbox, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        while let Some(mut line) = rx.recv().await {
-            line.push(b'\n');
-            if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
-                break;
-            }
-            unread.fetch_sub(line.len(), Ordering::AcqRel);
-        }
-    });
-    outbox
 }
 
 /// The reader: each stdout line is one message. The answer to `initialize` (id 0) goes to
