@@ -266,27 +266,36 @@ async fn read_request(sock: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     Some((head, body))
 }
 
-/// A stdio MCP server in shell: answers `initialize` and `tools/list`, then answers a call
-/// with a line that never ends.
-const ENDLESS_LINE_SH: &str = r#"#!/bin/sh
+/// A stdio MCP server in shell: answers `initialize` (as `name`) and `tools/list` (one tool,
+/// `tool`), and runs `on_call` on a `tools/call`.
+fn sh_server(name: &str, tool: &str, on_call: &str) -> String {
+    format!(
+        r#"#!/bin/sh
 while IFS= read -r line; do
   id=$(printf '%s\n' "$line" | sed -n 's/.*"id":\([0-9][0-9]*\).*/\1/p')
   case "$line" in
     *'"initialize"'*)
-      printf '%s\n' '{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"endless","version":"0"}}}' ;;
+      printf '%s\n' '{{"jsonrpc":"2.0","id":0,"result":{{"protocolVersion":"2025-11-25","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"{name}","version":"0"}}}}}}' ;;
     *'"tools/list"'*)
-      printf '{"jsonrpc":"2.0","id":%s,"result":{"tools":[{"name":"endless_line","inputSchema":{"type":"object"}}]}}\n' "$id" ;;
+      printf '{{"jsonrpc":"2.0","id":%s,"result":{{"tools":[{{"name":"{tool}","inputSchema":{{"type":"object"}}}}]}}}}\n' "$id" ;;
     *'"tools/call"'*)
-      tr '\0' x < /dev/zero ;;
+      {on_call} ;;
   esac
 done
-"#;
+"#
+    )
+}
+
+/// [`sh_server`] that answers a call with a line that never ends.
+fn endless_line_sh() -> String {
+    sh_server("endless", "endless_line", "tr '\\0' x < /dev/zero")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_upstreams_cost_bounded_memory_and_only_their_own_calls() {
     let evil = hostile_http().await;
     let dir = TempDir::new();
-    let script = dir.write("endless-line.sh", ENDLESS_LINE_SH);
+    let script = dir.write("endless-line.sh", &endless_line_sh());
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let config = format!(
         "{}[upstreams.evil]\nurl = {}\ntransport = \"streamable-http\"\nprotocol = \"2025-11-25\"\n\n\
@@ -421,28 +430,19 @@ async fn a_stdio_upstream_runs_at_most_max_children() {
     }
 }
 
-/// A stdio server that answers `initialize` and `tools/list`, then, on the first
-/// `tools/call`, says so on stderr and never reads its stdin again.
-const DEAF_SH: &str = r#"#!/bin/sh
-while IFS= read -r line; do
-  id=$(printf '%s\n' "$line" | sed -n 's/.*"id":\([0-9][0-9]*\).*/\1/p')
-  case "$line" in
-    *'"initialize"'*)
-      printf '%s\n' '{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"deaf","version":"0"}}}' ;;
-    *'"tools/list"'*)
-      printf '{"jsonrpc":"2.0","id":%s,"result":{"tools":[{"name":"stop","inputSchema":{"type":"object"}}]}}\n' "$id" ;;
-    *'"tools/call"'*)
-      echo "deaf from now on" >&2
-      exec sleep 3600 ;;
-  esac
-done
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_stops_reading_its_stdin_is_sent_no_more_than_its_bound() {
     use portcullis_tests::harness::{RawHttp, jsonrpc_request};
     let dir = TempDir::new();
-    let script = dir.write("deaf.sh", DEAF_SH);
+    let script = dir.write(
+        "deaf.sh",
+        // On its first call it says so on stderr and never reads its stdin again.
+        &sh_server(
+            "deaf",
+            "stop",
+            "echo 'deaf from now on' >&2; exec sleep 3600",
+        ),
+    );
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let config = format!(
         "{}[upstreams.deaf]\ncommand = {}\nprotocol = \"2025-11-25\"\nmax-line-mib = 1\n\n{}",
