@@ -23,7 +23,7 @@ use super::{Upstream, UpstreamError};
 use crate::body::ReadError;
 
 /// An upstream's answer body, read up to `max-response-mib` ([`crate::body::read_bounded`]).
-/// Either way a breach drops the connection rather than draining it.
+/// A breach drops the connection rather than draining it.
 pub(super) async fn read_body<B>(upstream: &Upstream, body: B) -> Result<Bytes, UpstreamError>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,

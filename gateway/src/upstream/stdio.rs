@@ -18,8 +18,6 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::io::BufReader;
 use tokio::process::ChildStdout;
-
-use super::stdin::{Refused, Stdin};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +25,7 @@ use super::bounds::{self, Bound, Line};
 use super::child::{self, Spawned};
 use super::pending::{Pending, RequestIds};
 use super::stateless::{self, Stateless};
+use super::stdin::{Refused, Stdin};
 use super::transport::{Call, Transport};
 use super::{Era, Hello, InboundHandler, Related, Upstream, UpstreamError};
 use crate::config::UpstreamProtocol;
@@ -103,7 +102,7 @@ impl StdioLink {
     }
 
     /// Starts one child and runs the handshake with it: [`child::spawn`], then one task per
-    /// pipe ([`write_stdin`], [`read_stdout`], [`child::log_stderr`]) and one that waits for
+    /// pipe ([`Stdin`]'s writer, [`read_stdout`], [`child::log_stderr`]) and one that waits for
     /// the exit ([`child::watch_exit`]), then [`StdioLink::handshake`].
     async fn start(
         upstream: &Arc<Upstream>,
@@ -130,6 +129,7 @@ impl StdioLink {
             move || ended.end(),
         );
         let stdin = Stdin::new(stdin, upstream.config.max_line_bytes()).map_err(|e| {
+            life.stop.cancel(); // no link will own the child: stop it
             UpstreamError::Unavailable {
                 upstream: name.clone(),
                 reason: format!("cannot write to the child's stdin: {e}"),
