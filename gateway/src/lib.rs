@@ -18,6 +18,7 @@ pub mod policy;
 pub mod seal;
 pub mod session;
 pub mod upstream;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -201,14 +202,20 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` is cancelled, then drains. The admin API keeps answering
-    /// during the drain (`/readyz` says 503) and stops last.
+    /// during the drain (`/readyz` says 503) and stops last. Connections run on the caller's
+    /// runtime; `portcullis serve` uses [`Gateway::serve_on`].
     pub async fn serve(self, shutdown: CancellationToken) {
+        self.serve_on(shutdown, None).await
+    }
+
+    /// [`Gateway::serve`], with every client connection handed to one of `workers`.
+    pub async fn serve_on(self, shutdown: CancellationToken, workers: Option<&workers::Workers>) {
         let admin_stop = CancellationToken::new();
         let admin = self
             .admin
             .map(|a| tokio::spawn(a.serve(shutdown.clone(), admin_stop.clone())));
         let (tls, _watch) = self.tls.unzip();
-        front::serve(self.listener, self.front, shutdown, tls).await;
+        front::serve(self.listener, self.front, shutdown, tls, workers).await;
         // Sessions are closed; their links (and child processes) go as the last references
         // drop. Wait until the children are reaped, so nothing outlives the gateway.
         for upstream in self.sessions.upstreams() {

@@ -103,17 +103,35 @@ fn main() -> ExitCode {
         Command::Serve { config: None, .. } => Some(config::embedded_default()),
         _ => None,
     };
-    // After the configuration: `[server] worker-threads` shapes the runtime.
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = serve_config.as_ref().and_then(|c| c.server.worker_threads) {
-        runtime.worker_threads(n);
-    }
-    let runtime = match runtime.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portcullis: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // After the configuration: `serve` runs its connections on threads of their own
+    // (`portcullis::workers`), started before the gateway is built. `[server] worker-threads`
+    // of them, by default as many as the runtime has: one per CPU the process may use, a
+    // CPU quota rounded up.
+    let workers = match &serve_config {
+        Some(cfg) => {
+            let n = cfg
+                .server
+                .worker_threads
+                .unwrap_or_else(|| runtime.metrics().num_workers());
+            match portcullis::workers::Workers::start(n) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    eprintln!("portcullis: cannot start the connection threads: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
     };
     let telemetry = match &serve_config {
         Some(cfg) => match observe::init(&cfg.log, &cfg.tracing, runtime.handle().clone()) {
@@ -131,7 +149,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config, listen } => match serve_config.take() {
-                Some(cfg) => serve(cfg, config.is_none(), listen)
+                Some(cfg) => serve(cfg, config.is_none(), listen, workers.as_ref())
                     .await
                     .map(|()| ExitCode::SUCCESS),
                 None => Err(anyhow::anyhow!("no configuration")),
@@ -146,6 +164,8 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
         }
     });
+    // The connections are drained: stop their threads before the main runtime goes.
+    drop(workers);
     // Flush the last spans while the runtime that sends them is still there.
     if let Some(t) = telemetry {
         t.shutdown();
@@ -211,6 +231,7 @@ async fn serve(
     mut cfg: Config,
     embedded: bool,
     listen: Option<std::net::SocketAddr>,
+    workers: Option<&portcullis::workers::Workers>,
 ) -> anyhow::Result<()> {
     if let Some(addr) = listen {
         cfg.server.listen = addr;
@@ -262,7 +283,7 @@ async fn serve(
             shutdown.cancel();
         });
     }
-    gateway.serve(shutdown).await;
+    gateway.serve_on(shutdown, workers).await;
     drop(demo_plugins);
     tracing::info!("stopped");
     Ok(())

@@ -1297,13 +1297,13 @@ async fn delete_ends_the_session_and_its_stdio_upstream_process() {
     assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.body);
 }
 
-/// The gateway's worker threads (tokio names them `tokio-rt-worker`), from `/proc`.
+/// The gateway's connection threads (`portcullis-conn`), from `/proc`.
 fn worker_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|tasks| {
             tasks
                 .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-                .filter(|comm| comm.trim() == "tokio-rt-worker")
+                .filter(|comm| comm.trim() == "portcullis-conn")
                 .count()
         })
         .unwrap_or(0)

@@ -126,8 +126,9 @@ pub struct ServerConfig {
     pub max_sessions_per_caller: usize,
     /// `[server.tls]`: HTTPS (and optionally mutual TLS). Absent: plain HTTP/1.1.
     pub tls: Option<TlsConfig>,
-    /// Threads that run the gateway's work: connections, sessions and the plugins' wasm.
-    /// Absent: one per CPU available to the process (a container's CPU quota included).
+    /// Threads that serve client connections (`crate::workers`): a connection, its requests
+    /// and the plugins' wasm for them stay on one. Absent: one per CPU available to the
+    /// process (a container's CPU quota included).
     pub worker_threads: Option<usize>,
 }
 

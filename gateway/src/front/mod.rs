@@ -295,6 +295,46 @@ where
         .into_owned()
 }
 
+/// An accepted connection on its way to the thread that serves it.
+struct Accepted {
+    peer: std::net::SocketAddr,
+    front: Arc<Front>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    graceful: hyper_util::server::graceful::Watcher,
+    lingering: linger::Linger,
+}
+
+impl Accepted {
+    /// Serves the connection until it closes (TLS handshake first, when configured).
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let Accepted {
+            peer,
+            front,
+            tls,
+            graceful,
+            lingering,
+        } = self;
+        // Nagle + delayed ACK would hold back small SSE events by ~40 ms.
+        let _ = stream.set_nodelay(true);
+        // Cancelled to close the connection at once: its SSE consumer was cut off.
+        let kill = CancellationToken::new();
+        let io = linger::Lingering::new(stream, lingering, kill.clone());
+        if let Some(acceptor) = tls {
+            let accepted = tls::Accepted { peer, kill };
+            return accepted.serve(acceptor, io, front, graceful).await;
+        }
+        let conn = graceful.watch(connection(front, io, Some(peer), kill.clone(), false, None));
+        tokio::select! {
+            ended = conn => if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            },
+            _ = kill.cancelled() => {
+                tracing::debug!(%peer, "connection closed: its SSE consumer was cut off");
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` fires, then drains: stops accepting, ends GET streams, lets
 /// in-flight requests finish (up to `shutdown-grace`), and closes every session (which stops
 /// stdio upstreams and ends upstream sessions).
@@ -303,6 +343,7 @@ pub async fn serve(
     front: Arc<Front>,
     shutdown: CancellationToken,
     tls: Option<Arc<Tls>>,
+    workers: Option<&crate::workers::Workers>,
 ) {
     let graceful = GracefulShutdown::new();
     let lingering = linger::Linger::from_config(&front.config);
@@ -332,34 +373,28 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        // Nagle + delayed ACK would hold back small SSE events by ~40 ms.
-        let _ = stream.set_nodelay(true);
-        // Cancelled to close the connection at once: its SSE consumer was cut off.
-        let kill = CancellationToken::new();
-        let io = linger::Lingering::new(stream, lingering, kill.clone());
-        if let Some(tls) = &tls {
-            let accepted = tls::Accepted { peer, kill };
-            tokio::spawn(accepted.serve(tls.acceptor(), io, front.clone(), graceful.watcher()));
-            continue;
-        }
-        let conn = graceful.watch(connection(
-            front.clone(),
-            io,
-            Some(peer),
-            kill.clone(),
-            false,
-            None,
-        ));
-        tokio::spawn(async move {
-            tokio::select! {
-                ended = conn => if let Err(e) = ended {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
-                _ = kill.cancelled() => {
-                    tracing::debug!(%peer, "connection closed: its SSE consumer was cut off");
-                }
+        let accepted = Accepted {
+            peer,
+            front: front.clone(),
+            tls: tls.as_ref().map(|t| t.acceptor()),
+            graceful: graceful.watcher(),
+            lingering,
+        };
+        match workers {
+            // The socket moves to the worker's own event loop.
+            Some(workers) => match stream.into_std() {
+                Ok(stream) => workers.spawn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => accepted.serve(stream).await,
+                        Err(e) => tracing::warn!(%peer, error = %e, "cannot serve a connection"),
+                    }
+                }),
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot serve a connection"),
+            },
+            None => {
+                tokio::spawn(accepted.serve(stream));
             }
-        });
+        }
     }
     drop(listener);
     reaper.abort();

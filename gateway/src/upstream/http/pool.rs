@@ -11,7 +11,11 @@
 //! dropped before its answer drops its connection (HTTP/1.1 cannot abandon one exchange and
 //! keep the connection).
 //!
-//! Bounds: at most [`MAX_IDLE`] idle connections per upstream, none used or kept past
+//! Idle connections are kept per connection thread (`crate::workers`): a connection is
+//! registered with the event loop of the thread that opened it, and a request on another
+//! thread would be woken through that thread for every read.
+//!
+//! Bounds: at most [`MAX_IDLE`] idle connections per upstream and thread, none used or kept past
 //! [`IDLE_FOR`] (stale ones are closed whenever a connection is taken or given back). A
 //! connection the upstream closed while idle is noticed when it is next taken (it is polled
 //! once) and dropped. A request that could not be written to a reused connection is sent
@@ -34,7 +38,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Idle connections kept per upstream: beyond, a finished connection is closed.
+/// Idle connections kept per upstream and thread: beyond, a finished connection is closed.
 const MAX_IDLE: usize = 512;
 /// How long an idle connection is kept.
 const IDLE_FOR: Duration = Duration::from_secs(90);
@@ -81,9 +85,12 @@ async fn driving<F: Future + Unpin>(driver: &mut Option<Connection>, mut fut: F)
 pub(super) struct Pool {
     authority: String,
     connect_timeout: Duration,
-    /// Oldest first; the newest is taken first.
-    idle: Mutex<VecDeque<(Box<Conn>, Instant)>>,
+    /// One list per connection thread, and one for any other thread ([`crate::workers::index`]):
+    /// oldest first; the newest is taken first.
+    idle: Box<[Mutex<Idle>]>,
 }
+
+type Idle = VecDeque<(Box<Conn>, Instant)>;
 
 /// Why a request was not answered.
 #[derive(Debug)]
@@ -115,7 +122,9 @@ impl Pool {
         Arc::new(Pool {
             authority,
             connect_timeout,
-            idle: Mutex::new(VecDeque::new()),
+            idle: (0..=crate::workers::count())
+                .map(|_| Mutex::default())
+                .collect(),
         })
     }
 
@@ -156,9 +165,15 @@ impl Pool {
         }
     }
 
+    /// The calling thread's idle connections.
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        let here = &self.idle[crate::workers::index() % self.idle.len()];
+        here.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The most recently used idle connection that still works.
     fn take(&self) -> Option<Box<Conn>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle();
         while let Some((mut conn, since)) = idle.pop_back() {
             if since.elapsed() < IDLE_FOR && conn.usable() {
                 return Some(conn);
@@ -172,7 +187,7 @@ impl Pool {
         if !conn.usable() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle();
         while idle
             .front()
             .is_some_and(|(_, since)| since.elapsed() >= IDLE_FOR)
@@ -421,6 +436,6 @@ mod tests {
         drop(body);
         // Past the drain's bound both are closed, not pooled.
         tokio::time::sleep(DRAIN_FOR + Duration::from_millis(300)).await;
-        assert!(pool.idle.lock().unwrap().is_empty());
+        assert!(pool.idle().is_empty());
     }
 }
